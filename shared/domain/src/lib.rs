@@ -1,0 +1,17 @@
+//! The domain of the MLOps platform: the contract
+//! **data schema → fitted feature pipeline → model artifact → registry on a store**.
+//!
+//! This crate knows nothing of AWS, Lambda or native ML libraries. It defines the ports
+//! ([`store::ObjectStore`], [`tracking::Tracker`]) that adapters in other crates implement.
+
+pub mod artifact;
+pub mod data;
+pub mod features;
+pub mod hashing;
+pub mod metrics;
+pub mod profile;
+pub mod registry;
+pub mod schema;
+pub mod split;
+pub mod store;
+pub mod tracking;

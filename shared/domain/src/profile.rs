@@ -1,0 +1,112 @@
+//! Reference profiles of the training inputs, stored in the artifact for later drift checks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Value};
+
+/// Number of quantile bins of a numeric profile.
+pub const PROFILE_BINS: usize = 10;
+
+/// The distribution of one raw input column in the training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeatureProfile {
+    /// Quantile-binned histogram.
+    Numeric {
+        /// Column.
+        name: String,
+        /// Bin edges (`bins + 1` values, from min to max).
+        edges: Vec<f64>,
+        /// Rows per bin.
+        counts: Vec<u64>,
+        /// Missing values.
+        missing: u64,
+    },
+    /// Category frequencies.
+    Categorical {
+        /// Column.
+        name: String,
+        /// Rows per category.
+        counts: BTreeMap<String, u64>,
+        /// Missing values.
+        missing: u64,
+    },
+}
+
+/// Profiles every feature column of a data set.
+pub fn profile(data: &Dataset) -> Vec<FeatureProfile> {
+    data.feature_columns
+        .iter()
+        .enumerate()
+        .map(|(j, col)| {
+            let mut missing = 0;
+            if col.is_numeric() {
+                let mut xs: Vec<f64> = Vec::with_capacity(data.len());
+                for r in &data.rows {
+                    match r[j] {
+                        Value::Number(x) if x.is_finite() => xs.push(x),
+                        _ => missing += 1,
+                    }
+                }
+                xs.sort_by(f64::total_cmp);
+                let (edges, counts) = quantile_histogram(&xs, PROFILE_BINS);
+                FeatureProfile::Numeric {
+                    name: col.name.clone(),
+                    edges,
+                    counts,
+                    missing,
+                }
+            } else {
+                let mut counts = BTreeMap::new();
+                for r in &data.rows {
+                    match &r[j] {
+                        Value::Category(c) => *counts.entry(c.clone()).or_default() += 1,
+                        _ => missing += 1,
+                    }
+                }
+                FeatureProfile::Categorical {
+                    name: col.name.clone(),
+                    counts,
+                    missing,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Quantile edges of sorted values and the count of values per bin (edges deduplicated).
+fn quantile_histogram(sorted: &[f64], bins: usize) -> (Vec<f64>, Vec<u64>) {
+    if sorted.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let n = sorted.len();
+    let mut edges: Vec<f64> = (0..=bins).map(|b| sorted[(b * (n - 1)) / bins]).collect();
+    edges.dedup();
+    if edges.len() == 1 {
+        return (edges, vec![n as u64]);
+    }
+    let mut counts = vec![0u64; edges.len() - 1];
+    for &x in sorted {
+        // bin k holds edges[k] <= x < edges[k+1]; the last bin includes its upper edge
+        let k = edges.partition_point(|&e| e <= x).saturating_sub(1).min(counts.len() - 1);
+        counts[k] += 1;
+    }
+    (edges, counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_every_value() {
+        let xs: Vec<f64> = (0..100).map(f64::from).collect();
+        let (edges, counts) = quantile_histogram(&xs, 10);
+        assert_eq!(edges.len(), 11);
+        assert_eq!(counts.iter().sum::<u64>(), 100);
+        let (e, c) = quantile_histogram(&[1.0, 1.0, 1.0], 10);
+        assert_eq!((e, c), (vec![1.0], vec![3]));
+    }
+}

@@ -1,0 +1,698 @@
+//! The model registry, on any [`ObjectStore`].
+//!
+//! Layout under the store root, per model `NAME`:
+//! - `models/NAME/bundles/DIGEST/FILE`: bundle files, content-addressed by manifest digest;
+//! - `models/NAME/versions/NNNNNN.json`: one [`VersionRecord`] per version, written create-only,
+//!   so two registrations can never take the same number and numbers are never reused;
+//! - `models/NAME/cards/NNNNNN.json`: the [`ModelCard`], updated by compare-and-swap;
+//! - `models/NAME/aliases.json`: [`AliasState`] (aliases and the append-only audit log of every
+//!   change), updated only by compare-and-swap, so concurrent promotions never lose an update;
+//! - `models/NAME/registrations/KEY.json`: idempotency claims of registrations.
+//!
+//! The bundle is written before the version record that points to it, so a crash leaves at most an
+//! unreferenced bundle, never a version without its files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{ArtifactError, Bundle, Lineage, MANIFEST_FILE, ModelKind};
+use crate::hashing::sha256_hex;
+use crate::schema::Task;
+use crate::store::{ETag, ObjectStore, PutCondition, StoreError};
+
+/// The alias serving traffic; it may only point at a version whose card is approved.
+pub const CHAMPION: &str = "champion";
+/// The alias for the candidate under evaluation.
+pub const CHALLENGER: &str = "challenger";
+/// Upper bound of compare-and-swap attempts before giving up.
+const MAX_ATTEMPTS: usize = 200;
+
+/// One registered version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Model name.
+    pub model: String,
+    /// Version number (1, 2, …).
+    pub version: u64,
+    /// Store prefix of the bundle files.
+    pub bundle_prefix: String,
+    /// SHA-256 of the bundle's manifest.
+    pub bundle_digest: String,
+    /// Task.
+    pub task: Task,
+    /// Model family.
+    pub model_kind: ModelKind,
+    /// Test metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Learner parameters.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Lineage (data hash, code commit, run).
+    pub lineage: Lineage,
+    /// Who registered it.
+    pub registered_by: String,
+    /// When.
+    pub registered_at: DateTime<Utc>,
+    /// Idempotency key of the registration, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Approval of a model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Approver.
+    pub approved_by: String,
+    /// When.
+    pub approved_at: DateTime<Utc>,
+    /// Note.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// The model card of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelCard {
+    /// What the model is for, and what it is not for.
+    pub intended_use: String,
+    /// Training data description (data set, hash, rows).
+    pub training_data: String,
+    /// Test metrics, copied at registration.
+    pub metrics: BTreeMap<String, f64>,
+    /// Known limitations.
+    pub limitations: String,
+    /// Owner (team or person).
+    pub owner: String,
+    /// Approval, if given; editing any field clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Editable card fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CardEdit {
+    /// New intended use.
+    pub intended_use: Option<String>,
+    /// New limitations.
+    pub limitations: Option<String>,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New training-data description.
+    pub training_data: Option<String>,
+}
+
+/// What happened to an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AliasAction {
+    /// Pointed at a version.
+    Promote,
+    /// Returned to the version it pointed at before the last promotion.
+    Rollback,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasEvent {
+    /// Revision of the alias state this change produced.
+    pub revision: u64,
+    /// Alias.
+    pub alias: String,
+    /// Action.
+    pub action: AliasAction,
+    /// Version before.
+    pub from: Option<u64>,
+    /// Version after.
+    pub to: u64,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Aliases of a model and the full history of their changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AliasState {
+    /// Incremented by every change.
+    pub revision: u64,
+    /// Alias → version.
+    pub aliases: BTreeMap<String, u64>,
+    /// Append-only audit log.
+    pub history: Vec<AliasEvent>,
+}
+
+impl AliasState {
+    /// The versions an alias pointed at, oldest first, after replaying promotions and rollbacks.
+    pub fn stack(&self, alias: &str) -> Vec<u64> {
+        let mut stack = Vec::new();
+        for e in self.history.iter().filter(|e| e.alias == alias) {
+            match e.action {
+                AliasAction::Promote => stack.push(e.to),
+                AliasAction::Rollback => {
+                    stack.pop();
+                }
+            }
+        }
+        stack
+    }
+}
+
+/// Registry failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Bundle failure.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// A model or alias name that is not allowed.
+    #[error("invalid {what} name '{name}': use 1–64 characters a-z, 0-9, '-' or '_', starting with a letter or digit")]
+    InvalidName {
+        /// "model" or "alias".
+        what: &'static str,
+        /// Name.
+        name: String,
+    },
+    /// Something that does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// `champion` needs an approved card.
+    #[error("model '{model}' version {version} cannot become '{CHAMPION}': its model card is not approved (run `mlops registry card {model} {version} --approve --by NAME`)")]
+    CardNotApproved {
+        /// Model.
+        model: String,
+        /// Version.
+        version: u64,
+    },
+    /// Nothing earlier to roll back to.
+    #[error("alias '{alias}' of model '{model}' has no earlier version to roll back to")]
+    NothingToRollBack {
+        /// Model.
+        model: String,
+        /// Alias.
+        alias: String,
+    },
+    /// A stored record that does not parse.
+    #[error("registry object '{key}' is corrupt: {message}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Parser message.
+        message: String,
+    },
+    /// Too much contention.
+    #[error("gave up on '{key}' after {attempts} conflicting concurrent updates")]
+    Contention {
+        /// Key.
+        key: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// Another registration with the same idempotency key has not finished.
+    #[error("a registration of model '{model}' with idempotency key '{key}' is in progress (or was abandoned)")]
+    RegistrationPending {
+        /// Model.
+        model: String,
+        /// Key.
+        key: String,
+    },
+}
+
+/// Options of [`Registry::register`].
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    /// A key that makes retries of the same registration return the same version.
+    pub idempotency_key: Option<String>,
+    /// Who registers (user or job id).
+    pub registered_by: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RegistrationClaim {
+    bundle_digest: String,
+    version: Option<u64>,
+}
+
+/// The registry.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Checks a model or alias name.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), RegistryError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName {
+            what,
+            name: name.into(),
+        })
+    }
+}
+
+fn version_key(model: &str, version: u64) -> String {
+    format!("models/{model}/versions/{version:06}.json")
+}
+
+fn card_key(model: &str, version: u64) -> String {
+    format!("models/{model}/cards/{version:06}.json")
+}
+
+fn aliases_key(model: &str) -> String {
+    format!("models/{model}/aliases.json")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).expect("registry records serialize")
+}
+
+async fn backoff(attempt: usize) {
+    let cap = 2u64.saturating_pow(attempt.min(7) as u32).min(100);
+    let ms = rand::thread_rng().gen_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+impl Registry {
+    /// A registry on a store.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Registers a bundle as a new version of `model` (the bundle's own name is not used).
+    pub async fn register(
+        &self,
+        model: &str,
+        bundle: &Bundle,
+        options: RegisterOptions,
+    ) -> Result<VersionRecord, RegistryError> {
+        check_name("model", model)?;
+        let digest = bundle.digest();
+        let claim_key = options
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("models/{model}/registrations/{}.json", &sha256_hex(k.as_bytes())[..32]));
+        let mut claim_etag = None;
+        if let Some(key) = &claim_key {
+            let claim = RegistrationClaim {
+                bundle_digest: digest.clone(),
+                version: None,
+            };
+            match self.store.put(key, json(&claim), PutCondition::IfAbsent).await {
+                Ok(tag) => claim_etag = Some(tag),
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    return self
+                        .await_claimed_registration(model, key, options.idempotency_key.as_deref().unwrap_or(""))
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        let prefix = format!("models/{model}/bundles/{digest}");
+        for (name, bytes) in bundle.all_files() {
+            let key = format!("{prefix}/{name}");
+            match self.store.put(&key, bytes, PutCondition::IfAbsent).await {
+                // Same digest means same content: an earlier upload of this bundle is fine.
+                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        let m = &bundle.manifest;
+        let mut record = VersionRecord {
+            model: model.into(),
+            version: 0,
+            bundle_prefix: prefix,
+            bundle_digest: digest.clone(),
+            task: m.task,
+            model_kind: m.model_kind,
+            metrics: m.metrics.clone(),
+            params: m.params.clone(),
+            lineage: m.lineage.clone(),
+            registered_by: options.registered_by.clone(),
+            registered_at: Utc::now(),
+            idempotency_key: options.idempotency_key.clone(),
+        };
+        let mut next = self.latest_version(model).await? + 1;
+        for attempt in 0..MAX_ATTEMPTS {
+            record.version = next;
+            let key = version_key(model, next);
+            match self.store.put(&key, json(&record), PutCondition::IfAbsent).await {
+                Ok(_) => {
+                    let card = ModelCard {
+                        training_data: format!(
+                            "{} (sha256 {}, {} training rows, {} test rows)",
+                            m.lineage.data_source, m.lineage.data_sha256, m.lineage.train_rows, m.lineage.test_rows
+                        ),
+                        metrics: m.metrics.clone(),
+                        owner: options.registered_by.clone(),
+                        ..Default::default()
+                    };
+                    match self.store.put(&card_key(model, next), json(&card), PutCondition::IfAbsent).await {
+                        Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if let (Some(key), Some(tag)) = (&claim_key, claim_etag) {
+                        let done = RegistrationClaim {
+                            bundle_digest: digest,
+                            version: Some(next),
+                        };
+                        self.store.put(key, json(&done), PutCondition::IfMatch(tag)).await?;
+                    }
+                    return Ok(record);
+                }
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    // Someone took this number: move past everything that exists now.
+                    next = (self.latest_version(model).await? + 1).max(next + 1);
+                    if attempt > 3 {
+                        backoff(attempt).await;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Contention {
+            key: format!("models/{model}/versions/"),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    async fn await_claimed_registration(
+        &self,
+        model: &str,
+        claim_key: &str,
+        key: &str,
+    ) -> Result<VersionRecord, RegistryError> {
+        for attempt in 0..60 {
+            if let Some(obj) = self.store.get(claim_key).await? {
+                let claim: RegistrationClaim = parse(claim_key, &obj.bytes)?;
+                if let Some(v) = claim.version {
+                    return self.version(model, v).await;
+                }
+            }
+            backoff(attempt + 4).await;
+        }
+        Err(RegistryError::RegistrationPending {
+            model: model.into(),
+            key: key.into(),
+        })
+    }
+
+    /// Registered model names.
+    pub async fn models(&self) -> Result<Vec<String>, RegistryError> {
+        let keys = self.store.list("models/").await?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("models/")?.split('/').next().map(str::to_string))
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn version_numbers(&self, model: &str) -> Result<Vec<u64>, RegistryError> {
+        let prefix = format!("models/{model}/versions/");
+        let mut v: Vec<u64> = self
+            .store
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    async fn latest_version(&self, model: &str) -> Result<u64, RegistryError> {
+        Ok(self.version_numbers(model).await?.last().copied().unwrap_or(0))
+    }
+
+    /// All versions of a model, oldest first.
+    pub async fn versions(&self, model: &str) -> Result<Vec<VersionRecord>, RegistryError> {
+        check_name("model", model)?;
+        let mut out = Vec::new();
+        for v in self.version_numbers(model).await? {
+            out.push(self.version(model, v).await?);
+        }
+        Ok(out)
+    }
+
+    /// One version.
+    pub async fn version(&self, model: &str, version: u64) -> Result<VersionRecord, RegistryError> {
+        check_name("model", model)?;
+        let key = version_key(model, version);
+        let obj = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("model '{model}' version {version}")))?;
+        parse(&key, &obj.bytes)
+    }
+
+    /// Fetches and verifies the bundle of a version.
+    pub async fn load_bundle(&self, record: &VersionRecord) -> Result<Bundle, RegistryError> {
+        let manifest_key = format!("{}/{MANIFEST_FILE}", record.bundle_prefix);
+        let manifest = self
+            .store
+            .get(&manifest_key)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("bundle manifest '{manifest_key}'")))?;
+        let origin = self.store.uri(&record.bundle_prefix);
+        if sha256_hex(&manifest.bytes) != record.bundle_digest {
+            return Err(ArtifactError::Checksum {
+                origin,
+                name: MANIFEST_FILE.into(),
+                expected: format!("sha256 {}", record.bundle_digest),
+                actual: format!("sha256 {}", sha256_hex(&manifest.bytes)),
+            }
+            .into());
+        }
+        // Fetch the listed files first (async), then verify synchronously.
+        let probe: crate::artifact::Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+            ArtifactError::CorruptManifest {
+                origin: origin.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let mut fetched = BTreeMap::new();
+        for name in probe.files.keys() {
+            if let Some(obj) = self.store.get(&format!("{}/{name}", record.bundle_prefix)).await? {
+                fetched.insert(name.clone(), obj.bytes);
+            }
+        }
+        Ok(Bundle::from_parts(&origin, &manifest.bytes, |name| Ok(fetched.remove(name)))?)
+    }
+
+    /// Current aliases and audit log (with the tag for compare-and-swap).
+    async fn alias_state(&self, model: &str) -> Result<(AliasState, Option<ETag>), RegistryError> {
+        let key = aliases_key(model);
+        match self.store.get(&key).await? {
+            Some(obj) => Ok((parse(&key, &obj.bytes)?, Some(obj.etag))),
+            None => Ok((AliasState::default(), None)),
+        }
+    }
+
+    /// Aliases and the audit log of a model.
+    pub async fn aliases(&self, model: &str) -> Result<AliasState, RegistryError> {
+        check_name("model", model)?;
+        Ok(self.alias_state(model).await?.0)
+    }
+
+    /// The version an alias points at.
+    pub async fn resolve(&self, model: &str, alias: &str) -> Result<u64, RegistryError> {
+        self.aliases(model)
+            .await?
+            .aliases
+            .get(alias)
+            .copied()
+            .ok_or_else(|| RegistryError::NotFound(format!("alias '{alias}' of model '{model}'")))
+    }
+
+    /// Applies one alias change by compare-and-swap, retrying on conflicts. `change` decides the
+    /// new target from the current state (or refuses).
+    async fn change_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        action: AliasAction,
+        actor: &str,
+        reason: &str,
+        change: impl Fn(&AliasState) -> Result<u64, RegistryError>,
+    ) -> Result<AliasEvent, RegistryError> {
+        check_name("model", model)?;
+        check_name("alias", alias)?;
+        let key = aliases_key(model);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (mut state, etag) = self.alias_state(model).await?;
+            let to = change(&state)?;
+            self.version(model, to).await?;
+            if alias == CHAMPION && self.card(model, to).await?.approval.is_none() {
+                return Err(RegistryError::CardNotApproved {
+                    model: model.into(),
+                    version: to,
+                });
+            }
+            state.revision += 1;
+            let event = AliasEvent {
+                revision: state.revision,
+                alias: alias.into(),
+                action,
+                from: state.aliases.get(alias).copied(),
+                to,
+                actor: actor.into(),
+                reason: reason.into(),
+                at: Utc::now(),
+            };
+            state.aliases.insert(alias.into(), to);
+            state.history.push(event.clone());
+            let condition = etag.map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
+            match self.store.put(&key, json(&state), condition).await {
+                Ok(_) => return Ok(event),
+                Err(StoreError::PreconditionFailed { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Contention {
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Points an alias at a version (atomically; recorded in the audit log).
+    pub async fn promote(
+        &self,
+        model: &str,
+        alias: &str,
+        version: u64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<AliasEvent, RegistryError> {
+        self.change_alias(model, alias, AliasAction::Promote, actor, reason, |_| Ok(version))
+            .await
+    }
+
+    /// Returns an alias to the version it pointed at before its latest promotion.
+    pub async fn rollback(&self, model: &str, alias: &str, actor: &str, reason: &str) -> Result<AliasEvent, RegistryError> {
+        self.change_alias(model, alias, AliasAction::Rollback, actor, reason, |state| {
+            let stack = state.stack(alias);
+            if stack.len() < 2 {
+                return Err(RegistryError::NothingToRollBack {
+                    model: model.into(),
+                    alias: alias.into(),
+                });
+            }
+            Ok(stack[stack.len() - 2])
+        })
+        .await
+    }
+
+    async fn card_with_tag(&self, model: &str, version: u64) -> Result<(ModelCard, ETag), RegistryError> {
+        let key = card_key(model, version);
+        let obj = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("model card of '{model}' version {version}")))?;
+        Ok((parse(&key, &obj.bytes)?, obj.etag))
+    }
+
+    /// The model card of a version.
+    pub async fn card(&self, model: &str, version: u64) -> Result<ModelCard, RegistryError> {
+        check_name("model", model)?;
+        Ok(self.card_with_tag(model, version).await?.0)
+    }
+
+    async fn update_card(
+        &self,
+        model: &str,
+        version: u64,
+        f: impl Fn(&mut ModelCard),
+    ) -> Result<ModelCard, RegistryError> {
+        check_name("model", model)?;
+        let key = card_key(model, version);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (mut card, tag) = self.card_with_tag(model, version).await?;
+            f(&mut card);
+            match self.store.put(&key, json(&card), PutCondition::IfMatch(tag)).await {
+                Ok(_) => return Ok(card),
+                Err(StoreError::PreconditionFailed { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Contention {
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Edits card fields; any edit clears an earlier approval.
+    pub async fn edit_card(&self, model: &str, version: u64, edit: CardEdit) -> Result<ModelCard, RegistryError> {
+        self.update_card(model, version, |card| {
+            let mut changed = false;
+            for (field, value) in [
+                (&mut card.intended_use, &edit.intended_use),
+                (&mut card.limitations, &edit.limitations),
+                (&mut card.owner, &edit.owner),
+                (&mut card.training_data, &edit.training_data),
+            ] {
+                if let Some(v) = value
+                    && field != v
+                {
+                    *field = v.clone();
+                    changed = true;
+                }
+            }
+            if changed {
+                card.approval = None;
+            }
+        })
+        .await
+    }
+
+    /// Approves a card.
+    pub async fn approve_card(&self, model: &str, version: u64, approver: &str, note: &str) -> Result<ModelCard, RegistryError> {
+        self.update_card(model, version, |card| {
+            card.approval = Some(Approval {
+                approved_by: approver.into(),
+                approved_at: Utc::now(),
+                note: note.into(),
+            });
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("model", "california_housing").is_ok());
+        for bad in ["", "A", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name("model", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The object-store port: what the registry needs from S3 or a local directory.
+//!
+//! Keys are `/`-separated relative paths. Every write is all-or-nothing: readers see the old object
+//! or the new one, never part of one. Conditional writes give the registry its atomicity.
+
+use async_trait::async_trait;
+
+/// An opaque version tag of a stored object (S3 ETag; content hash locally).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ETag(pub String);
+
+/// An object read from the store.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// Content.
+    pub bytes: Vec<u8>,
+    /// Version tag to pass to [`PutCondition::IfMatch`].
+    pub etag: ETag,
+}
+
+/// When a put may happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Always (replaces any existing object).
+    None,
+    /// Only if no object exists at the key (create-only).
+    IfAbsent,
+    /// Only if the current object has this tag (compare-and-swap).
+    IfMatch(ETag),
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost: the object exists (create-only) or changed (compare-and-swap).
+    #[error("conditional write to '{key}' failed: the object {}", if *.exists { "already exists or changed" } else { "does not exist" })]
+    PreconditionFailed {
+        /// Key.
+        key: String,
+        /// Whether an object is present.
+        exists: bool,
+    },
+    /// A key that is not a safe relative path.
+    #[error("invalid store key '{key}': {why}")]
+    InvalidKey {
+        /// Key.
+        key: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// Any other failure of the backend.
+    #[error("store {operation} '{key}' failed: {message}")]
+    Backend {
+        /// get, put or list.
+        operation: &'static str,
+        /// Key or prefix.
+        key: String,
+        /// Backend message.
+        message: String,
+    },
+}
+
+/// An object store (S3 bucket prefix or local directory).
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Reads an object; `None` if absent.
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// Writes an object atomically under a condition; returns the new tag.
+    async fn put(&self, key: &str, bytes: Vec<u8>, condition: PutCondition) -> Result<ETag, StoreError>;
+    /// Keys under a prefix (recursive), sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// A human-readable location, e.g. `s3://bucket/prefix` or a directory path.
+    fn describe(&self) -> String;
+    /// The full URI of a key (for lineage and tracking links).
+    fn uri(&self, key: &str) -> String;
+}
+
+/// Rejects keys that could escape the store root or are ambiguous.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = |why| Err(StoreError::InvalidKey { key: key.into(), why });
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.starts_with('/') || key.ends_with('/') {
+        return bad("must not start or end with '/'");
+    }
+    if key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return bad("empty, '.' or '..' path segment");
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return bad("control character or backslash");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        for k in ["", "/a", "a/", "a//b", "../x", "a/./b", "a\\b", "a\nb"] {
+            assert!(check_key(k).is_err(), "{k:?}");
+        }
+        check_key("models/housing/versions/000001/version.json").unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("cargo:rerun-if-env-changed=XGBOOST_LIB_DIR");
+}
