@@ -1,0 +1,153 @@
+//! Registry behaviour on the real local-filesystem store (the S3 adapter is exercised the same way
+//! against moto in the end-to-end tests).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mlops_domain::artifact::{Bundle, Lineage, Manifest, ModelKind, BUNDLE_FORMAT};
+use mlops_domain::data::{TargetPolicy, read_csv};
+use mlops_domain::features::{FeaturePipeline, PipelineOptions};
+use mlops_domain::registry::*;
+use mlops_domain::schema::{Schema, Task};
+use mlops_store::LocalStore;
+
+fn sample_bundle() -> Bundle {
+    let schema = Schema::from_toml(
+        "name = \"s\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    let (data, report) = read_csv(&b"x,y\n1,2\n3,4\n"[..], "s.csv", &schema, TargetPolicy::Required).unwrap();
+    let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
+    let manifest = Manifest {
+        format_version: BUNDLE_FORMAT,
+        model_name: "s".into(),
+        task: Task::Regression,
+        model_kind: ModelKind::Linear,
+        model_file: "model.json".into(),
+        feature_names: pipeline.feature_names.clone(),
+        schema,
+        pipeline,
+        metrics: BTreeMap::from([("rmse".into(), 0.5)]),
+        validation_metrics: BTreeMap::new(),
+        cv_score: None,
+        params: BTreeMap::new(),
+        lineage: Lineage { data_sha256: report.sha256, ..Default::default() },
+        created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        reference_profile: mlops_domain::profile::profile(&data),
+        files: BTreeMap::new(),
+    };
+    Bundle::new(manifest, BTreeMap::from([("model.json".into(), b"{}".to_vec())])).unwrap()
+}
+
+fn registry() -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Registry::new(Arc::new(LocalStore::new(dir.path()))), dir)
+}
+
+#[tokio::test]
+async fn versions_increase_and_bundles_round_trip() {
+    let (r, _dir) = registry();
+    let b = sample_bundle();
+    let v1 = r.register("housing", &b, RegisterOptions::default()).await.unwrap();
+    let v2 = r.register("housing", &b, RegisterOptions::default()).await.unwrap();
+    assert_eq!((v1.version, v2.version), (1, 2));
+    assert_eq!(r.load_bundle(&v2).await.unwrap(), b);
+    assert_eq!(r.models().await.unwrap(), vec!["housing"]);
+    assert!(r.card(&v1.model, 1).await.unwrap().training_data.contains("sha256"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_registrations_get_distinct_numbers() {
+    let (r, _dir) = registry();
+    let b = sample_bundle();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (r, b) = (r.clone(), b.clone());
+            tokio::spawn(async move { r.register("m", &b, RegisterOptions::default()).await.unwrap().version })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (1..=16).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_version() {
+    let (r, _dir) = registry();
+    let b = sample_bundle();
+    let opts = RegisterOptions {
+        idempotency_key: Some("job-7".into()),
+        registered_by: "t".into(),
+    };
+    let a = r.register("m", &b, opts.clone()).await.unwrap();
+    let again = r.register("m", &b, opts).await.unwrap();
+    assert_eq!(a.version, again.version);
+    assert_eq!(r.versions("m").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn champion_needs_approval_and_rollback_walks_back() {
+    let (r, _dir) = registry();
+    let b = sample_bundle();
+    for _ in 0..3 {
+        r.register("m", &b, RegisterOptions::default()).await.unwrap();
+    }
+    let err = r.promote("m", CHAMPION, 1, "me", "first").await.unwrap_err();
+    assert!(matches!(err, RegistryError::CardNotApproved { version: 1, .. }));
+    for v in 1..=3 {
+        r.approve_card("m", v, "lead", "ok").await.unwrap();
+    }
+    r.promote("m", CHAMPION, 1, "me", "a").await.unwrap();
+    r.promote("m", CHAMPION, 2, "me", "b").await.unwrap();
+    r.promote("m", CHAMPION, 3, "me", "c").await.unwrap();
+    assert_eq!(r.rollback("m", CHAMPION, "me", "bad").await.unwrap().to, 2);
+    assert_eq!(r.rollback("m", CHAMPION, "me", "worse").await.unwrap().to, 1);
+    assert!(matches!(
+        r.rollback("m", CHAMPION, "me", "no").await.unwrap_err(),
+        RegistryError::NothingToRollBack { .. }
+    ));
+    let state = r.aliases("m").await.unwrap();
+    assert_eq!(state.aliases[CHAMPION], 1);
+    assert_eq!(state.history.len(), 5);
+    assert_eq!(state.revision, 5);
+    assert!(matches!(r.promote("m", "x", 9, "me", "").await.unwrap_err(), RegistryError::NotFound(_)));
+}
+
+#[tokio::test]
+async fn editing_a_card_clears_its_approval() {
+    let (r, _dir) = registry();
+    r.register("m", &sample_bundle(), RegisterOptions::default()).await.unwrap();
+    r.approve_card("m", 1, "lead", "").await.unwrap();
+    let card = r
+        .edit_card("m", 1, CardEdit { limitations: Some("none known".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(card.approval.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_promotions_lose_no_update() {
+    let (r, _dir) = registry();
+    for _ in 0..4 {
+        r.register("m", &sample_bundle(), RegisterOptions::default()).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..20u64)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { r.promote("m", CHALLENGER, i % 4 + 1, &format!("p{i}"), "").await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let state = r.aliases("m").await.unwrap();
+    assert_eq!(state.revision, 20);
+    assert_eq!(state.history.len(), 20);
+    let revisions: Vec<u64> = state.history.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, (1..=20).collect::<Vec<_>>());
+}
+
