@@ -1,1 +1,61 @@
-fn main() {}
+//! `mlops`: data validation, training, registry and local prediction for tabular models.
+
+mod commands;
+mod config;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "mlops", version, about = "Train, register and serve tabular models (local default; S3 and MLflow by configuration)")]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Data sets: fetch and validate.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Train candidates, select the best, register it.
+    Train(commands::train::TrainArgs),
+    /// Model registry: versions, aliases, cards, audit log.
+    #[command(subcommand)]
+    Registry(commands::registry::RegistryCommand),
+    /// Predict rows from CSV or JSON with a registered model.
+    Predict(commands::predict::PredictArgs),
+    /// Train on California Housing, register, promote and predict, on the local default.
+    Quickstart(commands::quickstart::QuickstartArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(c) => commands::data::run(c, &cli.settings).await,
+        Command::Train(a) => commands::train::train(&a, &cli.settings).await.map(|_| ()),
+        Command::Registry(c) => commands::registry::run(c, &cli.settings).await,
+        Command::Predict(a) => commands::predict::run(a, &cli.settings).await,
+        Command::Quickstart(a) => commands::quickstart::run(a, &cli.settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

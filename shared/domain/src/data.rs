@@ -896,3 +896,144 @@ categories = ["Yes", "No"]
         assert!(d.labels.is_empty());
     }
 }
+
+/// A problem with one field of a JSON record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Field name.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field '{}': {}", self.field, self.message)
+    }
+}
+
+/// Validates one JSON record (an object keyed by raw column name) against the schema's feature
+/// columns and returns its values in feature-column order. The id and target columns may be
+/// present and are ignored; any other unknown field is an error. All problems are returned.
+pub fn record_from_json(
+    schema: &Schema,
+    record: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<Value>, Vec<FieldError>> {
+    use serde_json::Value as J;
+    let mut errors = Vec::new();
+    let mut values = Vec::new();
+    for spec in schema.feature_columns() {
+        let err = |message: String| FieldError {
+            field: spec.name.clone(),
+            message,
+        };
+        let value = match record.get(&spec.name) {
+            None | Some(J::Null) if spec.nullable => Value::Missing,
+            None => {
+                errors.push(err("is required".into()));
+                continue;
+            }
+            Some(J::Null) => {
+                errors.push(err("must not be null".into()));
+                continue;
+            }
+            Some(v) => match (spec.is_numeric(), v) {
+                (true, J::Number(n)) => match n.as_f64().map(|x| check_number_value(x, spec)) {
+                    Some(Ok(x)) => Value::Number(x),
+                    Some(Err(m)) => {
+                        errors.push(err(m));
+                        continue;
+                    }
+                    None => {
+                        errors.push(err(format!("{n} is not representable as a number")));
+                        continue;
+                    }
+                },
+                (true, other) => {
+                    errors.push(err(format!("expected a number, got {}", json_kind(other))));
+                    continue;
+                }
+                (false, J::String(s)) => {
+                    if !spec.categories.is_empty() && !spec.categories.iter().any(|c| c == s) {
+                        errors.push(err(format!(
+                            "unknown category '{}' (allowed: {})",
+                            truncate(s),
+                            spec.categories.join(", ")
+                        )));
+                        continue;
+                    }
+                    Value::Category(s.clone())
+                }
+                (false, other) => {
+                    errors.push(err(format!("expected a string, got {}", json_kind(other))));
+                    continue;
+                }
+            },
+        };
+        values.push(value);
+    }
+    for key in record.keys() {
+        match schema.column(key) {
+            Some(_) => {}
+            None => errors.push(FieldError {
+                field: truncate(key),
+                message: "is not an input of this model".into(),
+            }),
+        }
+    }
+    if errors.is_empty() { Ok(values) } else { Err(errors) }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::from_toml(
+            "name = \"j\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\nmax = 5.0\n[[columns]]\nname = \"k\"\ntype = \"categorical\"\ncategories = [\"a\"]\nnullable = true\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
+            "j.toml",
+        )
+        .unwrap()
+    }
+
+    fn parse(v: serde_json::Value) -> Result<Vec<Value>, Vec<FieldError>> {
+        record_from_json(&schema(), v.as_object().unwrap())
+    }
+
+    #[test]
+    fn accepts_valid_records() {
+        assert_eq!(
+            parse(serde_json::json!({"x": 1.5, "k": "a", "y": 3})).unwrap(),
+            vec![Value::Number(1.5), Value::Category("a".into())]
+        );
+        assert_eq!(parse(serde_json::json!({"x": 1})).unwrap()[1], Value::Missing);
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let errs = parse(serde_json::json!({"x": "1", "k": 3, "zz": 1})).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "field 'x': expected a number, got a string",
+                "field 'k': expected a string, got a number",
+                "field 'zz': is not an input of this model"
+            ]
+        );
+        let errs = parse(serde_json::json!({"x": 7, "k": "b"})).unwrap_err();
+        assert!(errs[0].message.contains("above the maximum") && errs[1].message.contains("unknown category"));
+        assert_eq!(parse(serde_json::json!({})).unwrap_err()[0].to_string(), "field 'x': is required");
+    }
+}

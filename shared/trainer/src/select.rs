@@ -1,0 +1,315 @@
+//! Candidate training and selection.
+//!
+//! Protocol: a seeded train/test split; the feature pipeline is fitted on the training split
+//! only; a validation set carved from the training split drives early stopping and selection
+//! (or the mean of k-fold cross-validation when enabled); the selected candidate is scored once
+//! on the untouched test split.
+
+use std::time::Instant;
+
+use mlops_domain::artifact::ModelKind;
+use mlops_domain::data::Dataset;
+use mlops_domain::features::{FeatureMatrix, FeaturePipeline, PipelineOptions};
+use mlops_domain::metrics::{Metric, evaluate};
+use mlops_domain::schema::{Schema, Task};
+use mlops_domain::split::{Split, k_fold, train_test_split};
+use serde::{Deserialize, Serialize};
+
+use crate::lightgbm::{LgbmModel, LgbmParams};
+use crate::linear::LinearModel;
+use crate::xgboost::{XgbModel, XgbParams};
+use crate::{Labelled, Model, Params, TrainError};
+
+/// One learner configuration to try.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CandidateSpec {
+    /// Ridge regression (regression) or logistic regression (classification).
+    Linear {
+        /// L2 penalty.
+        l2: f64,
+    },
+    /// XGBoost.
+    Xgboost(XgbParams),
+    /// LightGBM.
+    Lightgbm(LgbmParams),
+}
+
+impl CandidateSpec {
+    /// The model family for a task.
+    pub fn model_kind(&self, task: Task) -> ModelKind {
+        match (self, task) {
+            (CandidateSpec::Linear { .. }, Task::Regression) => ModelKind::Linear,
+            (CandidateSpec::Linear { .. }, Task::BinaryClassification) => ModelKind::Logistic,
+            (CandidateSpec::Xgboost(_), _) => ModelKind::Xgboost,
+            (CandidateSpec::Lightgbm(_), _) => ModelKind::Lightgbm,
+        }
+    }
+
+    /// Linear models need standardized features; trees do not.
+    pub fn pipeline_options(&self) -> PipelineOptions {
+        PipelineOptions {
+            standardize: matches!(self, CandidateSpec::Linear { .. }),
+        }
+    }
+
+    /// Parameters as logged.
+    pub fn params(&self, task: Task) -> Params {
+        match self {
+            CandidateSpec::Linear { l2 } => Params::from([("l2".to_string(), (*l2).into())]),
+            CandidateSpec::Xgboost(p) => XgbModel::params_of(p, task),
+            CandidateSpec::Lightgbm(p) => LgbmModel::params_of(p, task),
+        }
+    }
+
+    /// Sets the compute device (`cpu` or `cuda`) of tree learners.
+    pub fn set_device(&mut self, device: &str) {
+        match self {
+            CandidateSpec::Xgboost(p) => p.device = device.into(),
+            CandidateSpec::Lightgbm(p) => p.device = device.into(),
+            CandidateSpec::Linear { .. } => {}
+        }
+    }
+
+    /// The default candidates: a linear baseline, XGBoost and LightGBM.
+    pub fn defaults() -> Vec<CandidateSpec> {
+        vec![
+            CandidateSpec::Linear { l2: 1.0 },
+            CandidateSpec::Xgboost(XgbParams::default()),
+            CandidateSpec::Lightgbm(LgbmParams::default()),
+        ]
+    }
+
+    /// Trains this candidate.
+    pub fn fit(&self, task: Task, train: Labelled<'_>, valid: Labelled<'_>, seed: u64) -> Result<Box<dyn Model>, TrainError> {
+        Ok(match (self, task) {
+            (CandidateSpec::Linear { l2 }, Task::Regression) => Box::new(LinearModel::fit_ridge(train, *l2)?),
+            (CandidateSpec::Linear { l2 }, Task::BinaryClassification) => Box::new(LinearModel::fit_logistic(train, *l2)?),
+            (CandidateSpec::Xgboost(p), _) => Box::new(XgbModel::train(task, p, train, valid, seed)?),
+            (CandidateSpec::Lightgbm(p), _) => Box::new(LgbmModel::train(task, p, train, valid, seed)?),
+        })
+    }
+}
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Seed of the split, the folds and the learners.
+    pub seed: u64,
+    /// Share of rows held out for the final test report.
+    pub test_fraction: f64,
+    /// Share of the training split carved out for early stopping and selection.
+    pub validation_fraction: f64,
+    /// k-fold cross-validation on the training split (selection by CV mean), if set.
+    pub cv_folds: Option<usize>,
+    /// Candidates to try.
+    pub candidates: Vec<CandidateSpec>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            test_fraction: 0.2,
+            validation_fraction: 0.1,
+            cv_folds: None,
+            candidates: CandidateSpec::defaults(),
+        }
+    }
+}
+
+/// One trained candidate.
+pub struct CandidateResult {
+    /// Display name, e.g. `xgboost`.
+    pub name: String,
+    /// Configuration.
+    pub spec: CandidateSpec,
+    /// Model family.
+    pub kind: ModelKind,
+    /// Parameters as logged (plus the best iteration for trees).
+    pub params: Params,
+    /// Metrics on the validation set.
+    pub validation_metrics: std::collections::BTreeMap<String, f64>,
+    /// Primary metric of each CV fold (empty without CV).
+    pub cv_scores: Vec<f64>,
+    /// Wall time of the final fit.
+    pub train_seconds: f64,
+    /// The pipeline this candidate was trained with.
+    pub pipeline: FeaturePipeline,
+    /// The model (fitted on the training split minus the validation carve-out).
+    pub model: Box<dyn Model>,
+}
+
+impl CandidateResult {
+    /// The score selection uses: CV mean if CV ran, else the validation metric.
+    pub fn selection_score(&self, metric: Metric) -> f64 {
+        if self.cv_scores.is_empty() {
+            self.validation_metrics[metric.name()]
+        } else {
+            self.cv_scores.iter().sum::<f64>() / self.cv_scores.len() as f64
+        }
+    }
+}
+
+/// Everything training produced.
+pub struct TrainingOutcome {
+    /// Task.
+    pub task: Task,
+    /// The metric selection used.
+    pub primary: Metric,
+    /// All candidates, in configuration order.
+    pub candidates: Vec<CandidateResult>,
+    /// Index of the selected candidate.
+    pub best: usize,
+    /// Test metrics of the selected candidate.
+    pub test_metrics: std::collections::BTreeMap<String, f64>,
+    /// Test labels and the selected candidate's predictions.
+    pub test_labels: Vec<f64>,
+    /// Predictions on the test split.
+    pub test_predictions: Vec<f64>,
+    /// The test split's raw rows (for parity checks and reports).
+    pub test_data: Dataset,
+    /// Test features as the selected model saw them.
+    pub test_features: FeatureMatrix,
+    /// Rows in the training split (including the validation carve-out).
+    pub train_rows: usize,
+}
+
+impl TrainingOutcome {
+    /// The selected candidate.
+    pub fn best(&self) -> &CandidateResult {
+        &self.candidates[self.best]
+    }
+}
+
+/// Progress events, for progress bars and logs.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A candidate starts (index, total, name).
+    CandidateStarted(usize, usize, String),
+    /// A CV fold finished (candidate name, fold, score).
+    FoldFinished(String, usize, f64),
+    /// A candidate finished (name, validation score, seconds).
+    CandidateFinished(String, f64, f64),
+}
+
+fn labelled<'a>(x: &'a FeatureMatrix, y: &'a [f64]) -> Labelled<'a> {
+    Labelled { x, y }
+}
+
+/// Fits the pipeline on `data`, carves a validation set and trains one candidate; returns the
+/// pipeline, the model and the validation labels, predictions.
+fn fit_once(
+    schema: &Schema,
+    spec: &CandidateSpec,
+    data: &Dataset,
+    validation_fraction: f64,
+    seed: u64,
+) -> Result<(FeaturePipeline, Box<dyn Model>, Vec<f64>, Vec<f64>), TrainError> {
+    let pipeline = FeaturePipeline::fit(schema, data, spec.pipeline_options());
+    let carve = train_test_split(data.len(), validation_fraction, seed ^ 0x5eed);
+    let (fit_part, valid_part) = (data.subset(&carve.train), data.subset(&carve.test));
+    let (x_fit, _) = pipeline.transform(&fit_part);
+    let (x_valid, _) = pipeline.transform(&valid_part);
+    let model = spec.fit(
+        schema.task,
+        labelled(&x_fit, &fit_part.labels),
+        labelled(&x_valid, &valid_part.labels),
+        seed,
+    )?;
+    let predictions = model.predict(&x_valid)?;
+    Ok((pipeline, model, valid_part.labels, predictions))
+}
+
+/// Trains every candidate and selects the best.
+pub fn train_and_select(
+    schema: &Schema,
+    data: &Dataset,
+    config: &TrainConfig,
+    mut progress: impl FnMut(Progress),
+) -> Result<TrainingOutcome, TrainError> {
+    if config.candidates.is_empty() {
+        return Err(TrainError::Config("no candidates to train".into()));
+    }
+    if data.labels.len() != data.len() {
+        return Err(TrainError::Config("the data set has no labels".into()));
+    }
+    let task = schema.task;
+    let primary = Metric::primary(task);
+    let Split { train, test } = train_test_split(data.len(), config.test_fraction, config.seed);
+    if train.len() < 10 || test.is_empty() {
+        return Err(TrainError::Config(format!(
+            "too few rows to train and test: {} training, {} test",
+            train.len(),
+            test.len()
+        )));
+    }
+    let train_data = data.subset(&train);
+    let test_data = data.subset(&test);
+
+    let mut candidates = Vec::new();
+    let total = config.candidates.len();
+    for (i, spec) in config.candidates.iter().enumerate() {
+        let name = spec.model_kind(task).name().to_string();
+        progress(Progress::CandidateStarted(i, total, name.clone()));
+        let mut cv_scores = Vec::new();
+        if let Some(k) = config.cv_folds {
+            for (f, fold) in k_fold(train_data.len(), k, config.seed).iter().enumerate() {
+                let fold_train = train_data.subset(&fold.train);
+                let fold_test = train_data.subset(&fold.test);
+                let (pipeline, model, _, _) =
+                    fit_once(schema, spec, &fold_train, config.validation_fraction, config.seed)?;
+                let (x, _) = pipeline.transform(&fold_test);
+                let score = primary.compute(&fold_test.labels, &model.predict(&x)?);
+                progress(Progress::FoldFinished(name.clone(), f, score));
+                cv_scores.push(score);
+            }
+        }
+        let started = Instant::now();
+        let (pipeline, model, valid_labels, valid_predictions) =
+            fit_once(schema, spec, &train_data, config.validation_fraction, config.seed)?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        let validation_metrics = evaluate(task, &valid_labels, &valid_predictions);
+        let mut params = spec.params(task);
+        if let Some(best) = model.best_iteration() {
+            params.insert("best_iteration".into(), best.into());
+        }
+        progress(Progress::CandidateFinished(
+            name.clone(),
+            validation_metrics[primary.name()],
+            train_seconds,
+        ));
+        candidates.push(CandidateResult {
+            name,
+            kind: spec.model_kind(task),
+            spec: spec.clone(),
+            params,
+            validation_metrics,
+            cv_scores,
+            train_seconds,
+            pipeline,
+            model,
+        });
+    }
+    let mut best = 0;
+    for (i, c) in candidates.iter().enumerate() {
+        if primary.better(c.selection_score(primary), candidates[best].selection_score(primary)) {
+            best = i;
+        }
+    }
+    let (test_features, _) = candidates[best].pipeline.transform(&test_data);
+    let test_predictions = candidates[best].model.predict(&test_features)?;
+    let test_metrics = evaluate(task, &test_data.labels, &test_predictions);
+    Ok(TrainingOutcome {
+        task,
+        primary,
+        best,
+        test_metrics,
+        test_labels: test_data.labels.clone(),
+        test_predictions,
+        test_features,
+        test_data,
+        train_rows: train.len(),
+        candidates,
+    })
+}

@@ -1,0 +1,7 @@
+//! Subcommands.
+
+pub mod data;
+pub mod predict;
+pub mod quickstart;
+pub mod registry;
+pub mod train;

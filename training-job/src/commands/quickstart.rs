@@ -1,0 +1,92 @@
+//! `mlops quickstart`: train on California Housing, register, approve, promote to champion and
+//! predict a few held-out rows, all on the embedded local default.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mlops_domain::registry::{CHAMPION, CardEdit};
+
+use crate::commands::data::fetch;
+use crate::commands::predict::predict_rows;
+use crate::commands::train::{TrainArgs, train};
+use crate::config::{Settings, load_schema, locate_data};
+
+/// Arguments of `mlops quickstart`.
+#[derive(Debug, clap::Args)]
+pub struct QuickstartArgs {
+    /// California Housing CSV (default: ../shared/data, else downloaded and verified).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// Runs the quickstart.
+pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
+    let schema = load_schema("california_housing")?;
+    let data = match locate_data(&schema, args.data.as_deref(), settings) {
+        Ok(p) => p,
+        Err(_) if args.data.is_none() => {
+            println!("california_housing.csv not found locally; downloading it from its canonical URL");
+            fetch(&schema, None, settings).await?
+        }
+        Err(e) => return Err(e),
+    };
+    println!("== 1. train on {} (80/20 split, seed 42)", data.display());
+    let trained = train(
+        &TrainArgs {
+            dataset: "california_housing".into(),
+            data: Some(data),
+            model_name: None,
+            seed: 42,
+            test_fraction: 0.2,
+            cv_folds: None,
+            candidates: vec!["linear".into(), "xgboost".into(), "lightgbm".into()],
+            device: "cpu".into(),
+            experiment: None,
+            out: None,
+            idempotency_key: None,
+            promote: None,
+            registered_by: "quickstart".into(),
+        },
+        settings,
+    )
+    .await?;
+    let model = trained.version.model.clone();
+    let version = trained.version.version;
+
+    println!("\n== 2. model card and approval");
+    let registry = settings.registry().await?;
+    registry
+        .edit_card(
+            &model,
+            version,
+            CardEdit {
+                intended_use: Some("Demo: estimate the median house value of a 1990 California block group.".into()),
+                limitations: Some("1990 census data; values capped at 500,001 USD; not for real valuations.".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    registry.approve_card(&model, version, "quickstart", "approved by the quickstart").await?;
+    println!("card of {model} v{version} approved");
+
+    println!("\n== 3. promote v{version} to {CHAMPION}");
+    let event = registry.promote(&model, CHAMPION, version, "quickstart", "quickstart").await?;
+    println!("{CHAMPION} → v{} (audit revision {})", event.to, event.revision);
+
+    println!("\n== 4. predict 5 held-out rows with {model}@{CHAMPION}");
+    let champion = registry.resolve(&model, CHAMPION).await?;
+    let bundle = registry.load_bundle(&registry.version(&model, champion).await?).await?;
+    let test = &trained.outcome.test_data;
+    let rows: Vec<_> = test.rows.iter().take(5).cloned().collect();
+    let predictions = predict_rows(&bundle, &rows)?;
+    let unit = &bundle.manifest.schema.target.unit;
+    println!("{:>6}  {:>10}  {:>10}   ({unit})", "line", "actual", "predicted");
+    for ((line, actual), p) in test.lines.iter().zip(&test.labels).zip(&predictions) {
+        println!("{line:>6}  {actual:>10.3}  {p:>10.3}");
+    }
+    println!(
+        "\nDone. Try: mlops registry list {model}; mlops predict {model} --json rows.json; report in {}",
+        trained.artifact_dir.join("report/report.md").display()
+    );
+    Ok(())
+}

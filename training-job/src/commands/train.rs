@@ -1,0 +1,352 @@
+//! `mlops train`: validate → split → fit pipelines → train candidates → select → test → bundle →
+//! register → track.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use mlops_domain::artifact::{Bundle, Lineage, Manifest, BUNDLE_FORMAT};
+use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
+use mlops_domain::hashing::DvcManifest;
+use mlops_domain::profile::profile;
+use mlops_domain::registry::{RegisterOptions, VersionRecord};
+use mlops_domain::schema::Schema;
+use mlops_domain::store::{PutCondition, StoreError};
+use mlops_domain::tracking::{RunStatus, Tracker};
+use mlops_trainer::report::{ReportContext, write_report};
+use mlops_trainer::select::{CandidateSpec, Progress, TrainConfig, TrainingOutcome, train_and_select};
+use mlops_trainer::{lightgbm::LgbmParams, xgboost::XgbParams};
+
+use crate::config::{Settings, code_commit, load_schema, locate_data};
+use crate::progress;
+
+/// Arguments of `mlops train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Data-set name (california_housing, telco_churn) or schema file.
+    pub dataset: String,
+    /// Data file (default: ../shared/data or the download cache).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Registry model name (default: the data-set name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Seed of the split, folds and learners.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of rows held out for the test report.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Run k-fold cross-validation on the training split and select by its mean.
+    #[arg(long)]
+    pub cv_folds: Option<usize>,
+    /// Candidates to train, comma-separated: linear, xgboost, lightgbm.
+    #[arg(long, value_delimiter = ',', default_value = "linear,xgboost,lightgbm")]
+    pub candidates: Vec<String>,
+    /// Compute device of the tree learners: cpu, or cuda (needs CUDA builds of the libraries).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Experiment name in the tracker (default: the model name).
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Directory for the bundle and report (default: HOME/artifacts/MODEL/TIMESTAMP).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Retrying with the same key returns the version registered the first time.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Point this alias at the new version (champion needs an approved card).
+    #[arg(long)]
+    pub promote: Option<String>,
+    /// Who registers the model.
+    #[arg(long, env = "USER", default_value = "mlops")]
+    pub registered_by: String,
+}
+
+/// What a training run produced.
+pub struct TrainSummary {
+    /// The registered version.
+    pub version: VersionRecord,
+    /// Where the bundle and report were written.
+    pub artifact_dir: PathBuf,
+    /// The training outcome.
+    pub outcome: TrainingOutcome,
+}
+
+fn parse_candidates(names: &[String], device: &str) -> Result<Vec<CandidateSpec>> {
+    let mut out = Vec::new();
+    for name in names {
+        let mut spec = match name.trim() {
+            "linear" | "ridge" | "logistic" => CandidateSpec::Linear { l2: 1.0 },
+            "xgboost" => CandidateSpec::Xgboost(XgbParams::default()),
+            "lightgbm" => CandidateSpec::Lightgbm(LgbmParams::default()),
+            other => bail!("unknown candidate '{other}': use linear, xgboost or lightgbm"),
+        };
+        spec.set_device(device);
+        out.push(spec);
+    }
+    if out.is_empty() {
+        bail!("--candidates is empty");
+    }
+    Ok(out)
+}
+
+fn check_args(args: &TrainArgs) -> Result<()> {
+    if !(args.test_fraction > 0.0 && args.test_fraction < 0.9) {
+        bail!("--test-fraction must be between 0 and 0.9, got {}", args.test_fraction);
+    }
+    if let Some(k) = args.cv_folds
+        && !(2..=20).contains(&k)
+    {
+        bail!("--cv-folds must be between 2 and 20, got {k}");
+    }
+    Ok(())
+}
+
+/// Loads and validates the data set, printing a short report.
+pub fn load_dataset(schema: &Schema, path: &Path) -> Result<Dataset> {
+    let spinner = progress::spinner(&format!("validating {}", path.display()));
+    let loaded = load_csv(path, schema, TargetPolicy::Required);
+    spinner.finish_and_clear();
+    let (data, report) = loaded?;
+    eprintln!(
+        "validated {}: {} rows, {} columns, sha256 {}",
+        path.display(),
+        report.rows,
+        report.columns.len(),
+        &report.sha256[..16]
+    );
+    Ok(data)
+}
+
+/// Trains, bundles, registers and tracks.
+pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
+    check_args(args)?;
+    let schema = load_schema(&args.dataset)?;
+    let model_name = args.model_name.clone().unwrap_or_else(|| schema.name.clone());
+    mlops_domain::registry::check_name("model", &model_name)?;
+    let candidates = parse_candidates(&args.candidates, &args.device)?;
+    let data_path = locate_data(&schema, args.data.as_deref(), settings)?;
+    let data = load_dataset(&schema, &data_path)?;
+    let registry = settings.registry().await?;
+    let tracker = settings.tracker();
+    let experiment = args.experiment.clone().unwrap_or_else(|| model_name.clone());
+    let commit = code_commit();
+
+    let base_tags = vec![
+        ("mlops.model".to_string(), model_name.clone()),
+        ("mlops.data_sha256".to_string(), data.digest.sha256.clone()),
+        ("mlops.code_commit".to_string(), commit.clone()),
+        ("mlops.device".to_string(), args.device.clone()),
+        ("mlflow.source.git.commit".to_string(), commit.clone()),
+    ];
+    let parent = tracker
+        .start_run(&experiment, &format!("train-{model_name}"), &base_tags, None)
+        .await
+        .with_context(|| format!("cannot start a tracking run in {}", tracker.describe()))?;
+
+    let config = TrainConfig {
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        cv_folds: args.cv_folds,
+        candidates,
+        ..TrainConfig::default()
+    };
+    let bar = progress::steps(config.candidates.len() as u64, "training");
+    let outcome = train_and_select(&schema, &data, &config, |event| match event {
+        Progress::CandidateStarted(_, _, name) => bar.set_message(format!("training {name}")),
+        Progress::FoldFinished(name, fold, score) => bar.set_message(format!("{name}: fold {} scored {score:.4}", fold + 1)),
+        Progress::CandidateFinished(name, score, secs) => {
+            bar.inc(1);
+            bar.println(format!("  {name:<10} validation {score:.4}  ({secs:.1} s)"));
+        }
+    });
+    bar.finish_and_clear();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = tracker.end_run(&parent.run_id, RunStatus::Failed).await;
+            return Err(e.into());
+        }
+    };
+
+    // One tracking run per candidate, children of the training run.
+    let primary = outcome.primary;
+    let mut selected_run = None;
+    for (i, c) in outcome.candidates.iter().enumerate() {
+        let mut tags = base_tags.clone();
+        tags.push(("mlops.model_kind".into(), c.kind.name().into()));
+        tags.push(("mlops.selected".into(), (i == outcome.best).to_string()));
+        let run = tracker.start_run(&experiment, &c.name, &tags, Some(&parent.run_id)).await?;
+        let params: Vec<(String, String)> = c
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect();
+        tracker.log_params(&run.run_id, &params).await?;
+        let mut metrics: Vec<(String, f64)> =
+            c.validation_metrics.iter().map(|(k, v)| (format!("validation_{k}"), *v)).collect();
+        metrics.push(("train_seconds".into(), c.train_seconds));
+        tracker.log_metrics(&run.run_id, &metrics, 0).await?;
+        for (fold, score) in c.cv_scores.iter().enumerate() {
+            tracker
+                .log_metrics(&run.run_id, &[(format!("cv_{}", primary.name()), *score)], fold as i64)
+                .await?;
+        }
+        if i == outcome.best {
+            selected_run = Some(run);
+        } else {
+            tracker.end_run(&run.run_id, RunStatus::Finished).await?;
+        }
+    }
+    let selected_run = selected_run.expect("the best candidate has a run");
+    let best = outcome.best();
+
+    let lineage = Lineage {
+        data_source: data_path.display().to_string(),
+        data_sha256: data.digest.sha256.clone(),
+        data_md5: data.digest.md5.clone(),
+        data_size: data.digest.size,
+        code_commit: commit.clone(),
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        train_rows: outcome.train_rows,
+        test_rows: outcome.test_labels.len(),
+        run_id: Some(selected_run.run_id.clone()),
+        tracking_uri: Some(tracker.describe()),
+    };
+    let train_data = data.subset(&mlops_domain::split::train_test_split(data.len(), args.test_fraction, args.seed).train);
+    let manifest = Manifest {
+        format_version: BUNDLE_FORMAT,
+        model_name: model_name.clone(),
+        task: schema.task,
+        model_kind: best.kind,
+        model_file: best.kind.model_file().into(),
+        feature_names: best.pipeline.feature_names.clone(),
+        schema: schema.clone(),
+        pipeline: best.pipeline.clone(),
+        metrics: outcome.test_metrics.clone(),
+        validation_metrics: best.validation_metrics.clone(),
+        cv_score: (!best.cv_scores.is_empty()).then(|| best.selection_score(primary)),
+        params: best.params.clone(),
+        lineage,
+        created_at: chrono::Utc::now(),
+        reference_profile: profile(&train_data),
+        files: BTreeMap::new(),
+    };
+    let bundle = Bundle::new(
+        manifest,
+        BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]),
+    )?;
+    let digest = bundle.digest();
+    let artifact_dir = args.out.clone().unwrap_or_else(|| {
+        settings.home.join("artifacts").join(&model_name).join(format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &digest[..12]
+        ))
+    });
+    bundle.write_dir(&artifact_dir.join("bundle"))?;
+
+    // Data-set version manifest, content-addressed in the store.
+    let store = registry.store();
+    let file = data_path.file_name().map_or("data.csv".into(), |n| n.to_string_lossy().into_owned());
+    let dvc_key = format!("datasets/{}/{}/{file}.dvc", schema.name, data.digest.sha256);
+    match store
+        .put(&dvc_key, DvcManifest::for_file(&file, &data.digest).to_yaml().into_bytes(), PutCondition::IfAbsent)
+        .await
+    {
+        Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+
+    let version = registry
+        .register(
+            &model_name,
+            &bundle,
+            RegisterOptions {
+                idempotency_key: args.idempotency_key.clone(),
+                registered_by: args.registered_by.clone(),
+            },
+        )
+        .await?;
+
+    let report_files = write_report(
+        &artifact_dir.join("report"),
+        &outcome,
+        &ReportContext {
+            model_name: model_name.clone(),
+            data: format!("{} (sha256 {})", data_path.display(), data.digest.sha256),
+            version: Some(version.version),
+            run: Some(selected_run.location.clone()),
+        },
+    )?;
+
+    // The selected candidate's run carries the test metrics, the bundle and the report.
+    let run_id = &selected_run.run_id;
+    let test_metrics: Vec<(String, f64)> = outcome.test_metrics.iter().map(|(k, v)| (format!("test_{k}"), *v)).collect();
+    tracker.log_metrics(run_id, &test_metrics, 0).await?;
+    tracker
+        .set_tags(
+            run_id,
+            &[
+                ("mlops.registry_version".into(), version.version.to_string()),
+                ("mlops.bundle_digest".into(), digest.clone()),
+            ],
+        )
+        .await?;
+    for (name, bytes) in bundle.all_files() {
+        tracker.log_artifact(run_id, &format!("bundle/{name}"), bytes).await?;
+    }
+    for name in &report_files {
+        let bytes = std::fs::read(artifact_dir.join("report").join(name))?;
+        tracker.log_artifact(run_id, &format!("report/{name}"), bytes).await?;
+    }
+    tracker.end_run(run_id, RunStatus::Finished).await?;
+    let source = store.uri(&version.bundle_prefix);
+    let tracker_version = tracker
+        .mirror_model_version(&model_name, version.version, run_id, &source)
+        .await?;
+    tracker.log_metrics(&parent.run_id, &test_metrics, 0).await?;
+    tracker
+        .set_tags(&parent.run_id, &[("mlops.selected".into(), best.name.clone())])
+        .await?;
+    tracker.end_run(&parent.run_id, RunStatus::Finished).await?;
+
+    if let Some(alias) = &args.promote {
+        registry
+            .promote(&model_name, alias, version.version, &args.registered_by, "promoted by mlops train --promote")
+            .await?;
+        tracker.mirror_alias(&model_name, alias, &tracker_version).await?;
+    }
+    print_summary(&outcome, &version, &artifact_dir, tracker.as_ref(), &selected_run.location);
+    Ok(TrainSummary {
+        version,
+        artifact_dir,
+        outcome,
+    })
+}
+
+fn print_summary(outcome: &TrainingOutcome, version: &VersionRecord, dir: &Path, tracker: &dyn Tracker, run: &str) {
+    let primary = outcome.primary.name();
+    println!("\ncandidates (validation {primary}):");
+    for (i, c) in outcome.candidates.iter().enumerate() {
+        let mark = if i == outcome.best { "*" } else { " " };
+        let cv = if c.cv_scores.is_empty() {
+            String::new()
+        } else {
+            format!("  cv mean {:.4}", c.selection_score(outcome.primary))
+        };
+        println!(
+            " {mark} {:<10} {:.4}{cv}  ({:.1} s)",
+            c.name, c.validation_metrics[primary], c.train_seconds
+        );
+    }
+    println!("\nselected {} — test metrics ({} rows):", outcome.best().name, outcome.test_labels.len());
+    for (k, v) in &outcome.test_metrics {
+        println!("  {k:<9} {v:.4}");
+    }
+    println!("\nregistered {} version {}", version.model, version.version);
+    println!("bundle and report: {}", dir.display());
+    println!("tracking ({}): {run}", tracker.describe());
+}

@@ -1,0 +1,125 @@
+//! Where things live: the home directory, the store, the tracker and the data sets.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use mlops_domain::registry::Registry;
+use mlops_domain::schema::Schema;
+use mlops_domain::store::ObjectStore;
+use mlops_domain::tracking::Tracker;
+use mlops_tracking::{LocalRunLog, MlflowClient};
+
+/// Schemas shipped with the binary (the files under `data/`).
+pub const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
+    ("california_housing", include_str!("../../data/california_housing.schema.toml")),
+    ("telco_churn", include_str!("../../data/telco_churn.schema.toml")),
+];
+
+/// Global settings from flags and environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Working directory for the embedded default (local store, run log, artifacts, data cache).
+    #[arg(long, global = true, env = "MLOPS_HOME", default_value = ".mlops")]
+    pub home: PathBuf,
+    /// Registry store: a directory, or s3://bucket/prefix. Default: HOME/store.
+    #[arg(long, global = true, env = "MLOPS_STORE")]
+    pub store: Option<String>,
+    /// S3 endpoint override (moto, MinIO); AWS_ENDPOINT_URL is honoured too.
+    #[arg(long, global = true, env = "MLOPS_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Tracking: an MLflow server URL (http://…). Default: a local run log in HOME/runs.
+    #[arg(long, global = true, env = "MLOPS_TRACKING_URI")]
+    pub tracking: Option<String>,
+}
+
+impl Settings {
+    /// The store URI in effect.
+    pub fn store_uri(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| self.home.join("store").display().to_string())
+    }
+
+    /// Opens the store.
+    pub async fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let uri = self.store_uri();
+        mlops_store::open_store(&uri, self.s3_endpoint.clone())
+            .await
+            .with_context(|| format!("cannot open the store {uri}"))
+    }
+
+    /// Opens the registry on the store.
+    pub async fn registry(&self) -> Result<Registry> {
+        Ok(Registry::new(self.store().await?))
+    }
+
+    /// Opens the tracker: MLflow when configured (also via MLFLOW_TRACKING_URI), else the local run log.
+    pub fn tracker(&self) -> Box<dyn Tracker> {
+        let uri = self.tracking.clone().or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok());
+        match uri {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Box::new(MlflowClient::new(&u)),
+            Some(dir) => Box::new(LocalRunLog::new(dir.strip_prefix("file://").unwrap_or(&dir))),
+            None => Box::new(LocalRunLog::new(self.home.join("runs"))),
+        }
+    }
+
+    /// Directory of downloaded data sets.
+    pub fn data_cache(&self) -> PathBuf {
+        self.home.join("data")
+    }
+}
+
+/// The commit of the code: `MLOPS_CODE_COMMIT` at run time, else the one embedded at build time.
+pub fn code_commit() -> String {
+    std::env::var("MLOPS_CODE_COMMIT").unwrap_or_else(|_| env!("MLOPS_BUILD_COMMIT").to_string())
+}
+
+/// Resolves a data-set name (a shipped schema) or a path to a schema file.
+pub fn load_schema(name_or_path: &str) -> Result<Schema> {
+    if let Some((_, text)) = BUILTIN_SCHEMAS.iter().find(|(n, _)| *n == name_or_path) {
+        return Schema::from_toml(text, &format!("data/{name_or_path}.schema.toml")).map_err(Into::into);
+    }
+    let path = Path::new(name_or_path);
+    if path.exists() {
+        return Ok(Schema::from_file(path)?);
+    }
+    let known: Vec<&str> = BUILTIN_SCHEMAS.iter().map(|(n, _)| *n).collect();
+    bail!(
+        "unknown data set '{name_or_path}': not one of {} and not a schema file",
+        known.join(", ")
+    )
+}
+
+/// Finds the data file of a schema: `--data`, else `../shared/data/FILE` (from the current
+/// directory or the repository root), else the download cache.
+pub fn locate_data(schema: &Schema, explicit: Option<&Path>, settings: &Settings) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.exists() {
+            bail!("data file {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let source = schema
+        .source
+        .as_ref()
+        .with_context(|| format!("schema '{}' names no source file; pass --data FILE", schema.name))?;
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates = [
+        PathBuf::from("../shared/data").join(&source.file),
+        repo_root.join("../shared/data").join(&source.file),
+        settings.data_cache().join(&source.file),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "data set '{}' not found (looked in {}); run `mlops data fetch {}` or pass --data FILE",
+                schema.name,
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                schema.name
+            )
+        })
+}
