@@ -86,7 +86,8 @@ impl LgbmModel {
         let threads = if params.threads == 0 { crate::default_threads() } else { params.threads };
         let (objective, metric) = match task {
             Task::Regression => ("regression", "rmse"),
-            Task::BinaryClassification => ("binary", "auc"),
+            // Stop on log loss, not AUC: see the XGBoost learner.
+            Task::BinaryClassification => ("binary", "binary_logloss"),
         };
         let config = json!({
             "objective": objective,

@@ -72,8 +72,13 @@ pub struct XgbModel {
     lock: RefCell<()>,
 }
 
+/// libxgboost's messages end in a C++ stack trace; keep the message.
+fn clean(message: &str) -> String {
+    message.split("Stack trace:").next().unwrap_or(message).trim().to_string()
+}
+
 fn xgb_err(e: impl std::fmt::Display) -> TrainError {
-    TrainError::Xgboost(e.to_string())
+    TrainError::Xgboost(clean(&e.to_string()))
 }
 
 /// Builds a DMatrix with labels; missing values are NaN.
@@ -86,10 +91,13 @@ pub fn dmatrix(x: &FeatureMatrix, y: Option<&[f64]>) -> Result<DMatrix, TrainErr
     Ok(d)
 }
 
+/// Objective, early-stopping metric and whether that metric grows when better. Classification
+/// stops on log loss (a proper scoring rule): AUC plateaus within a few rounds, long before the
+/// probabilities are calibrated.
 fn objective(task: Task) -> (&'static str, &'static str, bool) {
     match task {
         Task::Regression => ("reg:squarederror", "rmse", false),
-        Task::BinaryClassification => ("binary:logistic", "auc", true),
+        Task::BinaryClassification => ("binary:logistic", "logloss", false),
     }
 }
 
@@ -150,12 +158,20 @@ impl XgbModel {
         })
     }
 
-    /// Loads an XGBoost JSON (or UBJSON) model.
+    /// Loads an XGBoost JSON model. The bytes are checked to be a JSON document with a `learner`
+    /// before libxgboost sees them: some malformed buffers (an empty one) abort the process
+    /// inside the C++ library instead of returning an error.
     pub fn from_bytes(bytes: &[u8], n_features: usize) -> Result<Self, TrainError> {
-        let booster = Booster::load_buffer(bytes).map_err(|e| TrainError::ModelFile {
+        let bad = |message: String| TrainError::ModelFile {
             kind: ModelKind::Xgboost,
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not an XGBoost JSON model: {e}")))?;
+        if !json.get("learner").is_some_and(serde_json::Value::is_object) {
+            return Err(bad("not an XGBoost JSON model: no \"learner\" object".into()));
+        }
+        let booster = Booster::load_buffer(bytes).map_err(|e| bad(clean(&e.to_string())))?;
         Ok(Self {
             booster,
             n_features,
