@@ -1,1 +1,87 @@
+//! Helpers for the end-to-end tests. `scripts/test.sh` starts the real services and exports:
+//! - `MLOPS_TEST_S3_ENDPOINT`: a moto server (S3 with conditional writes),
+//! - `MLOPS_TEST_MLFLOW_URI`: an MLflow tracking server with `--artifacts-destination`,
+//! - `MLOPS_TEST_PYTHON`: a Python with xgboost and lightgbm.
+//!
+//! A missing variable fails the test with a message saying how to run it: these tests never
+//! pass vacuously.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mlops_store::{S3Config, S3Store};
+
+/// Reads a required environment variable set by `scripts/test.sh`.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which starts moto, MLflow and the Python venv")
+    })
+}
+
+/// The moto endpoint.
+pub fn moto_endpoint() -> String {
+    required_env("MLOPS_TEST_S3_ENDPOINT")
+}
+
+/// The MLflow server.
+pub fn mlflow_uri() -> String {
+    required_env("MLOPS_TEST_MLFLOW_URI")
+}
+
+/// The Python interpreter of the test venv.
+pub fn python() -> String {
+    required_env("MLOPS_TEST_PYTHON")
+}
+
+/// A unique name for buckets, models and experiments.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// An S3 store on moto in a fresh bucket, under `prefix`.
+pub async fn s3_store(prefix: &str) -> Arc<S3Store> {
+    let store = S3Store::connect(S3Config {
+        bucket: unique("mlops-test"),
+        prefix: prefix.into(),
+        endpoint: Some(moto_endpoint()),
+        region: Some("us-east-1".into()),
+    })
+    .await;
+    store
+        .ensure_bucket()
+        .await
+        .expect("create the bucket on moto");
+    Arc::new(store)
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A file of the shared data sets beside the repository.
+pub fn shared_data(file: &str) -> PathBuf {
+    let p = repo().join("../shared/data").join(file);
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+/// The `mlops` binary built by the same `cargo test` run.
+pub fn mlops_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/mlops
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("mlops");
+    assert!(
+        bin.exists(),
+        "{} was not built; run `cargo build -p mlops` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}

@@ -8,17 +8,26 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
     let commit = std::env::var("MLOPS_CODE_COMMIT").ok().or_else(|| {
-        let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let out = Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     });
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
         .ok()
         .is_some_and(|o| !o.stdout.is_empty());
-    let commit = commit.map_or("unknown".to_string(), |c| if dirty { format!("{c}-dirty") } else { c });
+    let commit = commit.map_or("unknown".to_string(), |c| {
+        if dirty { format!("{c}-dirty") } else { c }
+    });
     println!("cargo:rustc-env=MLOPS_BUILD_COMMIT={commit}");
-    if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output()
+    if let Ok(out) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
         && out.status.success()
     {
         let git_dir = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -12,8 +12,14 @@ use mlops_tracking::{LocalRunLog, MlflowClient};
 
 /// Schemas shipped with the binary (the files under `data/`).
 pub const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
-    ("california_housing", include_str!("../../data/california_housing.schema.toml")),
-    ("telco_churn", include_str!("../../data/telco_churn.schema.toml")),
+    (
+        "california_housing",
+        include_str!("../../data/california_housing.schema.toml"),
+    ),
+    (
+        "telco_churn",
+        include_str!("../../data/telco_churn.schema.toml"),
+    ),
 ];
 
 /// Global settings from flags and environment.
@@ -56,10 +62,17 @@ impl Settings {
 
     /// Opens the tracker: MLflow when configured (also via MLFLOW_TRACKING_URI), else the local run log.
     pub fn tracker(&self) -> Box<dyn Tracker> {
-        let uri = self.tracking.clone().or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok());
+        let uri = self
+            .tracking
+            .clone()
+            .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok());
         match uri {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Box::new(MlflowClient::new(&u)),
-            Some(dir) => Box::new(LocalRunLog::new(dir.strip_prefix("file://").unwrap_or(&dir))),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Box::new(MlflowClient::new(&u))
+            }
+            Some(dir) => Box::new(LocalRunLog::new(
+                dir.strip_prefix("file://").unwrap_or(&dir),
+            )),
             None => Box::new(LocalRunLog::new(self.home.join("runs"))),
         }
     }
@@ -78,7 +91,8 @@ pub fn code_commit() -> String {
 /// Resolves a data-set name (a shipped schema) or a path to a schema file.
 pub fn load_schema(name_or_path: &str) -> Result<Schema> {
     if let Some((_, text)) = BUILTIN_SCHEMAS.iter().find(|(n, _)| *n == name_or_path) {
-        return Schema::from_toml(text, &format!("data/{name_or_path}.schema.toml")).map_err(Into::into);
+        return Schema::from_toml(text, &format!("data/{name_or_path}.schema.toml"))
+            .map_err(Into::into);
     }
     let path = Path::new(name_or_path);
     if path.exists() {
@@ -93,17 +107,23 @@ pub fn load_schema(name_or_path: &str) -> Result<Schema> {
 
 /// Finds the data file of a schema: `--data`, else `../shared/data/FILE` (from the current
 /// directory or the repository root), else the download cache.
-pub fn locate_data(schema: &Schema, explicit: Option<&Path>, settings: &Settings) -> Result<PathBuf> {
+pub fn locate_data(
+    schema: &Schema,
+    explicit: Option<&Path>,
+    settings: &Settings,
+) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.exists() {
             bail!("data file {} does not exist", p.display());
         }
         return Ok(p.to_path_buf());
     }
-    let source = schema
-        .source
-        .as_ref()
-        .with_context(|| format!("schema '{}' names no source file; pass --data FILE", schema.name))?;
+    let source = schema.source.as_ref().with_context(|| {
+        format!(
+            "schema '{}' names no source file; pass --data FILE",
+            schema.name
+        )
+    })?;
     let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let candidates = [
         PathBuf::from("../shared/data").join(&source.file),

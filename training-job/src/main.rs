@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "mlops", version, about = "Train, register and serve tabular models (local default; S3 and MLflow by configuration)")]
+#[command(
+    name = "mlops",
+    version,
+    about = "Train, register and serve tabular models (local default; S3 and MLflow by configuration)"
+)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,

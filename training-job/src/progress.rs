@@ -26,7 +26,8 @@ pub fn steps(total: u64, message: &str) -> ProgressBar {
 pub fn bytes(total: Option<u64>, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total.unwrap_or(0));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}").expect("valid template"),
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .expect("valid template"),
     );
     bar.set_message(message.to_string());
     bar

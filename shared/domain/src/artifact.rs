@@ -159,7 +159,9 @@ pub enum ArtifactError {
         message: String,
     },
     /// Format from a newer (or unknown) version.
-    #[error("{origin}: bundle format {found} is not supported (this build reads format {BUNDLE_FORMAT})")]
+    #[error(
+        "{origin}: bundle format {found} is not supported (this build reads format {BUNDLE_FORMAT})"
+    )]
     UnsupportedFormat {
         /// Bundle location.
         origin: String,
@@ -223,13 +225,18 @@ fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name != MANIFEST_FILE
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && !name.starts_with('.')
 }
 
 impl Bundle {
     /// Builds a bundle, recording the hash and size of each file in the manifest.
-    pub fn new(mut manifest: Manifest, files: BTreeMap<String, Vec<u8>>) -> Result<Self, ArtifactError> {
+    pub fn new(
+        mut manifest: Manifest,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, ArtifactError> {
         manifest.format_version = BUNDLE_FORMAT;
         manifest.files = files
             .iter()
@@ -260,7 +267,10 @@ impl Bundle {
         if !self.files.contains_key(&self.manifest.model_file) {
             return Err(ArtifactError::Inconsistent {
                 origin: origin.into(),
-                message: format!("the model file '{}' is not in the bundle", self.manifest.model_file),
+                message: format!(
+                    "the model file '{}' is not in the bundle",
+                    self.manifest.model_file
+                ),
             });
         }
         if self.manifest.feature_names != self.manifest.pipeline.feature_names {
@@ -289,7 +299,11 @@ impl Bundle {
 
     /// Every file including `manifest.json`, manifest last (so a reader that sees it sees the rest).
     pub fn all_files(&self) -> Vec<(String, Vec<u8>)> {
-        let mut out: Vec<(String, Vec<u8>)> = self.files.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         out.push((MANIFEST_FILE.to_string(), self.manifest_bytes()));
         out
     }
@@ -306,17 +320,21 @@ impl Bundle {
                 origin: origin.into(),
                 message: e.to_string(),
             })?;
-        let found = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let found = probe
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
         if found != BUNDLE_FORMAT {
             return Err(ArtifactError::UnsupportedFormat {
                 origin: origin.into(),
                 found,
             });
         }
-        let manifest: Manifest = serde_json::from_value(probe).map_err(|e| ArtifactError::CorruptManifest {
-            origin: origin.into(),
-            message: e.to_string(),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_value(probe).map_err(|e| ArtifactError::CorruptManifest {
+                origin: origin.into(),
+                message: e.to_string(),
+            })?;
         let mut files = BTreeMap::new();
         for (name, entry) in &manifest.files {
             if !safe_name(name) {
@@ -419,7 +437,13 @@ pub(crate) mod tests {
             "s.toml",
         )
         .unwrap();
-        let (data, _) = read_csv(&b"x,y\n1,2\n3,4\n"[..], "s.csv", &schema, TargetPolicy::Required).unwrap();
+        let (data, _) = read_csv(
+            &b"x,y\n1,2\n3,4\n"[..],
+            "s.csv",
+            &schema,
+            TargetPolicy::Required,
+        )
+        .unwrap();
         let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
         let manifest = Manifest {
             format_version: BUNDLE_FORMAT,
@@ -439,7 +463,11 @@ pub(crate) mod tests {
             reference_profile: crate::profile::profile(&data),
             files: BTreeMap::new(),
         };
-        Bundle::new(manifest, BTreeMap::from([("model.json".into(), b"{\"w\":[1.0]}".to_vec())])).unwrap()
+        Bundle::new(
+            manifest,
+            BTreeMap::from([("model.json".into(), b"{\"w\":[1.0]}".to_vec())]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -449,7 +477,10 @@ pub(crate) mod tests {
         let path = dir.path().join("bundle");
         b.write_dir(&path).unwrap();
         assert_eq!(Bundle::read_dir(&path).unwrap(), b);
-        assert!(matches!(b.write_dir(&path), Err(ArtifactError::Exists { .. })));
+        assert!(matches!(
+            b.write_dir(&path),
+            Err(ArtifactError::Exists { .. })
+        ));
     }
 
     #[test]
@@ -459,7 +490,10 @@ pub(crate) mod tests {
         sample_bundle().write_dir(&path).unwrap();
         std::fs::write(path.join("model.json"), b"{\"w\":[2.0]}").unwrap();
         let err = Bundle::read_dir(&path).unwrap_err().to_string();
-        assert!(err.contains("file 'model.json' is corrupt or truncated"), "{err}");
+        assert!(
+            err.contains("file 'model.json' is corrupt or truncated"),
+            "{err}"
+        );
 
         std::fs::write(path.join("model.json"), b"{\"w\"").unwrap();
         let err = Bundle::read_dir(&path).unwrap_err().to_string();
@@ -468,12 +502,18 @@ pub(crate) mod tests {
         let manifest = std::fs::read(path.join(MANIFEST_FILE)).unwrap();
         std::fs::write(path.join(MANIFEST_FILE), &manifest[..manifest.len() / 2]).unwrap();
         let err = Bundle::read_dir(&path).unwrap_err().to_string();
-        assert!(err.contains("manifest.json is corrupt or truncated"), "{err}");
+        assert!(
+            err.contains("manifest.json is corrupt or truncated"),
+            "{err}"
+        );
 
         std::fs::remove_file(path.join("model.json")).unwrap();
         std::fs::write(path.join(MANIFEST_FILE), &manifest).unwrap();
         let err = Bundle::read_dir(&path).unwrap_err().to_string();
-        assert!(err.contains("file 'model.json' listed in the manifest is missing"), "{err}");
+        assert!(
+            err.contains("file 'model.json' listed in the manifest is missing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -481,11 +521,13 @@ pub(crate) mod tests {
         let b = sample_bundle();
         let mut v: serde_json::Value = serde_json::from_slice(&b.manifest_bytes()).unwrap();
         v["format_version"] = 99.into();
-        let err = Bundle::from_parts("x", &serde_json::to_vec(&v).unwrap(), |_| Ok(None)).unwrap_err();
+        let err =
+            Bundle::from_parts("x", &serde_json::to_vec(&v).unwrap(), |_| Ok(None)).unwrap_err();
         assert!(err.to_string().contains("format 99 is not supported"));
         v["format_version"] = 1.into();
         v["files"]["../etc/passwd"] = serde_json::json!({"sha256": "00", "size": 1});
-        let err = Bundle::from_parts("x", &serde_json::to_vec(&v).unwrap(), |_| Ok(None)).unwrap_err();
+        let err =
+            Bundle::from_parts("x", &serde_json::to_vec(&v).unwrap(), |_| Ok(None)).unwrap_err();
         assert!(err.to_string().contains("unsafe file name"));
     }
 }

@@ -105,7 +105,9 @@ pub enum DataError {
         expected: String,
     },
     /// A declared column is absent from the header.
-    #[error("{file}: line 1 (header): column '{column}' is missing (the schema '{schema}' requires it)")]
+    #[error(
+        "{file}: line 1 (header): column '{column}' is missing (the schema '{schema}' requires it)"
+    )]
     MissingColumn {
         /// File.
         file: String,
@@ -186,7 +188,10 @@ fn invalid_summary(report: &ValidationReport) -> String {
         report.file, report.problem_count, report.rows
     );
     for p in report.problems.iter().take(5) {
-        s.push_str(&format!("\n  line {}, column '{}': {}", p.line, p.column, p.message));
+        s.push_str(&format!(
+            "\n  line {}, column '{}': {}",
+            p.line, p.column, p.message
+        ));
     }
     if report.problem_count > 5 {
         s.push_str(&format!("\n  … and {} more", report.problem_count - 5));
@@ -254,7 +259,11 @@ impl ValidationReport {
 
 impl fmt::Display for ValidationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "Validation report for {} (schema '{}')", self.file, self.schema)?;
+        writeln!(
+            f,
+            "Validation report for {} (schema '{}')",
+            self.file, self.schema
+        )?;
         writeln!(f, "  rows: {}   sha256: {}", self.rows, self.sha256)?;
         writeln!(
             f,
@@ -290,7 +299,11 @@ impl fmt::Display for ValidationReport {
         } else {
             writeln!(f, "  {} problem(s):", self.problem_count)?;
             for p in &self.problems {
-                writeln!(f, "    line {}, column '{}': {}", p.line, p.column, p.message)?;
+                writeln!(
+                    f,
+                    "    line {}, column '{}': {}",
+                    p.line, p.column, p.message
+                )?;
             }
             if self.problem_count as usize > self.problems.len() {
                 write!(
@@ -314,7 +327,11 @@ pub enum TargetPolicy {
 }
 
 /// Validates and loads a CSV file. Fails with [`DataError::Invalid`] if any value is invalid.
-pub fn load_csv(path: &Path, schema: &Schema, target: TargetPolicy) -> Result<(Dataset, ValidationReport), DataError> {
+pub fn load_csv(
+    path: &Path,
+    schema: &Schema,
+    target: TargetPolicy,
+) -> Result<(Dataset, ValidationReport), DataError> {
     let file = path.display().to_string();
     let handle = std::fs::File::open(path).map_err(|source| DataError::Io {
         file: file.clone(),
@@ -386,7 +403,12 @@ fn layout<'a>(
             }
         }
     }
-    let field_of = |role| columns.iter().find(|(_, c)| c.role == role).map(|(i, _)| *i);
+    let field_of = |role| {
+        columns
+            .iter()
+            .find(|(_, c)| c.role == role)
+            .map(|(i, _)| *i)
+    };
     Ok(Layout {
         feature_fields: columns
             .iter()
@@ -453,7 +475,11 @@ pub fn read_csv<R: Read>(
         });
     }
     let layout = layout(&header, file, schema, target)?;
-    let mut stats: Vec<ColumnStats> = layout.columns.iter().map(|_| ColumnStats::default()).collect();
+    let mut stats: Vec<ColumnStats> = layout
+        .columns
+        .iter()
+        .map(|_| ColumnStats::default())
+        .collect();
     let mut problems = Vec::new();
     let mut problem_count = 0u64;
     let mut data = Dataset {
@@ -495,7 +521,12 @@ pub fn read_csv<R: Read>(
             parsed.push((*field, value));
         }
         // `None`: the cell was invalid (already reported).
-        let value_at = |f: usize| parsed.iter().find(|(i, _)| *i == f).and_then(|(_, v)| v.clone());
+        let value_at = |f: usize| {
+            parsed
+                .iter()
+                .find(|(i, _)| *i == f)
+                .and_then(|(_, v)| v.clone())
+        };
         let features: Vec<Value> = layout
             .feature_fields
             .iter()
@@ -504,12 +535,20 @@ pub fn read_csv<R: Read>(
         if let Some(tf) = layout.target_field {
             let label = match (value_at(tf), schema.task) {
                 (Some(Value::Number(y)), Task::Regression) => Some(y * schema.target.scale),
-                (Some(Value::Category(c)), Task::BinaryClassification) => Some(
-                    if Some(&c) == schema.target.positive.as_ref() { 1.0 } else { 0.0 },
-                ),
+                (Some(Value::Category(c)), Task::BinaryClassification) => {
+                    Some(if Some(&c) == schema.target.positive.as_ref() {
+                        1.0
+                    } else {
+                        0.0
+                    })
+                }
                 (Some(Value::Number(y)), Task::BinaryClassification) => {
                     let positive = schema.target.positive.as_deref().unwrap_or("1");
-                    Some(if positive.parse::<f64>().ok() == Some(y) { 1.0 } else { 0.0 })
+                    Some(if positive.parse::<f64>().ok() == Some(y) {
+                        1.0
+                    } else {
+                        0.0
+                    })
                 }
                 (Some(Value::Missing), _) => {
                     row_problem(&schema.target.column, "the target is missing".into());
@@ -522,10 +561,7 @@ pub fn read_csv<R: Read>(
         if let Some(idf) = layout.id_field {
             let id = fields.get(idf).unwrap_or("").trim().to_string();
             if !ids_seen.insert(id.clone()) {
-                row_problem(
-                    &header[idf],
-                    format!("duplicate id '{}'", truncate(&id)),
-                );
+                row_problem(&header[idf], format!("duplicate id '{}'", truncate(&id)));
             }
             data.ids.push(id);
         }
@@ -543,7 +579,8 @@ pub fn read_csv<R: Read>(
         .zip(stats)
         .map(|((_, spec), st)| {
             let mut categories: Vec<(String, u64)> = st.categories.into_iter().collect();
-            let distinct = (spec.column_type == ColumnType::Text).then_some(categories.len() as u64);
+            let distinct =
+                (spec.column_type == ColumnType::Text).then_some(categories.len() as u64);
             if spec.column_type == ColumnType::Text {
                 categories.clear();
             }
@@ -583,7 +620,10 @@ fn parse_cell(
     if raw.is_empty() {
         st.missing += 1;
         if !spec.nullable && spec.role != ColumnRole::Target {
-            problem(&spec.name, "value is missing and the column is not nullable".into());
+            problem(
+                &spec.name,
+                "value is missing and the column is not nullable".into(),
+            );
         }
         return Some(Value::Missing);
     }
@@ -624,7 +664,11 @@ fn parse_cell(
 
 /// Parses a number for a numeric column and checks type and range; the error names the problem.
 pub fn check_number(raw: &str, spec: &ColumnSpec) -> Result<f64, String> {
-    let kind = if spec.column_type == ColumnType::Integer { "an integer" } else { "a number" };
+    let kind = if spec.column_type == ColumnType::Integer {
+        "an integer"
+    } else {
+        "a number"
+    };
     let x: f64 = raw
         .parse()
         .map_err(|_| format!("expected {kind}, found '{}'", truncate(raw)))?;
@@ -693,17 +737,19 @@ fn csv_error(e: csv::Error, file: &str) -> DataError {
             expected: expected_len,
             found: len,
         },
-        csv::ErrorKind::Io(io) => match io.get_ref().and_then(|r| r.downcast_ref::<LineTooLong>()) {
-            Some(too_long) => DataError::LineTooLong {
-                file: file.into(),
-                line: too_long.line,
-                limit: too_long.limit,
-            },
-            None => DataError::Io {
-                file: file.into(),
-                source: io,
-            },
-        },
+        csv::ErrorKind::Io(io) => {
+            match io.get_ref().and_then(|r| r.downcast_ref::<LineTooLong>()) {
+                Some(too_long) => DataError::LineTooLong {
+                    file: file.into(),
+                    line: too_long.line,
+                    limit: too_long.limit,
+                },
+                None => DataError::Io {
+                    file: file.into(),
+                    source: io,
+                },
+            }
+        }
         csv::ErrorKind::Utf8 { pos, err } => DataError::NotUtf8 {
             file: file.into(),
             line: pos.map_or(line, |p| p.line()),
@@ -864,8 +910,14 @@ categories = ["Yes", "No"]
             (b"id,x,n,c\nr1,1,1,a\n", "column 'y' is missing"),
             (b"id,x,n,c,y,extra\n", "column 'extra' is not declared"),
             (b"id,x,x,n,c,y\n", "column 'x' appears twice"),
-            (b"id,x,n,c,y\nr1,1,1,a\n", "line 2: expected 5 fields (as in the header), found 4"),
-            (b"id,x,n,c,y\nr1,1,1,\xff\xfe,Yes\n", "line 2, column 'c': the text is not valid UTF-8"),
+            (
+                b"id,x,n,c,y\nr1,1,1,a\n",
+                "line 2: expected 5 fields (as in the header), found 4",
+            ),
+            (
+                b"id,x,n,c,y\nr1,1,1,\xff\xfe,Yes\n",
+                "line 2, column 'c': the text is not valid UTF-8",
+            ),
             (b"id,x,n,c,y\n", "header but no data rows"),
         ];
         for (input, want) in cases {
@@ -981,7 +1033,11 @@ pub fn record_from_json(
             }),
         }
     }
-    if errors.is_empty() { Ok(values) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(values)
+    } else {
+        Err(errors)
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -1017,7 +1073,10 @@ mod json_tests {
             parse(serde_json::json!({"x": 1.5, "k": "a", "y": 3})).unwrap(),
             vec![Value::Number(1.5), Value::Category("a".into())]
         );
-        assert_eq!(parse(serde_json::json!({"x": 1})).unwrap()[1], Value::Missing);
+        assert_eq!(
+            parse(serde_json::json!({"x": 1})).unwrap()[1],
+            Value::Missing
+        );
     }
 
     #[test]
@@ -1033,7 +1092,13 @@ mod json_tests {
             ]
         );
         let errs = parse(serde_json::json!({"x": 7, "k": "b"})).unwrap_err();
-        assert!(errs[0].message.contains("above the maximum") && errs[1].message.contains("unknown category"));
-        assert_eq!(parse(serde_json::json!({})).unwrap_err()[0].to_string(), "field 'x': is required");
+        assert!(
+            errs[0].message.contains("above the maximum")
+                && errs[1].message.contains("unknown category")
+        );
+        assert_eq!(
+            parse(serde_json::json!({})).unwrap_err()[0].to_string(),
+            "field 'x': is required"
+        );
     }
 }

@@ -161,7 +161,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 impl FeaturePipeline {
@@ -193,7 +197,8 @@ impl FeaturePipeline {
                 }
                 let mut cats: Vec<(&str, usize)> = counts.into_iter().collect();
                 cats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                let categories: Vec<String> = cats.into_iter().map(|(c, _)| c.to_string()).collect();
+                let categories: Vec<String> =
+                    cats.into_iter().map(|(c, _)| c.to_string()).collect();
                 feature_names.extend(categories.iter().map(|c| format!("{}={c}", col.name)));
                 InputEncoding::OneHot { categories }
             };
@@ -202,7 +207,12 @@ impl FeaturePipeline {
                 encoding,
             });
         }
-        let index_of = |name: &str| columns.iter().position(|c| c.name == name).expect("schema checked");
+        let index_of = |name: &str| {
+            columns
+                .iter()
+                .position(|c| c.name == name)
+                .expect("schema checked")
+        };
         let mut pipeline = FeaturePipeline {
             format: PIPELINE_FORMAT,
             inputs,
@@ -243,7 +253,11 @@ impl FeaturePipeline {
                     // Guard against overflow on extreme inputs: the JSON form must stay finite.
                     Scaling {
                         mean: if mean.is_finite() { mean } else { 0.0 },
-                        std: if std.is_finite() && std > 1e-12 { std } else { 1.0 },
+                        std: if std.is_finite() && std > 1e-12 {
+                            std
+                        } else {
+                            1.0
+                        },
                     }
                 })
                 .collect();
@@ -296,7 +310,9 @@ impl FeaturePipeline {
         for (j, (input, v)) in self.inputs.iter().zip(row).enumerate() {
             match &input.encoding {
                 InputEncoding::Numeric { .. } => {
-                    if !matches!(v, Value::Number(x) if x.is_finite()) && !matches!(v, Value::Category(_)) {
+                    if !matches!(v, Value::Number(x) if x.is_finite())
+                        && !matches!(v, Value::Category(_))
+                    {
                         *stats.imputed.entry(input.name.clone()).or_default() += 1;
                     }
                     out.push(self.numeric_input(j, v)?);
@@ -314,9 +330,14 @@ impl FeaturePipeline {
                         }
                     };
                     if hit.is_none() && matches!(v, Value::Category(_)) {
-                        *stats.unseen_categories.entry(input.name.clone()).or_default() += 1;
+                        *stats
+                            .unseen_categories
+                            .entry(input.name.clone())
+                            .or_default() += 1;
                     }
-                    out.extend((0..categories.len()).map(|k| if Some(k) == hit { 1.0 } else { 0.0 }));
+                    out.extend(
+                        (0..categories.len()).map(|k| if Some(k) == hit { 1.0 } else { 0.0 }),
+                    );
                 }
             }
         }
@@ -346,11 +367,15 @@ impl FeaturePipeline {
     }
 
     /// Transforms raw rows; the error names the row index (0-based) and the column.
-    pub fn transform_rows(&self, rows: &[Vec<Value>]) -> Result<(FeatureMatrix, TransformStats), (usize, FeatureError)> {
+    pub fn transform_rows(
+        &self,
+        rows: &[Vec<Value>],
+    ) -> Result<(FeatureMatrix, TransformStats), (usize, FeatureError)> {
         let mut values = Vec::with_capacity(rows.len() * self.width());
         let mut stats = TransformStats::default();
         for (i, row) in rows.iter().enumerate() {
-            self.transform_row(row, &mut values, &mut stats).map_err(|e| (i, e))?;
+            self.transform_row(row, &mut values, &mut stats)
+                .map_err(|e| (i, e))?;
         }
         Ok((
             FeatureMatrix {
@@ -428,9 +453,18 @@ denominator = "households"
         let p = FeaturePipeline::fit(&schema(), &data(), PipelineOptions::default());
         assert_eq!(
             p.feature_names,
-            vec!["rooms", "households", "kind=a", "kind=b", "rooms_per_household"]
+            vec![
+                "rooms",
+                "households",
+                "kind=a",
+                "kind=b",
+                "rooms_per_household"
+            ]
         );
-        assert_eq!(p.inputs[0].encoding, InputEncoding::Numeric { median: 10.0 });
+        assert_eq!(
+            p.inputs[0].encoding,
+            InputEncoding::Numeric { median: 10.0 }
+        );
         // ratios on imputed rows: 5, 2.5, 10 (8/0 is skipped) -> median 5
         assert_eq!(p.ratios[0].median, 5.0);
     }
@@ -440,7 +474,11 @@ denominator = "households"
         let p = FeaturePipeline::fit(&schema(), &data(), PipelineOptions::default());
         let mut out = Vec::new();
         let mut stats = TransformStats::default();
-        let row = vec![Value::Missing, Value::Number(0.0), Value::Category("c".into())];
+        let row = vec![
+            Value::Missing,
+            Value::Number(0.0),
+            Value::Category("c".into()),
+        ];
         p.transform_row(&row, &mut out, &mut stats).unwrap();
         assert_eq!(out, vec![10.0, 0.0, 0.0, 0.0, 5.0]);
         assert_eq!(stats.unseen_categories["kind"], 1);
@@ -454,11 +492,27 @@ denominator = "households"
         let mut out = Vec::new();
         let mut st = TransformStats::default();
         let e = p
-            .transform_row(&[Value::Category("x".into()), Value::Number(1.0), Value::Missing], &mut out, &mut st)
+            .transform_row(
+                &[
+                    Value::Category("x".into()),
+                    Value::Number(1.0),
+                    Value::Missing,
+                ],
+                &mut out,
+                &mut st,
+            )
             .unwrap_err();
-        assert_eq!(e.to_string(), "column 'rooms': expected a number, got the string \"x\"");
-        let e = p.transform_row(&[Value::Missing], &mut out, &mut st).unwrap_err();
-        assert!(e.to_string().starts_with("expected 3 input values (rooms, households, kind), got 1"));
+        assert_eq!(
+            e.to_string(),
+            "column 'rooms': expected a number, got the string \"x\""
+        );
+        let e = p
+            .transform_row(&[Value::Missing], &mut out, &mut st)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("expected 3 input values (rooms, households, kind), got 1")
+        );
     }
 
     #[test]
@@ -467,7 +521,8 @@ denominator = "households"
         let p = FeaturePipeline::fit(&schema(), &d, PipelineOptions { standardize: true });
         let (m, _) = p.transform(&d);
         for c in 0..m.cols {
-            let mean: f64 = (0..m.rows).map(|r| m.values[r * m.cols + c]).sum::<f64>() / m.rows as f64;
+            let mean: f64 =
+                (0..m.rows).map(|r| m.values[r * m.cols + c]).sum::<f64>() / m.rows as f64;
             assert!(mean.abs() < 1e-12);
         }
     }
@@ -477,7 +532,8 @@ denominator = "households"
             Just(Value::Missing),
             any::<f64>().prop_map(Value::Number),
             (-1e9f64..1e9).prop_map(Value::Number),
-            prop_oneof![Just("a"), Just("b"), Just("c"), Just("zz")].prop_map(|s| Value::Category(s.into())),
+            prop_oneof![Just("a"), Just("b"), Just("c"), Just("zz")]
+                .prop_map(|s| Value::Category(s.into())),
         ]
     }
 

@@ -43,7 +43,10 @@ impl Metric {
 
     /// Whether a larger value is better.
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::R2 | Metric::RocAuc | Metric::Accuracy | Metric::F1)
+        matches!(
+            self,
+            Metric::R2 | Metric::RocAuc | Metric::Accuracy | Metric::F1
+        )
     }
 
     /// The metric candidates are selected by.
@@ -58,15 +61,22 @@ impl Metric {
     pub fn all(task: Task) -> &'static [Metric] {
         match task {
             Task::Regression => &[Metric::Rmse, Metric::Mae, Metric::R2],
-            Task::BinaryClassification => {
-                &[Metric::RocAuc, Metric::LogLoss, Metric::Accuracy, Metric::F1]
-            }
+            Task::BinaryClassification => &[
+                Metric::RocAuc,
+                Metric::LogLoss,
+                Metric::Accuracy,
+                Metric::F1,
+            ],
         }
     }
 
     /// Whether `a` is strictly better than `b`.
     pub fn better(self, a: f64, b: f64) -> bool {
-        if self.higher_is_better() { a > b } else { a < b }
+        if self.higher_is_better() {
+            a > b
+        } else {
+            a < b
+        }
     }
 
     /// Computes the metric of predictions against labels.
@@ -148,7 +158,11 @@ pub fn log_loss(y: &[f64], p: &[f64]) -> f64 {
 
 /// Share of correct decisions at threshold 0.5.
 pub fn accuracy(y: &[f64], p: &[f64]) -> f64 {
-    mean(y.iter().zip(p).map(|(&t, &q)| f64::from((q >= 0.5) == (t > 0.5))))
+    mean(
+        y.iter()
+            .zip(p)
+            .map(|(&t, &q)| f64::from((q >= 0.5) == (t > 0.5))),
+    )
 }
 
 /// F1 of the positive class at threshold 0.5.
@@ -162,7 +176,11 @@ pub fn f1(y: &[f64], p: &[f64]) -> f64 {
             _ => {}
         }
     }
-    if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) }
+    if tp == 0.0 {
+        0.0
+    } else {
+        2.0 * tp / (2.0 * tp + fp + fneg)
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,10 @@ fn quantile_histogram(sorted: &[f64], bins: usize) -> (Vec<f64>, Vec<u64>) {
     let mut counts = vec![0u64; edges.len() - 1];
     for &x in sorted {
         // bin k holds edges[k] <= x < edges[k+1]; the last bin includes its upper edge
-        let k = edges.partition_point(|&e| e <= x).saturating_sub(1).min(counts.len() - 1);
+        let k = edges
+            .partition_point(|&e| e <= x)
+            .saturating_sub(1)
+            .min(counts.len() - 1);
         counts[k] += 1;
     }
     (edges, counts)

@@ -173,7 +173,9 @@ pub enum RegistryError {
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
     /// A model or alias name that is not allowed.
-    #[error("invalid {what} name '{name}': use 1–64 characters a-z, 0-9, '-' or '_', starting with a letter or digit")]
+    #[error(
+        "invalid {what} name '{name}': use 1–64 characters a-z, 0-9, '-' or '_', starting with a letter or digit"
+    )]
     InvalidName {
         /// "model" or "alias".
         what: &'static str,
@@ -184,7 +186,9 @@ pub enum RegistryError {
     #[error("{0} not found")]
     NotFound(String),
     /// `champion` needs an approved card.
-    #[error("model '{model}' version {version} cannot become '{CHAMPION}': its model card is not approved (run `mlops registry card {model} {version} --approve --by NAME`)")]
+    #[error(
+        "model '{model}' version {version} cannot become '{CHAMPION}': its model card is not approved (run `mlops registry card {model} {version} --approve --by NAME`)"
+    )]
     CardNotApproved {
         /// Model.
         model: String,
@@ -216,7 +220,9 @@ pub enum RegistryError {
         attempts: usize,
     },
     /// Another registration with the same idempotency key has not finished.
-    #[error("a registration of model '{model}' with idempotency key '{key}' is in progress (or was abandoned)")]
+    #[error(
+        "a registration of model '{model}' with idempotency key '{key}' is in progress (or was abandoned)"
+    )]
     RegistrationPending {
         /// Model.
         model: String,
@@ -249,8 +255,13 @@ pub struct Registry {
 /// Checks a model or alias name.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), RegistryError> {
     let ok = (1..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -310,21 +321,31 @@ impl Registry {
     ) -> Result<VersionRecord, RegistryError> {
         check_name("model", model)?;
         let digest = bundle.digest();
-        let claim_key = options
-            .idempotency_key
-            .as_ref()
-            .map(|k| format!("models/{model}/registrations/{}.json", &sha256_hex(k.as_bytes())[..32]));
+        let claim_key = options.idempotency_key.as_ref().map(|k| {
+            format!(
+                "models/{model}/registrations/{}.json",
+                &sha256_hex(k.as_bytes())[..32]
+            )
+        });
         let mut claim_etag = None;
         if let Some(key) = &claim_key {
             let claim = RegistrationClaim {
                 bundle_digest: digest.clone(),
                 version: None,
             };
-            match self.store.put(key, json(&claim), PutCondition::IfAbsent).await {
+            match self
+                .store
+                .put(key, json(&claim), PutCondition::IfAbsent)
+                .await
+            {
                 Ok(tag) => claim_etag = Some(tag),
                 Err(StoreError::PreconditionFailed { .. }) => {
                     return self
-                        .await_claimed_registration(model, key, options.idempotency_key.as_deref().unwrap_or(""))
+                        .await_claimed_registration(
+                            model,
+                            key,
+                            options.idempotency_key.as_deref().unwrap_or(""),
+                        )
                         .await;
                 }
                 Err(e) => return Err(e.into()),
@@ -360,18 +381,29 @@ impl Registry {
         for attempt in 0..MAX_ATTEMPTS {
             record.version = next;
             let key = version_key(model, next);
-            match self.store.put(&key, json(&record), PutCondition::IfAbsent).await {
+            match self
+                .store
+                .put(&key, json(&record), PutCondition::IfAbsent)
+                .await
+            {
                 Ok(_) => {
                     let card = ModelCard {
                         training_data: format!(
                             "{} (sha256 {}, {} training rows, {} test rows)",
-                            m.lineage.data_source, m.lineage.data_sha256, m.lineage.train_rows, m.lineage.test_rows
+                            m.lineage.data_source,
+                            m.lineage.data_sha256,
+                            m.lineage.train_rows,
+                            m.lineage.test_rows
                         ),
                         metrics: m.metrics.clone(),
                         owner: options.registered_by.clone(),
                         ..Default::default()
                     };
-                    match self.store.put(&card_key(model, next), json(&card), PutCondition::IfAbsent).await {
+                    match self
+                        .store
+                        .put(&card_key(model, next), json(&card), PutCondition::IfAbsent)
+                        .await
+                    {
                         Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -380,7 +412,9 @@ impl Registry {
                             bundle_digest: digest,
                             version: Some(next),
                         };
-                        self.store.put(key, json(&done), PutCondition::IfMatch(tag)).await?;
+                        self.store
+                            .put(key, json(&done), PutCondition::IfMatch(tag))
+                            .await?;
                     }
                     return Ok(record);
                 }
@@ -426,7 +460,12 @@ impl Registry {
         let keys = self.store.list("models/").await?;
         let mut names: Vec<String> = keys
             .iter()
-            .filter_map(|k| k.strip_prefix("models/")?.split('/').next().map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix("models/")?
+                    .split('/')
+                    .next()
+                    .map(str::to_string)
+            })
             .collect();
         names.dedup();
         Ok(names)
@@ -446,7 +485,12 @@ impl Registry {
     }
 
     async fn latest_version(&self, model: &str) -> Result<u64, RegistryError> {
-        Ok(self.version_numbers(model).await?.last().copied().unwrap_or(0))
+        Ok(self
+            .version_numbers(model)
+            .await?
+            .last()
+            .copied()
+            .unwrap_or(0))
     }
 
     /// All versions of a model, oldest first.
@@ -463,22 +507,20 @@ impl Registry {
     pub async fn version(&self, model: &str, version: u64) -> Result<VersionRecord, RegistryError> {
         check_name("model", model)?;
         let key = version_key(model, version);
-        let obj = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("model '{model}' version {version}")))?;
+        let obj =
+            self.store.get(&key).await?.ok_or_else(|| {
+                RegistryError::NotFound(format!("model '{model}' version {version}"))
+            })?;
         parse(&key, &obj.bytes)
     }
 
     /// Fetches and verifies the bundle of a version.
     pub async fn load_bundle(&self, record: &VersionRecord) -> Result<Bundle, RegistryError> {
         let manifest_key = format!("{}/{MANIFEST_FILE}", record.bundle_prefix);
-        let manifest = self
-            .store
-            .get(&manifest_key)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("bundle manifest '{manifest_key}'")))?;
+        let manifest =
+            self.store.get(&manifest_key).await?.ok_or_else(|| {
+                RegistryError::NotFound(format!("bundle manifest '{manifest_key}'"))
+            })?;
         let origin = self.store.uri(&record.bundle_prefix);
         if sha256_hex(&manifest.bytes) != record.bundle_digest {
             return Err(ArtifactError::Checksum {
@@ -490,19 +532,26 @@ impl Registry {
             .into());
         }
         // Fetch the listed files first (async), then verify synchronously.
-        let probe: crate::artifact::Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
-            ArtifactError::CorruptManifest {
-                origin: origin.clone(),
-                message: e.to_string(),
-            }
-        })?;
+        let probe: crate::artifact::Manifest =
+            serde_json::from_slice(&manifest.bytes).map_err(|e| {
+                ArtifactError::CorruptManifest {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let mut fetched = BTreeMap::new();
         for name in probe.files.keys() {
-            if let Some(obj) = self.store.get(&format!("{}/{name}", record.bundle_prefix)).await? {
+            if let Some(obj) = self
+                .store
+                .get(&format!("{}/{name}", record.bundle_prefix))
+                .await?
+            {
                 fetched.insert(name.clone(), obj.bytes);
             }
         }
-        Ok(Bundle::from_parts(&origin, &manifest.bytes, |name| Ok(fetched.remove(name)))?)
+        Ok(Bundle::from_parts(&origin, &manifest.bytes, |name| {
+            Ok(fetched.remove(name))
+        })?)
     }
 
     /// Current aliases and audit log (with the tag for compare-and-swap).
@@ -589,32 +638,49 @@ impl Registry {
         actor: &str,
         reason: &str,
     ) -> Result<AliasEvent, RegistryError> {
-        self.change_alias(model, alias, AliasAction::Promote, actor, reason, |_| Ok(version))
-            .await
-    }
-
-    /// Returns an alias to the version it pointed at before its latest promotion.
-    pub async fn rollback(&self, model: &str, alias: &str, actor: &str, reason: &str) -> Result<AliasEvent, RegistryError> {
-        self.change_alias(model, alias, AliasAction::Rollback, actor, reason, |state| {
-            let stack = state.stack(alias);
-            if stack.len() < 2 {
-                return Err(RegistryError::NothingToRollBack {
-                    model: model.into(),
-                    alias: alias.into(),
-                });
-            }
-            Ok(stack[stack.len() - 2])
+        self.change_alias(model, alias, AliasAction::Promote, actor, reason, |_| {
+            Ok(version)
         })
         .await
     }
 
-    async fn card_with_tag(&self, model: &str, version: u64) -> Result<(ModelCard, ETag), RegistryError> {
+    /// Returns an alias to the version it pointed at before its latest promotion.
+    pub async fn rollback(
+        &self,
+        model: &str,
+        alias: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<AliasEvent, RegistryError> {
+        self.change_alias(
+            model,
+            alias,
+            AliasAction::Rollback,
+            actor,
+            reason,
+            |state| {
+                let stack = state.stack(alias);
+                if stack.len() < 2 {
+                    return Err(RegistryError::NothingToRollBack {
+                        model: model.into(),
+                        alias: alias.into(),
+                    });
+                }
+                Ok(stack[stack.len() - 2])
+            },
+        )
+        .await
+    }
+
+    async fn card_with_tag(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> Result<(ModelCard, ETag), RegistryError> {
         let key = card_key(model, version);
-        let obj = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("model card of '{model}' version {version}")))?;
+        let obj = self.store.get(&key).await?.ok_or_else(|| {
+            RegistryError::NotFound(format!("model card of '{model}' version {version}"))
+        })?;
         Ok((parse(&key, &obj.bytes)?, obj.etag))
     }
 
@@ -635,7 +701,11 @@ impl Registry {
         for attempt in 0..MAX_ATTEMPTS {
             let (mut card, tag) = self.card_with_tag(model, version).await?;
             f(&mut card);
-            match self.store.put(&key, json(&card), PutCondition::IfMatch(tag)).await {
+            match self
+                .store
+                .put(&key, json(&card), PutCondition::IfMatch(tag))
+                .await
+            {
                 Ok(_) => return Ok(card),
                 Err(StoreError::PreconditionFailed { .. }) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
@@ -648,7 +718,12 @@ impl Registry {
     }
 
     /// Edits card fields; any edit clears an earlier approval.
-    pub async fn edit_card(&self, model: &str, version: u64, edit: CardEdit) -> Result<ModelCard, RegistryError> {
+    pub async fn edit_card(
+        &self,
+        model: &str,
+        version: u64,
+        edit: CardEdit,
+    ) -> Result<ModelCard, RegistryError> {
         self.update_card(model, version, |card| {
             let mut changed = false;
             for (field, value) in [
@@ -672,7 +747,13 @@ impl Registry {
     }
 
     /// Approves a card.
-    pub async fn approve_card(&self, model: &str, version: u64, approver: &str, note: &str) -> Result<ModelCard, RegistryError> {
+    pub async fn approve_card(
+        &self,
+        model: &str,
+        version: u64,
+        approver: &str,
+        note: &str,
+    ) -> Result<ModelCard, RegistryError> {
         self.update_card(model, version, |card| {
             card.approval = Some(Approval {
                 approved_by: approver.into(),

@@ -246,17 +246,28 @@ impl Schema {
                 )));
             }
         }
-        let target = self
-            .column(&self.target.column)
-            .ok_or_else(|| invalid(format!("target column '{}' is not declared", self.target.column)))?;
+        let target = self.column(&self.target.column).ok_or_else(|| {
+            invalid(format!(
+                "target column '{}' is not declared",
+                self.target.column
+            ))
+        })?;
         if target.role != ColumnRole::Target {
             return Err(invalid(format!(
                 "target column '{}' must have role = \"target\"",
                 target.name
             )));
         }
-        if self.columns.iter().filter(|c| c.role == ColumnRole::Target).count() != 1 {
-            return Err(invalid("exactly one column must have role = \"target\"".into()));
+        if self
+            .columns
+            .iter()
+            .filter(|c| c.role == ColumnRole::Target)
+            .count()
+            != 1
+        {
+            return Err(invalid(
+                "exactly one column must have role = \"target\"".into(),
+            ));
         }
         match self.task {
             Task::Regression if !target.is_numeric() => {
@@ -274,7 +285,9 @@ impl Schema {
             _ => {}
         }
         if !(self.target.scale.is_finite() && self.target.scale != 0.0) {
-            return Err(invalid("target.scale must be a finite, non-zero number".into()));
+            return Err(invalid(
+                "target.scale must be a finite, non-zero number".into(),
+            ));
         }
         for r in &self.derived {
             if seen.contains(r.name.as_str()) {
@@ -308,7 +321,9 @@ impl Schema {
 
     /// Model-input columns, in declaration order.
     pub fn feature_columns(&self) -> impl Iterator<Item = &ColumnSpec> {
-        self.columns.iter().filter(|c| c.role == ColumnRole::Feature)
+        self.columns
+            .iter()
+            .filter(|c| c.role == ColumnRole::Feature)
     }
 
     /// The id column, if any.
@@ -350,8 +365,13 @@ role = "target"
 
     #[test]
     fn rejects_unknown_keys_naming_them() {
-        let bad = MINI.replace("type = \"float\"\nrole", "type = \"float\"\ncolour = 1\nrole");
-        let err = Schema::from_toml(&bad, "mini.toml").unwrap_err().to_string();
+        let bad = MINI.replace(
+            "type = \"float\"\nrole",
+            "type = \"float\"\ncolour = 1\nrole",
+        );
+        let err = Schema::from_toml(&bad, "mini.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mini.toml") && err.contains("colour"), "{err}");
     }
 
@@ -360,14 +380,18 @@ role = "target"
         let bad = format!(
             "{MINI}\n[[derived]]\nname = \"r\"\nnumerator = \"x\"\ndenominator = \"nope\"\n"
         );
-        let err = Schema::from_toml(&bad, "mini.toml").unwrap_err().to_string();
+        let err = Schema::from_toml(&bad, "mini.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'nope'"), "{err}");
     }
 
     #[test]
     fn classification_needs_positive_class() {
         let bad = MINI.replace("task = \"regression\"", "task = \"binary_classification\"");
-        let err = Schema::from_toml(&bad, "mini.toml").unwrap_err().to_string();
+        let err = Schema::from_toml(&bad, "mini.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("positive"), "{err}");
     }
 

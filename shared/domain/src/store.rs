@@ -66,7 +66,12 @@ pub trait ObjectStore: Send + Sync {
     /// Reads an object; `None` if absent.
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
     /// Writes an object atomically under a condition; returns the new tag.
-    async fn put(&self, key: &str, bytes: Vec<u8>, condition: PutCondition) -> Result<ETag, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        condition: PutCondition,
+    ) -> Result<ETag, StoreError>;
     /// Keys under a prefix (recursive), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// A human-readable location, e.g. `s3://bucket/prefix` or a directory path.
@@ -77,14 +82,22 @@ pub trait ObjectStore: Send + Sync {
 
 /// Rejects keys that could escape the store root or are ambiguous.
 pub fn check_key(key: &str) -> Result<(), StoreError> {
-    let bad = |why| Err(StoreError::InvalidKey { key: key.into(), why });
+    let bad = |why| {
+        Err(StoreError::InvalidKey {
+            key: key.into(),
+            why,
+        })
+    };
     if key.is_empty() {
         return bad("empty");
     }
     if key.starts_with('/') || key.ends_with('/') {
         return bad("must not start or end with '/'");
     }
-    if key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+    if key
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
         return bad("empty, '.' or '..' path segment");
     }
     if key.chars().any(|c| c.is_control() || c == '\\') {

@@ -73,13 +73,27 @@ pub trait Tracker: Send + Sync {
         parent_run_id: Option<&str>,
     ) -> Result<RunInfo, TrackingError>;
     /// Logs parameters.
-    async fn log_params(&self, run_id: &str, params: &[(String, String)]) -> Result<(), TrackingError>;
+    async fn log_params(
+        &self,
+        run_id: &str,
+        params: &[(String, String)],
+    ) -> Result<(), TrackingError>;
     /// Logs metrics at a step.
-    async fn log_metrics(&self, run_id: &str, metrics: &[(String, f64)], step: i64) -> Result<(), TrackingError>;
+    async fn log_metrics(
+        &self,
+        run_id: &str,
+        metrics: &[(String, f64)],
+        step: i64,
+    ) -> Result<(), TrackingError>;
     /// Sets tags.
     async fn set_tags(&self, run_id: &str, tags: &[(String, String)]) -> Result<(), TrackingError>;
     /// Stores an artifact file under the run (path relative to the run's artifact root).
-    async fn log_artifact(&self, run_id: &str, path: &str, bytes: Vec<u8>) -> Result<(), TrackingError>;
+    async fn log_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), TrackingError>;
     /// Ends a run.
     async fn end_run(&self, run_id: &str, status: RunStatus) -> Result<(), TrackingError>;
     /// Mirrors a registry version into the tracker's model registry; returns the tracker's
@@ -92,5 +106,10 @@ pub trait Tracker: Send + Sync {
         source_uri: &str,
     ) -> Result<String, TrackingError>;
     /// Mirrors an alias onto a tracker model version.
-    async fn mirror_alias(&self, model: &str, alias: &str, tracker_version: &str) -> Result<(), TrackingError>;
+    async fn mirror_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        tracker_version: &str,
+    ) -> Result<(), TrackingError>;
 }

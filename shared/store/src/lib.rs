@@ -12,7 +12,10 @@ pub use s3::{S3Config, S3Store};
 
 /// Opens the store a URI names: `s3://bucket/prefix` for S3 (endpoint from `s3_endpoint` or
 /// `AWS_ENDPOINT_URL`), anything else (optionally `file://`) as a local directory.
-pub async fn open_store(uri: &str, s3_endpoint: Option<String>) -> Result<Arc<dyn ObjectStore>, StoreError> {
+pub async fn open_store(
+    uri: &str,
+    s3_endpoint: Option<String>,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     if uri.starts_with("s3://") {
         let mut config = S3Config::from_uri(uri)?;
         config.endpoint = s3_endpoint;

@@ -49,10 +49,18 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    fn put_blocking(path: &Path, key: &str, bytes: &[u8], condition: &PutCondition) -> Result<ETag, StoreError> {
+    fn put_blocking(
+        path: &Path,
+        key: &str,
+        bytes: &[u8],
+        condition: &PutCondition,
+    ) -> Result<ETag, StoreError> {
         let dir = path.parent().expect("keys have a parent under the root");
         fs::create_dir_all(dir).map_err(|e| backend("put", key, e))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
         let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -67,10 +75,12 @@ impl LocalStore {
             PutCondition::None => fs::rename(&tmp, path).map_err(|e| backend("put", key, e)),
             PutCondition::IfAbsent => match fs::hard_link(&tmp, path) {
                 Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StoreError::PreconditionFailed {
-                    key: key.into(),
-                    exists: true,
-                }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(StoreError::PreconditionFailed {
+                        key: key.into(),
+                        exists: true,
+                    })
+                }
                 Err(e) => Err(backend("put", key, e)),
             },
             PutCondition::IfMatch(expected) => {
@@ -83,15 +93,19 @@ impl LocalStore {
                     .map_err(|e| backend("put", key, e))?;
                 lock.lock().map_err(|e| backend("put", key, e))?;
                 let outcome = match fs::read(path) {
-                    Ok(current) if etag_of(&current) == *expected => fs::rename(&tmp, path).map_err(|e| backend("put", key, e)),
+                    Ok(current) if etag_of(&current) == *expected => {
+                        fs::rename(&tmp, path).map_err(|e| backend("put", key, e))
+                    }
                     Ok(_) => Err(StoreError::PreconditionFailed {
                         key: key.into(),
                         exists: true,
                     }),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::PreconditionFailed {
-                        key: key.into(),
-                        exists: false,
-                    }),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(StoreError::PreconditionFailed {
+                            key: key.into(),
+                            exists: false,
+                        })
+                    }
                     Err(e) => Err(backend("put", key, e)),
                 };
                 let _ = lock.unlock();
@@ -128,7 +142,9 @@ impl LocalStore {
                 if entry.file_type()?.is_dir() {
                     stack.push(path);
                 } else if let Ok(rel) = path.strip_prefix(root) {
-                    let key = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                    let key = rel
+                        .to_string_lossy()
+                        .replace(std::path::MAIN_SEPARATOR, "/");
                     if key.starts_with(prefix) {
                         out.push(key);
                     }
@@ -157,12 +173,19 @@ impl ObjectStore for LocalStore {
         .map_err(|e| backend("get", key, e))?
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, condition: PutCondition) -> Result<ETag, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        condition: PutCondition,
+    ) -> Result<ETag, StoreError> {
         let path = self.path(key)?;
         let key_owned = key.to_string();
-        tokio::task::spawn_blocking(move || Self::put_blocking(&path, &key_owned, &bytes, &condition))
-            .await
-            .map_err(|e| backend("put", key, e))?
+        tokio::task::spawn_blocking(move || {
+            Self::put_blocking(&path, &key_owned, &bytes, &condition)
+        })
+        .await
+        .map_err(|e| backend("put", key, e))?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -191,17 +214,42 @@ mod tests {
     async fn conditional_writes() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::new(dir.path());
-        let t1 = s.put("a/b.json", b"1".to_vec(), PutCondition::IfAbsent).await.unwrap();
-        let err = s.put("a/b.json", b"2".to_vec(), PutCondition::IfAbsent).await.unwrap_err();
-        assert!(matches!(err, StoreError::PreconditionFailed { exists: true, .. }));
-        let t2 = s.put("a/b.json", b"2".to_vec(), PutCondition::IfMatch(t1.clone())).await.unwrap();
-        let err = s.put("a/b.json", b"3".to_vec(), PutCondition::IfMatch(t1)).await.unwrap_err();
+        let t1 = s
+            .put("a/b.json", b"1".to_vec(), PutCondition::IfAbsent)
+            .await
+            .unwrap();
+        let err = s
+            .put("a/b.json", b"2".to_vec(), PutCondition::IfAbsent)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::PreconditionFailed { exists: true, .. }
+        ));
+        let t2 = s
+            .put("a/b.json", b"2".to_vec(), PutCondition::IfMatch(t1.clone()))
+            .await
+            .unwrap();
+        let err = s
+            .put("a/b.json", b"3".to_vec(), PutCondition::IfMatch(t1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::PreconditionFailed { .. }));
         let got = s.get("a/b.json").await.unwrap().unwrap();
         assert_eq!((got.bytes, got.etag), (b"2".to_vec(), t2));
         assert!(s.get("a/none").await.unwrap().is_none());
-        let err = s.put("a/c", b"x".to_vec(), PutCondition::IfMatch(ETag("x".into()))).await.unwrap_err();
-        assert!(matches!(err, StoreError::PreconditionFailed { exists: false, .. }));
+        let err = s
+            .put(
+                "a/c",
+                b"x".to_vec(),
+                PutCondition::IfMatch(ETag("x".into())),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::PreconditionFailed { exists: false, .. }
+        ));
     }
 
     #[tokio::test]
@@ -212,7 +260,10 @@ mod tests {
             s.put(k, vec![], PutCondition::None).await.unwrap();
         }
         std::fs::write(dir.path().join("m/x/.2.json.tmp-abc"), b"").unwrap();
-        assert_eq!(s.list("m/x/").await.unwrap(), vec!["m/x/1.json", "m/x/2.json"]);
+        assert_eq!(
+            s.list("m/x/").await.unwrap(),
+            vec!["m/x/1.json", "m/x/2.json"]
+        );
         assert_eq!(s.list("m/").await.unwrap().len(), 3);
         assert_eq!(s.list("m/x/1").await.unwrap(), vec!["m/x/1.json"]);
         assert!(s.list("zzz/").await.unwrap().is_empty());
@@ -221,14 +272,19 @@ mod tests {
     #[tokio::test]
     async fn rejects_escaping_keys() {
         let s = LocalStore::new("/tmp/never-used");
-        assert!(matches!(s.get("../etc/passwd").await, Err(StoreError::InvalidKey { .. })));
+        assert!(matches!(
+            s.get("../etc/passwd").await,
+            Err(StoreError::InvalidKey { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_compare_and_swap_increments_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(LocalStore::new(dir.path()));
-        s.put("counter", b"0".to_vec(), PutCondition::IfAbsent).await.unwrap();
+        s.put("counter", b"0".to_vec(), PutCondition::IfAbsent)
+            .await
+            .unwrap();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let s = s.clone();
@@ -237,7 +293,10 @@ mod tests {
                         let cur = s.get("counter").await.unwrap().unwrap();
                         let n: u64 = String::from_utf8(cur.bytes).unwrap().parse().unwrap();
                         let next = (n + 1).to_string().into_bytes();
-                        match s.put("counter", next, PutCondition::IfMatch(cur.etag)).await {
+                        match s
+                            .put("counter", next, PutCondition::IfMatch(cur.etag))
+                            .await
+                        {
                             Ok(_) => break,
                             Err(StoreError::PreconditionFailed { .. }) => continue,
                             Err(e) => panic!("{e}"),

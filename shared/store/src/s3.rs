@@ -26,10 +26,12 @@ pub struct S3Config {
 impl S3Config {
     /// Parses `s3://bucket/optional/prefix`.
     pub fn from_uri(uri: &str) -> Result<Self, StoreError> {
-        let rest = uri.strip_prefix("s3://").ok_or_else(|| StoreError::InvalidKey {
-            key: uri.into(),
-            why: "an S3 store URI must look like s3://bucket/prefix",
-        })?;
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| StoreError::InvalidKey {
+                key: uri.into(),
+                why: "an S3 store URI must look like s3://bucket/prefix",
+            })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(StoreError::InvalidKey {
@@ -53,7 +55,11 @@ pub struct S3Store {
     prefix: String,
 }
 
-fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(operation: &'static str, key: &str, e: &SdkError<E>) -> StoreError {
+fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(
+    operation: &'static str,
+    key: &str,
+    e: &SdkError<E>,
+) -> StoreError {
     let message = match e {
         SdkError::ServiceError(s) => format!(
             "{} ({})",
@@ -85,7 +91,8 @@ impl S3Store {
             loader = loader.endpoint_url(endpoint);
         }
         let shared = loader.load().await;
-        let path_style = config.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let path_style =
+            config.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(path_style)
             .build();
@@ -108,12 +115,32 @@ impl S3Store {
 
     /// Creates the bucket if it does not exist (local development and tests).
     pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(backend("create bucket", &self.bucket, &e)),
         }
     }
@@ -132,7 +159,14 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
         let full = self.full_key(key)?;
-        match self.client.get_object().bucket(&self.bucket).key(&full).send().await {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
             Ok(out) => {
                 let etag = ETag(out.e_tag().unwrap_or_default().to_string());
                 let bytes = out.body.collect().await.map_err(|e| StoreError::Backend {
@@ -145,12 +179,22 @@ impl ObjectStore for S3Store {
                     etag,
                 }))
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || http_status(&e) == Some(404) => Ok(None),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || http_status(&e) == Some(404) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(backend("get", key, &e)),
         }
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, condition: PutCondition) -> Result<ETag, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        condition: PutCondition,
+    ) -> Result<ETag, StoreError> {
         let full = self.full_key(key)?;
         let mut request = self
             .client
@@ -165,11 +209,16 @@ impl ObjectStore for S3Store {
         };
         match request.send().await {
             Ok(out) => Ok(ETag(out.e_tag().unwrap_or_default().to_string())),
-            Err(e) if matches!(http_status(&e), Some(412 | 409)) => Err(StoreError::PreconditionFailed {
-                key: key.into(),
-                exists: condition == PutCondition::IfAbsent || http_status(&e) == Some(409),
-            }),
-            Err(e) if http_status(&e) == Some(404) && matches!(condition, PutCondition::IfMatch(_)) => {
+            Err(e) if matches!(http_status(&e), Some(412 | 409)) => {
+                Err(StoreError::PreconditionFailed {
+                    key: key.into(),
+                    exists: condition == PutCondition::IfAbsent || http_status(&e) == Some(409),
+                })
+            }
+            Err(e)
+                if http_status(&e) == Some(404)
+                    && matches!(condition, PutCondition::IfMatch(_)) =>
+            {
                 Err(StoreError::PreconditionFailed {
                     key: key.into(),
                     exists: false,
@@ -185,7 +234,11 @@ impl ObjectStore for S3Store {
         } else {
             format!("{}/{prefix}", self.prefix)
         };
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
         let mut pages = self
             .client
             .list_objects_v2()

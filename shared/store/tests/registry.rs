@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mlops_domain::artifact::{Bundle, Lineage, Manifest, ModelKind, BUNDLE_FORMAT};
+use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
 use mlops_domain::data::{TargetPolicy, read_csv};
 use mlops_domain::features::{FeaturePipeline, PipelineOptions};
 use mlops_domain::registry::*;
@@ -17,7 +17,13 @@ fn sample_bundle() -> Bundle {
         "s.toml",
     )
     .unwrap();
-    let (data, report) = read_csv(&b"x,y\n1,2\n3,4\n"[..], "s.csv", &schema, TargetPolicy::Required).unwrap();
+    let (data, report) = read_csv(
+        &b"x,y\n1,2\n3,4\n"[..],
+        "s.csv",
+        &schema,
+        TargetPolicy::Required,
+    )
+    .unwrap();
     let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT,
@@ -32,12 +38,19 @@ fn sample_bundle() -> Bundle {
         validation_metrics: BTreeMap::new(),
         cv_score: None,
         params: BTreeMap::new(),
-        lineage: Lineage { data_sha256: report.sha256, ..Default::default() },
+        lineage: Lineage {
+            data_sha256: report.sha256,
+            ..Default::default()
+        },
         created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         reference_profile: mlops_domain::profile::profile(&data),
         files: BTreeMap::new(),
     };
-    Bundle::new(manifest, BTreeMap::from([("model.json".into(), b"{}".to_vec())])).unwrap()
+    Bundle::new(
+        manifest,
+        BTreeMap::from([("model.json".into(), b"{}".to_vec())]),
+    )
+    .unwrap()
 }
 
 fn registry() -> (Registry, tempfile::TempDir) {
@@ -49,12 +62,24 @@ fn registry() -> (Registry, tempfile::TempDir) {
 async fn versions_increase_and_bundles_round_trip() {
     let (r, _dir) = registry();
     let b = sample_bundle();
-    let v1 = r.register("housing", &b, RegisterOptions::default()).await.unwrap();
-    let v2 = r.register("housing", &b, RegisterOptions::default()).await.unwrap();
+    let v1 = r
+        .register("housing", &b, RegisterOptions::default())
+        .await
+        .unwrap();
+    let v2 = r
+        .register("housing", &b, RegisterOptions::default())
+        .await
+        .unwrap();
     assert_eq!((v1.version, v2.version), (1, 2));
     assert_eq!(r.load_bundle(&v2).await.unwrap(), b);
     assert_eq!(r.models().await.unwrap(), vec!["housing"]);
-    assert!(r.card(&v1.model, 1).await.unwrap().training_data.contains("sha256"));
+    assert!(
+        r.card(&v1.model, 1)
+            .await
+            .unwrap()
+            .training_data
+            .contains("sha256")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -64,7 +89,12 @@ async fn concurrent_registrations_get_distinct_numbers() {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (r, b) = (r.clone(), b.clone());
-            tokio::spawn(async move { r.register("m", &b, RegisterOptions::default()).await.unwrap().version })
+            tokio::spawn(async move {
+                r.register("m", &b, RegisterOptions::default())
+                    .await
+                    .unwrap()
+                    .version
+            })
         })
         .collect();
     let mut got = Vec::new();
@@ -94,10 +124,18 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     let (r, _dir) = registry();
     let b = sample_bundle();
     for _ in 0..3 {
-        r.register("m", &b, RegisterOptions::default()).await.unwrap();
+        r.register("m", &b, RegisterOptions::default())
+            .await
+            .unwrap();
     }
-    let err = r.promote("m", CHAMPION, 1, "me", "first").await.unwrap_err();
-    assert!(matches!(err, RegistryError::CardNotApproved { version: 1, .. }));
+    let err = r
+        .promote("m", CHAMPION, 1, "me", "first")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RegistryError::CardNotApproved { version: 1, .. }
+    ));
     for v in 1..=3 {
         r.approve_card("m", v, "lead", "ok").await.unwrap();
     }
@@ -105,7 +143,10 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     r.promote("m", CHAMPION, 2, "me", "b").await.unwrap();
     r.promote("m", CHAMPION, 3, "me", "c").await.unwrap();
     assert_eq!(r.rollback("m", CHAMPION, "me", "bad").await.unwrap().to, 2);
-    assert_eq!(r.rollback("m", CHAMPION, "me", "worse").await.unwrap().to, 1);
+    assert_eq!(
+        r.rollback("m", CHAMPION, "me", "worse").await.unwrap().to,
+        1
+    );
     assert!(matches!(
         r.rollback("m", CHAMPION, "me", "no").await.unwrap_err(),
         RegistryError::NothingToRollBack { .. }
@@ -114,16 +155,28 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     assert_eq!(state.aliases[CHAMPION], 1);
     assert_eq!(state.history.len(), 5);
     assert_eq!(state.revision, 5);
-    assert!(matches!(r.promote("m", "x", 9, "me", "").await.unwrap_err(), RegistryError::NotFound(_)));
+    assert!(matches!(
+        r.promote("m", "x", 9, "me", "").await.unwrap_err(),
+        RegistryError::NotFound(_)
+    ));
 }
 
 #[tokio::test]
 async fn editing_a_card_clears_its_approval() {
     let (r, _dir) = registry();
-    r.register("m", &sample_bundle(), RegisterOptions::default()).await.unwrap();
+    r.register("m", &sample_bundle(), RegisterOptions::default())
+        .await
+        .unwrap();
     r.approve_card("m", 1, "lead", "").await.unwrap();
     let card = r
-        .edit_card("m", 1, CardEdit { limitations: Some("none known".into()), ..Default::default() })
+        .edit_card(
+            "m",
+            1,
+            CardEdit {
+                limitations: Some("none known".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(card.approval.is_none());
@@ -133,12 +186,18 @@ async fn editing_a_card_clears_its_approval() {
 async fn concurrent_promotions_lose_no_update() {
     let (r, _dir) = registry();
     for _ in 0..4 {
-        r.register("m", &sample_bundle(), RegisterOptions::default()).await.unwrap();
+        r.register("m", &sample_bundle(), RegisterOptions::default())
+            .await
+            .unwrap();
     }
     let tasks: Vec<_> = (0..20u64)
         .map(|i| {
             let r = r.clone();
-            tokio::spawn(async move { r.promote("m", CHALLENGER, i % 4 + 1, &format!("p{i}"), "").await.unwrap() })
+            tokio::spawn(async move {
+                r.promote("m", CHALLENGER, i % 4 + 1, &format!("p{i}"), "")
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     for t in tasks {
@@ -150,4 +209,3 @@ async fn concurrent_promotions_lose_no_update() {
     let revisions: Vec<u64> = state.history.iter().map(|e| e.revision).collect();
     assert_eq!(revisions, (1..=20).collect::<Vec<_>>());
 }
-

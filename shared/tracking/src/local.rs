@@ -64,7 +64,13 @@ fn local_err(path: &Path, e: impl std::fmt::Display) -> TrackingError {
 
 fn safe_segment(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect::<String>()
         .trim_start_matches('.')
         .to_string()
@@ -84,7 +90,10 @@ impl LocalRunLog {
         let (experiment, _) = run_id
             .split_once('.')
             .ok_or_else(|| local_err(&self.root, format!("malformed run id '{run_id}'")))?;
-        Ok(self.root.join(safe_segment(experiment)).join(safe_segment(run_id)))
+        Ok(self
+            .root
+            .join(safe_segment(experiment))
+            .join(safe_segment(run_id)))
     }
 
     /// Reads a run.
@@ -99,11 +108,19 @@ impl LocalRunLog {
         std::fs::create_dir_all(&dir).map_err(|e| local_err(&dir, e))?;
         let path = dir.join("run.json");
         let tmp = dir.join(".run.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(run).expect("run serializes")).map_err(|e| local_err(&tmp, e))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(run).expect("run serializes"),
+        )
+        .map_err(|e| local_err(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| local_err(&path, e))
     }
 
-    async fn update(&self, run_id: &str, f: impl FnOnce(&mut LocalRun)) -> Result<(), TrackingError> {
+    async fn update(
+        &self,
+        run_id: &str,
+        f: impl FnOnce(&mut LocalRun),
+    ) -> Result<(), TrackingError> {
         let _guard = self.lock.lock().await;
         let mut run = self.read_run(run_id)?;
         f(&mut run);
@@ -124,7 +141,11 @@ impl Tracker for LocalRunLog {
         tags: &[(String, String)],
         parent_run_id: Option<&str>,
     ) -> Result<RunInfo, TrackingError> {
-        let run_id = format!("{}.{}", safe_segment(experiment), uuid::Uuid::new_v4().simple());
+        let run_id = format!(
+            "{}.{}",
+            safe_segment(experiment),
+            uuid::Uuid::new_v4().simple()
+        );
         let run = LocalRun {
             run_id: run_id.clone(),
             run_name: run_name.into(),
@@ -144,11 +165,21 @@ impl Tracker for LocalRunLog {
         })
     }
 
-    async fn log_params(&self, run_id: &str, params: &[(String, String)]) -> Result<(), TrackingError> {
-        self.update(run_id, |r| r.params.extend(params.iter().cloned())).await
+    async fn log_params(
+        &self,
+        run_id: &str,
+        params: &[(String, String)],
+    ) -> Result<(), TrackingError> {
+        self.update(run_id, |r| r.params.extend(params.iter().cloned()))
+            .await
     }
 
-    async fn log_metrics(&self, run_id: &str, metrics: &[(String, f64)], step: i64) -> Result<(), TrackingError> {
+    async fn log_metrics(
+        &self,
+        run_id: &str,
+        metrics: &[(String, f64)],
+        step: i64,
+    ) -> Result<(), TrackingError> {
         let timestamp = chrono::Utc::now().timestamp_millis();
         self.update(run_id, |r| {
             for (k, v) in metrics {
@@ -163,10 +194,16 @@ impl Tracker for LocalRunLog {
     }
 
     async fn set_tags(&self, run_id: &str, tags: &[(String, String)]) -> Result<(), TrackingError> {
-        self.update(run_id, |r| r.tags.extend(tags.iter().cloned())).await
+        self.update(run_id, |r| r.tags.extend(tags.iter().cloned()))
+            .await
     }
 
-    async fn log_artifact(&self, run_id: &str, path: &str, bytes: Vec<u8>) -> Result<(), TrackingError> {
+    async fn log_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), TrackingError> {
         let mut target = self.run_dir(run_id)?.join("artifacts");
         for part in path.split('/') {
             if part.is_empty() || part == "." || part == ".." {
@@ -202,7 +239,12 @@ impl Tracker for LocalRunLog {
     }
 
     /// See [`Self::mirror_model_version`]: aliases live in the registry itself.
-    async fn mirror_alias(&self, _model: &str, _alias: &str, _tracker_version: &str) -> Result<(), TrackingError> {
+    async fn mirror_alias(
+        &self,
+        _model: &str,
+        _alias: &str,
+        _tracker_version: &str,
+    ) -> Result<(), TrackingError> {
         Ok(())
     }
 }
@@ -215,17 +257,30 @@ mod tests {
     async fn records_a_run() {
         let dir = tempfile::tempdir().unwrap();
         let log = LocalRunLog::new(dir.path());
-        let run = log.start_run("housing", "xgboost", &[("k".into(), "v".into())], None).await.unwrap();
-        log.log_params(&run.run_id, &[("eta".into(), "0.1".into())]).await.unwrap();
-        log.log_metrics(&run.run_id, &[("rmse".into(), 0.5)], 3).await.unwrap();
-        log.log_artifact(&run.run_id, "report/a.md", b"# hi".to_vec()).await.unwrap();
+        let run = log
+            .start_run("housing", "xgboost", &[("k".into(), "v".into())], None)
+            .await
+            .unwrap();
+        log.log_params(&run.run_id, &[("eta".into(), "0.1".into())])
+            .await
+            .unwrap();
+        log.log_metrics(&run.run_id, &[("rmse".into(), 0.5)], 3)
+            .await
+            .unwrap();
+        log.log_artifact(&run.run_id, "report/a.md", b"# hi".to_vec())
+            .await
+            .unwrap();
         log.end_run(&run.run_id, RunStatus::Finished).await.unwrap();
         let r = log.read_run(&run.run_id).unwrap();
         assert_eq!(r.status, "FINISHED");
         assert_eq!(r.params["eta"], "0.1");
         assert_eq!(r.metrics["rmse"][0].step, 3);
         assert_eq!(r.tags["k"], "v");
-        assert!(std::path::Path::new(&run.location).join("artifacts/report/a.md").exists());
+        assert!(
+            std::path::Path::new(&run.location)
+                .join("artifacts/report/a.md")
+                .exists()
+        );
         assert!(log.log_artifact(&run.run_id, "../x", vec![]).await.is_err());
     }
 }

@@ -24,7 +24,9 @@ fn now_ms() -> i64 {
 }
 
 fn pairs(kv: &[(String, String)]) -> Vec<Value> {
-    kv.iter().map(|(k, v)| json!({"key": k, "value": v})).collect()
+    kv.iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect()
 }
 
 impl MlflowClient {
@@ -51,17 +53,28 @@ impl MlflowClient {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, endpoint: &str) -> Result<Value, TrackingError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: &str,
+    ) -> Result<Value, TrackingError> {
         let response = request.send().await.map_err(|e| self.err(endpoint, e))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.err(endpoint, e))?;
         if !status.is_success() {
-            return Err(self.err(endpoint, format!("HTTP {status}: {}", text.chars().take(500).collect::<String>())));
+            return Err(self.err(
+                endpoint,
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(500).collect::<String>()
+                ),
+            ));
         }
         if text.trim().is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_str(&text).map_err(|e| self.err(endpoint, format!("invalid JSON answer: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| self.err(endpoint, format!("invalid JSON answer: {e}")))
     }
 
     /// POSTs JSON to an API 2.0 endpoint.
@@ -71,20 +84,28 @@ impl MlflowClient {
     }
 
     /// GETs an API 2.0 endpoint with query parameters.
-    pub async fn get(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<Value, TrackingError> {
+    pub async fn get(
+        &self,
+        endpoint: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Value, TrackingError> {
         let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
         self.send(self.http.get(url).query(query), endpoint).await
     }
 
     /// The id of an experiment, created if absent.
     pub async fn experiment_id(&self, name: &str) -> Result<String, TrackingError> {
-        match self.get("experiments/get-by-name", &[("experiment_name", name)]).await {
+        match self
+            .get("experiments/get-by-name", &[("experiment_name", name)])
+            .await
+        {
             Ok(v) => {
                 if let Some(id) = v["experiment"]["experiment_id"].as_str() {
                     return Ok(id.to_string());
                 }
             }
-            Err(TrackingError::Server { message, .. }) if message.contains("RESOURCE_DOES_NOT_EXIST") => {}
+            Err(TrackingError::Server { message, .. })
+                if message.contains("RESOURCE_DOES_NOT_EXIST") => {}
             Err(e) => return Err(e),
         }
         match self.post("experiments/create", json!({"name": name})).await {
@@ -93,12 +114,18 @@ impl MlflowClient {
                 .map(str::to_string)
                 .ok_or_else(|| self.err("experiments/create", "no experiment_id in the answer")),
             // Another trainer created it in between.
-            Err(TrackingError::Server { message, .. }) if message.contains("RESOURCE_ALREADY_EXISTS") => {
-                let v = self.get("experiments/get-by-name", &[("experiment_name", name)]).await?;
+            Err(TrackingError::Server { message, .. })
+                if message.contains("RESOURCE_ALREADY_EXISTS") =>
+            {
+                let v = self
+                    .get("experiments/get-by-name", &[("experiment_name", name)])
+                    .await?;
                 v["experiment"]["experiment_id"]
                     .as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| self.err("experiments/get-by-name", "no experiment_id in the answer"))
+                    .ok_or_else(|| {
+                        self.err("experiments/get-by-name", "no experiment_id in the answer")
+                    })
             }
             Err(e) => Err(e),
         }
@@ -118,14 +145,27 @@ impl MlflowClient {
     }
 
     /// Downloads an artifact of a run through the `mlflow-artifacts` proxy.
-    pub async fn download_artifact(&self, run_id: &str, path: &str) -> Result<Vec<u8>, TrackingError> {
+    pub async fn download_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, TrackingError> {
         let url = self.artifact_url(run_id, path).await?;
         let endpoint = "mlflow-artifacts/artifacts";
-        let response = self.http.get(&url).send().await.map_err(|e| self.err(endpoint, e))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.err(endpoint, e))?;
         if !response.status().is_success() {
             return Err(self.err(endpoint, format!("HTTP {}", response.status())));
         }
-        Ok(response.bytes().await.map_err(|e| self.err(endpoint, e))?.to_vec())
+        Ok(response
+            .bytes()
+            .await
+            .map_err(|e| self.err(endpoint, e))?
+            .to_vec())
     }
 
     async fn artifact_url(&self, run_id: &str, path: &str) -> Result<String, TrackingError> {
@@ -192,19 +232,31 @@ impl Tracker for MlflowClient {
         })
     }
 
-    async fn log_params(&self, run_id: &str, params: &[(String, String)]) -> Result<(), TrackingError> {
+    async fn log_params(
+        &self,
+        run_id: &str,
+        params: &[(String, String)],
+    ) -> Result<(), TrackingError> {
         let params: Vec<(String, String)> = params
             .iter()
             .map(|(k, v)| (k.clone(), v.chars().take(MAX_PARAM_VALUE).collect()))
             .collect();
         for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
-            self.post("runs/log-batch", json!({"run_id": run_id, "params": pairs(chunk)}))
-                .await?;
+            self.post(
+                "runs/log-batch",
+                json!({"run_id": run_id, "params": pairs(chunk)}),
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn log_metrics(&self, run_id: &str, metrics: &[(String, f64)], step: i64) -> Result<(), TrackingError> {
+    async fn log_metrics(
+        &self,
+        run_id: &str,
+        metrics: &[(String, f64)],
+        step: i64,
+    ) -> Result<(), TrackingError> {
         let ts = now_ms();
         let entries: Vec<Value> = metrics
             .iter()
@@ -212,21 +264,32 @@ impl Tracker for MlflowClient {
             .map(|(k, v)| json!({"key": k, "value": v, "timestamp": ts, "step": step}))
             .collect();
         for chunk in entries.chunks(MAX_METRICS_PER_BATCH) {
-            self.post("runs/log-batch", json!({"run_id": run_id, "metrics": chunk}))
-                .await?;
+            self.post(
+                "runs/log-batch",
+                json!({"run_id": run_id, "metrics": chunk}),
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn set_tags(&self, run_id: &str, tags: &[(String, String)]) -> Result<(), TrackingError> {
         for chunk in tags.chunks(MAX_TAGS_PER_BATCH) {
-            self.post("runs/log-batch", json!({"run_id": run_id, "tags": pairs(chunk)}))
-                .await?;
+            self.post(
+                "runs/log-batch",
+                json!({"run_id": run_id, "tags": pairs(chunk)}),
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn log_artifact(&self, run_id: &str, path: &str, bytes: Vec<u8>) -> Result<(), TrackingError> {
+    async fn log_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), TrackingError> {
         let url = self.artifact_url(run_id, path).await?;
         self.send(self.http.put(url).body(bytes), "mlflow-artifacts/artifacts")
             .await
@@ -249,9 +312,13 @@ impl Tracker for MlflowClient {
         run_id: &str,
         source_uri: &str,
     ) -> Result<String, TrackingError> {
-        match self.post("registered-models/create", json!({"name": model})).await {
+        match self
+            .post("registered-models/create", json!({"name": model}))
+            .await
+        {
             Ok(_) => {}
-            Err(TrackingError::Server { message, .. }) if message.contains("RESOURCE_ALREADY_EXISTS") => {}
+            Err(TrackingError::Server { message, .. })
+                if message.contains("RESOURCE_ALREADY_EXISTS") => {}
             Err(e) => return Err(e),
         }
         let v = self
@@ -272,7 +339,12 @@ impl Tracker for MlflowClient {
             .ok_or_else(|| self.err("model-versions/create", "no version in the answer"))
     }
 
-    async fn mirror_alias(&self, model: &str, alias: &str, tracker_version: &str) -> Result<(), TrackingError> {
+    async fn mirror_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        tracker_version: &str,
+    ) -> Result<(), TrackingError> {
         self.post(
             "registered-models/alias",
             json!({"name": model, "alias": alias, "version": tracker_version}),

@@ -6,8 +6,8 @@
 //! Models consume the dense output of the fitted feature pipeline
 //! ([`mlops_domain::features::FeatureMatrix`]).
 
-pub mod linear;
 pub mod lightgbm;
+pub mod linear;
 pub mod report;
 pub mod select;
 pub mod xgboost;
@@ -85,9 +85,16 @@ pub trait Model {
 }
 
 /// Loads a native model file for prediction.
-pub fn load_model(kind: ModelKind, task: Task, n_features: usize, bytes: &[u8]) -> Result<Box<dyn Model>, TrainError> {
+pub fn load_model(
+    kind: ModelKind,
+    task: Task,
+    n_features: usize,
+    bytes: &[u8],
+) -> Result<Box<dyn Model>, TrainError> {
     Ok(match kind {
-        ModelKind::Linear | ModelKind::Logistic => Box::new(linear::LinearModel::from_bytes(bytes)?),
+        ModelKind::Linear | ModelKind::Logistic => {
+            Box::new(linear::LinearModel::from_bytes(bytes)?)
+        }
         ModelKind::Xgboost => Box::new(xgboost::XgbModel::from_bytes(bytes, n_features)?),
         ModelKind::Lightgbm => Box::new(lightgbm::LgbmModel::from_bytes(bytes, task)?),
     })

@@ -78,12 +78,29 @@ fn labels(y: &[f64]) -> Vec<f32> {
 
 impl LgbmModel {
     /// Trains with early stopping on `valid`, deterministically for a given `seed`.
-    pub fn train(task: Task, params: &LgbmParams, train: Labelled<'_>, valid: Labelled<'_>, seed: u64) -> Result<Self, TrainError> {
+    pub fn train(
+        task: Task,
+        params: &LgbmParams,
+        train: Labelled<'_>,
+        valid: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let n = train.x.cols as i32;
-        let dtrain = Dataset::from_slice(&train.x.values, &labels(train.y), n, true).map_err(lgbm_err)?;
-        let dvalid =
-            Dataset::from_slice_with_reference(&valid.x.values, &labels(valid.y), n, true, Some(&dtrain)).map_err(lgbm_err)?;
-        let threads = if params.threads == 0 { crate::default_threads() } else { params.threads };
+        let dtrain =
+            Dataset::from_slice(&train.x.values, &labels(train.y), n, true).map_err(lgbm_err)?;
+        let dvalid = Dataset::from_slice_with_reference(
+            &valid.x.values,
+            &labels(valid.y),
+            n,
+            true,
+            Some(&dtrain),
+        )
+        .map_err(lgbm_err)?;
+        let threads = if params.threads == 0 {
+            crate::default_threads()
+        } else {
+            params.threads
+        };
         let (objective, metric) = match task {
             Task::Regression => ("regression", "rmse"),
             // Stop on log loss, not AUC: see the XGBoost learner.
@@ -137,7 +154,9 @@ impl LgbmModel {
 
     /// The parameters as logged.
     pub fn params_of(params: &LgbmParams, task: Task) -> Params {
-        let mut p: Params = serde_json::from_value(serde_json::to_value(params).expect("params serialize")).expect("object");
+        let mut p: Params =
+            serde_json::from_value(serde_json::to_value(params).expect("params serialize"))
+                .expect("object");
         p.insert(
             "objective".into(),
             match task {
@@ -163,12 +182,17 @@ impl Model for LgbmModel {
     fn predict(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
         let expected = self.booster.num_features().max(0) as usize;
         if x.cols != expected {
-            return Err(TrainError::Shape { expected, found: x.cols });
+            return Err(TrainError::Shape {
+                expected,
+                found: x.cols,
+            });
         }
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        self.booster.predict(&x.values, x.cols as i32, true).map_err(lgbm_err)
+        self.booster
+            .predict(&x.values, x.cols as i32, true)
+            .map_err(lgbm_err)
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {
@@ -176,7 +200,9 @@ impl Model for LgbmModel {
     }
 
     fn feature_importance(&self) -> Result<Vec<f64>, TrainError> {
-        self.booster.feature_importance(ImportanceType::Gain).map_err(lgbm_err)
+        self.booster
+            .feature_importance(ImportanceType::Gain)
+            .map_err(lgbm_err)
     }
 
     fn best_iteration(&self) -> Option<usize> {

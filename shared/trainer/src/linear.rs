@@ -92,7 +92,14 @@ fn sigmoid(s: f64) -> f64 {
 
 fn scores(x: &FeatureMatrix, w: &DVector<f64>) -> Vec<f64> {
     (0..x.rows)
-        .map(|i| w[0] + x.row(i).iter().zip(w.iter().skip(1)).map(|(a, b)| a * b).sum::<f64>())
+        .map(|i| {
+            w[0] + x
+                .row(i)
+                .iter()
+                .zip(w.iter().skip(1))
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
         .collect()
 }
 
@@ -162,7 +169,12 @@ impl Model for LinearModel {
         }
         Ok((0..x.rows)
             .map(|i| {
-                let s = self.intercept + x.row(i).iter().zip(&self.coefficients).map(|(a, b)| a * b).sum::<f64>();
+                let s = self.intercept
+                    + x.row(i)
+                        .iter()
+                        .zip(&self.coefficients)
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>();
                 match self.link {
                     Link::Identity => s,
                     Link::Logit => sigmoid(s),
@@ -195,7 +207,9 @@ mod tests {
     #[test]
     fn ridge_recovers_a_plane() {
         let x = matrix(&[[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [2.0, 3.0], [3.0, 1.0]]);
-        let y: Vec<f64> = (0..5).map(|i| 1.0 + 2.0 * x.row(i)[0] - 3.0 * x.row(i)[1]).collect();
+        let y: Vec<f64> = (0..5)
+            .map(|i| 1.0 + 2.0 * x.row(i)[0] - 3.0 * x.row(i)[1])
+            .collect();
         let m = LinearModel::fit_ridge(Labelled { x: &x, y: &y }, 0.0).unwrap();
         assert!((m.intercept - 1.0).abs() < 1e-6 && (m.coefficients[0] - 2.0).abs() < 1e-6);
         let back = LinearModel::from_bytes(&m.to_bytes().unwrap()).unwrap();
@@ -204,7 +218,16 @@ mod tests {
 
     #[test]
     fn logistic_separates_classes() {
-        let x = matrix(&[[-2.0, 0.0], [-1.0, 0.5], [-0.5, 0.1], [0.5, 0.0], [1.0, 0.3], [2.0, 0.2], [0.2, 0.9], [-0.2, 0.4]]);
+        let x = matrix(&[
+            [-2.0, 0.0],
+            [-1.0, 0.5],
+            [-0.5, 0.1],
+            [0.5, 0.0],
+            [1.0, 0.3],
+            [2.0, 0.2],
+            [0.2, 0.9],
+            [-0.2, 0.4],
+        ]);
         let y = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0];
         let m = LinearModel::fit_logistic(Labelled { x: &x, y: &y }, 1.0).unwrap();
         let p = m.predict(&x).unwrap();

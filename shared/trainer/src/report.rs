@@ -28,7 +28,11 @@ fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in, so reports render on machines without system fonts.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
@@ -40,29 +44,66 @@ fn report_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Writes `report.md` and the plots into `dir`; returns the file names written.
-pub fn write_report(dir: &Path, outcome: &TrainingOutcome, context: &ReportContext) -> Result<Vec<String>, TrainError> {
+pub fn write_report(
+    dir: &Path,
+    outcome: &TrainingOutcome,
+    context: &ReportContext,
+) -> Result<Vec<String>, TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| report_err(dir, e))?;
     register_fonts();
     let best = outcome.best();
     let mut files = Vec::new();
 
     let importance = best.model.feature_importance()?;
-    let mut ranked: Vec<(String, f64)> = best.pipeline.feature_names.iter().cloned().zip(importance).collect();
+    let mut ranked: Vec<(String, f64)> = best
+        .pipeline
+        .feature_names
+        .iter()
+        .cloned()
+        .zip(importance)
+        .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total: f64 = ranked.iter().map(|r| r.1).sum::<f64>().max(f64::MIN_POSITIVE);
-    let top: Vec<(String, f64)> = ranked.iter().take(15).map(|(n, v)| (n.clone(), v / total)).collect();
+    let total: f64 = ranked
+        .iter()
+        .map(|r| r.1)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    let top: Vec<(String, f64)> = ranked
+        .iter()
+        .take(15)
+        .map(|(n, v)| (n.clone(), v / total))
+        .collect();
     plot_importance(&dir.join("feature_importance.png"), &top, best.kind.name())?;
     files.push("feature_importance.png".to_string());
 
     match outcome.task {
         Task::Regression => {
-            plot_predicted_vs_actual(&dir.join("predicted_vs_actual.png"), &outcome.test_labels, &outcome.test_predictions)?;
-            plot_residuals(&dir.join("residuals.png"), &outcome.test_labels, &outcome.test_predictions)?;
-            files.extend(["predicted_vs_actual.png".to_string(), "residuals.png".to_string()]);
+            plot_predicted_vs_actual(
+                &dir.join("predicted_vs_actual.png"),
+                &outcome.test_labels,
+                &outcome.test_predictions,
+            )?;
+            plot_residuals(
+                &dir.join("residuals.png"),
+                &outcome.test_labels,
+                &outcome.test_predictions,
+            )?;
+            files.extend([
+                "predicted_vs_actual.png".to_string(),
+                "residuals.png".to_string(),
+            ]);
         }
         Task::BinaryClassification => {
-            plot_roc(&dir.join("roc_curve.png"), &outcome.test_labels, &outcome.test_predictions)?;
-            plot_calibration(&dir.join("calibration.png"), &outcome.test_labels, &outcome.test_predictions)?;
+            plot_roc(
+                &dir.join("roc_curve.png"),
+                &outcome.test_labels,
+                &outcome.test_predictions,
+            )?;
+            plot_calibration(
+                &dir.join("calibration.png"),
+                &outcome.test_labels,
+                &outcome.test_predictions,
+            )?;
             files.extend(["roc_curve.png".to_string(), "calibration.png".to_string()]);
         }
     }
@@ -88,10 +129,18 @@ pub fn write_report(dir: &Path, outcome: &TrainingOutcome, context: &ReportConte
         "- Selected: **{}** by {} on {}\n",
         best.name,
         outcome.primary.name(),
-        if best.cv_scores.is_empty() { "the validation set" } else { "the cross-validation mean" }
+        if best.cv_scores.is_empty() {
+            "the validation set"
+        } else {
+            "the cross-validation mean"
+        }
     );
     let _ = writeln!(md, "## Candidates\n");
-    let _ = writeln!(md, "| candidate | validation {} | CV mean ± sd | train seconds | best iteration |", outcome.primary.name());
+    let _ = writeln!(
+        md,
+        "| candidate | validation {} | CV mean ± sd | train seconds | best iteration |",
+        outcome.primary.name()
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     for c in &outcome.candidates {
         let cv = if c.cv_scores.is_empty() {
@@ -99,7 +148,9 @@ pub fn write_report(dir: &Path, outcome: &TrainingOutcome, context: &ReportConte
         } else {
             let n = c.cv_scores.len() as f64;
             let m = c.cv_scores.iter().sum::<f64>() / n;
-            let sd = (c.cv_scores.iter().map(|s| (s - m) * (s - m)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            let sd = (c.cv_scores.iter().map(|s| (s - m) * (s - m)).sum::<f64>()
+                / (n - 1.0).max(1.0))
+            .sqrt();
             format!("{m:.4} ± {sd:.4}")
         };
         let _ = writeln!(
@@ -109,7 +160,9 @@ pub fn write_report(dir: &Path, outcome: &TrainingOutcome, context: &ReportConte
             c.validation_metrics[outcome.primary.name()],
             cv,
             c.train_seconds,
-            c.model.best_iteration().map_or("–".into(), |b| b.to_string())
+            c.model
+                .best_iteration()
+                .map_or("–".into(), |b| b.to_string())
         );
     }
     let _ = writeln!(md, "\n## Test metrics of the selected model\n");
@@ -136,7 +189,11 @@ type Canvas<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn draw(path: &Path, size: (u32, u32), body: impl FnOnce(&Canvas) -> DrawResult) -> Result<(), TrainError> {
+fn draw(
+    path: &Path,
+    size: (u32, u32),
+    body: impl FnOnce(&Canvas) -> DrawResult,
+) -> Result<(), TrainError> {
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| report_err(path, e))?;
     body(&root).map_err(|e| report_err(path, e))?;
@@ -149,11 +206,18 @@ fn plot_importance(path: &Path, top: &[(String, f64)], model: &str) -> Result<()
     draw(path, (900, 120 + 32 * n as u32), |root| {
         let (labels, bars) = root.split_horizontally(260);
         let mut chart = ChartBuilder::on(&bars)
-            .caption(format!("Feature importance ({model}, share of gain)"), ("sans-serif", 20))
+            .caption(
+                format!("Feature importance ({model}, share of gain)"),
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(30)
             .build_cartesian_2d(0.0..max * 1.05, 0.0..n as f64)?;
-        chart.configure_mesh().disable_y_mesh().disable_y_axis().draw()?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .draw()?;
         chart.draw_series(top.iter().enumerate().map(|(i, (_, v))| {
             let y = (n - 1 - i) as f64;
             Rectangle::new([(0.0, y + 0.15), (*v, y + 0.85)], BLUE.mix(0.7).filled())
@@ -162,15 +226,25 @@ fn plot_importance(path: &Path, top: &[(String, f64)], model: &str) -> Result<()
         let height = bars.dim_in_pixel().1 as i32 - plot_top - 30 - 10;
         for (i, (name, _)) in top.iter().enumerate() {
             let y = plot_top + ((i as f64 + 0.5) * height as f64 / n as f64) as i32;
-            labels.draw(&Text::new(name.clone(), (250 - 7 * name.len().min(34) as i32, y - 7), ("sans-serif", 14)))?;
+            labels.draw(&Text::new(
+                name.clone(),
+                (250 - 7 * name.len().min(34) as i32, y - 7),
+                ("sans-serif", 14),
+            ))?;
         }
         Ok(())
     })
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-    if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 1.0) }
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    }
 }
 
 fn plot_predicted_vs_actual(path: &Path, y: &[f64], p: &[f64]) -> Result<(), TrainError> {
@@ -182,8 +256,16 @@ fn plot_predicted_vs_actual(path: &Path, y: &[f64], p: &[f64]) -> Result<(), Tra
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(lo..hi, lo..hi)?;
-        chart.configure_mesh().x_desc("actual").y_desc("predicted").draw()?;
-        chart.draw_series(y.iter().zip(p).map(|(a, b)| Circle::new((*a, *b), 2, BLUE.mix(0.25).filled())))?;
+        chart
+            .configure_mesh()
+            .x_desc("actual")
+            .y_desc("predicted")
+            .draw()?;
+        chart.draw_series(
+            y.iter()
+                .zip(p)
+                .map(|(a, b)| Circle::new((*a, *b), 2, BLUE.mix(0.25).filled())),
+        )?;
         chart.draw_series(LineSeries::new([(lo, lo), (hi, hi)], RED.stroke_width(2)))?;
         Ok(())
     })
@@ -195,14 +277,28 @@ fn plot_residuals(path: &Path, y: &[f64], p: &[f64]) -> Result<(), TrainError> {
     let (rlo, rhi) = bounds(residuals.iter().map(|r| r.1));
     draw(path, (800, 500), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("Residuals (actual − predicted) on the test split", ("sans-serif", 22))
+            .caption(
+                "Residuals (actual − predicted) on the test split",
+                ("sans-serif", 22),
+            )
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(xlo..xhi, rlo..rhi)?;
-        chart.configure_mesh().x_desc("predicted").y_desc("residual").draw()?;
-        chart.draw_series(residuals.iter().map(|r| Circle::new(*r, 2, BLUE.mix(0.25).filled())))?;
-        chart.draw_series(LineSeries::new([(xlo, 0.0), (xhi, 0.0)], RED.stroke_width(2)))?;
+        chart
+            .configure_mesh()
+            .x_desc("predicted")
+            .y_desc("residual")
+            .draw()?;
+        chart.draw_series(
+            residuals
+                .iter()
+                .map(|r| Circle::new(*r, 2, BLUE.mix(0.25).filled())),
+        )?;
+        chart.draw_series(LineSeries::new(
+            [(xlo, 0.0), (xhi, 0.0)],
+            RED.stroke_width(2),
+        ))?;
         Ok(())
     })
 }
@@ -216,7 +312,11 @@ pub fn roc_points(y: &[f64], p: &[f64]) -> Vec<(f64, f64)> {
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut out = vec![(0.0, 0.0)];
     for (k, &i) in order.iter().enumerate() {
-        if y[i] > 0.5 { tp += 1.0 } else { fp += 1.0 }
+        if y[i] > 0.5 {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
         if k + 1 == order.len() || p[order[k + 1]] != p[i] {
             out.push((fp / neg, tp / pos));
         }
@@ -229,12 +329,19 @@ fn plot_roc(path: &Path, y: &[f64], p: &[f64]) -> Result<(), TrainError> {
     let auc = mlops_domain::metrics::roc_auc(y, p);
     draw(path, (650, 650), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("ROC curve (test split), AUC {auc:.3}"), ("sans-serif", 22))
+            .caption(
+                format!("ROC curve (test split), AUC {auc:.3}"),
+                ("sans-serif", 22),
+            )
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
-        chart.configure_mesh().x_desc("false positive rate").y_desc("true positive rate").draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("false positive rate")
+            .y_desc("true positive rate")
+            .draw()?;
         chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2)))?;
         chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))?;
         Ok(())
@@ -263,7 +370,11 @@ fn plot_calibration(path: &Path, y: &[f64], p: &[f64]) -> Result<(), TrainError>
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
-        chart.configure_mesh().x_desc("mean predicted probability").y_desc("observed positive rate").draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("mean predicted probability")
+            .y_desc("observed positive rate")
+            .draw()?;
         chart.draw_series(LineSeries::new(points.clone(), BLUE.stroke_width(2)))?;
         chart.draw_series(points.iter().map(|pt| Circle::new(*pt, 4, BLUE.filled())))?;
         chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))?;

@@ -81,12 +81,26 @@ impl CandidateSpec {
     }
 
     /// Trains this candidate.
-    pub fn fit(&self, task: Task, train: Labelled<'_>, valid: Labelled<'_>, seed: u64) -> Result<Box<dyn Model>, TrainError> {
+    pub fn fit(
+        &self,
+        task: Task,
+        train: Labelled<'_>,
+        valid: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Box<dyn Model>, TrainError> {
         Ok(match (self, task) {
-            (CandidateSpec::Linear { l2 }, Task::Regression) => Box::new(LinearModel::fit_ridge(train, *l2)?),
-            (CandidateSpec::Linear { l2 }, Task::BinaryClassification) => Box::new(LinearModel::fit_logistic(train, *l2)?),
-            (CandidateSpec::Xgboost(p), _) => Box::new(XgbModel::train(task, p, train, valid, seed)?),
-            (CandidateSpec::Lightgbm(p), _) => Box::new(LgbmModel::train(task, p, train, valid, seed)?),
+            (CandidateSpec::Linear { l2 }, Task::Regression) => {
+                Box::new(LinearModel::fit_ridge(train, *l2)?)
+            }
+            (CandidateSpec::Linear { l2 }, Task::BinaryClassification) => {
+                Box::new(LinearModel::fit_logistic(train, *l2)?)
+            }
+            (CandidateSpec::Xgboost(p), _) => {
+                Box::new(XgbModel::train(task, p, train, valid, seed)?)
+            }
+            (CandidateSpec::Lightgbm(p), _) => {
+                Box::new(LgbmModel::train(task, p, train, valid, seed)?)
+            }
         })
     }
 }
@@ -257,8 +271,13 @@ pub fn train_and_select(
             for (f, fold) in k_fold(train_data.len(), k, config.seed).iter().enumerate() {
                 let fold_train = train_data.subset(&fold.train);
                 let fold_test = train_data.subset(&fold.test);
-                let (pipeline, model, _, _) =
-                    fit_once(schema, spec, &fold_train, config.validation_fraction, config.seed)?;
+                let (pipeline, model, _, _) = fit_once(
+                    schema,
+                    spec,
+                    &fold_train,
+                    config.validation_fraction,
+                    config.seed,
+                )?;
                 let (x, _) = pipeline.transform(&fold_test);
                 let score = primary.compute(&fold_test.labels, &model.predict(&x)?);
                 progress(Progress::FoldFinished(name.clone(), f, score));
@@ -266,8 +285,13 @@ pub fn train_and_select(
             }
         }
         let started = Instant::now();
-        let (pipeline, model, valid_labels, valid_predictions) =
-            fit_once(schema, spec, &train_data, config.validation_fraction, config.seed)?;
+        let (pipeline, model, valid_labels, valid_predictions) = fit_once(
+            schema,
+            spec,
+            &train_data,
+            config.validation_fraction,
+            config.seed,
+        )?;
         let train_seconds = started.elapsed().as_secs_f64();
         let validation_metrics = evaluate(task, &valid_labels, &valid_predictions);
         let mut params = spec.params(task);
@@ -293,7 +317,10 @@ pub fn train_and_select(
     }
     let mut best = 0;
     for (i, c) in candidates.iter().enumerate() {
-        if primary.better(c.selection_score(primary), candidates[best].selection_score(primary)) {
+        if primary.better(
+            c.selection_score(primary),
+            candidates[best].selection_score(primary),
+        ) {
             best = i;
         }
     }

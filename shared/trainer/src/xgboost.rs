@@ -74,7 +74,12 @@ pub struct XgbModel {
 
 /// libxgboost's messages end in a C++ stack trace; keep the message.
 fn clean(message: &str) -> String {
-    message.split("Stack trace:").next().unwrap_or(message).trim().to_string()
+    message
+        .split("Stack trace:")
+        .next()
+        .unwrap_or(message)
+        .trim()
+        .to_string()
 }
 
 fn xgb_err(e: impl std::fmt::Display) -> TrainError {
@@ -103,16 +108,33 @@ fn objective(task: Task) -> (&'static str, &'static str, bool) {
 
 impl XgbModel {
     /// Trains with early stopping on `valid`, with a fixed `seed`.
-    pub fn train(task: Task, params: &XgbParams, train: Labelled<'_>, valid: Labelled<'_>, seed: u64) -> Result<Self, TrainError> {
+    pub fn train(
+        task: Task,
+        params: &XgbParams,
+        train: Labelled<'_>,
+        valid: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let dtrain = dmatrix(train.x, Some(train.y))?;
         let dvalid = dmatrix(valid.x, Some(valid.y))?;
-        let mut booster =
-            Booster::new_with_cached_dmats(&xgb::parameters::BoosterParameters::default(), &[&dtrain, &dvalid]).map_err(xgb_err)?;
+        let mut booster = Booster::new_with_cached_dmats(
+            &xgb::parameters::BoosterParameters::default(),
+            &[&dtrain, &dvalid],
+        )
+        .map_err(xgb_err)?;
         let (objective, metric, higher_is_better) = objective(task);
         let mean = train.y.iter().sum::<f64>() / train.y.len().max(1) as f64;
         // Intercept: the label mean (a probability for binary:logistic), as XGBoost estimates it.
-        let base_score = if task == Task::BinaryClassification { mean.clamp(1e-6, 1.0 - 1e-6) } else { mean };
-        let threads = if params.threads == 0 { crate::default_threads() } else { params.threads };
+        let base_score = if task == Task::BinaryClassification {
+            mean.clamp(1e-6, 1.0 - 1e-6)
+        } else {
+            mean
+        };
+        let threads = if params.threads == 0 {
+            crate::default_threads()
+        } else {
+            params.threads
+        };
         let settings: Vec<(&str, String)> = vec![
             ("verbosity", "0".into()),
             ("booster", "gbtree".into()),
@@ -139,10 +161,15 @@ impl XgbModel {
         for round in 0..params.max_rounds {
             booster.update(&dtrain, round as i32).map_err(xgb_err)?;
             let scores = booster.evaluate(&dvalid).map_err(xgb_err)?;
-            let score = *scores
-                .get(metric)
-                .ok_or_else(|| TrainError::Xgboost(format!("no '{metric}' in evaluation {scores:?}")))? as f64;
-            let improved = best.0.is_nan() || if higher_is_better { score > best.0 } else { score < best.0 };
+            let score = *scores.get(metric).ok_or_else(|| {
+                TrainError::Xgboost(format!("no '{metric}' in evaluation {scores:?}"))
+            })? as f64;
+            let improved = best.0.is_nan()
+                || if higher_is_better {
+                    score > best.0
+                } else {
+                    score < best.0
+                };
             if improved {
                 best = (score, round);
             } else if round - best.1 >= params.early_stopping_rounds {
@@ -166,10 +193,15 @@ impl XgbModel {
             kind: ModelKind::Xgboost,
             message,
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("not an XGBoost JSON model: {e}")))?;
-        if !json.get("learner").is_some_and(serde_json::Value::is_object) {
-            return Err(bad("not an XGBoost JSON model: no \"learner\" object".into()));
+        let json: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("not an XGBoost JSON model: {e}")))?;
+        if !json
+            .get("learner")
+            .is_some_and(serde_json::Value::is_object)
+        {
+            return Err(bad(
+                "not an XGBoost JSON model: no \"learner\" object".into()
+            ));
         }
         let booster = Booster::load_buffer(bytes).map_err(|e| bad(clean(&e.to_string())))?;
         Ok(Self {
@@ -182,7 +214,9 @@ impl XgbModel {
 
     /// The parameters as logged.
     pub fn params_of(params: &XgbParams, task: Task) -> Params {
-        let mut p: Params = serde_json::from_value(serde_json::to_value(params).expect("params serialize")).expect("object");
+        let mut p: Params =
+            serde_json::from_value(serde_json::to_value(params).expect("params serialize"))
+                .expect("object");
         p.insert("objective".into(), objective(task).0.into());
         p.insert("tree_method".into(), "hist".into());
         p
@@ -203,7 +237,13 @@ impl Model for XgbModel {
         }
         let _guard = self.lock.borrow_mut();
         let d = dmatrix(x, None)?;
-        Ok(self.booster.predict(&d).map_err(xgb_err)?.into_iter().map(f64::from).collect())
+        Ok(self
+            .booster
+            .predict(&d)
+            .map_err(xgb_err)?
+            .into_iter()
+            .map(f64::from)
+            .collect())
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
 use mlops_domain::schema::Schema;
 use mlops_trainer::lightgbm::LgbmParams;
+use mlops_trainer::load_model;
 use mlops_trainer::select::{CandidateSpec, TrainConfig, train_and_select};
 use mlops_trainer::xgboost::XgbParams;
-use mlops_trainer::load_model;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -16,8 +16,14 @@ fn repo() -> PathBuf {
 
 fn load(name: &str) -> (Schema, Dataset) {
     let schema = Schema::from_file(&repo().join(format!("data/{name}.schema.toml"))).unwrap();
-    let file = repo().join("../shared/data").join(&schema.source.as_ref().unwrap().file);
-    assert!(file.exists(), "{} is missing: the shared data sets must sit beside the repository", file.display());
+    let file = repo()
+        .join("../shared/data")
+        .join(&schema.source.as_ref().unwrap().file);
+    assert!(
+        file.exists(),
+        "{} is missing: the shared data sets must sit beside the repository",
+        file.display()
+    );
     let (data, report) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
     assert!(report.is_valid());
     (schema, data)
@@ -36,11 +42,19 @@ fn california_housing_best_candidate_reaches_rmse_045() {
     assert_eq!(data.len(), 20_640);
     let outcome = train_and_select(&schema, &data, &TrainConfig::default(), |_| {}).unwrap();
     let rmse = outcome.test_metrics["rmse"];
-    println!("california_housing: selected {} test rmse {rmse:.4}", outcome.best().name);
+    println!(
+        "california_housing: selected {} test rmse {rmse:.4}",
+        outcome.best().name
+    );
     assert_eq!(outcome.test_labels.len(), 4128);
     assert!(rmse <= 0.45, "test RMSE {rmse}");
     // Labels are in units of 100,000 USD.
-    assert!(outcome.test_labels.iter().all(|&y| (0.14..=5.0001).contains(&y)));
+    assert!(
+        outcome
+            .test_labels
+            .iter()
+            .all(|&y| (0.14..=5.0001).contains(&y))
+    );
 }
 
 #[test]
@@ -48,9 +62,16 @@ fn telco_churn_best_candidate_reaches_auc_084() {
     let (schema, data) = load("telco_churn");
     let outcome = train_and_select(&schema, &data, &TrainConfig::default(), |_| {}).unwrap();
     let auc = outcome.test_metrics["roc_auc"];
-    println!("telco_churn: selected {} test roc_auc {auc:.4}", outcome.best().name);
+    println!(
+        "telco_churn: selected {} test roc_auc {auc:.4}",
+        outcome.best().name
+    );
     assert!(auc >= 0.84, "test AUC {auc}");
-    assert!(outcome.test_metrics["f1"] > 0.5, "{:?}", outcome.test_metrics);
+    assert!(
+        outcome.test_metrics["f1"] > 0.5,
+        "{:?}",
+        outcome.test_metrics
+    );
 }
 
 #[test]
@@ -70,7 +91,11 @@ fn same_seed_gives_the_same_models_and_another_seed_does_not() {
             b.candidates[i].model.to_bytes().unwrap(),
             c.candidates[i].model.to_bytes().unwrap(),
         );
-        assert!(ma == mb, "{} differs between two runs with the same seed", a.candidates[i].name);
+        assert!(
+            ma == mb,
+            "{} differs between two runs with the same seed",
+            a.candidates[i].name
+        );
         assert!(ma != mc, "{} ignores the seed", a.candidates[i].name);
     }
 }
@@ -89,8 +114,14 @@ fn saved_models_reload_with_identical_predictions() {
     let outcome = train_and_select(&schema, &data, &config, |_| {}).unwrap();
     for c in &outcome.candidates {
         let (x, _) = c.pipeline.transform(&outcome.test_data);
-        let reloaded = load_model(c.kind, schema.task, x.cols, &c.model.to_bytes().unwrap()).unwrap();
-        assert_eq!(reloaded.predict(&x).unwrap(), c.model.predict(&x).unwrap(), "{}", c.name);
+        let reloaded =
+            load_model(c.kind, schema.task, x.cols, &c.model.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            reloaded.predict(&x).unwrap(),
+            c.model.predict(&x).unwrap(),
+            "{}",
+            c.name
+        );
     }
 }
 
@@ -99,7 +130,10 @@ fn cross_validation_scores_every_fold() {
     let (schema, data) = load("telco_churn");
     let config = TrainConfig {
         cv_folds: Some(3),
-        candidates: vec![CandidateSpec::Linear { l2: 1.0 }, CandidateSpec::Lightgbm(LgbmParams::default())],
+        candidates: vec![
+            CandidateSpec::Linear { l2: 1.0 },
+            CandidateSpec::Lightgbm(LgbmParams::default()),
+        ],
         ..TrainConfig::default()
     };
     let mut folds = 0;
@@ -112,7 +146,11 @@ fn cross_validation_scores_every_fold() {
     assert_eq!(folds, 6);
     for c in &outcome.candidates {
         assert_eq!(c.cv_scores.len(), 3);
-        assert!(c.cv_scores.iter().all(|s| (0.7..1.0).contains(s)), "{:?}", c.cv_scores);
+        assert!(
+            c.cv_scores.iter().all(|s| (0.7..1.0).contains(s)),
+            "{:?}",
+            c.cv_scores
+        );
     }
 }
 
@@ -121,8 +159,16 @@ fn corrupt_model_files_are_errors_not_crashes() {
     use mlops_domain::artifact::ModelKind;
     use mlops_domain::schema::Task;
     for kind in [ModelKind::Xgboost, ModelKind::Lightgbm, ModelKind::Linear] {
-        for bytes in [&b""[..], b"{\"learner\": 1", b"\xff\xfe garbage", b"tree\nversion=v4\n"] {
-            assert!(load_model(kind, Task::Regression, 3, bytes).is_err(), "{kind} accepted {bytes:?}");
+        for bytes in [
+            &b""[..],
+            b"{\"learner\": 1",
+            b"\xff\xfe garbage",
+            b"tree\nversion=v4\n",
+        ] {
+            assert!(
+                load_model(kind, Task::Regression, 3, bytes).is_err(),
+                "{kind} accepted {bytes:?}"
+            );
         }
     }
 }

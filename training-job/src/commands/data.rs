@@ -47,10 +47,18 @@ pub async fn run(command: DataCommand, settings: &Settings) -> Result<()> {
             let path = locate_data(&schema, data.as_deref(), settings)?;
             let report = validate_csv(&path, &schema)?;
             println!("{report}");
-            let digest = ContentDigest::of_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            println!("\nDVC manifest:\n{}", DvcManifest::for_file(&file_name(&path), &digest).to_yaml());
+            let digest = ContentDigest::of_file(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            println!(
+                "\nDVC manifest:\n{}",
+                DvcManifest::for_file(&file_name(&path), &digest).to_yaml()
+            );
             if !report.is_valid() {
-                bail!("{}: {} invalid value(s)", path.display(), report.problem_count);
+                bail!(
+                    "{}: {} invalid value(s)",
+                    path.display(),
+                    report.problem_count
+                );
             }
             Ok(())
         }
@@ -58,7 +66,10 @@ pub async fn run(command: DataCommand, settings: &Settings) -> Result<()> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Puts the schema's data file into the cache, verified against the schema's SHA-256; returns
@@ -69,16 +80,20 @@ pub async fn fetch(schema: &Schema, from: Option<&Path>, settings: &Settings) ->
         .as_ref()
         .with_context(|| format!("schema '{}' names no source", schema.name))?;
     let cache = settings.data_cache();
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create {}", cache.display()))?;
     let target = cache.join(&source.file);
     let partial = cache.join(format!(".{}.partial", source.file));
     let digest = match from {
         Some(local) => {
             let mut reader = DigestingReader::new(
-                std::fs::File::open(local).with_context(|| format!("cannot open {}", local.display()))?,
+                std::fs::File::open(local)
+                    .with_context(|| format!("cannot open {}", local.display()))?,
             );
-            let mut out = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
-            std::io::copy(&mut reader, &mut out).with_context(|| format!("copying {}", local.display()))?;
+            let mut out = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            std::io::copy(&mut reader, &mut out)
+                .with_context(|| format!("copying {}", local.display()))?;
             out.sync_all()?;
             reader.finish()
         }
@@ -94,11 +109,17 @@ pub async fn fetch(schema: &Schema, from: Option<&Path>, settings: &Settings) ->
             digest.size
         );
     }
-    std::fs::rename(&partial, &target).with_context(|| format!("cannot move into {}", target.display()))?;
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("cannot move into {}", target.display()))?;
     let dvc = cache.join(format!("{}.dvc", source.file));
     std::fs::write(&dvc, DvcManifest::for_file(&source.file, &digest).to_yaml())
         .with_context(|| format!("cannot write {}", dvc.display()))?;
-    eprintln!("verified {} (sha256 {}, {} bytes)", target.display(), digest.sha256, digest.size);
+    eprintln!(
+        "verified {} (sha256 {}, {} bytes)",
+        target.display(),
+        digest.sha256,
+        digest.size
+    );
     Ok(target)
 }
 
@@ -109,9 +130,14 @@ async fn download(url: &str, to: &Path) -> Result<ContentDigest> {
         .error_for_status()
         .with_context(|| format!("cannot download {url}"))?;
     let bar = progress::bytes(response.content_length(), &format!("downloading {url}"));
-    let mut out = std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?;
+    let mut out =
+        std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?;
     let mut size = 0u64;
-    while let Some(chunk) = response.chunk().await.with_context(|| format!("download of {url} broke off"))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .with_context(|| format!("download of {url} broke off"))?
+    {
         out.write_all(&chunk)?;
         size += chunk.len() as u64;
         bar.set_position(size);

@@ -46,18 +46,30 @@ pub struct Prediction {
 fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<Vec<Value>>, Vec<String>)> {
     let schema = &bundle.manifest.schema;
     if let Some(path) = &args.csv {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let (data, report) = read_csv(file, &path.display().to_string(), schema, TargetPolicy::Optional)?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let (data, report) = read_csv(
+            file,
+            &path.display().to_string(),
+            schema,
+            TargetPolicy::Optional,
+        )?;
         if !report.is_valid() {
             bail!("{report}");
         }
-        let ids = if data.ids.is_empty() { data.lines.iter().map(|l| format!("line {l}")).collect() } else { data.ids };
+        let ids = if data.ids.is_empty() {
+            data.lines.iter().map(|l| format!("line {l}")).collect()
+        } else {
+            data.ids
+        };
         return Ok((data.rows, ids));
     }
     let (text, origin) = match args.json.as_deref() {
         Some(p) if p.as_os_str() == "-" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read standard input")?;
             (s, "standard input".to_string())
         }
         Some(p) => (
@@ -66,7 +78,8 @@ fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<Vec<Value>>, Ve
         ),
         None => bail!("give the rows with --csv FILE or --json FILE"),
     };
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin}: invalid JSON"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{origin}: invalid JSON"))?;
     let records = match value {
         serde_json::Value::Array(items) => items,
         obj @ serde_json::Value::Object(_) => vec![obj],
@@ -102,7 +115,12 @@ pub fn predict_rows(bundle: &Bundle, rows: &[Vec<Value>]) -> Result<Vec<f64>> {
         .pipeline
         .transform_rows(rows)
         .map_err(|(i, e)| anyhow::anyhow!("row {}: {e}", i + 1))?;
-    let model = mlops_trainer::load_model(m.model_kind, m.task, m.feature_names.len(), bundle.model_bytes())?;
+    let model = mlops_trainer::load_model(
+        m.model_kind,
+        m.task,
+        m.feature_names.len(),
+        bundle.model_bytes(),
+    )?;
     Ok(model.predict(&features)?)
 }
 
@@ -122,6 +140,9 @@ pub async fn run(args: PredictArgs, settings: &Settings) -> Result<()> {
         };
         println!("{}", serde_json::to_string(&out)?);
     }
-    eprintln!("model {} version {} ({})", args.model, version, bundle.manifest.model_kind);
+    eprintln!(
+        "model {} version {} ({})",
+        args.model, version, bundle.manifest.model_kind
+    );
     Ok(())
 }

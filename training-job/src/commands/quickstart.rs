@@ -25,7 +25,9 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
     let data = match locate_data(&schema, args.data.as_deref(), settings) {
         Ok(p) => p,
         Err(_) if args.data.is_none() => {
-            println!("california_housing.csv not found locally; downloading it from its canonical URL");
+            println!(
+                "california_housing.csv not found locally; downloading it from its canonical URL"
+            );
             fetch(&schema, None, settings).await?
         }
         Err(e) => return Err(e),
@@ -60,27 +62,45 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
             &model,
             version,
             CardEdit {
-                intended_use: Some("Demo: estimate the median house value of a 1990 California block group.".into()),
-                limitations: Some("1990 census data; values capped at 500,001 USD; not for real valuations.".into()),
+                intended_use: Some(
+                    "Demo: estimate the median house value of a 1990 California block group."
+                        .into(),
+                ),
+                limitations: Some(
+                    "1990 census data; values capped at 500,001 USD; not for real valuations."
+                        .into(),
+                ),
                 ..Default::default()
             },
         )
         .await?;
-    registry.approve_card(&model, version, "quickstart", "approved by the quickstart").await?;
+    registry
+        .approve_card(&model, version, "quickstart", "approved by the quickstart")
+        .await?;
     println!("card of {model} v{version} approved");
 
     println!("\n== 3. promote v{version} to {CHAMPION}");
-    let event = registry.promote(&model, CHAMPION, version, "quickstart", "quickstart").await?;
-    println!("{CHAMPION} → v{} (audit revision {})", event.to, event.revision);
+    let event = registry
+        .promote(&model, CHAMPION, version, "quickstart", "quickstart")
+        .await?;
+    println!(
+        "{CHAMPION} → v{} (audit revision {})",
+        event.to, event.revision
+    );
 
     println!("\n== 4. predict 5 held-out rows with {model}@{CHAMPION}");
     let champion = registry.resolve(&model, CHAMPION).await?;
-    let bundle = registry.load_bundle(&registry.version(&model, champion).await?).await?;
+    let bundle = registry
+        .load_bundle(&registry.version(&model, champion).await?)
+        .await?;
     let test = &trained.outcome.test_data;
     let rows: Vec<_> = test.rows.iter().take(5).cloned().collect();
     let predictions = predict_rows(&bundle, &rows)?;
     let unit = &bundle.manifest.schema.target.unit;
-    println!("{:>6}  {:>10}  {:>10}   ({unit})", "line", "actual", "predicted");
+    println!(
+        "{:>6}  {:>10}  {:>10}   ({unit})",
+        "line", "actual", "predicted"
+    );
     for ((line, actual), p) in test.lines.iter().zip(&test.labels).zip(&predictions) {
         println!("{line:>6}  {actual:>10.3}  {p:>10.3}");
     }

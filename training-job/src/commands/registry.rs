@@ -84,7 +84,11 @@ pub enum RegistryCommand {
 }
 
 /// Resolves a version number or alias.
-pub async fn resolve_version(registry: &Registry, model: &str, version_or_alias: &str) -> Result<u64> {
+pub async fn resolve_version(
+    registry: &Registry,
+    model: &str,
+    version_or_alias: &str,
+) -> Result<u64> {
     Ok(match version_or_alias.parse::<u64>() {
         Ok(v) => v,
         Err(_) => registry.resolve(model, version_or_alias).await?,
@@ -107,7 +111,8 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             for m in models {
                 let aliases = registry.aliases(&m).await?.aliases;
                 let n = registry.versions(&m).await?.len();
-                let aliases: Vec<String> = aliases.iter().map(|(a, v)| format!("{a}→v{v}")).collect();
+                let aliases: Vec<String> =
+                    aliases.iter().map(|(a, v)| format!("{a}→v{v}")).collect();
                 println!("{m}  ({n} versions)  {}", aliases.join(" "));
             }
         }
@@ -119,7 +124,11 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
                     .filter(|(_, n)| **n == v.version)
                     .map(|(a, _)| a.as_str())
                     .collect();
-                let metrics: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
+                let metrics: Vec<String> = v
+                    .metrics
+                    .iter()
+                    .map(|(k, x)| format!("{k}={x:.4}"))
+                    .collect();
                 println!(
                     "v{:<4} {:<9} {}  {}  {}",
                     v.version,
@@ -134,10 +143,21 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             let v = resolve_version(&registry, &model, &version).await?;
             let record = registry.version(&model, v).await?;
             let card = registry.card(&model, v).await?;
-            println!("{}", json(&serde_json::json!({"version": record, "card": card})));
+            println!(
+                "{}",
+                json(&serde_json::json!({"version": record, "card": card}))
+            );
         }
-        RegistryCommand::Promote { model, version, alias, by, reason } => {
-            let e = registry.promote(&model, &alias, version, &by, &reason).await?;
+        RegistryCommand::Promote {
+            model,
+            version,
+            alias,
+            by,
+            reason,
+        } => {
+            let e = registry
+                .promote(&model, &alias, version, &by, &reason)
+                .await?;
             println!(
                 "{model}: {alias} {} → v{} (revision {})",
                 e.from.map_or("unset".into(), |f| format!("v{f}")),
@@ -145,7 +165,12 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
                 e.revision
             );
         }
-        RegistryCommand::Rollback { model, alias, by, reason } => {
+        RegistryCommand::Rollback {
+            model,
+            alias,
+            by,
+            reason,
+        } => {
             let e = registry.rollback(&model, &alias, &by, &reason).await?;
             println!(
                 "{model}: {alias} rolled back {} → v{} (revision {})",
@@ -154,14 +179,26 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
                 e.revision
             );
         }
-        RegistryCommand::Card { model, version, intended_use, limitations, owner, approve, by, note } => {
+        RegistryCommand::Card {
+            model,
+            version,
+            intended_use,
+            limitations,
+            owner,
+            approve,
+            by,
+            note,
+        } => {
             let edit = CardEdit {
                 intended_use,
                 limitations,
                 owner,
                 training_data: None,
             };
-            let mut card = if edit.intended_use.is_some() || edit.limitations.is_some() || edit.owner.is_some() {
+            let mut card = if edit.intended_use.is_some()
+                || edit.limitations.is_some()
+                || edit.owner.is_some()
+            {
                 registry.edit_card(&model, version, edit).await?
             } else {
                 registry.card(&model, version).await?

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mlops_domain::artifact::{Bundle, Lineage, Manifest, BUNDLE_FORMAT};
+use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest};
 use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
 use mlops_domain::hashing::DvcManifest;
 use mlops_domain::profile::profile;
@@ -14,7 +14,9 @@ use mlops_domain::schema::Schema;
 use mlops_domain::store::{PutCondition, StoreError};
 use mlops_domain::tracking::{RunStatus, Tracker};
 use mlops_trainer::report::{ReportContext, write_report};
-use mlops_trainer::select::{CandidateSpec, Progress, TrainConfig, TrainingOutcome, train_and_select};
+use mlops_trainer::select::{
+    CandidateSpec, Progress, TrainConfig, TrainingOutcome, train_and_select,
+};
 use mlops_trainer::{lightgbm::LgbmParams, xgboost::XgbParams};
 
 use crate::config::{Settings, code_commit, load_schema, locate_data};
@@ -93,7 +95,10 @@ fn parse_candidates(names: &[String], device: &str) -> Result<Vec<CandidateSpec>
 
 fn check_args(args: &TrainArgs) -> Result<()> {
     if !(args.test_fraction > 0.0 && args.test_fraction < 0.9) {
-        bail!("--test-fraction must be between 0 and 0.9, got {}", args.test_fraction);
+        bail!(
+            "--test-fraction must be between 0 and 0.9, got {}",
+            args.test_fraction
+        );
     }
     if let Some(k) = args.cv_folds
         && !(2..=20).contains(&k)
@@ -123,14 +128,20 @@ pub fn load_dataset(schema: &Schema, path: &Path) -> Result<Dataset> {
 pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
     check_args(args)?;
     let schema = load_schema(&args.dataset)?;
-    let model_name = args.model_name.clone().unwrap_or_else(|| schema.name.clone());
+    let model_name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| schema.name.clone());
     mlops_domain::registry::check_name("model", &model_name)?;
     let candidates = parse_candidates(&args.candidates, &args.device)?;
     let data_path = locate_data(&schema, args.data.as_deref(), settings)?;
     let data = load_dataset(&schema, &data_path)?;
     let registry = settings.registry().await?;
     let tracker = settings.tracker();
-    let experiment = args.experiment.clone().unwrap_or_else(|| model_name.clone());
+    let experiment = args
+        .experiment
+        .clone()
+        .unwrap_or_else(|| model_name.clone());
     let commit = code_commit();
 
     let base_tags = vec![
@@ -141,7 +152,12 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         ("mlflow.source.git.commit".to_string(), commit.clone()),
     ];
     let parent = tracker
-        .start_run(&experiment, &format!("train-{model_name}"), &base_tags, None)
+        .start_run(
+            &experiment,
+            &format!("train-{model_name}"),
+            &base_tags,
+            None,
+        )
         .await
         .with_context(|| format!("cannot start a tracking run in {}", tracker.describe()))?;
 
@@ -155,7 +171,9 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let bar = progress::steps(config.candidates.len() as u64, "training");
     let outcome = train_and_select(&schema, &data, &config, |event| match event {
         Progress::CandidateStarted(_, _, name) => bar.set_message(format!("training {name}")),
-        Progress::FoldFinished(name, fold, score) => bar.set_message(format!("{name}: fold {} scored {score:.4}", fold + 1)),
+        Progress::FoldFinished(name, fold, score) => {
+            bar.set_message(format!("{name}: fold {} scored {score:.4}", fold + 1))
+        }
         Progress::CandidateFinished(name, score, secs) => {
             bar.inc(1);
             bar.println(format!("  {name:<10} validation {score:.4}  ({secs:.1} s)"));
@@ -177,20 +195,34 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         let mut tags = base_tags.clone();
         tags.push(("mlops.model_kind".into(), c.kind.name().into()));
         tags.push(("mlops.selected".into(), (i == outcome.best).to_string()));
-        let run = tracker.start_run(&experiment, &c.name, &tags, Some(&parent.run_id)).await?;
+        let run = tracker
+            .start_run(&experiment, &c.name, &tags, Some(&parent.run_id))
+            .await?;
         let params: Vec<(String, String)> = c
             .params
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                )
+            })
             .collect();
         tracker.log_params(&run.run_id, &params).await?;
-        let mut metrics: Vec<(String, f64)> =
-            c.validation_metrics.iter().map(|(k, v)| (format!("validation_{k}"), *v)).collect();
+        let mut metrics: Vec<(String, f64)> = c
+            .validation_metrics
+            .iter()
+            .map(|(k, v)| (format!("validation_{k}"), *v))
+            .collect();
         metrics.push(("train_seconds".into(), c.train_seconds));
         tracker.log_metrics(&run.run_id, &metrics, 0).await?;
         for (fold, score) in c.cv_scores.iter().enumerate() {
             tracker
-                .log_metrics(&run.run_id, &[(format!("cv_{}", primary.name()), *score)], fold as i64)
+                .log_metrics(
+                    &run.run_id,
+                    &[(format!("cv_{}", primary.name()), *score)],
+                    fold as i64,
+                )
                 .await?;
         }
         if i == outcome.best {
@@ -215,7 +247,9 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         run_id: Some(selected_run.run_id.clone()),
         tracking_uri: Some(tracker.describe()),
     };
-    let train_data = data.subset(&mlops_domain::split::train_test_split(data.len(), args.test_fraction, args.seed).train);
+    let train_data = data.subset(
+        &mlops_domain::split::train_test_split(data.len(), args.test_fraction, args.seed).train,
+    );
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT,
         model_name: model_name.clone(),
@@ -240,20 +274,32 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     )?;
     let digest = bundle.digest();
     let artifact_dir = args.out.clone().unwrap_or_else(|| {
-        settings.home.join("artifacts").join(&model_name).join(format!(
-            "{}-{}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-            &digest[..12]
-        ))
+        settings
+            .home
+            .join("artifacts")
+            .join(&model_name)
+            .join(format!(
+                "{}-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+                &digest[..12]
+            ))
     });
     bundle.write_dir(&artifact_dir.join("bundle"))?;
 
     // Data-set version manifest, content-addressed in the store.
     let store = registry.store();
-    let file = data_path.file_name().map_or("data.csv".into(), |n| n.to_string_lossy().into_owned());
+    let file = data_path
+        .file_name()
+        .map_or("data.csv".into(), |n| n.to_string_lossy().into_owned());
     let dvc_key = format!("datasets/{}/{}/{file}.dvc", schema.name, data.digest.sha256);
     match store
-        .put(&dvc_key, DvcManifest::for_file(&file, &data.digest).to_yaml().into_bytes(), PutCondition::IfAbsent)
+        .put(
+            &dvc_key,
+            DvcManifest::for_file(&file, &data.digest)
+                .to_yaml()
+                .into_bytes(),
+            PutCondition::IfAbsent,
+        )
         .await
     {
         Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
@@ -284,7 +330,11 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
 
     // The selected candidate's run carries the test metrics, the bundle and the report.
     let run_id = &selected_run.run_id;
-    let test_metrics: Vec<(String, f64)> = outcome.test_metrics.iter().map(|(k, v)| (format!("test_{k}"), *v)).collect();
+    let test_metrics: Vec<(String, f64)> = outcome
+        .test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
     tracker.log_metrics(run_id, &test_metrics, 0).await?;
     tracker
         .set_tags(
@@ -296,30 +346,53 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         )
         .await?;
     for (name, bytes) in bundle.all_files() {
-        tracker.log_artifact(run_id, &format!("bundle/{name}"), bytes).await?;
+        tracker
+            .log_artifact(run_id, &format!("bundle/{name}"), bytes)
+            .await?;
     }
     for name in &report_files {
         let bytes = std::fs::read(artifact_dir.join("report").join(name))?;
-        tracker.log_artifact(run_id, &format!("report/{name}"), bytes).await?;
+        tracker
+            .log_artifact(run_id, &format!("report/{name}"), bytes)
+            .await?;
     }
     tracker.end_run(run_id, RunStatus::Finished).await?;
     let source = store.uri(&version.bundle_prefix);
     let tracker_version = tracker
         .mirror_model_version(&model_name, version.version, run_id, &source)
         .await?;
-    tracker.log_metrics(&parent.run_id, &test_metrics, 0).await?;
     tracker
-        .set_tags(&parent.run_id, &[("mlops.selected".into(), best.name.clone())])
+        .log_metrics(&parent.run_id, &test_metrics, 0)
+        .await?;
+    tracker
+        .set_tags(
+            &parent.run_id,
+            &[("mlops.selected".into(), best.name.clone())],
+        )
         .await?;
     tracker.end_run(&parent.run_id, RunStatus::Finished).await?;
 
     if let Some(alias) = &args.promote {
         registry
-            .promote(&model_name, alias, version.version, &args.registered_by, "promoted by mlops train --promote")
+            .promote(
+                &model_name,
+                alias,
+                version.version,
+                &args.registered_by,
+                "promoted by mlops train --promote",
+            )
             .await?;
-        tracker.mirror_alias(&model_name, alias, &tracker_version).await?;
+        tracker
+            .mirror_alias(&model_name, alias, &tracker_version)
+            .await?;
     }
-    print_summary(&outcome, &version, &artifact_dir, tracker.as_ref(), &selected_run.location);
+    print_summary(
+        &outcome,
+        &version,
+        &artifact_dir,
+        tracker.as_ref(),
+        &selected_run.location,
+    );
     Ok(TrainSummary {
         version,
         artifact_dir,
@@ -327,7 +400,13 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     })
 }
 
-fn print_summary(outcome: &TrainingOutcome, version: &VersionRecord, dir: &Path, tracker: &dyn Tracker, run: &str) {
+fn print_summary(
+    outcome: &TrainingOutcome,
+    version: &VersionRecord,
+    dir: &Path,
+    tracker: &dyn Tracker,
+    run: &str,
+) {
     let primary = outcome.primary.name();
     println!("\ncandidates (validation {primary}):");
     for (i, c) in outcome.candidates.iter().enumerate() {
@@ -342,7 +421,11 @@ fn print_summary(outcome: &TrainingOutcome, version: &VersionRecord, dir: &Path,
             c.name, c.validation_metrics[primary], c.train_seconds
         );
     }
-    println!("\nselected {} — test metrics ({} rows):", outcome.best().name, outcome.test_labels.len());
+    println!(
+        "\nselected {} — test metrics ({} rows):",
+        outcome.best().name,
+        outcome.test_labels.len()
+    );
     for (k, v) in &outcome.test_metrics {
         println!("  {k:<9} {v:.4}");
     }

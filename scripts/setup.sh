@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what building (and, with `--test`, testing) needs on a Debian 12 machine, idempotently:
+#   apt:  clang + libclang-dev (bindgen for the XGBoost/LightGBM bindings), pkg-config
+#   venv: cmake >= 3.28 (LightGBM), and with --test: moto[server], mlflow, xgboost, lightgbm, numpy
+#   libxgboost 3.4.1 from the official PyPI wheel `xgboost-cpu==3.4.1` (with its libgomp)
+# Everything is cached under $MLOPS_CACHE (default ~/.cache/mlops), never inside the repository.
+# Prints `export …` lines for the build environment; `eval "$(scripts/setup.sh)"` applies them.
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+CACHE="${MLOPS_CACHE:-$HOME/.cache/mlops}"
+VENV="$CACHE/venv"
+XGB_VERSION=3.4.1
+XGB_DIR="$CACHE/xgboost-$XGB_VERSION"
+mkdir -p "$CACHE"
+log() { echo "setup: $*" >&2; }
+
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+
+# --- system packages -------------------------------------------------------------------------
+missing=()
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || missing+=(libclang-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} with apt"
+  $sudo_cmd apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  log "cargo is not installed: install Rust (rustup) first"; exit 1
+fi
+
+# --- Python venv -----------------------------------------------------------------------------
+build_reqs="cmake>=3.28,<5"
+test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3"
+stamp() { echo "$1" | sha256sum | cut -c1-16; }
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV" >&2
+  "$VENV/bin/pip" install -q --upgrade pip >&2
+fi
+build_stamp="$VENV/.build-$(stamp "$build_reqs")"
+if [ ! -f "$build_stamp" ]; then
+  log "installing $build_reqs"
+  "$VENV/bin/pip" install -q "$build_reqs" >&2
+  touch "$build_stamp"
+fi
+if [ "$want_test" = 1 ]; then
+  test_stamp="$VENV/.test-$(stamp "$test_reqs")"
+  if [ ! -f "$test_stamp" ]; then
+    log "installing $test_reqs (first run only; cached in $VENV)"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install -q $test_reqs >&2
+    touch "$test_stamp"
+  fi
+fi
+
+# --- libxgboost from the official wheel ------------------------------------------------------
+if [ ! -e "$XGB_DIR/xgboost/lib/libxgboost.so.3" ]; then
+  log "fetching libxgboost $XGB_VERSION (PyPI wheel xgboost-cpu==$XGB_VERSION)"
+  tmp="$(mktemp -d)"
+  # The wheel declares Python >= 3.12; the library inside does not care.
+  "$VENV/bin/pip" download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_28_x86_64 "xgboost-cpu==$XGB_VERSION" -d "$tmp" >&2
+  rm -rf "$XGB_DIR.partial" && mkdir -p "$XGB_DIR.partial"
+  unzip -q -o "$tmp"/xgboost_cpu-*.whl 'xgboost/lib/*' 'xgboost_cpu.libs/*' -d "$XGB_DIR.partial"
+  # The library's SONAME is libxgboost.so.3; it finds its bundled libgomp through its own rpath.
+  ln -sf libxgboost.so "$XGB_DIR.partial/xgboost/lib/libxgboost.so.3"
+  rm -rf "$XGB_DIR" && mv "$XGB_DIR.partial" "$XGB_DIR"
+  rm -rf "$tmp"
+fi
+
+cat <<ENV
+export MLOPS_CACHE="$CACHE"
+export XGBOOST_LIB_DIR="$XGB_DIR/xgboost/lib"
+export CARGO_TARGET_DIR="\${CARGO_TARGET_DIR:-$CACHE/target}"
+export PATH="$VENV/bin:\$PATH"
+export MLOPS_VENV="$VENV"
+ENV

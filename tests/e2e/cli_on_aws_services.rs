@@ -1,0 +1,187 @@
+//! The `mlops` command line with its real-service configuration: registry on moto S3, tracking on
+//! a real MLflow server. Everything is read back from S3 and through MLflow's REST API.
+
+use std::process::{Command, Output};
+
+use mlops_domain::registry::{CHALLENGER, CHAMPION, Registry};
+use mlops_e2e::{mlflow_uri, mlops_bin, moto_endpoint, s3_store, shared_data, unique};
+use mlops_tracking::MlflowClient;
+
+fn mlops(home: &std::path::Path, store: &str, args: &[&str]) -> Output {
+    Command::new(mlops_bin())
+        .args(["--home", home.to_str().unwrap(), "--store", store])
+        .args([
+            "--s3-endpoint",
+            &moto_endpoint(),
+            "--tracking",
+            &mlflow_uri(),
+        ])
+        .args(args)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("run mlops")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "mlops failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn train_registers_on_s3_and_tracks_in_mlflow() {
+    let bucket_store = s3_store("").await;
+    let store_uri = format!("s3://{}/registry", bucket_store.bucket());
+    let home = tempfile::tempdir().unwrap();
+    let model = unique("churn").replace('-', "_");
+    let experiment = unique("cli");
+    let data = shared_data("telco_churn.csv");
+    let stdout = ok(&mlops(
+        home.path(),
+        &store_uri,
+        &[
+            "train",
+            "telco_churn",
+            "--data",
+            data.to_str().unwrap(),
+            "--model-name",
+            &model,
+            "--candidates",
+            "linear,lightgbm",
+            "--experiment",
+            &experiment,
+            "--promote",
+            CHALLENGER,
+        ],
+    ));
+    assert!(
+        stdout.contains(&format!("registered {model} version 1")),
+        "{stdout}"
+    );
+
+    // Registry on S3 (read with the library, through the same bucket/prefix).
+    let registry = Registry::new(std::sync::Arc::new(
+        mlops_store::S3Store::connect(mlops_store::S3Config {
+            bucket: bucket_store.bucket().into(),
+            prefix: "registry".into(),
+            endpoint: Some(moto_endpoint()),
+            region: Some("us-east-1".into()),
+        })
+        .await,
+    ));
+    let record = registry.version(&model, 1).await.unwrap();
+    assert_eq!(registry.resolve(&model, CHALLENGER).await.unwrap(), 1);
+    let bundle = registry.load_bundle(&record).await.unwrap();
+    assert!(
+        bundle.manifest.metrics["roc_auc"] >= 0.84,
+        "{:?}",
+        bundle.manifest.metrics
+    );
+    assert_eq!(
+        bundle.manifest.lineage.data_sha256,
+        "16320c9c1ec72448db59aa0a26a0b95401046bef5d02fd3aeb906448e3055e91"
+    );
+    let run_id = record
+        .lineage
+        .run_id
+        .clone()
+        .expect("lineage names the run");
+
+    // MLflow: the selected run, its siblings, artifacts and the mirrored model version + alias.
+    let mlflow = MlflowClient::new(&mlflow_uri());
+    let run = mlflow.get_run(&run_id).await.unwrap();
+    let metrics = run["run"]["data"]["metrics"].as_array().unwrap();
+    assert!(
+        metrics.iter().any(|m| m["key"] == "test_roc_auc"),
+        "{metrics:?}"
+    );
+    let manifest = mlflow
+        .download_artifact(&run_id, "bundle/manifest.json")
+        .await
+        .unwrap();
+    assert_eq!(manifest, bundle.manifest_bytes());
+    assert!(
+        !mlflow
+            .download_artifact(&run_id, "report/report.md")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let experiment_id = run["run"]["info"]["experiment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let runs = mlflow
+        .post(
+            "runs/search",
+            serde_json::json!({"experiment_ids": [experiment_id]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        3,
+        "a parent run and one run per candidate"
+    );
+    let alias = mlflow
+        .get(
+            "registered-models/alias",
+            &[("name", model.as_str()), ("alias", CHALLENGER)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(alias["model_version"]["run_id"], run_id.as_str());
+
+    // Champion needs an approved card; then predictions come from the champion.
+    let out = mlops(
+        home.path(),
+        &store_uri,
+        &["registry", "promote", &model, "1", "--alias", CHAMPION],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model card is not approved"));
+    ok(&mlops(
+        home.path(),
+        &store_uri,
+        &["registry", "card", &model, "1", "--approve", "--by", "lead"],
+    ));
+    ok(&mlops(
+        home.path(),
+        &store_uri,
+        &[
+            "registry", "promote", &model, "1", "--alias", CHAMPION, "--by", "lead",
+        ],
+    ));
+    let rows = home.path().join("rows.json");
+    std::fs::write(
+        &rows,
+        r#"[{"customerID": "a", "gender": "Female", "SeniorCitizen": 0, "Partner": "Yes", "Dependents": "No", "tenure": 1,
+            "PhoneService": "No", "MultipleLines": "No phone service", "InternetService": "Fiber optic",
+            "OnlineSecurity": "No", "OnlineBackup": "No", "DeviceProtection": "No", "TechSupport": "No",
+            "StreamingTV": "No", "StreamingMovies": "No", "Contract": "Month-to-month", "PaperlessBilling": "Yes",
+            "PaymentMethod": "Electronic check", "MonthlyCharges": 70.0, "TotalCharges": null}]"#,
+    )
+    .unwrap();
+    let out = ok(&mlops(
+        home.path(),
+        &store_uri,
+        &["predict", &model, "--json", rows.to_str().unwrap()],
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["row"], "a");
+    let p = line["prediction"].as_f64().unwrap();
+    assert!(
+        p > 0.5 && p < 1.0,
+        "a new month-to-month fiber customer is likely to churn: {p}"
+    );
+    let audit = ok(&mlops(
+        home.path(),
+        &store_uri,
+        &["registry", "audit", &model],
+    ));
+    assert_eq!(audit.lines().count(), 2, "{audit}");
+}
