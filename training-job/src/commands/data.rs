@@ -54,11 +54,8 @@ pub async fn run(command: DataCommand, settings: &Settings) -> Result<()> {
                 DvcManifest::for_file(&file_name(&path), &digest).to_yaml()
             );
             if !report.is_valid() {
-                bail!(
-                    "{}: {} invalid value(s)",
-                    path.display(),
-                    report.problem_count
-                );
+                let report = Box::new(report);
+                return Err(mlops_domain::data::DataError::Invalid { report }.into());
             }
             Ok(())
         }

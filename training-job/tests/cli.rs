@@ -1,0 +1,376 @@
+//! The `mlops` binary on the embedded local default: bad input gets clear errors naming the file,
+//! line and column (never a panic), and the train → registry → predict loop works.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(file)
+}
+
+fn mlops(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("MLOPS_STORE")
+        .env_remove("MLOPS_TRACKING_URI")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .output()
+        .expect("run mlops")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "mlops failed:\n{}", stderr(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a failing command and returns its error output, checking it is an error, not a panic.
+fn fails(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure, got {:?}:\n{err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const HEADER: &str = "longitude,latitude,housing_median_age,total_rooms,total_bedrooms,population,households,median_income,median_house_value,ocean_proximity";
+const ROW: &str = "-122.23,37.88,41.0,880.0,129.0,322.0,126.0,8.3252,452600.0,NEAR BAY";
+
+#[test]
+fn malformed_data_files_get_errors_naming_file_line_and_column() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            write("empty.csv", b""),
+            vec!["empty.csv: the file is empty"],
+        ),
+        (
+            write(
+                "missing.csv",
+                HEADER.replace(",ocean_proximity", "").as_bytes(),
+            ),
+            vec!["missing.csv: line 1 (header): column 'ocean_proximity' is missing"],
+        ),
+        (
+            write(
+                "ragged.csv",
+                format!("{HEADER}\n{ROW}\n-122.2,37.8,41\n").as_bytes(),
+            ),
+            vec!["ragged.csv: line 3: expected 10 fields (as in the header), found 3"],
+        ),
+        (
+            write(
+                "type.csv",
+                format!("{HEADER}\n{}\n", ROW.replace("8.3252", "rich")).as_bytes(),
+            ),
+            vec![
+                "type.csv: 1 invalid value(s)",
+                "line 2, column 'median_income': expected a number, found 'rich'",
+            ],
+        ),
+        (
+            write(
+                "range.csv",
+                format!("{HEADER}\n{}\n", ROW.replace("37.88", "95.0")).as_bytes(),
+            ),
+            vec!["line 2, column 'latitude': 95 is above the maximum 42.5"],
+        ),
+        (
+            write(
+                "category.csv",
+                format!("{HEADER}\n{}\n", ROW.replace("NEAR BAY", "ON MARS")).as_bytes(),
+            ),
+            vec!["line 2, column 'ocean_proximity': unknown category 'ON MARS'"],
+        ),
+        (
+            write(
+                "utf8.csv",
+                &[
+                    format!("{HEADER}\n").as_bytes(),
+                    &ROW.as_bytes()[..ROW.len() - 3],
+                    b"\xff\xfe\n",
+                ]
+                .concat(),
+            ),
+            vec!["utf8.csv: line 2, column 'ocean_proximity': the text is not valid UTF-8"],
+        ),
+    ];
+    for (path, wants) in cases {
+        let out = mlops(
+            dir,
+            &[
+                "data",
+                "validate",
+                "california_housing",
+                "--data",
+                path.to_str().unwrap(),
+            ],
+        );
+        let err = fails(&out);
+        for want in wants {
+            assert!(
+                err.contains(want),
+                "{}: want {want:?} in:\n{err}",
+                path.display()
+            );
+        }
+    }
+    let out = mlops(dir, &["data", "validate", "nope"]);
+    assert!(fails(&out).contains("unknown data set 'nope'"));
+}
+
+#[test]
+fn a_single_100_mb_line_is_rejected_quickly() {
+    let home = tempfile::tempdir().unwrap();
+    let path = home.path().join("huge.csv");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{HEADER}").unwrap();
+    let chunk = vec![b'7'; 1 << 20];
+    for _ in 0..100 {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    let started = std::time::Instant::now();
+    let err = fails(&mlops(
+        home.path(),
+        &[
+            "data",
+            "validate",
+            "california_housing",
+            "--data",
+            path.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("huge.csv: line 2 is longer than 1048576 bytes"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 30);
+}
+
+#[test]
+fn fetch_from_a_local_copy_verifies_the_checksum() {
+    let home = tempfile::tempdir().unwrap();
+    let out = ok(&mlops(
+        home.path(),
+        &[
+            "data",
+            "fetch",
+            "telco_churn",
+            "--from",
+            shared("telco_churn.csv").to_str().unwrap(),
+        ],
+    ));
+    let cached = PathBuf::from(out.trim());
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(shared("telco_churn.csv")).unwrap()
+    );
+    let dvc = std::fs::read_to_string(home.path().join("data/telco_churn.csv.dvc")).unwrap();
+    assert!(
+        dvc.contains("hash: md5") && dvc.contains("size: 970457"),
+        "{dvc}"
+    );
+
+    // The wrong file is refused and nothing is kept.
+    let home = tempfile::tempdir().unwrap();
+    let err = fails(&mlops(
+        home.path(),
+        &[
+            "data",
+            "fetch",
+            "telco_churn",
+            "--from",
+            shared("california_housing.csv").to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("SHA-256 mismatch"), "{err}");
+    assert!(!home.path().join("data/telco_churn.csv").exists());
+}
+
+#[test]
+fn train_register_promote_predict_and_rollback_locally() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = shared("telco_churn.csv");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "telco_churn",
+            "--data",
+            data.to_str().unwrap(),
+            "--candidates",
+            "linear",
+        ];
+        args.extend_from_slice(extra);
+        ok(&mlops(h, &args))
+    };
+    let out = train(&["--promote", "challenger"]);
+    assert!(out.contains("registered telco_churn version 1"), "{out}");
+    assert!(out.contains("roc_auc"), "{out}");
+    train(&["--idempotency-key", "job-42"]);
+    let again = train(&["--idempotency-key", "job-42"]);
+    assert!(
+        again.contains("registered telco_churn version 2"),
+        "an idempotent retry returns the first registration: {again}"
+    );
+
+    let list = ok(&mlops(h, &["registry", "list", "telco_churn"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.lines().next().unwrap().contains("challenger"));
+
+    for v in ["1", "2"] {
+        ok(&mlops(
+            h,
+            &[
+                "registry",
+                "card",
+                "telco_churn",
+                v,
+                "--intended-use",
+                "tests",
+                "--approve",
+                "--by",
+                "lead",
+            ],
+        ));
+        ok(&mlops(
+            h,
+            &["registry", "promote", "telco_churn", v, "--by", "lead"],
+        ));
+    }
+    let rolled = ok(&mlops(
+        h,
+        &[
+            "registry",
+            "rollback",
+            "telco_churn",
+            "--by",
+            "lead",
+            "--reason",
+            "bad",
+        ],
+    ));
+    assert!(rolled.contains("v2 → v1"), "{rolled}");
+    let err = fails(&mlops(h, &["registry", "rollback", "telco_churn"]));
+    assert!(err.contains("no earlier version to roll back to"), "{err}");
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&mlops(h, &["registry", "show", "telco_churn"]))).unwrap();
+    assert_eq!(show["version"]["version"], 1);
+    assert_eq!(show["card"]["approval"]["approved_by"], "lead");
+    assert_eq!(
+        show["version"]["lineage"]["data_sha256"],
+        "16320c9c1ec72448db59aa0a26a0b95401046bef5d02fd3aeb906448e3055e91"
+    );
+
+    // Predict from CSV: the data file itself (ids come from customerID).
+    let out = ok(&mlops(
+        h,
+        &["predict", "telco_churn", "--csv", data.to_str().unwrap()],
+    ));
+    assert_eq!(out.lines().count(), 7043);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["row"], "7590-VHVEG");
+
+    // Bad JSON records name every bad field.
+    let rows = h.join("bad.json");
+    std::fs::write(
+        &rows,
+        r#"[{"gender": 3, "tenure": "long", "colour": "red"}]"#,
+    )
+    .unwrap();
+    let err = fails(&mlops(
+        h,
+        &["predict", "telco_churn", "--json", rows.to_str().unwrap()],
+    ));
+    for want in [
+        "record 1",
+        "field 'gender': expected a string, got a number",
+        "field 'tenure': expected a number",
+        "field 'colour': is not an input of this model",
+        "field 'Partner': is required",
+    ] {
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+
+    // A corrupted bundle in the store is refused.
+    let bundles = h.join("store/models/telco_churn/bundles");
+    for entry in std::fs::read_dir(&bundles).unwrap() {
+        std::fs::write(entry.unwrap().path().join("model.json"), b"{}").unwrap();
+    }
+    let err = fails(&mlops(
+        h,
+        &["predict", "telco_churn", "--csv", data.to_str().unwrap()],
+    ));
+    assert!(err.contains("model.json' is corrupt or truncated"), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let home = tempfile::tempdir().unwrap();
+    let data = shared("telco_churn.csv");
+    let d = data.to_str().unwrap();
+    let err = fails(&mlops(
+        home.path(),
+        &["train", "telco_churn", "--data", d, "--candidates", "svm"],
+    ));
+    assert!(err.contains("unknown candidate 'svm'"), "{err}");
+    let err = fails(&mlops(
+        home.path(),
+        &[
+            "train",
+            "telco_churn",
+            "--data",
+            d,
+            "--test-fraction",
+            "1.5",
+        ],
+    ));
+    assert!(
+        err.contains("--test-fraction must be between 0 and 0.9"),
+        "{err}"
+    );
+    let err = fails(&mlops(
+        home.path(),
+        &[
+            "train",
+            "telco_churn",
+            "--data",
+            d,
+            "--model-name",
+            "Bad Name",
+        ],
+    ));
+    assert!(err.contains("invalid model name 'Bad Name'"), "{err}");
+    let err = fails(&mlops(
+        home.path(),
+        &["train", "telco_churn", "--data", "/nonexistent.csv"],
+    ));
+    assert!(
+        err.contains("data file /nonexistent.csv does not exist"),
+        "{err}"
+    );
+    let err = fails(&mlops(home.path(), &["predict", "nothing", "--json", "-"]));
+    assert!(
+        err.contains("alias 'champion' of model 'nothing' not found"),
+        "{err}"
+    );
+}
