@@ -211,15 +211,22 @@ fn labelled<'a>(x: &'a FeatureMatrix, y: &'a [f64]) -> Labelled<'a> {
     Labelled { x, y }
 }
 
-/// Fits the pipeline on `data`, carves a validation set and trains one candidate; returns the
-/// pipeline, the model and the validation labels, predictions.
+/// A candidate fitted once: its pipeline, its model and its validation predictions.
+struct FittedCandidate {
+    pipeline: FeaturePipeline,
+    model: Box<dyn Model>,
+    valid_labels: Vec<f64>,
+    valid_predictions: Vec<f64>,
+}
+
+/// Fits the pipeline on `data`, carves a validation set out of it and trains one candidate.
 fn fit_once(
     schema: &Schema,
     spec: &CandidateSpec,
     data: &Dataset,
     validation_fraction: f64,
     seed: u64,
-) -> Result<(FeaturePipeline, Box<dyn Model>, Vec<f64>, Vec<f64>), TrainError> {
+) -> Result<FittedCandidate, TrainError> {
     let pipeline = FeaturePipeline::fit(schema, data, spec.pipeline_options());
     let carve = train_test_split(data.len(), validation_fraction, seed ^ 0x5eed);
     let (fit_part, valid_part) = (data.subset(&carve.train), data.subset(&carve.test));
@@ -231,8 +238,13 @@ fn fit_once(
         labelled(&x_valid, &valid_part.labels),
         seed,
     )?;
-    let predictions = model.predict(&x_valid)?;
-    Ok((pipeline, model, valid_part.labels, predictions))
+    let valid_predictions = model.predict(&x_valid)?;
+    Ok(FittedCandidate {
+        pipeline,
+        model,
+        valid_labels: valid_part.labels,
+        valid_predictions,
+    })
 }
 
 /// Trains every candidate and selects the best.
@@ -271,21 +283,26 @@ pub fn train_and_select(
             for (f, fold) in k_fold(train_data.len(), k, config.seed).iter().enumerate() {
                 let fold_train = train_data.subset(&fold.train);
                 let fold_test = train_data.subset(&fold.test);
-                let (pipeline, model, _, _) = fit_once(
+                let fitted = fit_once(
                     schema,
                     spec,
                     &fold_train,
                     config.validation_fraction,
                     config.seed,
                 )?;
-                let (x, _) = pipeline.transform(&fold_test);
-                let score = primary.compute(&fold_test.labels, &model.predict(&x)?);
+                let (x, _) = fitted.pipeline.transform(&fold_test);
+                let score = primary.compute(&fold_test.labels, &fitted.model.predict(&x)?);
                 progress(Progress::FoldFinished(name.clone(), f, score));
                 cv_scores.push(score);
             }
         }
         let started = Instant::now();
-        let (pipeline, model, valid_labels, valid_predictions) = fit_once(
+        let FittedCandidate {
+            pipeline,
+            model,
+            valid_labels,
+            valid_predictions,
+        } = fit_once(
             schema,
             spec,
             &train_data,
