@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: installs what it needs (scripts/setup.sh --test), starts a moto
-# server and an MLflow server on 127.0.0.1, runs formatting checks and every test of the
+# server and an MLflow server on 127.0.0.1, checks formatting, lints the SAM template, runs every test of the
 # workspace (unit, property, real-data, end-to-end), and stops the servers whatever happens.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,5 +48,6 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-eas
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
 cargo fmt --all -- --check
+cfn-lint template.yaml
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"

@@ -374,3 +374,28 @@ fn bad_arguments_are_explained() {
         "{err}"
     );
 }
+
+#[test]
+fn quickstart_trains_registers_promotes_and_predicts() {
+    let home = tempfile::tempdir().unwrap();
+    let data = shared("california_housing.csv");
+    let out = ok(&mlops(
+        home.path(),
+        &["quickstart", "--data", data.to_str().unwrap()],
+    ));
+    let rmse: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rmse"))
+        .expect("test rmse printed")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rmse <= 0.45, "quickstart test RMSE {rmse}\n{out}");
+    assert!(out.contains("champion → v1"), "{out}");
+    assert!(out.contains("predicted"), "{out}");
+    let list = ok(&mlops(home.path(), &["registry", "list"]));
+    assert!(
+        list.starts_with("california_housing  (1 versions)  champion→v1"),
+        "{list}"
+    );
+}

@@ -384,9 +384,10 @@ impl Bundle {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         let tmp = parent.join(format!(
-            ".{}.partial-{}",
+            ".{}.partial-{}-{:016x}",
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("bundle"),
-            std::process::id()
+            std::process::id(),
+            rand::random::<u64>()
         ));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
