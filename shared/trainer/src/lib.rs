@@ -78,6 +78,9 @@ pub trait Model {
     fn to_bytes(&self) -> Result<Vec<u8>, TrainError>;
     /// Importance of each input feature (total gain for trees, |coefficient| for linear models).
     fn feature_importance(&self) -> Result<Vec<f64>, TrainError>;
+    /// Native feature contributions in margin space: per row, one value per feature then the
+    /// bias (XGBoost `pred_contribs`, LightGBM `pred_contrib`; exact for linear models).
+    fn contributions(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError>;
     /// Boosting rounds kept after early stopping (trees), if applicable.
     fn best_iteration(&self) -> Option<usize> {
         None

@@ -205,6 +205,12 @@ impl Model for LgbmModel {
             .map_err(lgbm_err)
     }
 
+    fn contributions(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+        self.booster
+            .predict_contrib(&x.values, x.cols as i32, true)
+            .map_err(lgbm_err)
+    }
+
     fn best_iteration(&self) -> Option<usize> {
         self.best_iteration
     }

@@ -190,6 +190,15 @@ impl Model for LinearModel {
     fn feature_importance(&self) -> Result<Vec<f64>, TrainError> {
         Ok(self.coefficients.iter().map(|c| c.abs()).collect())
     }
+
+    fn contributions(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+        let mut out = Vec::with_capacity(x.rows * (x.cols + 1));
+        for i in 0..x.rows {
+            out.extend(x.row(i).iter().zip(&self.coefficients).map(|(a, b)| a * b));
+            out.push(self.intercept);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -277,6 +277,13 @@ impl Model for XgbModel {
         Ok(gain)
     }
 
+    fn contributions(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+        let _guard = self.lock.borrow_mut();
+        let d = dmatrix(x, None)?;
+        let (values, _) = self.booster.predict_contributions(&d).map_err(xgb_err)?;
+        Ok(values.into_iter().map(f64::from).collect())
+    }
+
     fn best_iteration(&self) -> Option<usize> {
         self.best_iteration
     }
