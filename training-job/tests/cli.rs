@@ -399,3 +399,69 @@ fn quickstart_trains_registers_promotes_and_predicts() {
         "{list}"
     );
 }
+
+#[test]
+fn predict_explains_with_contributions_that_sum_to_the_margin() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = shared("california_housing.csv");
+    let d = data.to_str().unwrap();
+    ok(&mlops(
+        h,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            d,
+            "--candidates",
+            "lightgbm",
+            "--promote",
+            "challenger",
+        ],
+    ));
+    let rows = h.join("rows.json");
+    std::fs::write(
+        &rows,
+        r#"{"longitude": -122.23, "latitude": 37.88, "housing_median_age": 41, "total_rooms": 880, "total_bedrooms": null,
+           "population": 322, "households": 126, "median_income": 8.3252, "ocean_proximity": "NEAR BAY"}"#,
+    )
+    .unwrap();
+    let out = ok(&mlops(
+        h,
+        &[
+            "predict",
+            "california_housing",
+            "--version",
+            "challenger",
+            "--json",
+            rows.to_str().unwrap(),
+            "--explain",
+        ],
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let e = &line["explanation"];
+    let sum: f64 = e["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[1].as_f64().unwrap())
+        .sum::<f64>()
+        + e["bias"].as_f64().unwrap();
+    assert!((sum - e["margin"].as_f64().unwrap()).abs() < 1e-9, "{e}");
+    assert_eq!(line["prediction"], e["prediction"]);
+    let top = e["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            a[1].as_f64()
+                .unwrap()
+                .abs()
+                .total_cmp(&b[1].as_f64().unwrap().abs())
+        })
+        .unwrap();
+    assert_eq!(
+        top[0], "median_income",
+        "a high income drives this prediction: {e}"
+    );
+}

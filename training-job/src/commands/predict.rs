@@ -1,5 +1,5 @@
-//! `mlops predict`: rows from CSV or JSON through a registered model (native libraries until the
-//! pure-Rust engine lands).
+//! `mlops predict`: rows from CSV or JSON through a registered model, evaluated by the pure-Rust
+//! inference engine (no native library).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use mlops_domain::artifact::Bundle;
 use mlops_domain::data::{TargetPolicy, Value, read_csv, record_from_json};
-use mlops_domain::features::FeatureMatrix;
 use mlops_domain::registry::CHAMPION;
 use mlops_domain::schema::Task;
+use mlops_engine::Predictor;
 
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
@@ -28,6 +28,9 @@ pub struct PredictArgs {
     /// Input rows: a JSON file (`-` for standard input) holding one object or a list of objects.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Add per-feature contributions (TreeSHAP for trees, exact for linear models) to each row.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// One prediction.
@@ -40,6 +43,9 @@ pub struct Prediction {
     /// Class at threshold 0.5 (classification).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<bool>,
+    /// Contributions in margin space, with the bias, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<mlops_engine::Explanation>,
 }
 
 /// Parses rows from CSV or JSON against the bundle's schema.
@@ -108,20 +114,10 @@ fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<Vec<Value>>, Ve
     Ok((rows, ids))
 }
 
-/// Predicts rows with a bundle's model through the native library.
+/// Predicts raw rows with a bundle through the pure-Rust engine.
 pub fn predict_rows(bundle: &Bundle, rows: &[Vec<Value>]) -> Result<Vec<f64>> {
-    let m = &bundle.manifest;
-    let (features, _stats): (FeatureMatrix, _) = m
-        .pipeline
-        .transform_rows(rows)
-        .map_err(|(i, e)| anyhow::anyhow!("row {}: {e}", i + 1))?;
-    let model = mlops_trainer::load_model(
-        m.model_kind,
-        m.task,
-        m.feature_names.len(),
-        bundle.model_bytes(),
-    )?;
-    Ok(model.predict(&features)?)
+    let predictor = Predictor::from_bundle(bundle)?;
+    Ok(predictor.predict(rows)?.0)
 }
 
 /// Runs `mlops predict`, printing JSON lines.
@@ -131,12 +127,19 @@ pub async fn run(args: PredictArgs, settings: &Settings) -> Result<()> {
     let record = registry.version(&args.model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
     let (rows, ids) = read_rows(&bundle, &args)?;
-    let predictions = predict_rows(&bundle, &rows)?;
-    for (id, p) in ids.into_iter().zip(predictions) {
+    let predictor = Predictor::from_bundle(&bundle)?;
+    let (predictions, _) = predictor.predict(&rows)?;
+    for ((id, p), row) in ids.into_iter().zip(predictions).zip(&rows) {
+        let explanation = if args.explain {
+            Some(predictor.explain(row)?)
+        } else {
+            None
+        };
         let out = Prediction {
             row: id,
             prediction: p,
             label: (bundle.manifest.task == Task::BinaryClassification).then_some(p >= 0.5),
+            explanation,
         };
         println!("{}", serde_json::to_string(&out)?);
     }
