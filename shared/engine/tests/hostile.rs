@@ -161,7 +161,7 @@ fn malformed_lightgbm_models_are_errors() {
         ),
         (
             LGBM.replace("left_child=-1", "left_child=0"),
-            "out of range",
+            "reached twice",
         ),
         (
             LGBM.replace("right_child=-2", "right_child=-9"),
