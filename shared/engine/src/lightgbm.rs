@@ -258,6 +258,8 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
         average_output,
         node_means: Vec::new(),
         tree_depths: Vec::new(),
+        eval: Vec::new(),
+        eval_roots: Vec::new(),
     };
     ensemble.compile()
 }

@@ -106,6 +106,39 @@ pub struct Ensemble {
     pub node_means: Vec<f64>,
     /// Depth of each tree; filled by [`Ensemble::compile`].
     pub tree_depths: Vec<usize>,
+    /// The evaluation layout (see [`EvalNode`]); filled by [`Ensemble::compile`].
+    pub eval: Vec<EvalNode>,
+    /// Root of each tree in `eval`.
+    pub eval_roots: Vec<u32>,
+}
+
+/// Bits of [`EvalNode::packed`].
+const FEATURE_MASK: u32 = (1 << 28) - 1;
+const DEFAULT_LEFT: u32 = 1 << 28;
+const MISSING_SHIFT: u32 = 29;
+const CATEGORICAL: u32 = 1 << 31;
+const MISSING_NONE: u32 = 0;
+const MISSING_ZERO: u32 = 1;
+const MISSING_NAN: u32 = 2;
+/// Trees walked in lockstep by the single-row path, so their cache misses overlap.
+const LANES: usize = 8;
+/// Walks of trees deeper than this stop early once no lane moves (shallow trees run the fixed
+/// number of steps: the check costs more than it saves).
+const EARLY_EXIT_DEPTH: usize = 12;
+
+/// A 16-byte node of the evaluation layout. Each tree is laid out breadth-first with the two
+/// children of a node next to each other (right = left + 1). A leaf splits on the padding
+/// feature (always NaN) with its default direction pointing at itself, so a walk can run a fixed
+/// number of steps without testing for leaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct EvalNode {
+    /// Threshold, leaf value, or category-set index (categorical split).
+    pub value: f64,
+    /// Feature index (low 28 bits), default-left, missing type and categorical flags.
+    pub packed: u32,
+    /// Index of the left child (the right child follows it); a leaf's own index.
+    pub left: u32,
 }
 
 /// Rounds like libxgboost reading a float feature.
@@ -221,7 +254,111 @@ impl Ensemble {
         }
         self.node_means = means;
         self.tree_depths = depths;
+        self.build_eval_layout()?;
         Ok(self)
+    }
+
+    fn build_eval_layout(&mut self) -> Result<(), EngineError> {
+        if self.n_features >= FEATURE_MASK as usize {
+            return Err(EngineError::InvalidModel(format!(
+                "{} features is too many",
+                self.n_features
+            )));
+        }
+        let pad = self.n_features as u32;
+        let mut eval = Vec::with_capacity(self.nodes.len());
+        let mut roots = Vec::with_capacity(self.roots.len());
+        for &root in &self.roots {
+            let base = eval.len() as u32;
+            roots.push(base);
+            // Breadth-first: the slot of each node is known before it is visited.
+            let mut queue = std::collections::VecDeque::from([root as usize]);
+            let mut next_slot = base + 1;
+            while let Some(i) = queue.pop_front() {
+                let node = self.nodes[i];
+                let slot = eval.len() as u32;
+                if node.is_leaf() {
+                    eval.push(EvalNode {
+                        value: node.value,
+                        packed: pad | DEFAULT_LEFT | (MISSING_NAN << MISSING_SHIFT),
+                        left: slot,
+                    });
+                } else {
+                    let missing = match node.missing {
+                        Missing::Nan => MISSING_NAN,
+                        Missing::NoneAsZero => MISSING_NONE,
+                        Missing::Zero => MISSING_ZERO,
+                    };
+                    let (value, categorical) = match node.category_set {
+                        Some(set) => (f64::from(set), CATEGORICAL),
+                        None => (node.value, 0),
+                    };
+                    eval.push(EvalNode {
+                        value,
+                        packed: node.feature
+                            | if node.default_left { DEFAULT_LEFT } else { 0 }
+                            | (missing << MISSING_SHIFT)
+                            | categorical,
+                        left: next_slot,
+                    });
+                    next_slot += 2;
+                    queue.push_back(node.left as usize);
+                    queue.push_back(node.right as usize);
+                }
+            }
+        }
+        self.eval = eval;
+        self.eval_roots = roots;
+        Ok(())
+    }
+
+    /// One step of a walk in the evaluation layout: the next node index, given the value of the
+    /// node's feature.
+    #[inline(always)]
+    fn step(&self, node: &EvalNode, x: f64) -> u32 {
+        let default_right = node.packed & DEFAULT_LEFT == 0;
+        let go_right = match self.rule {
+            SplitRule::XgboostLess => {
+                if x.is_nan() {
+                    default_right
+                } else {
+                    !(x < node.value)
+                }
+            }
+            SplitRule::LightgbmLessEqual => {
+                if node.packed & CATEGORICAL != 0 {
+                    !lightgbm_category_left(&self.category_sets[node.value as usize], x)
+                } else {
+                    let missing = (node.packed >> MISSING_SHIFT) & 3;
+                    let v = if x.is_nan() && missing != MISSING_NAN {
+                        0.0
+                    } else {
+                        x
+                    };
+                    let to_default = (missing == MISSING_ZERO
+                        && (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&v))
+                        || (missing == MISSING_NAN && v.is_nan());
+                    if to_default {
+                        default_right
+                    } else {
+                        !(v <= node.value)
+                    }
+                }
+            }
+        };
+        node.left + go_right as u32
+    }
+
+    /// Copies a row into `buf` as the walk reads it: rounded like libxgboost reads floats, plus
+    /// the NaN padding feature that leaves split on.
+    #[inline]
+    fn load_row(&self, row: &[f64], buf: &mut Vec<f64>) {
+        buf.clear();
+        match self.rule {
+            SplitRule::XgboostLess => buf.extend(row.iter().map(|&x| xgb_input(x))),
+            SplitRule::LightgbmLessEqual => buf.extend_from_slice(row),
+        }
+        buf.push(f64::NAN);
     }
 
     /// Number of trees.
@@ -278,17 +415,6 @@ impl Ensemble {
         }
     }
 
-    /// The leaf a row reaches in the tree rooted at `root`.
-    #[inline(always)]
-    fn leaf(&self, root: u32, row: &[f64]) -> &Node {
-        let mut node = &self.nodes[root as usize];
-        while !node.is_leaf() {
-            let x = row[node.feature as usize];
-            node = &self.nodes[self.next(node, x) as usize];
-        }
-        node
-    }
-
     /// Rounds inputs as the training library reads them.
     fn prepare<'a>(&self, row: &'a [f64], buf: &'a mut Vec<f64>) -> &'a [f64] {
         match self.rule {
@@ -301,25 +427,46 @@ impl Ensemble {
         }
     }
 
-    /// The raw margin of one row (validated width).
+    /// The raw margin of one row (validated width). Trees are walked `LANES` at a time in
+    /// lockstep; leaf values are added in tree order, as the native libraries do.
     pub fn margin(&self, row: &[f64]) -> f64 {
-        let mut buf = Vec::new();
-        let row = self.prepare(row, &mut buf);
+        let mut buf = Vec::with_capacity(self.n_features + 1);
+        self.load_row(row, &mut buf);
+        let row = &buf[..];
+        let mut sum32 = self.base_margin as f32;
+        let mut sum64 = 0.0f64;
+        let mut idx = [0u32; LANES];
+        for (group, roots) in self.eval_roots.chunks(LANES).enumerate() {
+            let n = roots.len();
+            idx[..n].copy_from_slice(roots);
+            let depths = &self.tree_depths[group * LANES..group * LANES + n];
+            let depth = depths.iter().copied().max().unwrap_or(0);
+            let mut steps = 0;
+            while steps < depth {
+                let mut moved = false;
+                for lane in idx[..n].iter_mut() {
+                    let node = &self.eval[*lane as usize];
+                    let next = self.step(node, row[(node.packed & FEATURE_MASK) as usize]);
+                    moved |= next != *lane;
+                    *lane = next;
+                }
+                steps += 1;
+                // Deep, lopsided (LightGBM) trees: stop once every lane sits on its leaf.
+                if depth > EARLY_EXIT_DEPTH && !moved {
+                    break;
+                }
+            }
+            for &leaf in &idx[..n] {
+                let v = self.eval[leaf as usize].value;
+                match self.rule {
+                    SplitRule::XgboostLess => sum32 += v as f32,
+                    SplitRule::LightgbmLessEqual => sum64 += v,
+                }
+            }
+        }
         match self.rule {
-            SplitRule::XgboostLess => {
-                let mut sum = self.base_margin as f32;
-                for &root in &self.roots {
-                    sum += self.leaf(root, row).value as f32;
-                }
-                sum as f64
-            }
-            SplitRule::LightgbmLessEqual => {
-                let mut sum = 0.0f64;
-                for &root in &self.roots {
-                    sum += self.leaf(root, row).value;
-                }
-                self.finish_lightgbm_sum(sum)
-            }
+            SplitRule::XgboostLess => sum32 as f64,
+            SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(sum64),
         }
     }
 
@@ -348,49 +495,65 @@ impl Ensemble {
         }
     }
 
-    /// Margins of many rows (row-major `values`, `n_features` per row), evaluated in blocks of
-    /// rows per tree so a tree's nodes stay in cache while a block walks it.
+    /// Margins of many rows (row-major `values`, `n_features` per row), in blocks of rows that
+    /// walk each tree in lockstep: the tree's top levels stay in cache and the rows' cache misses
+    /// overlap.
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
         let width = self.n_features;
         let rows = if width == 0 { 0 } else { values.len() / width };
-        let prepared: Vec<f64>;
-        let values = match self.rule {
-            SplitRule::XgboostLess => {
-                prepared = values.iter().map(|&x| xgb_input(x)).collect();
-                &prepared[..]
-            }
-            SplitRule::LightgbmLessEqual => values,
-        };
+        let padded = width + 1;
         let mut out = vec![0.0f64; rows];
-        let mut acc32 = vec![self.base_margin as f32; BLOCK_ROWS];
+        let mut block = Vec::with_capacity(BLOCK_ROWS * padded);
+        let mut row_buf = Vec::with_capacity(padded);
+        let mut idx = [0u32; BLOCK_ROWS];
+        let mut acc32 = [0f32; BLOCK_ROWS];
+        let mut acc64 = [0f64; BLOCK_ROWS];
         for block_start in (0..rows).step_by(BLOCK_ROWS) {
-            let block_end = (block_start + BLOCK_ROWS).min(rows);
-            let block = &values[block_start * width..block_end * width];
-            let n = block_end - block_start;
-            match self.rule {
-                SplitRule::XgboostLess => {
-                    acc32[..n].fill(self.base_margin as f32);
-                    for &root in &self.roots {
-                        for (r, acc) in acc32[..n].iter_mut().enumerate() {
-                            *acc +=
-                                self.leaf(root, &block[r * width..(r + 1) * width]).value as f32;
-                        }
+            let n = BLOCK_ROWS.min(rows - block_start);
+            block.clear();
+            for r in 0..n {
+                let i = block_start + r;
+                self.load_row(&values[i * width..(i + 1) * width], &mut row_buf);
+                block.extend_from_slice(&row_buf);
+            }
+            acc32[..n].fill(self.base_margin as f32);
+            acc64[..n].fill(0.0);
+            for (t, &root) in self.eval_roots.iter().enumerate() {
+                idx[..n].fill(root);
+                let depth = self.tree_depths[t];
+                for _ in 0..depth {
+                    let mut moved = false;
+                    for (r, lane) in idx[..n].iter_mut().enumerate() {
+                        let node = &self.eval[*lane as usize];
+                        let next = self.step(
+                            node,
+                            block[r * padded + (node.packed & FEATURE_MASK) as usize],
+                        );
+                        moved |= next != *lane;
+                        *lane = next;
                     }
-                    for (o, a) in out[block_start..block_end].iter_mut().zip(&acc32[..n]) {
-                        *o = *a as f64;
+                    if depth > EARLY_EXIT_DEPTH && !moved {
+                        break;
                     }
                 }
-                SplitRule::LightgbmLessEqual => {
-                    let acc = &mut out[block_start..block_end];
-                    for &root in &self.roots {
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            *a += self.leaf(root, &block[r * width..(r + 1) * width]).value;
+                match self.rule {
+                    SplitRule::XgboostLess => {
+                        for (a, &leaf) in acc32[..n].iter_mut().zip(&idx[..n]) {
+                            *a += self.eval[leaf as usize].value as f32;
                         }
                     }
-                    for a in acc.iter_mut() {
-                        *a = self.finish_lightgbm_sum(*a);
+                    SplitRule::LightgbmLessEqual => {
+                        for (a, &leaf) in acc64[..n].iter_mut().zip(&idx[..n]) {
+                            *a += self.eval[leaf as usize].value;
+                        }
                     }
                 }
+            }
+            for r in 0..n {
+                out[block_start + r] = match self.rule {
+                    SplitRule::XgboostLess => acc32[r] as f64,
+                    SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(acc64[r]),
+                };
             }
         }
         out

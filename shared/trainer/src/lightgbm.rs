@@ -168,6 +168,17 @@ impl LgbmModel {
         p
     }
 
+    /// Predictions with LightGBM's prediction parameters (e.g. `num_threads=1`).
+    pub fn predict_with(
+        &self,
+        x: &FeatureMatrix,
+        parameters: &str,
+    ) -> Result<Vec<f64>, TrainError> {
+        self.booster
+            .predict_with_params(&x.values, x.cols as i32, true, parameters)
+            .map_err(lgbm_err)
+    }
+
     /// The task the model was trained for.
     pub fn task(&self) -> Task {
         self.task

@@ -212,6 +212,13 @@ impl XgbModel {
         })
     }
 
+    /// Sets the number of threads libxgboost uses for prediction.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), TrainError> {
+        self.booster
+            .set_param("nthread", &threads.to_string())
+            .map_err(xgb_err)
+    }
+
     /// The parameters as logged.
     pub fn params_of(params: &XgbParams, task: Task) -> Params {
         let mut p: Params =

@@ -1,0 +1,171 @@
+//! The pure-Rust engine against the native libraries, same models, same rows, same run:
+//! - XGBoost: 600 trees of depth 8 on California Housing (no early stopping);
+//! - LightGBM: the model the default training produces on California Housing.
+//!
+//! Single-row latency (native: libxgboost with a DMatrix per call, LightGBM's single-row C API)
+//! and batch throughput on 100,000 rows at one thread.
+
+use std::path::PathBuf;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mlops_domain::data::{TargetPolicy, load_csv};
+use mlops_domain::features::{FeatureMatrix, FeaturePipeline, PipelineOptions};
+use mlops_domain::schema::Schema;
+use mlops_domain::split::{permutation, train_test_split};
+use mlops_engine::CompiledModel;
+use mlops_trainer::lightgbm::{LgbmModel, LgbmParams};
+use mlops_trainer::xgboost::{XgbModel, XgbParams};
+use mlops_trainer::{Labelled, Model};
+
+const BATCH_ROWS: usize = 100_000;
+
+struct Fixture {
+    xgb: XgbModel,
+    lgbm: LgbmModel,
+    test: FeatureMatrix,
+    batch: FeatureMatrix,
+}
+
+fn fixture() -> Fixture {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema = Schema::from_file(&repo.join("data/california_housing.schema.toml")).unwrap();
+    let (data, _) = load_csv(
+        &repo.join("../shared/data/california_housing.csv"),
+        &schema,
+        TargetPolicy::Required,
+    )
+    .unwrap();
+    let split = train_test_split(data.len(), 0.2, 42);
+    let (train, test) = (data.subset(&split.train), data.subset(&split.test));
+    let pipeline = FeaturePipeline::fit(&schema, &train, PipelineOptions::default());
+    let (x_train, _) = pipeline.transform(&train);
+    let (x_test, _) = pipeline.transform(&test);
+    let train_set = Labelled {
+        x: &x_train,
+        y: &train.labels,
+    };
+    let valid_set = Labelled {
+        x: &x_test,
+        y: &test.labels,
+    };
+    let xgb_params = XgbParams {
+        max_rounds: 600,
+        early_stopping_rounds: 600,
+        max_depth: 8,
+        ..XgbParams::default()
+    };
+    let mut xgb = XgbModel::train(schema.task, &xgb_params, train_set, valid_set, 42).unwrap();
+    xgb.set_threads(1).unwrap();
+    let lgbm = LgbmModel::train(
+        schema.task,
+        &LgbmParams::default(),
+        train_set,
+        valid_set,
+        42,
+    )
+    .unwrap();
+    // 100k rows drawn (deterministically, with repetition) from the test split.
+    let order = permutation(BATCH_ROWS, 7);
+    let mut values = Vec::with_capacity(BATCH_ROWS * x_test.cols);
+    for i in order {
+        values.extend_from_slice(x_test.row(i % x_test.rows));
+    }
+    let batch = FeatureMatrix {
+        values,
+        rows: BATCH_ROWS,
+        cols: x_test.cols,
+    };
+    Fixture {
+        xgb,
+        lgbm,
+        test: x_test,
+        batch,
+    }
+}
+
+fn one_row(m: &FeatureMatrix, i: usize) -> FeatureMatrix {
+    FeatureMatrix {
+        values: m.row(i % m.rows).to_vec(),
+        rows: 1,
+        cols: m.cols,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    let xgb_engine = CompiledModel::load(
+        mlops_domain::artifact::ModelKind::Xgboost,
+        &f.xgb.to_bytes().unwrap(),
+    )
+    .unwrap();
+    let lgbm_engine = CompiledModel::load(
+        mlops_domain::artifact::ModelKind::Lightgbm,
+        &f.lgbm.to_bytes().unwrap(),
+    )
+    .unwrap();
+    if let CompiledModel::Trees(e) = &xgb_engine {
+        eprintln!("xgboost: {} trees, {} nodes", e.n_trees(), e.nodes.len());
+    }
+    if let CompiledModel::Trees(e) = &lgbm_engine {
+        eprintln!("lightgbm: {} trees, {} nodes", e.n_trees(), e.nodes.len());
+    }
+    let rows: Vec<FeatureMatrix> = (0..256).map(|i| one_row(&f.test, i * 13)).collect();
+
+    let mut single = c.benchmark_group("single_row");
+    let mut k = 0usize;
+    single.bench_function(BenchmarkId::new("xgboost", "native"), |b| {
+        b.iter(|| {
+            k += 1;
+            f.xgb.predict(&rows[k % rows.len()]).unwrap()[0]
+        })
+    });
+    single.bench_function(BenchmarkId::new("xgboost", "engine"), |b| {
+        b.iter(|| {
+            k += 1;
+            let r = &rows[k % rows.len()].values;
+            xgb_engine.transform(xgb_engine.margin(r))
+        })
+    });
+    single.bench_function(BenchmarkId::new("lightgbm", "native"), |b| {
+        b.iter(|| {
+            k += 1;
+            f.lgbm
+                .predict_with(&rows[k % rows.len()], "num_threads=1")
+                .unwrap()[0]
+        })
+    });
+    single.bench_function(BenchmarkId::new("lightgbm", "engine"), |b| {
+        b.iter(|| {
+            k += 1;
+            let r = &rows[k % rows.len()].values;
+            lgbm_engine.transform(lgbm_engine.margin(r))
+        })
+    });
+    single.finish();
+
+    let mut batch = c.benchmark_group("batch_100k_rows_1_thread");
+    batch
+        .sample_size(10)
+        .throughput(Throughput::Elements(BATCH_ROWS as u64));
+    batch.bench_function(BenchmarkId::new("xgboost", "native"), |b| {
+        b.iter(|| f.xgb.predict(&f.batch).unwrap().len())
+    });
+    batch.bench_function(BenchmarkId::new("xgboost", "engine"), |b| {
+        b.iter(|| xgb_engine.predict_batch(&f.batch.values).len())
+    });
+    batch.bench_function(BenchmarkId::new("lightgbm", "native"), |b| {
+        b.iter(|| {
+            f.lgbm
+                .predict_with(&f.batch, "num_threads=1")
+                .unwrap()
+                .len()
+        })
+    });
+    batch.bench_function(BenchmarkId::new("lightgbm", "engine"), |b| {
+        b.iter(|| lgbm_engine.predict_batch(&f.batch.values).len())
+    });
+    batch.finish();
+}
+
+criterion_group!(engine_vs_native, benches);
+criterion_main!(engine_vs_native);
