@@ -322,7 +322,7 @@ impl Ensemble {
                 if x.is_nan() {
                     default_right
                 } else {
-                    !(x < node.value)
+                    x >= node.value
                 }
             }
             SplitRule::LightgbmLessEqual => {
@@ -341,7 +341,8 @@ impl Ensemble {
                     if to_default {
                         default_right
                     } else {
-                        !(v <= node.value)
+                        // `v` is not NaN here: NaN either went to the default or became 0.
+                        v > node.value
                     }
                 }
             }
@@ -500,7 +501,7 @@ impl Ensemble {
     /// overlap.
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
         let width = self.n_features;
-        let rows = if width == 0 { 0 } else { values.len() / width };
+        let rows = values.len().checked_div(width).unwrap_or(0);
         let padded = width + 1;
         let mut out = vec![0.0f64; rows];
         let mut block = Vec::with_capacity(BLOCK_ROWS * padded);
