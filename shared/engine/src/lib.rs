@@ -82,16 +82,24 @@ pub enum CompiledModel {
 impl CompiledModel {
     /// Compiles a native model file of the given kind.
     pub fn load(kind: ModelKind, bytes: &[u8]) -> Result<Self, EngineError> {
-        Ok(match kind {
+        match kind {
             ModelKind::Xgboost => CompiledModel::Trees(xgboost::load(bytes)?),
             ModelKind::Lightgbm => CompiledModel::Trees(lightgbm::load(bytes)?),
             ModelKind::Linear | ModelKind::Logistic => CompiledModel::Linear(Linear::load(bytes)?),
-        })
+        }
+        .with_inputs()
     }
 
     /// Compiles an MLP from safetensors.
     pub fn load_mlp(bytes: &[u8]) -> Result<Self, EngineError> {
-        Ok(CompiledModel::Mlp(Mlp::load(bytes)?))
+        CompiledModel::Mlp(Mlp::load(bytes)?).with_inputs()
+    }
+
+    fn with_inputs(self) -> Result<Self, EngineError> {
+        if self.n_features() == 0 {
+            return Err(EngineError::InvalidModel("the model declares no input features".into()));
+        }
+        Ok(self)
     }
 
     /// Input width, where the model file states it.

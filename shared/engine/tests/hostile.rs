@@ -300,3 +300,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fuzz_seeds_load() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
+    let read = |p: &str| std::fs::read(seeds.join(p)).unwrap();
+    assert!(CompiledModel::load(ModelKind::Xgboost, &read("xgboost_json/tiny.json")).is_ok());
+    assert!(CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/tiny.txt")).is_ok());
+    assert!(CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/categorical.txt")).is_ok());
+    assert!(CompiledModel::load(ModelKind::Linear, &read("linear_json/logit.json")).is_ok());
+    let mlp = CompiledModel::load_mlp(&read("mlp_safetensors/two_layer.safetensors")).unwrap();
+    // hidden = gelu([1 - 2, 0.5 + 4 - 1]) = [gelu(-1), gelu(3.5)]; output = sigmoid(h0 + h1 + 0.5)
+    let gelu = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
+    let want = 1.0 / (1.0 + (-(gelu(-1.0) + gelu(3.5) + 0.5)).exp());
+    let got = mlp.transform(mlp.margin(&[1.0, 2.0]));
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
+
+/// erf by its Maclaurin series (converges fast for |x| ≤ 3).
+fn libm_erf(x: f64) -> f64 {
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..60 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    2.0 / std::f64::consts::PI.sqrt() * sum
+}
+
+#[test]
+fn models_without_inputs_are_rejected() {
+    let err = CompiledModel::load(ModelKind::Linear, br#"{"link":"identity","intercept":1.0,"coefficients":[]}"#).unwrap_err();
+    assert!(err.to_string().contains("no input features"), "{err}");
+}
