@@ -97,7 +97,9 @@ impl CompiledModel {
 
     fn with_inputs(self) -> Result<Self, EngineError> {
         if self.n_features() == 0 {
-            return Err(EngineError::InvalidModel("the model declares no input features".into()));
+            return Err(EngineError::InvalidModel(
+                "the model declares no input features".into(),
+            ));
         }
         Ok(self)
     }

@@ -183,11 +183,16 @@ impl Ensemble {
                     return bad(format!("tree {t}: deeper than {MAX_DEPTH} levels"));
                 }
                 let node = &self.nodes[i];
-                if !node.value.is_finite() {
+                // Thresholds may be infinite (LightGBM writes `inf` to split missing values from
+                // the rest); leaf values must be finite.
+                if node.is_leaf() && !node.value.is_finite() {
                     return bad(format!(
-                        "tree {t}: node {} has a non-finite threshold or leaf value",
+                        "tree {t}: leaf {} has a non-finite value",
                         i - start
                     ));
+                }
+                if node.value.is_nan() {
+                    return bad(format!("tree {t}: node {} has a NaN threshold", i - start));
                 }
                 if !node.cover.is_finite() || node.cover < 0.0 {
                     return bad(format!("tree {t}: node {} has an invalid cover", i - start));

@@ -167,7 +167,14 @@ fn malformed_lightgbm_models_are_errors() {
             LGBM.replace("right_child=-2", "right_child=-9"),
             "out of range",
         ),
-        (LGBM.replace("threshold=0.5", "threshold=nan"), "non-finite"),
+        (
+            LGBM.replace("threshold=0.5", "threshold=nan"),
+            "NaN threshold",
+        ),
+        (
+            LGBM.replace("leaf_value=-1 1", "leaf_value=-1 inf"),
+            "non-finite value",
+        ),
         (
             LGBM.replace("threshold=0.5", "threshold=abc"),
             "bad value 'abc'",
@@ -307,7 +314,9 @@ fn the_fuzz_seeds_load() {
     let read = |p: &str| std::fs::read(seeds.join(p)).unwrap();
     assert!(CompiledModel::load(ModelKind::Xgboost, &read("xgboost_json/tiny.json")).is_ok());
     assert!(CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/tiny.txt")).is_ok());
-    assert!(CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/categorical.txt")).is_ok());
+    assert!(
+        CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/categorical.txt")).is_ok()
+    );
     assert!(CompiledModel::load(ModelKind::Linear, &read("linear_json/logit.json")).is_ok());
     let mlp = CompiledModel::load_mlp(&read("mlp_safetensors/two_layer.safetensors")).unwrap();
     // hidden = gelu([1 - 2, 0.5 + 4 - 1]) = [gelu(-1), gelu(3.5)]; output = sigmoid(h0 + h1 + 0.5)
@@ -330,6 +339,10 @@ fn libm_erf(x: f64) -> f64 {
 
 #[test]
 fn models_without_inputs_are_rejected() {
-    let err = CompiledModel::load(ModelKind::Linear, br#"{"link":"identity","intercept":1.0,"coefficients":[]}"#).unwrap_err();
+    let err = CompiledModel::load(
+        ModelKind::Linear,
+        br#"{"link":"identity","intercept":1.0,"coefficients":[]}"#,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no input features"), "{err}");
 }
