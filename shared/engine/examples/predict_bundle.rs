@@ -11,19 +11,26 @@ use mlops_domain::data::record_from_json;
 use mlops_engine::Predictor;
 
 fn run() -> Result<(), String> {
-    let dir = std::env::args().nth(1).ok_or("usage: predict_bundle BUNDLE_DIR < rows.json")?;
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: predict_bundle BUNDLE_DIR < rows.json")?;
     let bundle = Bundle::read_dir(std::path::Path::new(&dir)).map_err(|e| e.to_string())?;
     let predictor = Predictor::from_bundle(&bundle).map_err(|e| e.to_string())?;
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("standard input: {e}"))?;
-    let value: serde_json::Value = serde_json::from_str(&input).map_err(|e| format!("standard input: {e}"))?;
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("standard input: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&input).map_err(|e| format!("standard input: {e}"))?;
     let records = match value {
         serde_json::Value::Array(items) => items,
         other => vec![other],
     };
     let mut rows = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
-        let obj = record.as_object().ok_or(format!("record {}: not an object", i + 1))?;
+        let obj = record
+            .as_object()
+            .ok_or(format!("record {}: not an object", i + 1))?;
         let row = record_from_json(&bundle.manifest.schema, obj).map_err(|errors| {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             format!("record {}: {}", i + 1, list.join("; "))
