@@ -112,6 +112,52 @@ pub struct Ensemble {
     pub eval_roots: Vec<u32>,
 }
 
+/// A split rule, as a type: the walks are monomorphized per rule.
+trait Rule {
+    fn go_right(ensemble: &Ensemble, node: &EvalNode, x: f64) -> bool;
+}
+
+/// XGBoost: NaN follows the default; otherwise right when `x >= threshold`.
+struct XgboostRule;
+
+impl Rule for XgboostRule {
+    #[inline(always)]
+    fn go_right(_: &Ensemble, node: &EvalNode, x: f64) -> bool {
+        if x.is_nan() {
+            node.packed & DEFAULT_LEFT == 0
+        } else {
+            x >= node.value
+        }
+    }
+}
+
+/// LightGBM: categorical bitsets and missing-value types; otherwise right when `x > threshold`.
+struct LightgbmRule;
+
+impl Rule for LightgbmRule {
+    #[inline(always)]
+    fn go_right(ensemble: &Ensemble, node: &EvalNode, x: f64) -> bool {
+        if node.packed & CATEGORICAL != 0 {
+            return !lightgbm_category_left(&ensemble.category_sets[node.value as usize], x);
+        }
+        let missing = (node.packed >> MISSING_SHIFT) & 3;
+        let v = if x.is_nan() && missing != MISSING_NAN {
+            0.0
+        } else {
+            x
+        };
+        let to_default = (missing == MISSING_ZERO
+            && (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&v))
+            || (missing == MISSING_NAN && v.is_nan());
+        if to_default {
+            node.packed & DEFAULT_LEFT == 0
+        } else {
+            // `v` is not NaN here: NaN either went to the default or became 0.
+            v > node.value
+        }
+    }
+}
+
 /// Bits of [`EvalNode::packed`].
 const FEATURE_MASK: u32 = (1 << 28) - 1;
 const DEFAULT_LEFT: u32 = 1 << 28;
@@ -318,41 +364,10 @@ impl Ensemble {
     }
 
     /// One step of a walk in the evaluation layout: the next node index, given the value of the
-    /// node's feature.
+    /// node's feature. Generic over the split rule so the hot loops carry no rule dispatch.
     #[inline(always)]
-    fn step(&self, node: &EvalNode, x: f64) -> u32 {
-        let default_right = node.packed & DEFAULT_LEFT == 0;
-        let go_right = match self.rule {
-            SplitRule::XgboostLess => {
-                if x.is_nan() {
-                    default_right
-                } else {
-                    x >= node.value
-                }
-            }
-            SplitRule::LightgbmLessEqual => {
-                if node.packed & CATEGORICAL != 0 {
-                    !lightgbm_category_left(&self.category_sets[node.value as usize], x)
-                } else {
-                    let missing = (node.packed >> MISSING_SHIFT) & 3;
-                    let v = if x.is_nan() && missing != MISSING_NAN {
-                        0.0
-                    } else {
-                        x
-                    };
-                    let to_default = (missing == MISSING_ZERO
-                        && (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&v))
-                        || (missing == MISSING_NAN && v.is_nan());
-                    if to_default {
-                        default_right
-                    } else {
-                        // `v` is not NaN here: NaN either went to the default or became 0.
-                        v > node.value
-                    }
-                }
-            }
-        };
-        node.left + go_right as u32
+    fn step<R: Rule>(&self, node: &EvalNode, x: f64) -> u32 {
+        node.left + R::go_right(self, node, x) as u32
     }
 
     /// Copies a row into `buf` as the walk reads it: rounded like libxgboost reads floats, plus
@@ -436,6 +451,13 @@ impl Ensemble {
     /// The raw margin of one row (validated width). Trees are walked `LANES` at a time in
     /// lockstep; leaf values are added in tree order, as the native libraries do.
     pub fn margin(&self, row: &[f64]) -> f64 {
+        match self.rule {
+            SplitRule::XgboostLess => self.margin_with::<XgboostRule>(row),
+            SplitRule::LightgbmLessEqual => self.margin_with::<LightgbmRule>(row),
+        }
+    }
+
+    fn margin_with<R: Rule>(&self, row: &[f64]) -> f64 {
         let mut buf = Vec::with_capacity(self.n_features + 1);
         self.load_row(row, &mut buf);
         let row = &buf[..];
@@ -452,7 +474,7 @@ impl Ensemble {
                 let mut moved = false;
                 for lane in idx[..n].iter_mut() {
                     let node = &self.eval[*lane as usize];
-                    let next = self.step(node, row[(node.packed & FEATURE_MASK) as usize]);
+                    let next = self.step::<R>(node, row[(node.packed & FEATURE_MASK) as usize]);
                     moved |= next != *lane;
                     *lane = next;
                 }
@@ -505,6 +527,13 @@ impl Ensemble {
     /// walk each tree in lockstep: the tree's top levels stay in cache and the rows' cache misses
     /// overlap.
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
+        match self.rule {
+            SplitRule::XgboostLess => self.margins_with::<XgboostRule>(values),
+            SplitRule::LightgbmLessEqual => self.margins_with::<LightgbmRule>(values),
+        }
+    }
+
+    fn margins_with<R: Rule>(&self, values: &[f64]) -> Vec<f64> {
         let width = self.n_features;
         let rows = values.len().checked_div(width).unwrap_or(0);
         let padded = width + 1;
@@ -531,7 +560,7 @@ impl Ensemble {
                     let mut moved = false;
                     for (r, lane) in idx[..n].iter_mut().enumerate() {
                         let node = &self.eval[*lane as usize];
-                        let next = self.step(
+                        let next = self.step::<R>(
                             node,
                             block[r * padded + (node.packed & FEATURE_MASK) as usize],
                         );
