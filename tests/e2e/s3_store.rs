@@ -1,8 +1,6 @@
 //! The S3 adapter and the registry on a real moto server: atomic writes, S3 conditional writes,
 //! and a 20-way promotion race that loses no update.
 
-use std::collections::BTreeMap;
-
 use mlops_domain::registry::{CHALLENGER, CHAMPION, RegisterOptions, Registry, RegistryError};
 use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
 use mlops_e2e::s3_store;
@@ -91,46 +89,7 @@ async fn concurrent_creates_have_exactly_one_winner() {
 }
 
 fn bundle() -> mlops_domain::artifact::Bundle {
-    use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
-    use mlops_domain::data::{TargetPolicy, read_csv};
-    use mlops_domain::features::{FeaturePipeline, PipelineOptions};
-    use mlops_domain::schema::{Schema, Task};
-    let schema = Schema::from_toml(
-        "name = \"s\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
-        "s.toml",
-    )
-    .unwrap();
-    let (data, _) = read_csv(
-        &b"x,y\n1,2\n3,4\n"[..],
-        "s.csv",
-        &schema,
-        TargetPolicy::Required,
-    )
-    .unwrap();
-    let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
-    let manifest = Manifest {
-        format_version: BUNDLE_FORMAT,
-        model_name: "s".into(),
-        task: Task::Regression,
-        model_kind: ModelKind::Linear,
-        model_file: "model.json".into(),
-        feature_names: pipeline.feature_names.clone(),
-        schema,
-        pipeline,
-        metrics: BTreeMap::from([("rmse".into(), 0.5)]),
-        validation_metrics: BTreeMap::new(),
-        cv_score: None,
-        params: BTreeMap::new(),
-        lineage: Lineage::default(),
-        created_at: chrono::Utc::now(),
-        reference_profile: vec![],
-        files: BTreeMap::new(),
-    };
-    Bundle::new(
-        manifest,
-        BTreeMap::from([("model.json".into(), b"{}".to_vec())]),
-    )
-    .unwrap()
+    mlops_domain::testing::sample_bundle()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -427,49 +427,9 @@ impl Bundle {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::data::{TargetPolicy, read_csv};
-    use crate::features::{FeaturePipeline, PipelineOptions};
-
-    pub(crate) fn sample_bundle() -> Bundle {
-        let schema = Schema::from_toml(
-            "name = \"s\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
-            "s.toml",
-        )
-        .unwrap();
-        let (data, _) = read_csv(
-            &b"x,y\n1,2\n3,4\n"[..],
-            "s.csv",
-            &schema,
-            TargetPolicy::Required,
-        )
-        .unwrap();
-        let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
-        let manifest = Manifest {
-            format_version: BUNDLE_FORMAT,
-            model_name: "s".into(),
-            task: Task::Regression,
-            model_kind: ModelKind::Linear,
-            model_file: "model.json".into(),
-            feature_names: pipeline.feature_names.clone(),
-            schema,
-            pipeline,
-            metrics: BTreeMap::from([("rmse".into(), 0.5)]),
-            validation_metrics: BTreeMap::new(),
-            cv_score: None,
-            params: BTreeMap::new(),
-            lineage: Lineage::default(),
-            created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            reference_profile: crate::profile::profile(&data),
-            files: BTreeMap::new(),
-        };
-        Bundle::new(
-            manifest,
-            BTreeMap::from([("model.json".into(), b"{\"w\":[1.0]}".to_vec())]),
-        )
-        .unwrap()
-    }
+    use crate::testing::sample_bundle;
 
     #[test]
     fn round_trips_through_a_directory() {
@@ -498,7 +458,8 @@ pub(crate) mod tests {
 
         std::fs::write(path.join("model.json"), b"{\"w\"").unwrap();
         let err = Bundle::read_dir(&path).unwrap_err().to_string();
-        assert!(err.contains("expected 11 bytes"), "{err}");
+        let size = sample_bundle().model_bytes().len();
+        assert!(err.contains(&format!("expected {size} bytes")), "{err}");
 
         let manifest = std::fs::read(path.join(MANIFEST_FILE)).unwrap();
         std::fs::write(path.join(MANIFEST_FILE), &manifest[..manifest.len() / 2]).unwrap();

@@ -14,4 +14,6 @@ pub mod registry;
 pub mod schema;
 pub mod split;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tracking;

@@ -1,57 +1,11 @@
 //! Registry behaviour on the real local-filesystem store (the S3 adapter is exercised the same way
 //! against moto in the end-to-end tests).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
-use mlops_domain::data::{TargetPolicy, read_csv};
-use mlops_domain::features::{FeaturePipeline, PipelineOptions};
 use mlops_domain::registry::*;
-use mlops_domain::schema::{Schema, Task};
+use mlops_domain::testing::sample_bundle;
 use mlops_store::LocalStore;
-
-fn sample_bundle() -> Bundle {
-    let schema = Schema::from_toml(
-        "name = \"s\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
-        "s.toml",
-    )
-    .unwrap();
-    let (data, report) = read_csv(
-        &b"x,y\n1,2\n3,4\n"[..],
-        "s.csv",
-        &schema,
-        TargetPolicy::Required,
-    )
-    .unwrap();
-    let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
-    let manifest = Manifest {
-        format_version: BUNDLE_FORMAT,
-        model_name: "s".into(),
-        task: Task::Regression,
-        model_kind: ModelKind::Linear,
-        model_file: "model.json".into(),
-        feature_names: pipeline.feature_names.clone(),
-        schema,
-        pipeline,
-        metrics: BTreeMap::from([("rmse".into(), 0.5)]),
-        validation_metrics: BTreeMap::new(),
-        cv_score: None,
-        params: BTreeMap::new(),
-        lineage: Lineage {
-            data_sha256: report.sha256,
-            ..Default::default()
-        },
-        created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        reference_profile: mlops_domain::profile::profile(&data),
-        files: BTreeMap::new(),
-    };
-    Bundle::new(
-        manifest,
-        BTreeMap::from([("model.json".into(), b"{}".to_vec())]),
-    )
-    .unwrap()
-}
 
 fn registry() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
