@@ -4,6 +4,7 @@
 //! This crate knows nothing of AWS, Lambda or native ML libraries. It defines the ports
 //! ([`store::ObjectStore`], [`tracking::Tracker`]) that adapters in other crates implement.
 
+pub mod apikeys;
 pub mod artifact;
 pub mod data;
 pub mod features;
@@ -17,3 +18,4 @@ pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tracking;
+pub mod traffic;

@@ -7,7 +7,8 @@
 //! - `models/NAME/cards/NNNNNN.json`: the [`ModelCard`], updated by compare-and-swap;
 //! - `models/NAME/aliases.json`: [`AliasState`] (aliases and the append-only audit log of every
 //!   change), updated only by compare-and-swap, so concurrent promotions never lose an update;
-//! - `models/NAME/registrations/KEY.json`: idempotency claims of registrations.
+//! - `models/NAME/registrations/KEY.json`: idempotency claims of registrations;
+//! - `models/NAME/traffic.json`: the A/B [`TrafficSplit`] between aliases, by compare-and-swap.
 //!
 //! The bundle is written before the version record that points to it, so a crash leaves at most an
 //! unreferenced bundle, never a version without its files.
@@ -24,6 +25,7 @@ use crate::artifact::{ArtifactError, Bundle, Lineage, MANIFEST_FILE, ModelKind};
 use crate::hashing::sha256_hex;
 use crate::schema::Task;
 use crate::store::{ETag, ObjectStore, PutCondition, StoreError};
+use crate::traffic::TrafficSplit;
 
 /// The alias serving traffic; it may only point at a version whose card is approved.
 pub const CHAMPION: &str = "champion";
@@ -219,6 +221,9 @@ pub enum RegistryError {
         /// Attempts made.
         attempts: usize,
     },
+    /// A traffic split that cannot be used.
+    #[error("invalid traffic split: {0}")]
+    InvalidTraffic(String),
     /// Another registration with the same idempotency key has not finished.
     #[error(
         "a registration of model '{model}' with idempotency key '{key}' is in progress (or was abandoned)"
@@ -278,6 +283,10 @@ fn version_key(model: &str, version: u64) -> String {
 
 fn card_key(model: &str, version: u64) -> String {
     format!("models/{model}/cards/{version:06}.json")
+}
+
+fn traffic_key(model: &str) -> String {
+    format!("models/{model}/traffic.json")
 }
 
 fn aliases_key(model: &str) -> String {
@@ -762,6 +771,63 @@ impl Registry {
             });
         })
         .await
+    }
+
+    /// The traffic split of a model; `None` when none was set (all traffic to one alias).
+    pub async fn traffic(&self, model: &str) -> Result<Option<TrafficSplit>, RegistryError> {
+        check_name("model", model)?;
+        let key = traffic_key(model);
+        match self.store.get(&key).await? {
+            Some(obj) => Ok(Some(parse(&key, &obj.bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the traffic split of a model by compare-and-swap. Every alias must exist and
+    /// point at a registered version.
+    pub async fn set_traffic(
+        &self,
+        model: &str,
+        variants: &TrafficSplit,
+        actor: &str,
+    ) -> Result<TrafficSplit, RegistryError> {
+        check_name("model", model)?;
+        variants.check()?;
+        let aliases = self.aliases(model).await?;
+        for v in &variants.variants {
+            if !aliases.aliases.contains_key(&v.alias) {
+                return Err(RegistryError::NotFound(format!(
+                    "alias '{}' of model '{model}'",
+                    v.alias
+                )));
+            }
+        }
+        let key = traffic_key(model);
+        for attempt in 0..MAX_ATTEMPTS {
+            let current = self.store.get(&key).await?;
+            let (revision, condition) = match &current {
+                Some(obj) => (
+                    parse::<TrafficSplit>(&key, &obj.bytes)?.revision,
+                    PutCondition::IfMatch(obj.etag.clone()),
+                ),
+                None => (0, PutCondition::IfAbsent),
+            };
+            let next = TrafficSplit {
+                variants: variants.variants.clone(),
+                revision: revision + 1,
+                updated_by: actor.into(),
+                updated_at: Some(Utc::now()),
+            };
+            match self.store.put(&key, json(&next), condition).await {
+                Ok(_) => return Ok(next),
+                Err(StoreError::PreconditionFailed { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Contention {
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
     }
 }
 
