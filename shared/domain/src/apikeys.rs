@@ -184,8 +184,15 @@ impl ApiKeySet {
 
     /// Checks a presented key and the scope a route needs. The hash comparison takes the same
     /// time whether or not the id exists or the hash matches.
-    pub fn authorize(&self, presented: Option<&str>, scope: Scope) -> Result<&ApiKeyRecord, KeyError> {
-        let presented = presented.map(str::trim).filter(|k| !k.is_empty()).ok_or(KeyError::Missing)?;
+    pub fn authorize(
+        &self,
+        presented: Option<&str>,
+        scope: Scope,
+    ) -> Result<&ApiKeyRecord, KeyError> {
+        let presented = presented
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(KeyError::Missing)?;
         if presented.len() > MAX_KEY_LEN {
             return Err(KeyError::Unknown);
         }
@@ -250,12 +257,21 @@ mod tests {
         ));
         assert!(set.authorize(Some(&admin), Scope::Predict).is_ok());
         assert_eq!(set.authorize(None, Scope::Predict), Err(KeyError::Missing));
-        assert_eq!(set.authorize(Some("  "), Scope::Predict), Err(KeyError::Missing));
+        assert_eq!(
+            set.authorize(Some("  "), Scope::Predict),
+            Err(KeyError::Missing)
+        );
         let mut forged = predict.clone();
         forged.pop();
         forged.push(if predict.ends_with('0') { '1' } else { '0' });
-        assert_eq!(set.authorize(Some(&forged), Scope::Predict), Err(KeyError::Unknown));
-        assert_eq!(set.authorize(Some("mlk_x"), Scope::Predict), Err(KeyError::Unknown));
+        assert_eq!(
+            set.authorize(Some(&forged), Scope::Predict),
+            Err(KeyError::Unknown)
+        );
+        assert_eq!(
+            set.authorize(Some("mlk_x"), Scope::Predict),
+            Err(KeyError::Unknown)
+        );
         assert_eq!(
             set.authorize(Some(&"k".repeat(10_000)), Scope::Predict),
             Err(KeyError::Unknown)
@@ -275,7 +291,10 @@ mod tests {
 
     #[test]
     fn scopes_of_routes() {
-        assert_eq!(required_scope("POST", "/v1/models/m/predict"), Scope::Predict);
+        assert_eq!(
+            required_scope("POST", "/v1/models/m/predict"),
+            Scope::Predict
+        );
         assert_eq!(required_scope("GET", "/v1/models/m"), Scope::Predict);
         assert_eq!(required_scope("GET", "/v1/models"), Scope::Predict);
         assert_eq!(required_scope("GET", "/health/ready"), Scope::Predict);

@@ -116,7 +116,8 @@ impl TrafficSplit {
     /// unchanged. Keys hash uniformly, so arms get traffic in proportion to their weights.
     pub fn route(&self, model: &str, key: &str) -> &Variant {
         let digest = sha256_hex(format!("{model}\u{0}{key}").as_bytes());
-        let point = u64::from_str_radix(&digest[..16], 16).unwrap_or(0) % self.total_weight().max(1);
+        let point =
+            u64::from_str_radix(&digest[..16], 16).unwrap_or(0) % self.total_weight().max(1);
         let mut acc = 0u64;
         for v in &self.variants {
             acc += u64::from(v.weight);

@@ -1,11 +1,13 @@
 //! Object-store adapters for [`mlops_domain::store::ObjectStore`]: a local directory (the
 //! embedded default) and Amazon S3.
 
+pub mod keys;
 pub mod local;
 pub mod s3;
 
 use std::sync::Arc;
 
+pub use keys::FileKeyStore;
 pub use local::LocalStore;
 use mlops_domain::store::{ObjectStore, StoreError};
 pub use s3::{S3Config, S3Store};

@@ -1,0 +1,196 @@
+//! Request and response bodies of the API, and its error type.
+
+use std::collections::BTreeMap;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+tokio::task_local! {
+    /// The id of the request being handled (set by the request-id middleware).
+    pub static REQUEST_ID: String;
+}
+
+/// The current request id, or an empty string outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// One record: raw feature values keyed by column name, as in the model's input schema
+/// (`GET /v1/models/{name}`). Numbers for numeric columns, strings for categorical ones, `null`
+/// or absent for missing values where the column allows them. Unknown fields are rejected.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(value_type = Object, example = json!({
+    "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0, "total_rooms": 880.0,
+    "total_bedrooms": 129.0, "population": 322.0, "households": 126.0, "median_income": 8.3252,
+    "ocean_proximity": "NEAR BAY"
+}))]
+pub struct Record(pub serde_json::Map<String, serde_json::Value>);
+
+/// A predict request: one record, or a list of records (at most the configured limit,
+/// 1,000 by default).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictRequest {
+    /// One record.
+    One(Record),
+    /// Several records.
+    Many(Vec<Record>),
+}
+
+/// One feature's contribution to the margin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Contribution {
+    /// Model feature (after the pipeline).
+    pub feature: String,
+    /// Contribution in margin units (log-odds for classifiers).
+    pub contribution: f64,
+}
+
+/// Why a prediction is what it is: bias + Σ contributions = margin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExplanationOut {
+    /// Raw score before the link function.
+    pub margin: f64,
+    /// Expected margin over the training data.
+    pub bias: f64,
+    /// Per-feature contributions (TreeSHAP for trees, exact for linear models).
+    pub contributions: Vec<Contribution>,
+}
+
+/// One prediction.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PredictionOut {
+    /// Predicted value (regression, in the target's units) or probability of the positive class.
+    pub prediction: f64,
+    /// Class probabilities by class name (classification only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<BTreeMap<String, f64>>,
+    /// Predicted class at threshold 0.5 (classification only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Explanation, with `?explain=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<ExplanationOut>,
+}
+
+/// Predictions and what served them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PredictResponse {
+    /// Model name.
+    pub model: String,
+    /// Version that served.
+    pub version: u64,
+    /// Variant (alias) that served.
+    pub variant: String,
+    /// Request id (also in the `x-request-id` header).
+    pub request_id: String,
+    /// `regression` or `binary_classification`.
+    pub task: String,
+    /// One prediction per record, in order.
+    pub predictions: Vec<PredictionOut>,
+    /// Per column, categorical values the model never saw in training (encoded as all zeros).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unseen_categories: BTreeMap<String, u64>,
+}
+
+/// A problem with one field of one record.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// 0-based index of the record in the request (0 for a single record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<usize>,
+    /// Field name.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Details of an error.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code, e.g. `invalid_fields`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Field problems (for `invalid_fields`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldProblem>,
+}
+
+/// Every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+    /// Request id.
+    pub request_id: String,
+}
+
+/// An error answered as JSON [`ErrorBody`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Status.
+    pub status: StatusCode,
+    /// Code.
+    pub code: &'static str,
+    /// Message.
+    pub message: String,
+    /// Field problems.
+    pub fields: Vec<FieldProblem>,
+}
+
+impl ApiError {
+    /// An error without field problems.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// 400 with a message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 (the message is logged, not sent).
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log for this request id",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                status: self.status.as_u16(),
+                code: self.code.into(),
+                message: self.message,
+                fields: self.fields,
+            },
+            request_id: current_request_id(),
+        };
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,146 @@
+//! Serving configuration, from the environment (Lambda) or flags (`mlops serve`).
+
+use std::time::Duration;
+
+/// How the API serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Models to serve; `None` serves every registered model that has the default alias.
+    pub models: Option<Vec<String>>,
+    /// Alias served when a model has no traffic split (default `champion`).
+    pub default_alias: String,
+    /// Re-check aliases and traffic splits at most this often.
+    pub refresh_every: Duration,
+    /// Most records in one predict request.
+    pub max_records: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Print CloudWatch Embedded Metric Format lines to stdout.
+    pub emf: bool,
+    /// CloudWatch namespace of the EMF metrics.
+    pub metrics_namespace: String,
+    /// Log every prediction to the store under `prediction-logs/`.
+    pub prediction_log: bool,
+    /// Records per prediction-log object.
+    pub prediction_log_batch: usize,
+    /// Longest a logged prediction waits before its batch is written.
+    pub prediction_log_flush: Duration,
+    /// Origins allowed by CORS (empty: no CORS headers).
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            models: None,
+            default_alias: mlops_domain::registry::CHAMPION.into(),
+            refresh_every: Duration::from_secs(30),
+            max_records: 1_000,
+            max_body_bytes: 1 << 20,
+            emf: false,
+            metrics_namespace: "mlops".into(),
+            prediction_log: true,
+            prediction_log_batch: 1_000,
+            prediction_log_flush: Duration::from_secs(5),
+            cors_allow_origins: Vec::new(),
+        }
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}='{value}': {why}")]
+pub struct ConfigError {
+    /// Variable.
+    pub name: &'static str,
+    /// Value.
+    pub value: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+fn parse_env<T: std::str::FromStr>(
+    name: &'static str,
+    why: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| ConfigError {
+            name,
+            value: v,
+            why,
+        }),
+        _ => Ok(None),
+    }
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl ServeConfig {
+    /// Reads `MLOPS_MODELS`, `MLOPS_ALIAS`, `MLOPS_REFRESH_SECONDS`, `MLOPS_MAX_RECORDS`,
+    /// `MLOPS_MAX_BODY_BYTES`, `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
+    /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`, `MLOPS_CORS_ORIGINS`
+    /// over the defaults. EMF is on by default inside Lambda.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut c = Self {
+            emf: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
+            ..Self::default()
+        };
+        if let Ok(m) = std::env::var("MLOPS_MODELS") {
+            let names = list(&m);
+            if !names.is_empty() {
+                c.models = Some(names);
+            }
+        }
+        if let Ok(a) = std::env::var("MLOPS_ALIAS")
+            && !a.trim().is_empty()
+        {
+            c.default_alias = a.trim().into();
+        }
+        if let Some(s) = parse_env::<f64>("MLOPS_REFRESH_SECONDS", "expected seconds")? {
+            if !(0.0..=86_400.0).contains(&s) {
+                return Err(ConfigError {
+                    name: "MLOPS_REFRESH_SECONDS",
+                    value: s.to_string(),
+                    why: "expected 0 to 86400 seconds",
+                });
+            }
+            c.refresh_every = Duration::from_secs_f64(s);
+        }
+        if let Some(n) = parse_env::<usize>("MLOPS_MAX_RECORDS", "expected a whole number")? {
+            c.max_records = n.max(1);
+        }
+        if let Some(n) = parse_env::<usize>("MLOPS_MAX_BODY_BYTES", "expected a whole number")? {
+            c.max_body_bytes = n.max(1);
+        }
+        if let Some(b) = parse_env::<bool>("MLOPS_EMF", "expected true or false")? {
+            c.emf = b;
+        }
+        if let Ok(ns) = std::env::var("MLOPS_METRICS_NAMESPACE")
+            && !ns.trim().is_empty()
+        {
+            c.metrics_namespace = ns.trim().into();
+        }
+        if let Some(b) = parse_env::<bool>("MLOPS_PREDICTION_LOG", "expected true or false")? {
+            c.prediction_log = b;
+        }
+        if let Some(n) =
+            parse_env::<usize>("MLOPS_PREDICTION_LOG_BATCH", "expected a whole number")?
+        {
+            c.prediction_log_batch = n.max(1);
+        }
+        if let Some(s) = parse_env::<f64>("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "expected seconds")?
+        {
+            c.prediction_log_flush = Duration::from_secs_f64(s.clamp(0.0, 3600.0));
+        }
+        if let Ok(o) = std::env::var("MLOPS_CORS_ORIGINS") {
+            c.cors_allow_origins = list(&o);
+        }
+        Ok(c)
+    }
+}

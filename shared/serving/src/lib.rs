@@ -1,0 +1,242 @@
+//! The serving API as one axum [`Router`]: the Lambda functions run it with `lambda_http`, and
+//! `mlops serve` runs the same router on localhost.
+//!
+//! Routes: `POST /v1/models/{name}/predict`, `GET /v1/models`, `GET /v1/models/{name}`,
+//! `PUT /v1/models/{name}/traffic`, `GET /health/live`, `GET /health/ready`, `GET /metrics`,
+//! `GET /openapi.json`. Every response carries `x-request-id`; every request is logged as one
+//! structured line and counted in the metrics.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod models;
+pub mod predlog;
+pub mod routes;
+pub mod traffic;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use mlops_domain::registry::Registry;
+use utoipa::OpenApi;
+
+pub use crate::config::ServeConfig;
+use crate::metrics::{Metrics, Served};
+use crate::models::ModelSet;
+use crate::predlog::PredictionLog;
+
+/// Everything the handlers share, built once at start (Lambda init).
+pub struct AppState {
+    /// Served models.
+    pub models: Arc<ModelSet>,
+    /// Configuration.
+    pub config: ServeConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Prediction log writer, when enabled.
+    pub predictions_log: Option<PredictionLog>,
+    /// The OpenAPI document, rendered once.
+    pub openapi: String,
+}
+
+impl AppState {
+    /// Builds the state and loads the models (the cold-start work); a registry that cannot be
+    /// read leaves the server live but not ready, and it keeps retrying on requests.
+    pub async fn start(registry: Registry, config: ServeConfig) -> Arc<Self> {
+        let started = Instant::now();
+        let models = Arc::new(ModelSet::new(
+            registry.clone(),
+            config.models.clone(),
+            &config.default_alias,
+            config.refresh_every,
+        ));
+        let errors = models.refresh().await;
+        let predictions_log = config.prediction_log.then(|| {
+            PredictionLog::start(
+                Arc::clone(registry.store()),
+                config.prediction_log_batch,
+                config.prediction_log_flush,
+            )
+        });
+        tracing::info!(
+            init_ms = started.elapsed().as_secs_f64() * 1e3,
+            models = ?models.names(),
+            errors = ?errors,
+            "serving state ready"
+        );
+        Arc::new(Self {
+            metrics: Metrics::new(config.emf, &config.metrics_namespace),
+            models,
+            config,
+            predictions_log,
+            openapi: ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
+        })
+    }
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mlops serving API",
+        description = "Predictions, model information and health of models served from the mlops registry.",
+        version = env!("CARGO_PKG_VERSION")
+    ),
+    paths(
+        routes::predict,
+        routes::list_models,
+        routes::model_info,
+        traffic::set_traffic,
+        routes::live,
+        routes::ready
+    ),
+    components(schemas(api::PredictRequest, api::Record, api::ErrorBody)),
+    modifiers(&ApiKeyScheme),
+    security(("api_key" = []))
+)]
+pub struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+/// Which routes a binary mounts.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSet {
+    /// Predict, model info, health, OpenAPI.
+    pub models: bool,
+    /// `PUT /v1/models/{name}/traffic`.
+    pub admin: bool,
+    /// `GET /metrics` (Prometheus).
+    pub metrics: bool,
+}
+
+impl RouteSet {
+    /// Everything (`mlops serve`).
+    pub const ALL: RouteSet = RouteSet {
+        models: true,
+        admin: true,
+        metrics: true,
+    };
+}
+
+/// The router over a state.
+pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
+    let mut app = Router::new();
+    if set.models {
+        app = app
+            .route("/v1/models", get(routes::list_models))
+            .route("/v1/models/{name}", get(routes::model_info))
+            .route("/v1/models/{name}/predict", post(routes::predict))
+            .route("/health/live", get(routes::live))
+            .route("/health/ready", get(routes::ready))
+            .route("/openapi.json", get(routes::openapi));
+    }
+    if set.admin {
+        app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));
+    }
+    if set.metrics {
+        app = app.route("/metrics", get(routes::metrics));
+    }
+    let mut app = app
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .with_state(Arc::clone(&state));
+    if !state.config.cors_allow_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_allow_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([
+                    axum::http::Method::GET,
+                    axum::http::Method::POST,
+                    axum::http::Method::PUT,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("x-api-key"),
+                    axum::http::HeaderName::from_static("x-routing-key"),
+                ]),
+        );
+    }
+    app
+}
+
+/// A request id supplied by the platform (the Lambda binary inserts API Gateway's).
+#[derive(Debug, Clone)]
+pub struct PlatformRequestId(pub String);
+
+fn request_id(request: &Request) -> String {
+    if let Some(PlatformRequestId(id)) = request.extensions().get::<PlatformRequestId>() {
+        return id.clone();
+    }
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Request id, latency, metrics and one structured log line per request.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&request);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let mut response = api::REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    let served = response
+        .extensions()
+        .get::<Served>()
+        .cloned()
+        .unwrap_or_default();
+    state.metrics.record(&route, status, seconds, &served);
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status,
+        latency_us = (seconds * 1e6) as u64,
+        model = %served.model,
+        version = served.version.unwrap_or(0),
+        variant = %served.variant,
+        records = served.records,
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,274 @@
+//! The models being served: loaded once at start, re-checked against the registry at most every
+//! `refresh_every`, swapped atomically, and kept when the registry or a new bundle fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use mlops_domain::artifact::Manifest;
+use mlops_domain::registry::Registry;
+use mlops_domain::traffic::{TrafficSplit, Variant};
+use mlops_engine::Predictor;
+
+/// One loaded model version.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Model name.
+    pub model: String,
+    /// Version.
+    pub version: u64,
+    /// Bundle digest.
+    pub digest: String,
+    /// The bundle manifest.
+    pub manifest: Manifest,
+    /// The compiled pipeline and model.
+    pub predictor: Predictor,
+    /// When it was loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// Milliseconds spent fetching, verifying and compiling it.
+    pub load_ms: f64,
+}
+
+/// What one model serves: its split and the version behind each alias in it.
+#[derive(Debug)]
+pub struct ModelRoutes {
+    /// The split in effect.
+    pub split: TrafficSplit,
+    /// Loaded versions by alias.
+    pub by_alias: BTreeMap<String, Arc<LoadedModel>>,
+}
+
+impl ModelRoutes {
+    /// The variant and model for a routing key.
+    pub fn pick(&self, model: &str, key: &str) -> Option<(&Variant, &Arc<LoadedModel>)> {
+        let variant = self.split.route(model, key);
+        self.by_alias.get(&variant.alias).map(|m| (variant, m))
+    }
+}
+
+/// Health of the model set.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RefreshState {
+    /// Last refresh that failed, with its error; cleared by a successful one.
+    pub last_error: Option<String>,
+    /// When that failure happened.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Last successful refresh.
+    pub refreshed_at: Option<DateTime<Utc>>,
+}
+
+/// Every served model.
+pub struct ModelSet {
+    registry: Registry,
+    configured: Option<Vec<String>>,
+    default_alias: String,
+    refresh_every: Duration,
+    routes: ArcSwap<BTreeMap<String, Arc<ModelRoutes>>>,
+    state: ArcSwap<RefreshState>,
+    last_check: std::sync::Mutex<Instant>,
+    refreshing: AtomicBool,
+}
+
+impl ModelSet {
+    /// A model set that has loaded nothing yet; call [`ModelSet::refresh`].
+    pub fn new(
+        registry: Registry,
+        models: Option<Vec<String>>,
+        default_alias: &str,
+        refresh_every: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            configured: models,
+            default_alias: default_alias.into(),
+            refresh_every,
+            routes: ArcSwap::from_pointee(BTreeMap::new()),
+            state: ArcSwap::from_pointee(RefreshState::default()),
+            last_check: std::sync::Mutex::new(Instant::now()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// The registry behind it.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The routes of a model, if it is served.
+    pub fn routes(&self, model: &str) -> Option<Arc<ModelRoutes>> {
+        self.routes.load().get(model).cloned()
+    }
+
+    /// Names of served models.
+    pub fn names(&self) -> Vec<String> {
+        self.routes.load().keys().cloned().collect()
+    }
+
+    /// Everything served now.
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<ModelRoutes>>> {
+        self.routes.load_full()
+    }
+
+    /// Refresh health.
+    pub fn refresh_state(&self) -> RefreshState {
+        (**self.state.load()).clone()
+    }
+
+    /// Ready: every configured model (or, when discovering, at least one) is loaded.
+    pub fn is_ready(&self) -> bool {
+        let routes = self.routes.load();
+        match &self.configured {
+            Some(names) => names.iter().all(|n| routes.contains_key(n)),
+            None => !routes.is_empty(),
+        }
+    }
+
+    /// Starts a background refresh when the last check is older than the refresh interval and
+    /// none is running. Requests never wait for it.
+    pub fn refresh_if_due(self: &Arc<Self>) {
+        {
+            let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < self.refresh_every {
+                return;
+            }
+            *last = Instant::now();
+        }
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.refresh().await;
+            me.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Re-reads the registry and swaps in changed versions. A model whose alias, split or bundle
+    /// cannot be read keeps what it served; the failure is reported by the health route.
+    /// Returns the errors (empty when all went well).
+    pub async fn refresh(&self) -> Vec<String> {
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let mut errors = Vec::new();
+        let names = match &self.configured {
+            Some(n) => n.clone(),
+            None => match self.registry.models().await {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(format!("cannot list models: {e}"));
+                    self.routes.load().keys().cloned().collect()
+                }
+            },
+        };
+        let current = self.routes.load_full();
+        let mut next = (*current).clone();
+        for name in names {
+            match self.load_model(&name, current.get(&name)).await {
+                Ok(Some(routes)) => {
+                    next.insert(name, routes);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(model = %name, error = %e, "refresh failed; keeping the last good model");
+                    errors.push(format!("model '{name}': {e}"));
+                }
+            }
+        }
+        self.routes.store(Arc::new(next));
+        let now = Utc::now();
+        let previous = self.state.load();
+        self.state.store(Arc::new(if errors.is_empty() {
+            RefreshState {
+                last_error: None,
+                failed_at: None,
+                refreshed_at: Some(now),
+            }
+        } else {
+            RefreshState {
+                last_error: Some(errors.join("; ")),
+                failed_at: Some(now),
+                refreshed_at: previous.refreshed_at,
+            }
+        }));
+        errors
+    }
+
+    /// Loads what a model should serve now; `Ok(None)` for a discovered model without the
+    /// default alias (nothing to serve).
+    async fn load_model(
+        &self,
+        name: &str,
+        current: Option<&Arc<ModelRoutes>>,
+    ) -> anyhow::Result<Option<Arc<ModelRoutes>>> {
+        let split = self
+            .registry
+            .traffic(name)
+            .await?
+            .unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
+        let aliases = self.registry.aliases(name).await?;
+        let mut by_alias = BTreeMap::new();
+        for variant in &split.variants {
+            let Some(&version) = aliases.aliases.get(&variant.alias) else {
+                if self.configured.is_none() && split.revision == 0 {
+                    return Ok(None);
+                }
+                anyhow::bail!("alias '{}' is not set", variant.alias);
+            };
+            let reuse = current
+                .and_then(|c| c.by_alias.values().find(|m| m.version == version))
+                .cloned()
+                .or_else(|| {
+                    by_alias
+                        .values()
+                        .find(|m: &&Arc<LoadedModel>| m.version == version)
+                        .cloned()
+                });
+            let loaded = match reuse {
+                Some(m) => m,
+                None => Arc::new(self.load_version(name, version).await?),
+            };
+            by_alias.insert(variant.alias.clone(), loaded);
+        }
+        let unchanged = current.is_some_and(|c| {
+            c.split.variants == split.variants
+                && c.by_alias.len() == by_alias.len()
+                && c.by_alias
+                    .iter()
+                    .zip(&by_alias)
+                    .all(|((a, m), (b, n))| a == b && Arc::ptr_eq(m, n))
+        });
+        if unchanged {
+            return Ok(current.cloned());
+        }
+        for (alias, m) in &by_alias {
+            tracing::info!(model = %name, alias = %alias, version = m.version, "serving");
+        }
+        Ok(Some(Arc::new(ModelRoutes { split, by_alias })))
+    }
+
+    async fn load_version(&self, name: &str, version: u64) -> anyhow::Result<LoadedModel> {
+        let started = Instant::now();
+        let record = self.registry.version(name, version).await?;
+        let bundle = self.registry.load_bundle(&record).await?;
+        let predictor = Predictor::from_bundle(&bundle)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            model = %name,
+            version,
+            kind = %bundle.manifest.model_kind,
+            load_ms,
+            "loaded model"
+        );
+        Ok(LoadedModel {
+            model: name.into(),
+            version,
+            digest: bundle.digest(),
+            manifest: bundle.manifest,
+            predictor,
+            loaded_at: Utc::now(),
+            load_ms,
+        })
+    }
+}

@@ -1,0 +1,752 @@
+//! The serving router end to end in-process (tower `oneshot`), over a real registry on a local
+//! store, with bundles built from the real data-set schemas and files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use mlops_domain::apikeys::{ApiKeySet, KeyStore, Scope};
+use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
+use mlops_domain::data::{TargetPolicy, load_csv};
+use mlops_domain::features::{FeaturePipeline, PipelineOptions};
+use mlops_domain::registry::{RegisterOptions, Registry};
+use mlops_domain::schema::Schema;
+use mlops_domain::store::{ObjectStore, PutCondition};
+use mlops_serving::auth::{KeyCache, require_key};
+use mlops_serving::{AppState, RouteSet, ServeConfig, router};
+use mlops_store::{FileKeyStore, LocalStore};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A bundle for a real data set with a linear model whose coefficients are `slope`.
+fn bundle(name: &str, slope: f64) -> Bundle {
+    let schema = Schema::from_file(&repo().join(format!("data/{name}.schema.toml"))).unwrap();
+    let file = repo()
+        .join("../shared/data")
+        .join(&schema.source.as_ref().unwrap().file);
+    let (data, report) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
+    let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions { standardize: true });
+    let classification = schema.task == mlops_domain::schema::Task::BinaryClassification;
+    let n = pipeline.feature_names.len();
+    let model = json!({
+        "link": if classification { "logit" } else { "identity" },
+        "intercept": if classification { -1.0 } else { 2.0 },
+        "coefficients": vec![slope; n],
+        "l2": 0.0
+    });
+    let manifest = Manifest {
+        format_version: BUNDLE_FORMAT,
+        model_name: name.into(),
+        task: schema.task,
+        model_kind: if classification {
+            ModelKind::Logistic
+        } else {
+            ModelKind::Linear
+        },
+        model_file: "model.json".into(),
+        feature_names: pipeline.feature_names.clone(),
+        schema,
+        pipeline,
+        metrics: BTreeMap::from([("rmse".into(), 0.7)]),
+        validation_metrics: BTreeMap::new(),
+        cv_score: None,
+        params: BTreeMap::new(),
+        lineage: Lineage {
+            data_sha256: report.sha256,
+            ..Default::default()
+        },
+        created_at: chrono::Utc::now(),
+        reference_profile: mlops_domain::profile::profile(&data),
+        files: BTreeMap::new(),
+    };
+    Bundle::new(
+        manifest,
+        BTreeMap::from([("model.json".into(), model.to_string().into_bytes())]),
+    )
+    .unwrap()
+}
+
+async fn publish(registry: &Registry, name: &str, slope: f64, alias: &str) -> u64 {
+    let v = registry
+        .register(name, &bundle(name, slope), RegisterOptions::default())
+        .await
+        .unwrap()
+        .version;
+    registry
+        .approve_card(name, v, "tester", "ok")
+        .await
+        .unwrap();
+    registry
+        .promote(name, alias, v, "tester", "test")
+        .await
+        .unwrap();
+    v
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    store: Arc<dyn ObjectStore>,
+    state: Arc<AppState>,
+}
+
+async fn fixture(config: ServeConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("store")));
+    let registry = Registry::new(Arc::clone(&store));
+    publish(&registry, "california_housing", 0.1, "champion").await;
+    publish(&registry, "telco_churn", 0.05, "champion").await;
+    let state = AppState::start(registry.clone(), config).await;
+    Fixture {
+        _dir: dir,
+        registry,
+        store,
+        state,
+    }
+}
+
+fn config() -> ServeConfig {
+    ServeConfig {
+        refresh_every: Duration::from_secs(3600),
+        prediction_log_flush: Duration::from_millis(50),
+        ..ServeConfig::default()
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, value)
+}
+
+fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+fn housing_record() -> Value {
+    json!({
+        "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0,
+        "total_rooms": 880.0, "total_bedrooms": 129.0, "population": 322.0,
+        "households": 126.0, "median_income": 8.3252, "ocean_proximity": "NEAR BAY"
+    })
+}
+
+#[tokio::test]
+async fn predicts_single_and_batch_and_explains() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let (status, headers, body) = call(
+        &app,
+        post(
+            "/v1/models/california_housing/predict",
+            housing_record().to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "california_housing");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["variant"], "champion");
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    // The same number the engine gives for the same record.
+    let predictor =
+        mlops_engine::Predictor::from_bundle(&bundle("california_housing", 0.1)).unwrap();
+    let row = mlops_domain::data::record_from_json(
+        &predictor_schema(),
+        housing_record().as_object().unwrap(),
+    )
+    .unwrap();
+    let expected = predictor.predict(&[row]).unwrap().0[0];
+    assert_eq!(
+        body["predictions"][0]["prediction"].as_f64().unwrap(),
+        expected
+    );
+
+    let many = json!([housing_record(), housing_record(), housing_record()]);
+    let (status, _, body) = call(
+        &app,
+        post(
+            "/v1/models/california_housing/predict?explain=true",
+            many.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let predictions = body["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 3);
+    let e = &predictions[0]["explanation"];
+    let sum: f64 = e["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["contribution"].as_f64().unwrap())
+        .sum::<f64>()
+        + e["bias"].as_f64().unwrap();
+    assert!((sum - e["margin"].as_f64().unwrap()).abs() < 1e-9);
+
+    // Classification: probabilities by class name and a label.
+    let telco = json!({
+        "customerID": "7590-VHVEG", "gender": "Female", "SeniorCitizen": 0, "Partner": "Yes",
+        "Dependents": "No", "tenure": 1, "PhoneService": "No", "MultipleLines": "No phone service",
+        "InternetService": "DSL", "OnlineSecurity": "No", "OnlineBackup": "Yes",
+        "DeviceProtection": "No", "TechSupport": "No", "StreamingTV": "No", "StreamingMovies": "No",
+        "Contract": "Month-to-month", "PaperlessBilling": "Yes",
+        "PaymentMethod": "Electronic check", "MonthlyCharges": 29.85, "TotalCharges": null
+    });
+    let (status, _, body) = call(
+        &app,
+        post("/v1/models/telco_churn/predict", telco.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = &body["predictions"][0];
+    let probs = p["probabilities"].as_object().unwrap();
+    assert_eq!(probs.len(), 2);
+    let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-12);
+    assert!(probs.contains_key("Yes") && probs.contains_key("No"));
+    assert!(p["label"] == "Yes" || p["label"] == "No");
+
+    // Every prediction is logged to the store.
+    if let Some(log) = &f.state.predictions_log {
+        log.flush().await;
+        assert_eq!(log.written(), 5);
+    }
+    let logs = f
+        .store
+        .list("prediction-logs/california_housing/")
+        .await
+        .unwrap();
+    assert!(!logs.is_empty());
+    let text = String::from_utf8(f.store.get(&logs[0]).await.unwrap().unwrap().bytes).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["variant"], "champion");
+    assert_eq!(first["input"]["ocean_proximity"], "NEAR BAY");
+
+    // Metrics count what happened.
+    let response = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("mlops_predictions_total{route=\"/v1/models/{name}/predict\",model=\"california_housing\",variant=\"champion\"} 4"), "{text}");
+}
+
+fn predictor_schema() -> Schema {
+    Schema::from_file(&repo().join("data/california_housing.schema.toml")).unwrap()
+}
+
+/// At least 30 malformed requests: every one gets a 4xx JSON error naming the problem.
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_naming_the_problem() {
+    let f = fixture(ServeConfig {
+        max_body_bytes: 1 << 20,
+        ..config()
+    })
+    .await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let with = |field: &str, value: Value| {
+        let mut r = housing_record();
+        r[field] = value;
+        r.to_string()
+    };
+    let without = |field: &str| {
+        let mut r = housing_record();
+        r.as_object_mut().unwrap().remove(field);
+        r.to_string()
+    };
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let ten_mb = format!("[{}]", vec![housing_record().to_string(); 40_000].join(","));
+    let too_many = json!(vec![housing_record(); 1_001]).to_string();
+    let path = "/v1/models/california_housing/predict";
+    let cases: Vec<(&str, Request<Body>, u16, &str)> = vec![
+        ("empty body", post(path, ""), 400, "empty"),
+        ("whitespace body", post(path, "  \n"), 400, "empty"),
+        ("not JSON", post(path, "hello"), 400, "not valid JSON"),
+        (
+            "truncated JSON",
+            post(path, "{\"longitude\": -122.2"),
+            400,
+            "not valid JSON",
+        ),
+        ("JSON null", post(path, "null"), 400, "got null"),
+        ("JSON number", post(path, "42"), 400, "got a number"),
+        ("JSON string", post(path, "\"x\""), 400, "got a string"),
+        ("empty list", post(path, "[]"), 400, "empty"),
+        (
+            "list of numbers",
+            post(path, "[1,2]"),
+            400,
+            "record 0 is a number",
+        ),
+        (
+            "list with null",
+            post(path, format!("[{},null]", housing_record())),
+            400,
+            "record 1 is null",
+        ),
+        ("empty object", post(path, "{}"), 400, "is required"),
+        (
+            "missing field",
+            post(path, without("median_income")),
+            400,
+            "median_income",
+        ),
+        (
+            "unknown field",
+            post(path, with("colour", json!("red"))),
+            400,
+            "colour",
+        ),
+        (
+            "string for number",
+            post(path, with("median_income", json!("8.3"))),
+            400,
+            "expected a number",
+        ),
+        (
+            "NaN string",
+            post(path, with("median_income", json!("NaN"))),
+            400,
+            "median_income",
+        ),
+        (
+            "Infinity string",
+            post(path, with("latitude", json!("Infinity"))),
+            400,
+            "latitude",
+        ),
+        (
+            "-Infinity string",
+            post(path, with("latitude", json!("-Infinity"))),
+            400,
+            "latitude",
+        ),
+        (
+            "bare NaN token",
+            post(path, housing_record().to_string().replace("8.3252", "NaN")),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "bare Infinity token",
+            post(
+                path,
+                housing_record().to_string().replace("8.3252", "Infinity"),
+            ),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "huge number 1e400",
+            post(
+                path,
+                housing_record().to_string().replace("8.3252", "1e400"),
+            ),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "out of range latitude",
+            post(path, with("latitude", json!(1.0e12))),
+            400,
+            "latitude",
+        ),
+        (
+            "negative rooms",
+            post(path, with("total_rooms", json!(-5.0))),
+            400,
+            "total_rooms",
+        ),
+        (
+            "boolean for number",
+            post(path, with("households", json!(true))),
+            400,
+            "households",
+        ),
+        (
+            "object for number",
+            post(path, with("households", json!({"v": 1}))),
+            400,
+            "households",
+        ),
+        (
+            "list for number",
+            post(path, with("households", json!([1]))),
+            400,
+            "households",
+        ),
+        (
+            "null for required",
+            post(path, with("median_income", Value::Null)),
+            400,
+            "median_income",
+        ),
+        (
+            "unknown category",
+            post(path, with("ocean_proximity", json!("ON MARS"))),
+            400,
+            "unknown category",
+        ),
+        (
+            "number for category",
+            post(path, with("ocean_proximity", json!(3))),
+            400,
+            "ocean_proximity",
+        ),
+        ("deep nesting", post(path, deep), 400, "not valid JSON"),
+        ("1,001 records", post(path, too_many), 413, "limit of 1000"),
+        ("10 MB body", post(path, ten_mb), 413, "over the limit"),
+        (
+            "text/plain",
+            Request::post(path)
+                .header("content-type", "text/plain")
+                .body(Body::from(housing_record().to_string()))
+                .unwrap(),
+            415,
+            "application/json",
+        ),
+        (
+            "no content type",
+            Request::post(path)
+                .body(Body::from(housing_record().to_string()))
+                .unwrap(),
+            415,
+            "application/json",
+        ),
+        (
+            "form content type",
+            Request::post(path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from("a=1"))
+                .unwrap(),
+            415,
+            "application/json",
+        ),
+        (
+            "bad explain flag",
+            post(
+                &format!("{path}?explain=maybe"),
+                housing_record().to_string(),
+            ),
+            400,
+            "explain",
+        ),
+        (
+            "unknown model",
+            post("/v1/models/nope/predict", housing_record().to_string()),
+            404,
+            "nope",
+        ),
+        (
+            "unknown route",
+            Request::get("/v2/whatever").body(Body::empty()).unwrap(),
+            404,
+            "no such route",
+        ),
+        (
+            "GET on predict",
+            Request::get(path).body(Body::empty()).unwrap(),
+            405,
+            "method not allowed",
+        ),
+        (
+            "invalid UTF-8",
+            post(path, vec![0xff, 0xfe, 0x7b]),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "bad traffic split",
+            Request::put("/v1/models/california_housing/traffic")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"variants":[]}"#))
+                .unwrap(),
+            400,
+            "variants",
+        ),
+        (
+            "traffic to unknown alias",
+            Request::put("/v1/models/california_housing/traffic")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"variants":[{"alias":"ghost","weight":1}]}"#))
+                .unwrap(),
+            404,
+            "ghost",
+        ),
+    ];
+    assert!(cases.len() >= 30);
+    for (what, request, want, needle) in cases {
+        let (status, headers, body) = call(&app, request).await;
+        assert_eq!(status.as_u16(), want, "{what}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        let fields = body["error"]["fields"].to_string();
+        assert!(
+            message.contains(needle) || fields.contains(needle),
+            "{what}: '{needle}' not in {body}"
+        );
+        assert_eq!(
+            body["request_id"],
+            headers["x-request-id"].to_str().unwrap(),
+            "{what}"
+        );
+    }
+    // All field problems of a record are listed, with the record index.
+    let bad = json!([housing_record(), {"longitude": "x", "latitude": true}]);
+    let (status, _, body) = call(&app, post(path, bad.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let fields = body["error"]["fields"].as_array().unwrap();
+    assert!(fields.len() >= 8, "{body}");
+    assert!(fields.iter().all(|f| f["record"] == 1));
+}
+
+#[tokio::test]
+async fn info_health_and_openapi() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let (status, _, info) = call(
+        &app,
+        Request::get("/v1/models/california_housing")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["aliases"]["champion"], 1);
+    assert_eq!(info["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(info["served"][0]["model_kind"], "linear");
+    assert!(info["card"]["approval"].is_object());
+    assert!(info["input_schema"]["columns"].as_array().unwrap().len() >= 9);
+    let (status, _, list) = call(
+        &app,
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["models"], json!(["california_housing", "telco_churn"]));
+    let (status, _, live) = call(
+        &app,
+        Request::get("/health/live").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, live["status"].as_str()),
+        (StatusCode::OK, Some("live"))
+    );
+    let (status, _, ready) = call(
+        &app,
+        Request::get("/health/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let (status, _, doc) = call(
+        &app,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/v1/models/{name}/predict"]["post"].is_object());
+
+    // An empty registry: live, not ready.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = Registry::new(Arc::new(LocalStore::new(dir.path())));
+    let state = AppState::start(empty, config()).await;
+    let app = router(state, RouteSet::ALL);
+    let (status, _, ready) = call(
+        &app,
+        Request::get("/health/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
+    );
+    let (status, _, body) = call(
+        &app,
+        post(
+            "/v1/models/california_housing/predict",
+            housing_record().to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+#[tokio::test]
+async fn swaps_versions_keeps_last_good_model_and_splits_traffic() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let path = "/v1/models/california_housing/predict";
+    let v2 = publish(&f.registry, "california_housing", 0.2, "champion").await;
+    assert!(f.state.models.refresh().await.is_empty());
+    let (_, _, body) = call(&app, post(path, housing_record().to_string())).await;
+    assert_eq!(body["version"], v2);
+
+    // A corrupt alias record: the refresh fails, the last good model keeps serving, health says so.
+    f.store
+        .put(
+            "models/california_housing/aliases.json",
+            b"{broken".to_vec(),
+            PutCondition::None,
+        )
+        .await
+        .unwrap();
+    assert!(!f.state.models.refresh().await.is_empty());
+    let (status, _, body) = call(&app, post(path, housing_record().to_string())).await;
+    assert_eq!(
+        (status, body["version"].as_u64()),
+        (StatusCode::OK, Some(v2))
+    );
+    let (status, _, ready) = call(
+        &app,
+        Request::get("/health/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["status"], "degraded");
+    assert!(
+        ready["error"].as_str().unwrap().contains("aliases.json"),
+        "{ready}"
+    );
+
+    // Repaired: v2 champion, v3 challenger, 50/50 split by routing key, sticky.
+    let fresh = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(fresh.path()));
+    let registry = Registry::new(store);
+    publish(&registry, "california_housing", 0.1, "champion").await;
+    publish(&registry, "california_housing", 0.3, "challenger").await;
+    let state = AppState::start(registry, config()).await;
+    let app = router(Arc::clone(&state), RouteSet::ALL);
+    let put = Request::put("/v1/models/california_housing/traffic")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"variants":[{"alias":"champion","weight":50},{"alias":"challenger","weight":50}]}"#,
+        ))
+        .unwrap();
+    let (status, _, split) = call(&app, put).await;
+    assert_eq!(status, StatusCode::OK, "{split}");
+    assert_eq!(split["revision"], 1);
+    let mut seen = BTreeMap::new();
+    for user in 0..200 {
+        let key = format!("user-{user}");
+        let mut variants = Vec::new();
+        for _ in 0..2 {
+            let request = Request::post(path)
+                .header("content-type", "application/json")
+                .header("x-routing-key", &key)
+                .body(Body::from(housing_record().to_string()))
+                .unwrap();
+            let (_, headers, body) = call(&app, request).await;
+            assert_eq!(
+                headers["x-model-variant"],
+                body["variant"].as_str().unwrap()
+            );
+            variants.push((
+                body["variant"].as_str().unwrap().to_owned(),
+                body["version"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(variants[0], variants[1], "sticky for {key}");
+        *seen.entry(variants[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.values().all(|&n| n > 60), "{seen:?}");
+    assert!(
+        seen.get(&("challenger".to_string(), 2))
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn api_keys_401_403_and_scopes() {
+    let f = fixture(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FileKeyStore::new(&dir.path().join("api-keys.json"));
+    let mut set = ApiKeySet::default();
+    let predict = set.create("app", &[Scope::Predict]).unwrap();
+    let admin = set.create("ops", &[Scope::Admin]).unwrap();
+    let revoked = set.create("old", &[Scope::Admin]).unwrap();
+    let revoked_id = set.keys[2].id.clone();
+    set.revoke(&revoked_id).unwrap();
+    keys.save(&set).await.unwrap();
+    let cache = Arc::new(KeyCache::new(Arc::new(keys), Duration::from_secs(60)));
+    let app = router(Arc::clone(&f.state), RouteSet::ALL)
+        .layer(axum::middleware::from_fn_with_state(cache, require_key));
+    let request = |key: Option<&str>, method: &str, path: &str| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        let body = if method == "PUT" {
+            r#"{"variants":[{"alias":"champion","weight":1}]}"#.to_string()
+        } else {
+            housing_record().to_string()
+        };
+        r.body(Body::from(body)).unwrap()
+    };
+    let predict_path = "/v1/models/california_housing/predict";
+    let traffic = "/v1/models/california_housing/traffic";
+    let cases = [
+        (None, "POST", predict_path, 401),
+        (Some("mlk_000000000000_nope"), "POST", predict_path, 403),
+        (Some(revoked.as_str()), "POST", predict_path, 403),
+        (Some(predict.as_str()), "POST", predict_path, 200),
+        (Some(predict.as_str()), "PUT", traffic, 403),
+        (Some(predict.as_str()), "GET", "/metrics", 403),
+        (Some(admin.as_str()), "PUT", traffic, 200),
+        (Some(admin.as_str()), "POST", predict_path, 200),
+    ];
+    for (key, method, path, want) in cases {
+        let (status, _, body) = call(&app, request(key, method, path)).await;
+        assert_eq!(
+            status.as_u16(),
+            want,
+            "{method} {path} with {:?}: {body}",
+            key.map(|k| &k[..8])
+        );
+        if want >= 400 {
+            let message = body["error"]["message"].as_str().unwrap();
+            if let Some(k) = key {
+                assert!(!message.contains(k), "a key must never be echoed");
+            }
+        }
+    }
+}
