@@ -37,6 +37,10 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Train on California Housing, register, promote and predict, on the local default.
     Quickstart(commands::quickstart::QuickstartArgs),
+    /// Serve the prediction API on localhost (the Lambda functions' routes).
+    Serve(commands::serve::ServeArgs),
+    /// Create, list and revoke API keys.
+    Keys(commands::keys::KeysArgs),
 }
 
 #[tokio::main]
@@ -54,6 +58,8 @@ async fn main() -> ExitCode {
         Command::Registry(c) => commands::registry::run(c, &cli.settings).await,
         Command::Predict(a) => commands::predict::run(a, &cli.settings).await,
         Command::Quickstart(a) => commands::quickstart::run(a, &cli.settings).await,
+        Command::Serve(a) => commands::serve::run(a, &cli.settings).await,
+        Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

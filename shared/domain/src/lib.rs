@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod data;
 pub mod features;
 pub mod hashing;
+pub mod jobs;
 pub mod metrics;
 pub mod profile;
 pub mod registry;

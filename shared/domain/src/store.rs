@@ -78,6 +78,16 @@ pub trait ObjectStore: Send + Sync {
     fn describe(&self) -> String;
     /// The full URI of a key (for lineage and tracking links).
     fn uri(&self, key: &str) -> String;
+    /// A URL that lets its holder PUT the object at `key` for `expires` without credentials
+    /// (S3 presigned URL); `None` where the backend has no such thing (local directories).
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let _ = (key, expires);
+        Ok(None)
+    }
 }
 
 /// Rejects keys that could escape the store root or are ambiguous.

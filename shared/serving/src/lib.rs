@@ -2,12 +2,14 @@
 //! `mlops serve` runs the same router on localhost.
 //!
 //! Routes: `POST /v1/models/{name}/predict`, `GET /v1/models`, `GET /v1/models/{name}`,
-//! `PUT /v1/models/{name}/traffic`, `GET /health/live`, `GET /health/ready`, `GET /metrics`,
+//! `PUT /v1/models/{name}/traffic`, `POST /v1/batch-jobs`, `GET /v1/batch-jobs/{id}`,
+//! `POST /v1/batch-jobs/{id}/start`, `GET /health/live`, `GET /health/ready`, `GET /metrics`,
 //! `GET /openapi.json`. Every response carries `x-request-id`; every request is logged as one
 //! structured line and counted in the metrics.
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod metrics;
 pub mod models;
@@ -24,6 +26,7 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use mlops_domain::jobs::JobQueue;
 use mlops_domain::registry::Registry;
 use utoipa::OpenApi;
 
@@ -44,12 +47,18 @@ pub struct AppState {
     pub predictions_log: Option<PredictionLog>,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
+    /// Where batch jobs go, when configured.
+    pub jobs: Option<Arc<dyn JobQueue>>,
 }
 
 impl AppState {
     /// Builds the state and loads the models (the cold-start work); a registry that cannot be
     /// read leaves the server live but not ready, and it keeps retrying on requests.
-    pub async fn start(registry: Registry, config: ServeConfig) -> Arc<Self> {
+    pub async fn start(
+        registry: Registry,
+        config: ServeConfig,
+        jobs: Option<Arc<dyn JobQueue>>,
+    ) -> Arc<Self> {
         let started = Instant::now();
         let models = Arc::new(ModelSet::new(
             registry.clone(),
@@ -77,6 +86,7 @@ impl AppState {
             config,
             predictions_log,
             openapi: ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
+            jobs,
         })
     }
 }
@@ -94,6 +104,9 @@ impl AppState {
         routes::list_models,
         routes::model_info,
         traffic::set_traffic,
+        batch::create_job,
+        batch::start_job,
+        batch::get_job,
         routes::live,
         routes::ready
     ),
@@ -125,6 +138,8 @@ pub struct RouteSet {
     pub admin: bool,
     /// `GET /metrics` (Prometheus).
     pub metrics: bool,
+    /// `/v1/batch-jobs` routes.
+    pub batch: bool,
 }
 
 impl RouteSet {
@@ -133,6 +148,7 @@ impl RouteSet {
         models: true,
         admin: true,
         metrics: true,
+        batch: true,
     };
 }
 
@@ -150,6 +166,12 @@ pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
     }
     if set.admin {
         app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));
+    }
+    if set.batch {
+        app = app
+            .route("/v1/batch-jobs", post(batch::create_job))
+            .route("/v1/batch-jobs/{id}", get(batch::get_job))
+            .route("/v1/batch-jobs/{id}/start", post(batch::start_job));
     }
     if set.metrics {
         app = app.route("/metrics", get(routes::metrics));

@@ -103,7 +103,7 @@ async fn fixture(config: ServeConfig) -> Fixture {
     let registry = Registry::new(Arc::clone(&store));
     publish(&registry, "california_housing", 0.1, "champion").await;
     publish(&registry, "telco_churn", 0.05, "champion").await;
-    let state = AppState::start(registry.clone(), config).await;
+    let state = AppState::start(registry.clone(), config, None).await;
     Fixture {
         _dir: dir,
         registry,
@@ -583,7 +583,7 @@ async fn info_health_and_openapi() {
     // An empty registry: live, not ready.
     let dir = tempfile::tempdir().unwrap();
     let empty = Registry::new(Arc::new(LocalStore::new(dir.path())));
-    let state = AppState::start(empty, config()).await;
+    let state = AppState::start(empty, config(), None).await;
     let app = router(state, RouteSet::ALL);
     let (status, _, ready) = call(
         &app,
@@ -648,7 +648,7 @@ async fn swaps_versions_keeps_last_good_model_and_splits_traffic() {
     let registry = Registry::new(store);
     publish(&registry, "california_housing", 0.1, "champion").await;
     publish(&registry, "california_housing", 0.3, "challenger").await;
-    let state = AppState::start(registry, config()).await;
+    let state = AppState::start(registry, config(), None).await;
     let app = router(Arc::clone(&state), RouteSet::ALL);
     let put = Request::put("/v1/models/california_housing/traffic")
         .header("content-type", "application/json")

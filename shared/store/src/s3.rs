@@ -270,6 +270,29 @@ impl ObjectStore for S3Store {
             (false, false) => format!("s3://{}/{}/{key}", self.bucket, self.prefix),
         }
     }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let full = self.full_key(key)?;
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
+            .map_err(|e| StoreError::Backend {
+                operation: "presign",
+                key: key.into(),
+                message: e.to_string(),
+            })?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .presigned(config)
+            .await
+            .map_err(|e| backend("presign", key, &e))?;
+        Ok(Some(request.uri().to_string()))
+    }
 }
 
 #[cfg(test)]

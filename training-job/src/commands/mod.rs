@@ -1,7 +1,9 @@
 //! Subcommands.
 
 pub mod data;
+pub mod keys;
 pub mod predict;
 pub mod quickstart;
 pub mod registry;
+pub mod serve;
 pub mod train;

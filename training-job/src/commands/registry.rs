@@ -76,6 +76,17 @@ pub enum RegistryCommand {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// Show or set the A/B traffic split between aliases (e.g. champion=90,challenger=10);
+    /// servers pick it up within their refresh interval.
+    Traffic {
+        /// Model name.
+        model: String,
+        /// New split, ALIAS=WEIGHT,…; omit to show the current one.
+        split: Option<String>,
+        /// Who does it.
+        #[arg(long, env = "USER", default_value = "mlops")]
+        by: String,
+    },
     /// Print the audit log of alias changes.
     Audit {
         /// Model name.
@@ -207,6 +218,19 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
                 card = registry.approve_card(&model, version, &by, &note).await?;
             }
             println!("{}", json(&card));
+        }
+        RegistryCommand::Traffic { model, split, by } => {
+            let current = match split {
+                Some(spec) => {
+                    let split = mlops_domain::traffic::TrafficSplit::parse(&spec)?;
+                    Some(registry.set_traffic(&model, &split, &by).await?)
+                }
+                None => registry.traffic(&model).await?,
+            };
+            match current {
+                Some(t) => println!("{}", json(&t)),
+                None => println!("no traffic split: all traffic goes to the served alias (default {CHAMPION})"),
+            }
         }
         RegistryCommand::Audit { model } => {
             for e in registry.aliases(&model).await?.history {

@@ -1,0 +1,80 @@
+//! Wiring from the environment, shared by the Lambda functions (built once, at init):
+//! - `MLOPS_STORE`: the registry store (`s3://bucket/prefix`; a directory for local runs);
+//! - `AWS_ENDPOINT_URL`: an endpoint override (moto) for every AWS client;
+//! - `MLOPS_API_KEYS_SECRET`: the Secrets Manager secret holding the API-key set;
+//! - `MLOPS_BATCH_QUEUE`, `MLOPS_BATCH_JOB_DEFINITION`: where batch-prediction jobs go;
+//! - `RUST_LOG`: log filter (default `info`).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mlops_aws::{BatchQueue, SecretsKeyStore};
+use mlops_domain::apikeys::KeyStore;
+use mlops_domain::jobs::JobQueue;
+use mlops_domain::registry::Registry;
+
+/// JSON log lines (one object per event, with the request's fields) on stdout, as CloudWatch
+/// Logs Insights reads them.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+fn required(name: &str) -> Result<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .with_context(|| format!("environment variable {name} is not set"))
+}
+
+/// The registry on the store `MLOPS_STORE` names.
+pub async fn registry() -> Result<Registry> {
+    let uri = required("MLOPS_STORE")?;
+    let store = mlops_store::open_store(&uri, std::env::var("AWS_ENDPOINT_URL").ok())
+        .await
+        .with_context(|| format!("MLOPS_STORE={uri}"))?;
+    Ok(Registry::new(store))
+}
+
+async fn aws() -> mlops_aws::SdkConfig {
+    mlops_aws::sdk_config(std::env::var("AWS_ENDPOINT_URL").ok().as_deref()).await
+}
+
+/// The API-key store in the secret `MLOPS_API_KEYS_SECRET`.
+pub async fn key_store() -> Result<Arc<dyn KeyStore>> {
+    let secret = required("MLOPS_API_KEYS_SECRET")?;
+    Ok(Arc::new(SecretsKeyStore::new(&aws().await, &secret)))
+}
+
+/// The Batch queue, when `MLOPS_BATCH_QUEUE` is set.
+pub async fn job_queue() -> Result<Option<Arc<dyn JobQueue>>> {
+    let Ok(queue) = required("MLOPS_BATCH_QUEUE") else {
+        return Ok(None);
+    };
+    let definition = required("MLOPS_BATCH_JOB_DEFINITION")?;
+    Ok(Some(Arc::new(BatchQueue::new(&aws().await, &queue, &definition))))
+}
+
+/// Seconds from an environment variable, with a default.
+pub fn seconds(name: &str, default: f64) -> Result<std::time::Duration> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let s: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| (0.0..=86_400.0).contains(s))
+                .with_context(|| format!("{name}='{v}': expected 0 to 86400 seconds"))?;
+            Ok(std::time::Duration::from_secs_f64(s))
+        }
+        _ => Ok(std::time::Duration::from_secs_f64(default)),
+    }
+}
