@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-
 use axum::extract::Request;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
@@ -36,8 +35,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         metrics: false,
         batch: false,
     };
-    let app = router(state.clone(), routes)
-        .layer(axum::middleware::map_request(platform_request_id));
+    let app =
+        router(state.clone(), routes).layer(axum::middleware::map_request(platform_request_id));
     tracing::info!(
         cold_start_ms = started.elapsed().as_secs_f64() * 1e3,
         ready = state.models.is_ready(),
@@ -51,4 +50,3 @@ async fn main() -> Result<(), lambda_http::Error> {
     }
     lambda_http::run(app).await
 }
-

@@ -60,7 +60,11 @@ pub async fn job_queue() -> Result<Option<Arc<dyn JobQueue>>> {
         return Ok(None);
     };
     let definition = required("MLOPS_BATCH_JOB_DEFINITION")?;
-    Ok(Some(Arc::new(BatchQueue::new(&aws().await, &queue, &definition))))
+    Ok(Some(Arc::new(BatchQueue::new(
+        &aws().await,
+        &queue,
+        &definition,
+    ))))
 }
 
 /// Seconds from an environment variable, with a default.

@@ -89,6 +89,9 @@ impl JobQueue for BatchQueue {
     }
 
     fn describe(&self) -> String {
-        format!("AWS Batch queue {} (definition {})", self.queue, self.definition)
+        format!(
+            "AWS Batch queue {} (definition {})",
+            self.queue, self.definition
+        )
     }
 }

@@ -5,8 +5,8 @@
 pub mod batch;
 pub mod secrets;
 
-pub use batch::BatchQueue;
 pub use aws_config::SdkConfig;
+pub use batch::BatchQueue;
 pub use secrets::SecretsKeyStore;
 
 /// Loads the shared AWS configuration, with an optional endpoint override.

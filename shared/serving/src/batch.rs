@@ -104,7 +104,11 @@ pub struct BatchJobOut {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        e.to_string(),
+    )
 }
 
 fn queue(state: &AppState) -> Result<&Arc<dyn JobQueue>, ApiError> {
@@ -130,7 +134,11 @@ async fn read_job(store: &dyn ObjectStore, id: &str) -> Result<Option<(BatchJob,
 }
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {
-    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         Ok(())
     } else {
         Err(ApiError::not_found(format!(
@@ -142,11 +150,7 @@ fn check_job_id(id: &str) -> Result<(), ApiError> {
 
 /// Submits a job whose record is in `submitting` (or whose submitter died), by compare-and-swap
 /// so only one caller submits.
-async fn submit(
-    state: &AppState,
-    mut job: BatchJob,
-    etag: ETag,
-) -> Result<BatchJob, ApiError> {
+async fn submit(state: &AppState, mut job: BatchJob, etag: ETag) -> Result<BatchJob, ApiError> {
     let store = state.models.registry().store();
     let jobs = queue(state)?;
     // Claim the submission.
@@ -192,7 +196,11 @@ async fn submit(
     }
     job.updated_at = Utc::now();
     store
-        .put(&job_key(&job.id), json(&job), PutCondition::IfMatch(claimed))
+        .put(
+            &job_key(&job.id),
+            json(&job),
+            PutCondition::IfMatch(claimed),
+        )
         .await
         .map_err(store_error)?;
     if let Err(e) = result {
@@ -241,8 +249,9 @@ pub async fn create_job(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = json_body(&headers, body, 16 * 1024).await?;
-    let request: BatchJobRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid batch job request: {e}")))?;
+    let request: BatchJobRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("invalid batch job request: {e}"))
+    })?;
     check_name("model", &request.model)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     if request.alias.is_some() && request.version.is_some() {
@@ -255,7 +264,9 @@ pub async fn create_job(
         let ok = uri
             .strip_prefix("s3://")
             .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(bucket, key)| !bucket.is_empty() && !key.is_empty() && uri.len() <= 1024);
+            .is_some_and(|(bucket, key)| {
+                !bucket.is_empty() && !key.is_empty() && uri.len() <= 1024
+            });
         if !ok {
             return Err(ApiError::bad_request(
                 "invalid_body",
@@ -268,9 +279,16 @@ pub async fn create_job(
     }
     let idempotency = match headers.get("idempotency-key") {
         Some(v) => {
-            let k = v.to_str().ok().filter(|k| (1..=255).contains(&k.len())).ok_or_else(|| {
-                ApiError::bad_request("invalid_header", "Idempotency-Key must be 1–255 visible ASCII characters")
-            })?;
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| (1..=255).contains(&k.len()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        "Idempotency-Key must be 1–255 visible ASCII characters",
+                    )
+                })?;
             Some(k.to_owned())
         }
         None => None,
@@ -279,12 +297,24 @@ pub async fn create_job(
     let store = registry.store();
     let (version, alias) = match request.version {
         Some(v) => {
-            registry.version(&request.model, v).await.map_err(not_found)?;
+            registry
+                .version(&request.model, v)
+                .await
+                .map_err(not_found)?;
             (v, None)
         }
         None => {
-            let alias = request.alias.clone().unwrap_or_else(|| state.config.default_alias.clone());
-            (registry.resolve(&request.model, &alias).await.map_err(not_found)?, Some(alias))
+            let alias = request
+                .alias
+                .clone()
+                .unwrap_or_else(|| state.config.default_alias.clone());
+            (
+                registry
+                    .resolve(&request.model, &alias)
+                    .await
+                    .map_err(not_found)?,
+                Some(alias),
+            )
         }
     };
     let request_sha256 = sha256_hex(&json(&request));
@@ -295,13 +325,20 @@ pub async fn create_job(
             job_id: id.clone(),
             request_sha256: request_sha256.clone(),
         };
-        match store.put(&claim_key, json(&claim), PutCondition::IfAbsent).await {
+        match store
+            .put(&claim_key, json(&claim), PutCondition::IfAbsent)
+            .await
+        {
             Ok(_) => {}
             Err(StoreError::PreconditionFailed { .. }) => {
-                let obj = store.get(&claim_key).await.map_err(store_error)?
+                let obj = store
+                    .get(&claim_key)
+                    .await
+                    .map_err(store_error)?
                     .ok_or_else(|| ApiError::internal("idempotency claim vanished"))?;
-                let earlier: Claim = serde_json::from_slice(&obj.bytes)
-                    .map_err(|e| ApiError::internal(format!("claim {claim_key} is corrupt: {e}")))?;
+                let earlier: Claim = serde_json::from_slice(&obj.bytes).map_err(|e| {
+                    ApiError::internal(format!("claim {claim_key} is corrupt: {e}"))
+                })?;
                 if earlier.request_sha256 != request_sha256 {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
@@ -314,7 +351,11 @@ pub async fn create_job(
                         let stale = job.state == JobState::Submitting
                             && job.queue_job_id.is_none()
                             && Utc::now() - job.updated_at > SUBMIT_TAKEOVER;
-                        let job = if stale { submit(&state, job, etag).await? } else { job };
+                        let job = if stale {
+                            submit(&state, job, etag).await?
+                        } else {
+                            job
+                        };
                         Ok((StatusCode::OK, Json(view(&state, job, None).await?)).into_response())
                     }
                     None => Err(ApiError::new(
@@ -334,9 +375,16 @@ pub async fn create_job(
         model: request.model.clone(),
         version,
         alias,
-        input_uri: request.input_uri.clone().unwrap_or_else(|| store.uri(&input_key(&id))),
+        input_uri: request
+            .input_uri
+            .clone()
+            .unwrap_or_else(|| store.uri(&input_key(&id))),
         output_uri: store.uri(&output_prefix(&id)),
-        state: if upload { JobState::AwaitingUpload } else { JobState::Submitting },
+        state: if upload {
+            JobState::AwaitingUpload
+        } else {
+            JobState::Submitting
+        },
         queue_job_id: None,
         reason: None,
         request_sha256,
@@ -351,7 +399,10 @@ pub async fn create_job(
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "no_uploads",
-                    format!("{} cannot hand out upload URLs: give input_uri", store.describe()),
+                    format!(
+                        "{} cannot hand out upload URLs: give input_uri",
+                        store.describe()
+                    ),
                 )
             })?;
         Some(url)
@@ -364,7 +415,11 @@ pub async fn create_job(
         .await
         .map_err(store_error)?;
     if upload {
-        return Ok((StatusCode::CREATED, Json(view(&state, job, upload_url).await?)).into_response());
+        return Ok((
+            StatusCode::CREATED,
+            Json(view(&state, job, upload_url).await?),
+        )
+            .into_response());
     }
     job = submit(&state, job, etag).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, job, None).await?)).into_response())
@@ -372,8 +427,14 @@ pub async fn create_job(
 
 fn not_found(e: RegistryError) -> ApiError {
     match e {
-        RegistryError::NotFound(_) | RegistryError::InvalidName { .. } => ApiError::not_found(e.to_string()),
-        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", other.to_string()),
+        RegistryError::NotFound(_) | RegistryError::InvalidName { .. } => {
+            ApiError::not_found(e.to_string())
+        }
+        other => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_unavailable",
+            other.to_string(),
+        ),
     }
 }
 
@@ -438,25 +499,33 @@ pub async fn get_job(
 }
 
 /// The API view: the record, the queue's live state and the checkpoint's progress.
-async fn view(state: &AppState, mut job: BatchJob, upload_url: Option<String>) -> Result<BatchJobOut, ApiError> {
+async fn view(
+    state: &AppState,
+    mut job: BatchJob,
+    upload_url: Option<String>,
+) -> Result<BatchJobOut, ApiError> {
     let store = state.models.registry().store();
     let mut queue_state = None;
-    if let (Some(queue_id), Some(jobs)) = (&job.queue_job_id, &state.jobs) {
-        if matches!(job.state, JobState::Queued | JobState::Running) {
-            match jobs.status(queue_id).await {
-                Ok(Some(s)) => {
-                    job.state = s.state;
-                    queue_state = Some(s.raw);
-                    if s.state == JobState::Failed {
-                        job.reason = s.reason;
-                    }
+    if let (Some(queue_id), Some(jobs)) = (&job.queue_job_id, &state.jobs)
+        && matches!(job.state, JobState::Queued | JobState::Running)
+    {
+        match jobs.status(queue_id).await {
+            Ok(Some(s)) => {
+                job.state = s.state;
+                queue_state = Some(s.raw);
+                if s.state == JobState::Failed {
+                    job.reason = s.reason;
                 }
-                Ok(None) => queue_state = Some("UNKNOWN".into()),
-                Err(e) => tracing::warn!(error = %e, "cannot read the job's queue state"),
             }
+            Ok(None) => queue_state = Some("UNKNOWN".into()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the job's queue state"),
         }
     }
-    let checkpoint = match store.get(&checkpoint_key(&job.id)).await.map_err(store_error)? {
+    let checkpoint = match store
+        .get(&checkpoint_key(&job.id))
+        .await
+        .map_err(store_error)?
+    {
         Some(obj) => serde_json::from_slice::<Checkpoint>(&obj.bytes).ok(),
         None => None,
     };
@@ -466,7 +535,10 @@ async fn view(state: &AppState, mut job: BatchJob, upload_url: Option<String>) -
         rows_total: c.rows_total,
         rows_rejected: c.rows_rejected,
         parts: c.parts.len(),
-        fraction: c.rows_total.filter(|&t| t > 0).map(|t| c.rows_done as f64 / t as f64),
+        fraction: c
+            .rows_total
+            .filter(|&t| t > 0)
+            .map(|t| c.rows_done as f64 / t as f64),
     });
     let state_name = serde_json::to_value(job.state)
         .ok()

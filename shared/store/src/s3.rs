@@ -277,11 +277,13 @@ impl ObjectStore for S3Store {
         expires: std::time::Duration,
     ) -> Result<Option<String>, StoreError> {
         let full = self.full_key(key)?;
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
-            .map_err(|e| StoreError::Backend {
-                operation: "presign",
-                key: key.into(),
-                message: e.to_string(),
+        let config =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(expires).map_err(|e| {
+                StoreError::Backend {
+                    operation: "presign",
+                    key: key.into(),
+                    message: e.to_string(),
+                }
             })?;
         let request = self
             .client

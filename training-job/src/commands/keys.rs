@@ -70,7 +70,12 @@ pub async fn run(args: KeysArgs, settings: &Settings) -> Result<()> {
                 "created key {} ({}) with scopes {} in {}; it is shown only now:",
                 record.id,
                 record.name,
-                record.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+                record
+                    .scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 store.describe()
             );
             println!("{key}");
@@ -84,7 +89,11 @@ pub async fn run(args: KeysArgs, settings: &Settings) -> Result<()> {
                     "{}  {:<20} {:<14} created {}  {}",
                     k.id,
                     k.name,
-                    k.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+                    k.scopes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     k.created_at.format("%Y-%m-%d %H:%M"),
                     k.revoked_at.map_or("active".into(), |r| format!(
                         "revoked {}",

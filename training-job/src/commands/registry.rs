@@ -229,7 +229,9 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             };
             match current {
                 Some(t) => println!("{}", json(&t)),
-                None => println!("no traffic split: all traffic goes to the served alias (default {CHAMPION})"),
+                None => println!(
+                    "no traffic split: all traffic goes to the served alias (default {CHAMPION})"
+                ),
             }
         }
         RegistryCommand::Audit { model } => {

@@ -1,0 +1,455 @@
+//! The Lambda functions under the Lambda runtime emulator (`cargo lambda watch`), called with the
+//! API Gateway v2 events in `tests/events/` (`cargo lambda invoke`) and over plain HTTP, against
+//! moto: S3 (registry), Secrets Manager (API keys) and Batch (with `use_docker: false`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlops_e2e::{mlops_bin, moto_endpoint, python, repo, s3_store, shared_data, unique};
+use serde_json::{Value, json};
+
+/// `cargo lambda watch` in its own process group, stopped with the group.
+struct Watch {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Watch {
+    fn start(env_file: &Path, dir: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        // The log lives outside the crates: `watch` would otherwise see it change.
+        let log = dir.join("watch.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("cargo")
+            .args(["lambda", "watch", "--ignore-changes", "-A", "127.0.0.1"])
+            .args(["-P", &port.to_string()])
+            .arg("--env-file")
+            .arg(env_file)
+            .current_dir(repo())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("cargo lambda watch (PyPI cargo-lambda, installed by scripts/setup.sh --test)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "watch did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Watch { child, port, log }
+    }
+
+    /// `cargo lambda invoke FUNCTION --data-file EVENT`, parsed.
+    fn invoke(&self, function: &str, event: &Path) -> Value {
+        let out = Command::new("cargo")
+            .args([
+                "lambda",
+                "invoke",
+                function,
+                "-A",
+                "127.0.0.1",
+                "-o",
+                "json",
+            ])
+            .args(["-P", &self.port.to_string()])
+            .arg("--data-file")
+            .arg(event)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "invoke {function} {}: {}\n{}\nwatch log:\n{}",
+            event.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn url(&self, function: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}/lambda-url/{function}{path}", self.port)
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// An event file from `tests/events/` with placeholders filled in.
+fn event(dir: &Path, name: &str, vars: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join("tests/events").join(name)).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    let path = dir.join(format!("{}-{name}", unique("ev")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The HTTP response inside an API Gateway v2 proxy result: status and JSON body.
+fn http(result: &Value) -> (u64, Value) {
+    let body = result["body"].as_str().unwrap_or("null");
+    (
+        result["statusCode"].as_u64().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn mlops(home: &Path, store: &str, args: &[&str]) -> String {
+    let out = Command::new(mlops_bin())
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "--store",
+            store,
+            "--s3-endpoint",
+            &moto_endpoint(),
+        ])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", moto_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mlops {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_under_the_lambda_emulator_against_moto() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // Registry on moto S3 with a trained, approved champion.
+    let bucket = s3_store("").await;
+    let store = format!("s3://{}/registry", bucket.bucket());
+    let data = shared_data("california_housing.csv");
+    mlops(
+        &home,
+        &store,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            data.to_str().unwrap(),
+            "--candidates",
+            "linear",
+        ],
+    );
+    mlops(
+        &home,
+        &store,
+        &[
+            "registry",
+            "card",
+            "california_housing",
+            "1",
+            "--approve",
+            "--by",
+            "e2e",
+        ],
+    );
+    mlops(
+        &home,
+        &store,
+        &["registry", "promote", "california_housing", "1"],
+    );
+
+    // API keys in Secrets Manager.
+    let secret = unique("mlops-keys");
+    let keys = |args: &[&str]| {
+        mlops(
+            &home,
+            &store,
+            &[&["keys", "--secret", &secret], args].concat(),
+        )
+    };
+    let predict_key = keys(&["create", "--name", "app", "--scope", "predict"])
+        .trim()
+        .to_owned();
+    let admin_key = keys(&["create", "--name", "ops", "--scope", "admin"])
+        .trim()
+        .to_owned();
+    let old_key = keys(&["create", "--name", "old", "--scope", "admin"])
+        .trim()
+        .to_owned();
+    keys(&["revoke", &old_key[4..16]]);
+    let listed = keys(&["list"]);
+    assert!(
+        listed.contains("revoked") && !listed.contains(&predict_key[17..]),
+        "{listed}"
+    );
+
+    // A Batch queue on moto.
+    let out = Command::new(python())
+        .arg(repo().join("tests/python/batch_setup.py"))
+        .args([&moto_endpoint(), &unique("e2e")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let env_file = dir.path().join("functions.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "MLOPS_STORE={store}\nAWS_ENDPOINT_URL={}\nAWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_REGION=us-east-1\nMLOPS_REFRESH_SECONDS=1\nMLOPS_API_KEYS_SECRET={secret}\nMLOPS_API_KEYS_TTL_SECONDS=0\nMLOPS_BATCH_QUEUE={}\nMLOPS_BATCH_JOB_DEFINITION={}\n",
+            moto_endpoint(),
+            batch["queue"].as_str().unwrap(),
+            batch["definition"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let watch = Watch::start(&env_file, dir.path());
+    let ev = |name: &str, vars: &[(&str, &str)]| event(dir.path(), name, vars);
+
+    // --- predict function ------------------------------------------------------------------
+    let (status, body) = http(&watch.invoke("predict", &ev("predict.json", &[])));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["variant"], "champion");
+    assert_eq!(
+        body["request_id"], "req-predict-1",
+        "API Gateway's request id is the request id"
+    );
+    let p = body["predictions"][0]["prediction"].as_f64().unwrap();
+    assert!((0.1..6.0).contains(&p), "{p}");
+
+    let (status, body) = http(&watch.invoke("predict", &ev("predict-batch-explain.json", &[])));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["predictions"].as_array().unwrap().len(), 2);
+    assert!(
+        body["predictions"][1]["explanation"]["contributions"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 9
+    );
+
+    let (status, body) = http(&watch.invoke("predict", &ev("predict-invalid.json", &[])));
+    assert_eq!(status, 400, "{body}");
+    let fields = body["error"]["fields"].to_string();
+    assert!(
+        fields.contains("median_income") && fields.contains("colour"),
+        "{body}"
+    );
+    let (status, _) = http(&watch.invoke("predict", &ev("predict-wrong-content-type.json", &[])));
+    assert_eq!(status, 415);
+
+    let (status, info) = http(&watch.invoke("predict", &ev("model-info.json", &[])));
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["aliases"]["champion"], 1);
+    assert!(info["card"]["approval"].is_object());
+    let (status, ready) = http(&watch.invoke("predict", &ev("health-ready.json", &[])));
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
+
+    // Plain HTTP through the emulator's function URL.
+    let client = reqwest::Client::new();
+    let record = json!({
+        "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0, "total_rooms": 880.0,
+        "total_bedrooms": 129.0, "population": 322.0, "households": 126.0, "median_income": 8.3252,
+        "ocean_proximity": "NEAR BAY"
+    });
+    let r = client
+        .post(watch.url("predict", "/v1/models/california_housing/predict"))
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-model-version"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["predictions"][0]["prediction"].as_f64().unwrap(), p);
+
+    // A new champion is picked up within the refresh interval (1 s here).
+    mlops(
+        &home,
+        &store,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            data.to_str().unwrap(),
+            "--candidates",
+            "linear",
+            "--seed",
+            "7",
+        ],
+    );
+    mlops(
+        &home,
+        &store,
+        &[
+            "registry",
+            "card",
+            "california_housing",
+            "2",
+            "--approve",
+            "--by",
+            "e2e",
+        ],
+    );
+    mlops(
+        &home,
+        &store,
+        &["registry", "promote", "california_housing", "2"],
+    );
+    let promoted = Instant::now();
+    loop {
+        let (_, body) = http(&watch.invoke("predict", &ev("predict.json", &[])));
+        if body["version"] == 2 {
+            break;
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(15),
+            "still serving {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // --- authorizer ----------------------------------------------------------------------------
+    let decide = |event_name: &str, key: &str| {
+        let result = watch.invoke("authorizer", &ev(event_name, &[("API_KEY", key)]));
+        result["isAuthorized"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("{result}"))
+    };
+    assert!(decide("authorizer-predict.json", &predict_key));
+    assert!(
+        !decide("authorizer-admin-route.json", &predict_key),
+        "predict scope on an admin route"
+    );
+    assert!(decide("authorizer-admin-route.json", &admin_key));
+    assert!(!decide("authorizer-predict.json", &old_key), "revoked");
+    assert!(
+        !decide("authorizer-predict.json", "mlk_0123456789ab_0000"),
+        "unknown"
+    );
+    assert!(!decide("authorizer-no-key.json", ""), "no key");
+    // Revocation takes effect (TTL 0 here).
+    keys(&["revoke", &predict_key[4..16]]);
+    assert!(!decide("authorizer-predict.json", &predict_key));
+    let log = std::fs::read_to_string(&watch.log).unwrap();
+    for key in [&predict_key, &admin_key, &old_key] {
+        assert!(!log.contains(&key[17..]), "a key secret reached the log");
+    }
+
+    // --- batch function ------------------------------------------------------------------------
+    let input = format!("s3://{}/inputs/houses.csv", bucket.bucket());
+    let idempotency = unique("idem");
+    let create = ev(
+        "batch-create.json",
+        &[("INPUT_URI", &input), ("IDEMPOTENCY_KEY", &idempotency)],
+    );
+    let (status, job) = http(&watch.invoke("batch", &create));
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["version"], 2, "the alias is resolved at submission");
+    // moto "runs" jobs at once without docker, so any post-submission state is possible.
+    let submitted = ["queued", "running", "succeeded"];
+    assert!(submitted.contains(&job["state"].as_str().unwrap()), "{job}");
+    assert!(job["queue_state"].is_string(), "{job}");
+    let (status, again) = http(&watch.invoke("batch", &create));
+    assert_eq!(
+        (status, again["id"].as_str()),
+        (200, Some(id.as_str())),
+        "a retry does not submit twice"
+    );
+    let conflicting = ev(
+        "batch-create.json",
+        &[
+            ("INPUT_URI", "s3://other/x.csv"),
+            ("IDEMPOTENCY_KEY", &idempotency),
+        ],
+    );
+    let (status, _) = http(&watch.invoke("batch", &conflicting));
+    assert_eq!(status, 409);
+    let (status, view) = http(&watch.invoke("batch", &ev("batch-status.json", &[("JOB_ID", &id)])));
+    assert_eq!(status, 200, "{view}");
+    assert!(view["queue_state"].is_string(), "{view}");
+    assert_eq!(
+        view["output_uri"],
+        format!("{store}/batch-jobs/{id}/output/")
+    );
+    // Progress comes from the job's checkpoint.
+    bucket
+        .client()
+        .put_object()
+        .bucket(bucket.bucket())
+        .key(format!("registry/batch-jobs/{id}/output/_checkpoint.json"))
+        .body(
+            br#"{"rows_done":500,"rows_total":2000,"parts":["part-00000.csv"],"complete":false}"#
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (_, view) = http(&watch.invoke("batch", &ev("batch-status.json", &[("JOB_ID", &id)])));
+    assert_eq!(view["progress"]["rows_done"], 500);
+    assert_eq!(view["progress"]["fraction"], 0.25);
+
+    // Upload flow: a presigned PUT, then start.
+    let (status, job) = http(&watch.invoke("batch", &ev("batch-upload.json", &[])));
+    assert_eq!(status, 201, "{job}");
+    let upload_id = job["id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        http(&watch.invoke("batch", &ev("batch-start.json", &[("JOB_ID", &upload_id)])));
+    assert_eq!(status, 409, "nothing uploaded yet");
+    let url = job["upload_url"].as_str().unwrap();
+    let put = client
+        .put(url)
+        .body("longitude,latitude\n")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    let (status, started) =
+        http(&watch.invoke("batch", &ev("batch-start.json", &[("JOB_ID", &upload_id)])));
+    assert_eq!(status, 202, "{started}");
+    assert!(
+        submitted.contains(&started["state"].as_str().unwrap()),
+        "{started}"
+    );
+}
