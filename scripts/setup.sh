@@ -2,7 +2,7 @@
 # Installs what building (and, with `--test`, testing) needs on a Debian 12 machine, idempotently:
 #   apt:  clang + libclang-dev (bindgen for the XGBoost/LightGBM bindings), pkg-config
 #   venv: cmake >= 3.28 (LightGBM), and with --test: moto[server], mlflow, xgboost, lightgbm, numpy,
-#         cfn-lint (lints the SAM template)
+#         cfn-lint (lints the SAM template), cargo-lambda (Lambda emulator), schemathesis (API fuzzing)
 #   libxgboost 3.4.1 from the official PyPI wheel `xgboost-cpu==3.4.1` (with its libgomp)
 # Everything is cached under $MLOPS_CACHE (default ~/.cache/mlops), never inside the repository.
 # Prints `export …` lines for the build environment; `eval "$(scripts/setup.sh)"` applies them.

@@ -51,3 +51,19 @@ cargo fmt --all -- --check
 cfn-lint template.yaml
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
+
+# The API contract: schemathesis (every check, fixed seed) against `mlops serve` with a quickstart
+# model and API keys on.
+MLOPS="$CARGO_TARGET_DIR/debug/mlops"
+ST_HOME="$RUN_DIR/schemathesis"
+"$MLOPS" --home "$ST_HOME" quickstart --data ../shared/data/california_housing.csv >"$RUN_DIR/quickstart.log" 2>&1
+ST_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name schemathesis --scope admin 2>/dev/null)"
+SERVE_PORT="$(free_port)"
+setsid "$MLOPS" --home "$ST_HOME" serve --listen "127.0.0.1:$SERVE_PORT" >"$RUN_DIR/serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS -o /dev/null -H "x-api-key: $ST_KEY" "http://127.0.0.1:$SERVE_PORT/health/ready" && break
+  sleep 0.2
+done
+(cd "$RUN_DIR" && schemathesis run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
+  -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)

@@ -80,8 +80,8 @@ impl TrafficSplit {
         Ok(split)
     }
 
-    /// Checks the arms: 1 to [`MAX_VARIANTS`] distinct valid aliases, weights 0..=10,000 with a
-    /// positive sum.
+    /// Checks the arms: 1 to [`MAX_VARIANTS`] distinct valid aliases, weights 1..=10,000 (drain
+    /// an arm by removing it).
     pub fn check(&self) -> Result<(), RegistryError> {
         let bad = |m: String| Err(RegistryError::InvalidTraffic(m));
         if self.variants.is_empty() || self.variants.len() > MAX_VARIANTS {
@@ -95,9 +95,9 @@ impl TrafficSplit {
             if self.variants[..i].iter().any(|w| w.alias == v.alias) {
                 return bad(format!("alias '{}' appears twice", v.alias));
             }
-            if v.weight > 10_000 {
+            if !(1..=10_000).contains(&v.weight) {
                 return bad(format!(
-                    "weight {} of alias '{}' is over 10000",
+                    "weight {} of alias '{}' is not between 1 and 10000",
                     v.weight, v.alias
                 ));
             }

@@ -194,3 +194,29 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+/// Deserializes a whole number written as an integer or as a float without a fraction (`3.0`),
+/// as JSON Schema's `integer` allows.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let x = f64::deserialize(deserializer)?;
+    if !(x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= u64::MAX as f64) {
+        return Err(D::Error::custom(format!("expected a whole number, got {x}")));
+    }
+    T::try_from(x as u64).map_err(|_| D::Error::custom(format!("{x} is out of range")))
+}
+
+/// [`whole_number`] for optional fields.
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    struct Wrap<T: TryFrom<u64>>(#[serde(deserialize_with = "whole_number")] T);
+    Ok(Option::<Wrap<T>>::deserialize(deserializer)?.map(|w| w.0))
+}

@@ -47,7 +47,12 @@ pub struct BatchJobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
     /// Exact version (instead of an alias).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::optional_whole_number"
+    )]
+    #[schema(minimum = 1)]
     pub version: Option<u64>,
     /// `s3://bucket/key.csv` of the input; omit it to get a presigned upload URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod config;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
 pub mod predlog;
 pub mod routes;
 pub mod traffic;
@@ -28,7 +29,6 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use mlops_domain::jobs::JobQueue;
 use mlops_domain::registry::Registry;
-use utoipa::OpenApi;
 
 pub use crate::config::ServeConfig;
 use crate::metrics::{Metrics, Served};
@@ -45,8 +45,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Prediction log writer, when enabled.
     pub predictions_log: Option<PredictionLog>,
-    /// The OpenAPI document, rendered once.
-    pub openapi: String,
     /// Where batch jobs go, when configured.
     pub jobs: Option<Arc<dyn JobQueue>>,
 }
@@ -85,14 +83,13 @@ impl AppState {
             models,
             config,
             predictions_log,
-            openapi: ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
             jobs,
         })
     }
 }
 
 /// The OpenAPI document of the API.
-#[derive(OpenApi)]
+#[derive(utoipa::OpenApi)]
 #[openapi(
     info(
         title = "mlops serving API",
@@ -162,7 +159,15 @@ pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
             .route("/v1/models/{name}/predict", post(routes::predict))
             .route("/health/live", get(routes::live))
             .route("/health/ready", get(routes::ready))
-            .route("/openapi.json", get(routes::openapi));
+            .route(
+                "/openapi.json",
+                get(move |State(state): State<Arc<AppState>>| async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        openapi::render(&state, set),
+                    )
+                }),
+            );
     }
     if set.admin {
         app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));

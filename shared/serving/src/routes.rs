@@ -122,7 +122,7 @@ fn records(
     }
     if items.len() > limit {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             "too_many_records",
             format!(
                 "{} records is over the limit of {limit} per request",
@@ -189,9 +189,9 @@ fn class_names(model: &LoadedModel) -> (String, String) {
     request_body(content = crate::api::PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Predictions", body = PredictResponse),
-        (status = 400, description = "Malformed body or invalid fields", body = ErrorBody),
+        (status = 400, description = "Malformed body, invalid fields or too many records", body = ErrorBody),
         (status = 404, description = "Model not served", body = ErrorBody),
-        (status = 413, description = "Body or record count over the limit", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 503, description = "No model loaded yet", body = ErrorBody)
     )
@@ -583,15 +583,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.prometheus_text(),
-    )
-        .into_response()
-}
-
-/// The OpenAPI document.
-pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.clone(),
     )
         .into_response()
 }

@@ -1,5 +1,6 @@
 //! `PUT /v1/models/{name}/traffic`: changes the A/B split without a redeploy.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,23 +18,27 @@ use crate::api::{ApiError, ErrorBody};
 use crate::routes::json_body;
 
 /// One arm of a split.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct VariantIn {
-    /// Alias (must exist).
+    /// Alias.
     pub alias: String,
-    /// Relative weight, 0–10000.
+    /// Relative weight.
     pub weight: u32,
 }
 
-/// A new split.
+/// A new split: weight by alias.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"variants": [{"alias": "champion", "weight": 90}, {"alias": "challenger", "weight": 10}]}))]
+#[schema(example = json!({"weights": {"champion": 90, "challenger": 10}}))]
 pub struct TrafficIn {
-    /// Arms.
-    pub variants: Vec<VariantIn>,
+    /// Relative weight (1–10000) of each alias (1 to 8 aliases); the heaviest is the primary.
+    #[schema(value_type = BTreeMap<String, u32>)]
+    pub weights: BTreeMap<String, Weight>,
 }
+
+/// A whole-number weight.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Weight(#[serde(deserialize_with = "crate::api::whole_number")] pub u32);
 
 /// The stored split.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,15 +75,14 @@ pub async fn set_traffic(
     let input: TrafficIn = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("invalid traffic split: {e}"))
     })?;
+    let mut variants: Vec<Variant> = input
+        .weights
+        .into_iter()
+        .map(|(alias, w)| Variant { alias, weight: w.0 })
+        .collect();
+    variants.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.alias.cmp(&b.alias)));
     let split = TrafficSplit {
-        variants: input
-            .variants
-            .into_iter()
-            .map(|v| Variant {
-                alias: v.alias,
-                weight: v.weight,
-            })
-            .collect(),
+        variants,
         ..TrafficSplit::single("champion")
     };
     let stored = state

@@ -424,7 +424,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem() {
             "ocean_proximity",
         ),
         ("deep nesting", post(path, deep), 400, "not valid JSON"),
-        ("1,001 records", post(path, too_many), 413, "limit of 1000"),
+        ("1,001 records", post(path, too_many), 400, "limit of 1000"),
         ("10 MB body", post(path, ten_mb), 413, "over the limit"),
         (
             "text/plain",
@@ -489,7 +489,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem() {
             "bad traffic split",
             Request::put("/v1/models/california_housing/traffic")
                 .header("content-type", "application/json")
-                .body(Body::from(r#"{"variants":[]}"#))
+                .body(Body::from(r#"{"weights":{}}"#))
                 .unwrap(),
             400,
             "variants",
@@ -498,7 +498,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem() {
             "traffic to unknown alias",
             Request::put("/v1/models/california_housing/traffic")
                 .header("content-type", "application/json")
-                .body(Body::from(r#"{"variants":[{"alias":"ghost","weight":1}]}"#))
+                .body(Body::from(r#"{"weights":{"ghost":1}}"#))
                 .unwrap(),
             404,
             "ghost",
@@ -578,7 +578,17 @@ async fn info_health_and_openapi() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    assert!(doc["paths"]["/v1/models/{name}/predict"]["post"].is_object());
+    // One predict path per served model, with that model's record schema.
+    let predict = &doc["paths"]["/v1/models/california_housing/predict"]["post"];
+    let record = &predict["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0];
+    assert_eq!(record["additionalProperties"], false, "{record}");
+    assert!(record["properties"]["ocean_proximity"]["enum"].as_array().unwrap().len() == 5);
+    assert!(doc["paths"]["/v1/models/telco_churn/predict"]["post"].is_object());
+    assert!(doc["paths"].get("/v1/models/{name}/predict").is_none());
+    assert_eq!(
+        doc["paths"]["/v1/models/{name}"]["get"]["parameters"][0]["schema"]["enum"],
+        json!(["california_housing", "telco_churn"])
+    );
 
     // An empty registry: live, not ready.
     let dir = tempfile::tempdir().unwrap();
@@ -653,7 +663,7 @@ async fn swaps_versions_keeps_last_good_model_and_splits_traffic() {
     let put = Request::put("/v1/models/california_housing/traffic")
         .header("content-type", "application/json")
         .body(Body::from(
-            r#"{"variants":[{"alias":"champion","weight":50},{"alias":"challenger","weight":50}]}"#,
+            r#"{"weights":{"champion":50,"challenger":50.0}}"#,
         ))
         .unwrap();
     let (status, _, split) = call(&app, put).await;
@@ -716,7 +726,7 @@ async fn api_keys_401_403_and_scopes() {
             r = r.header("x-api-key", k);
         }
         let body = if method == "PUT" {
-            r#"{"variants":[{"alias":"champion","weight":1}]}"#.to_string()
+            r#"{"weights":{"champion":1}}"#.to_string()
         } else {
             housing_record().to_string()
         };

@@ -1,0 +1,203 @@
+//! The OpenAPI document: generated from the handlers (utoipa), trimmed to the routes a binary
+//! mounts, and completed with the served models — each model gets its own predict path whose
+//! request schema lists its input columns with their types, ranges, categories and required
+//! fields, so clients (and schemathesis) see exactly what the server accepts.
+
+use mlops_domain::schema::{ColumnRole, ColumnSpec, ColumnType, Schema};
+use serde_json::{Map, Value, json};
+use utoipa::OpenApi;
+
+use crate::{ApiDoc, AppState, RouteSet};
+
+/// JSON Schema of one input column.
+fn column_schema(c: &ColumnSpec) -> Value {
+    let mut s = Map::new();
+    let base = match c.column_type {
+        ColumnType::Float => "number",
+        ColumnType::Integer => "integer",
+        ColumnType::Categorical | ColumnType::Text => "string",
+    };
+    s.insert(
+        "type".into(),
+        if c.nullable && c.role == ColumnRole::Feature {
+            json!([base, "null"])
+        } else {
+            json!(base)
+        },
+    );
+    if let Some(lo) = c.min {
+        s.insert("minimum".into(), json!(lo));
+    }
+    if let Some(hi) = c.max {
+        s.insert("maximum".into(), json!(hi));
+    }
+    if !c.categories.is_empty() {
+        let mut values: Vec<Value> = c.categories.iter().map(|v| json!(v)).collect();
+        if c.nullable {
+            values.push(Value::Null);
+        }
+        s.insert("enum".into(), Value::Array(values));
+    }
+    if c.column_type == ColumnType::Text {
+        s.insert("maxLength".into(), json!(256));
+    }
+    if !c.description.is_empty() {
+        s.insert("description".into(), json!(c.description));
+    }
+    Value::Object(s)
+}
+
+/// JSON Schema of a record for a model's input schema: feature columns (required unless
+/// nullable) and the optional id column; nothing else.
+pub fn record_schema(schema: &Schema) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for c in &schema.columns {
+        match c.role {
+            ColumnRole::Feature => {
+                properties.insert(c.name.clone(), column_schema(c));
+                if !c.nullable {
+                    required.push(json!(c.name));
+                }
+            }
+            ColumnRole::Id => {
+                properties.insert(c.name.clone(), column_schema(c));
+            }
+            ColumnRole::Target => {}
+        }
+    }
+    json!({
+        "type": "object",
+        "description": format!("One {} record: {}", schema.name, schema.description),
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false
+    })
+}
+
+/// Renders the document for the mounted routes and the models served now.
+pub fn render(state: &AppState, set: RouteSet) -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc.to_string();
+    };
+    paths.retain(|path, _| {
+        if path.starts_with("/v1/batch-jobs") {
+            set.batch
+        } else if path.ends_with("/traffic") {
+            set.admin
+        } else {
+            set.models
+        }
+    });
+    let snapshot = state.models.snapshot();
+    let names: Vec<Value> = snapshot.keys().map(|n| json!(n)).collect();
+    // The templated predict path becomes one path per served model with its exact schema.
+    if let Some(template) = paths.remove("/v1/models/{name}/predict") {
+        for (name, routes) in snapshot.iter() {
+            let Some(model) = routes.by_alias.values().next() else {
+                continue;
+            };
+            let mut op = template.clone();
+            let Some(post) = op.get_mut("post") else { continue };
+            if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
+                params.retain(|p| p["name"] != "name");
+            }
+            post["operationId"] = json!(format!("predict_{name}"));
+            post["summary"] = json!(format!("Predict with {name}"));
+            let record = record_schema(&model.manifest.schema);
+            post["requestBody"]["content"]["application/json"]["schema"] = json!({
+                "oneOf": [
+                    record,
+                    {
+                        "type": "array",
+                        "items": record,
+                        "minItems": 1,
+                        "maxItems": state.config.max_records
+                    }
+                ]
+            });
+            if let Some(responses) = post.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.remove("404");
+            }
+            paths.insert(format!("/v1/models/{name}/predict"), op);
+        }
+    }
+    // What JSON Schema can say about a split beyond the derived schema.
+    if let Some(body) = paths
+        .get_mut("/v1/models/{name}/traffic")
+        .and_then(|p| p.pointer_mut("/put/requestBody/content/application~1json"))
+    {
+        body["schema"] = json!({
+            "type": "object",
+            "required": ["weights"],
+            "additionalProperties": false,
+            "properties": {"weights": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": mlops_domain::traffic::MAX_VARIANTS,
+                "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+                "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 10000}
+            }}
+        });
+    }
+    // Every operation needs an API key (predict scope, or admin for admin routes).
+    let error = json!({"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    for item in paths.values_mut() {
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    let mut e401 = error.clone();
+                    e401["description"] = json!("No API key (x-api-key)");
+                    let mut e403 = error.clone();
+                    e403["description"] = json!("Unknown or revoked key, or a key without the route's scope");
+                    responses.entry("401").or_insert(e401);
+                    responses.entry("403").or_insert(e403);
+                }
+            }
+        }
+    }
+    // Other model paths take a served model name.
+    for (path, item) in paths.iter_mut() {
+        if !path.contains("{name}") {
+            continue;
+        }
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    for p in params.iter_mut().filter(|p| p["name"] == "name") {
+                        p["schema"] = json!({"type": "string", "enum": names});
+                    }
+                }
+            }
+        }
+    }
+    doc.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_schema_follows_the_data_schema() {
+        let schema = Schema::from_toml(
+            "name = \"s\"\ntask = \"regression\"\ndescription = \"d\"\n[target]\ncolumn = \"y\"\n\
+             [[columns]]\nname = \"id\"\ntype = \"text\"\nrole = \"id\"\n\
+             [[columns]]\nname = \"x\"\ntype = \"float\"\nmin = 0.0\nmax = 5.0\n\
+             [[columns]]\nname = \"n\"\ntype = \"integer\"\nnullable = true\n\
+             [[columns]]\nname = \"c\"\ntype = \"categorical\"\ncategories = [\"a\", \"b\"]\n\
+             [[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        let s = record_schema(&schema);
+        assert_eq!(s["required"], json!(["x", "c"]));
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["x"]["maximum"], 5.0);
+        assert_eq!(s["properties"]["n"]["type"], json!(["integer", "null"]));
+        assert_eq!(s["properties"]["c"]["enum"], json!(["a", "b"]));
+        assert!(s["properties"].get("y").is_none());
+        assert_eq!(s["properties"]["id"]["type"], "string");
+    }
+}
