@@ -71,16 +71,21 @@ pub fn shared_data(file: &str) -> PathBuf {
 
 /// The `mlops` binary built by the same `cargo test` run.
 pub fn mlops_bin() -> PathBuf {
+    target_bin("mlops")
+}
+
+/// A binary of the workspace (e.g. the `predict` function) built by `cargo build --workspace`.
+pub fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/mlops
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("mlops");
+        .join(name);
     assert!(
         bin.exists(),
-        "{} was not built; run `cargo build -p mlops` (scripts/test.sh does)",
+        "{} was not built; run `cargo build --workspace` (scripts/test.sh does)",
         bin.display()
     );
     bin

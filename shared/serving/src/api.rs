@@ -205,7 +205,9 @@ where
     use serde::de::Error;
     let x = f64::deserialize(deserializer)?;
     if !(x.is_finite() && x.fract() == 0.0 && x >= 0.0 && x <= u64::MAX as f64) {
-        return Err(D::Error::custom(format!("expected a whole number, got {x}")));
+        return Err(D::Error::custom(format!(
+            "expected a whole number, got {x}"
+        )));
     }
     T::try_from(x as u64).map_err(|_| D::Error::custom(format!("{x} is out of range")))
 }

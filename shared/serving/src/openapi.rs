@@ -99,7 +99,9 @@ pub fn render(state: &AppState, set: RouteSet) -> String {
                 continue;
             };
             let mut op = template.clone();
-            let Some(post) = op.get_mut("post") else { continue };
+            let Some(post) = op.get_mut("post") else {
+                continue;
+            };
             if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
                 params.retain(|p| p["name"] != "name");
             }
@@ -150,7 +152,8 @@ pub fn render(state: &AppState, set: RouteSet) -> String {
                     let mut e401 = error.clone();
                     e401["description"] = json!("No API key (x-api-key)");
                     let mut e403 = error.clone();
-                    e403["description"] = json!("Unknown or revoked key, or a key without the route's scope");
+                    e403["description"] =
+                        json!("Unknown or revoked key, or a key without the route's scope");
                     responses.entry("401").or_insert(e401);
                     responses.entry("403").or_insert(e403);
                 }

@@ -546,7 +546,19 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.models.snapshot();
     let refresh = state.models.refresh_state();
     let ready = state.models.is_ready();
-    let status = match (ready, &refresh.last_error) {
+    // A registry check that has not succeeded for 3 refresh intervals (at least 5 s) counts as
+    // failing even while it is still waiting on the store.
+    let overdue = state
+        .config
+        .refresh_every
+        .mul_f64(3.0)
+        .max(std::time::Duration::from_secs(5));
+    let stale = refresh.refreshed_at.and_then(|at| {
+        let age = (chrono::Utc::now() - at).to_std().ok()?;
+        (age > overdue).then(|| format!("no successful registry check for {} s", age.as_secs()))
+    });
+    let error = refresh.last_error.clone().or(stale);
+    let status = match (ready, &error) {
         (false, _) => "not_ready",
         (true, Some(_)) => "degraded",
         (true, None) => "ready",
@@ -564,7 +576,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
                     .collect(),
             })
             .collect(),
-        error: refresh.last_error,
+        error,
         refreshed_at: refresh.refreshed_at,
     };
     let code = if ready {

@@ -582,7 +582,13 @@ async fn info_health_and_openapi() {
     let predict = &doc["paths"]["/v1/models/california_housing/predict"]["post"];
     let record = &predict["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0];
     assert_eq!(record["additionalProperties"], false, "{record}");
-    assert!(record["properties"]["ocean_proximity"]["enum"].as_array().unwrap().len() == 5);
+    assert!(
+        record["properties"]["ocean_proximity"]["enum"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 5
+    );
     assert!(doc["paths"]["/v1/models/telco_churn/predict"]["post"].is_object());
     assert!(doc["paths"].get("/v1/models/{name}/predict").is_none());
     assert_eq!(

@@ -55,7 +55,7 @@ pub struct S3Store {
     prefix: String,
 }
 
-fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(
+fn backend<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     operation: &'static str,
     key: &str,
     e: &SdkError<E>,
@@ -66,7 +66,7 @@ fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(
             s.err().message().unwrap_or("no message"),
             s.err().code().unwrap_or("no code")
         ),
-        other => format!("{other:?}"),
+        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
     };
     StoreError::Backend {
         operation,
@@ -93,8 +93,15 @@ impl S3Store {
         let shared = loader.load().await;
         let path_style =
             config.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        // Fail fast when S3 is unreachable: serving keeps its last good model and reports the
+        // failure instead of hanging on the SDK's default retries.
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .operation_attempt_timeout(std::time::Duration::from_secs(30))
+            .build();
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(path_style)
+            .timeout_config(timeouts)
             .build();
         Self {
             client: Client::from_conf(s3_config),
