@@ -1,0 +1,55 @@
+"""Cold start of the predict function binary: process start → /health/ready answers 200, with the
+model fetched from S3 (moto), over N runs. Prints one line per run and the median and max.
+
+Usage: coldstart.py PREDICT_BINARY STORE_URI S3_ENDPOINT [RUNS]
+"""
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+binary, store, endpoint = sys.argv[1:4]
+runs = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ready(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+external, internal = [], []
+for i in range(runs):
+    port = free_port()
+    env = dict(os.environ, MLOPS_LISTEN=f"127.0.0.1:{port}", MLOPS_STORE=store,
+               AWS_ENDPOINT_URL=endpoint, RUST_LOG="info", MLOPS_PREDICTION_LOG="false")
+    started = time.perf_counter()
+    proc = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/health/ready"
+    while not ready(url):
+        if proc.poll() is not None:
+            sys.exit(f"the binary exited: {proc.stdout.read()}")
+        time.sleep(0.0005)
+    elapsed = (time.perf_counter() - started) * 1e3
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    logged = next((json.loads(l)["cold_start_ms"] for l in out.splitlines() if "cold_start_ms" in l), float("nan"))
+    external.append(elapsed)
+    internal.append(logged)
+    print(f"run {i + 1:2d}: ready after {elapsed:6.1f} ms (init logged by the binary: {logged:6.1f} ms)")
+print(f"process start → ready over {runs} runs: median {statistics.median(external):.1f} ms, max {max(external):.1f} ms")
+print(f"init inside the binary:               median {statistics.median(internal):.1f} ms, max {max(internal):.1f} ms")
