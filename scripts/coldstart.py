@@ -2,6 +2,9 @@
 model fetched from S3 (moto), over N runs. Prints one line per run and the median and max.
 
 Usage: coldstart.py PREDICT_BINARY STORE_URI S3_ENDPOINT [RUNS]
+
+The function is configured as template.yaml deploys it (MLOPS_MODELS names the served model, so
+no bucket listing is needed at start).
 """
 import json
 import os
@@ -36,7 +39,7 @@ external, internal = [], []
 for i in range(runs):
     port = free_port()
     env = dict(os.environ, MLOPS_LISTEN=f"127.0.0.1:{port}", MLOPS_STORE=store,
-               AWS_ENDPOINT_URL=endpoint, RUST_LOG="info", MLOPS_PREDICTION_LOG="false")
+               AWS_ENDPOINT_URL=endpoint, RUST_LOG="info", MLOPS_MODELS="california_housing")
     started = time.perf_counter()
     proc = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/health/ready"

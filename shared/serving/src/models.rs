@@ -202,12 +202,9 @@ impl ModelSet {
         name: &str,
         current: Option<&Arc<ModelRoutes>>,
     ) -> anyhow::Result<Option<Arc<ModelRoutes>>> {
-        let split = self
-            .registry
-            .traffic(name)
-            .await?
-            .unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
-        let aliases = self.registry.aliases(name).await?;
+        let (split, aliases) = tokio::join!(self.registry.traffic(name), self.registry.aliases(name));
+        let split = split?.unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
+        let aliases = aliases?;
         let mut by_alias = BTreeMap::new();
         for variant in &split.variants {
             let Some(&version) = aliases.aliases.get(&variant.alias) else {
