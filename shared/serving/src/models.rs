@@ -202,7 +202,8 @@ impl ModelSet {
         name: &str,
         current: Option<&Arc<ModelRoutes>>,
     ) -> anyhow::Result<Option<Arc<ModelRoutes>>> {
-        let (split, aliases) = tokio::join!(self.registry.traffic(name), self.registry.aliases(name));
+        let (split, aliases) =
+            tokio::join!(self.registry.traffic(name), self.registry.aliases(name));
         let split = split?.unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
         let aliases = aliases?;
         let mut by_alias = BTreeMap::new();

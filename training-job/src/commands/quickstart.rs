@@ -1,9 +1,11 @@
-//! `mlops quickstart`: train on California Housing, register, approve, promote to champion and
-//! predict a few held-out rows, all on the embedded local default.
+//! `mlops quickstart`: train on California Housing, register, approve, promote to champion,
+//! predict a few held-out rows, then serve the champion over HTTP (the Lambda functions' router,
+//! on localhost) and predict through the API — all on the embedded local default.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
+use mlops_domain::data::Value;
 use mlops_domain::registry::{CHAMPION, CardEdit};
 
 use crate::commands::data::fetch;
@@ -104,8 +106,59 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
     for ((line, actual), p) in test.lines.iter().zip(&test.labels).zip(&predictions) {
         println!("{line:>6}  {actual:>10.3}  {p:>10.3}");
     }
+
+    println!("\n== 5. serve {model}@{CHAMPION} over HTTP and predict 3 rows through the API");
+    let state = mlops_serving::AppState::start(
+        registry.clone(),
+        mlops_serving::ServeConfig {
+            models: Some(vec![model.clone()]),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let app = mlops_serving::router(state.clone(), mlops_serving::RouteSet::ALL);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let records: Vec<serde_json::Value> = test
+        .rows
+        .iter()
+        .take(3)
+        .map(|row| {
+            test.feature_columns
+                .iter()
+                .zip(row)
+                .map(|(c, v)| {
+                    let json = match v {
+                        Value::Number(x) => serde_json::json!(x),
+                        Value::Category(s) => serde_json::json!(s),
+                        Value::Missing => serde_json::Value::Null,
+                    };
+                    (c.name.clone(), json)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    let url = format!("http://{addr}/v1/models/{model}/predict");
+    println!("POST {url}\n{}", serde_json::to_string(&records[0])?);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&records)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    println!("{status}\n{}", serde_json::to_string_pretty(&body)?);
+    server.abort();
+    if let Some(log) = &state.predictions_log {
+        log.flush().await;
+    }
+    anyhow::ensure!(status.is_success(), "the API answered {status}");
     println!(
-        "\nDone. Try: mlops registry list {model}; mlops predict {model} --json rows.json; report in {}",
+        "\nDone. Next: `mlops serve` (API on http://127.0.0.1:8080, docs at /openapi.json), \
+         `mlops registry list {model}`, `mlops predict {model} --json rows.json`; report in {}",
         trained.artifact_dir.join("report/report.md").display()
     );
     Ok(())
