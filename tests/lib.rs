@@ -90,3 +90,86 @@ pub fn target_bin(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process in its own process group (servers that start workers, `cargo lambda watch`
+/// and the functions it runs); the whole group is killed on drop.
+pub struct ProcessGroup {
+    child: std::process::Child,
+    killed: bool,
+}
+
+impl ProcessGroup {
+    /// Spawns `command` with stdout and stderr to `log`.
+    pub fn spawn(mut command: std::process::Command, log: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(log).expect("create the log file");
+        let child = command
+            .stdout(out.try_clone().expect("clone the log file"))
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Self {
+            child,
+            killed: false,
+        }
+    }
+
+    /// Kills the group (SIGTERM, then SIGKILL) and reaps the child; idempotent.
+    pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `mlops --home HOME --store STORE --s3-endpoint ENDPOINT ARGS…` (AWS clients pointed at
+/// the same endpoint) and returns its stdout; fails the test on a non-zero exit.
+pub fn mlops_cli(home: &Path, store: &str, endpoint: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(mlops_bin())
+        .args([
+            "--home",
+            &home.to_string_lossy(),
+            "--store",
+            store,
+            "--s3-endpoint",
+            endpoint,
+        ])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run mlops");
+    assert!(
+        out.status.success(),
+        "mlops {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -3,58 +3,34 @@
 //! moto: S3 (registry), Secrets Manager (API keys) and Batch (with `use_docker: false`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mlops_e2e::{mlops_bin, moto_endpoint, python, repo, s3_store, shared_data, unique};
+use mlops_e2e::{
+    ProcessGroup, free_port, mlops_cli, moto_endpoint, python, repo, s3_store, shared_data, unique,
+};
 use serde_json::{Value, json};
 
 /// `cargo lambda watch` in its own process group, stopped with the group.
 struct Watch {
-    child: Child,
+    _group: ProcessGroup,
     port: u16,
     log: PathBuf,
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.child.id())])
-            .status();
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Watch {
     fn start(env_file: &Path, dir: &Path) -> Self {
-        use std::os::unix::process::CommandExt;
         let port = free_port();
         // The log lives outside the crates: `watch` would otherwise see it change.
         let log = dir.join("watch.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("cargo")
+        let mut command = Command::new("cargo");
+        command
             .args(["lambda", "watch", "--ignore-changes", "-A", "127.0.0.1"])
             .args(["-P", &port.to_string()])
             .arg("--env-file")
             .arg(env_file)
-            .current_dir(repo())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .expect("cargo lambda watch (PyPI cargo-lambda, installed by scripts/setup.sh --test)");
+            .current_dir(repo());
+        let group = ProcessGroup::spawn(command, &log);
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -64,7 +40,11 @@ impl Watch {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        Watch { child, port, log }
+        Watch {
+            _group: group,
+            port,
+            log,
+        }
     }
 
     /// `cargo lambda invoke FUNCTION --data-file EVENT`, parsed.
@@ -129,28 +109,7 @@ fn http(result: &Value) -> (u64, Value) {
 }
 
 fn mlops(home: &Path, store: &str, args: &[&str]) -> String {
-    let out = Command::new(mlops_bin())
-        .args([
-            "--home",
-            home.to_str().unwrap(),
-            "--store",
-            store,
-            "--s3-endpoint",
-            &moto_endpoint(),
-        ])
-        .args(args)
-        .env("AWS_ENDPOINT_URL", moto_endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mlops {args:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    mlops_cli(home, store, &moto_endpoint(), args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

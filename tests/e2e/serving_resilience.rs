@@ -4,53 +4,14 @@
 //! since it stops it.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mlops_e2e::{mlops_bin, python, shared_data, target_bin, unique};
+use mlops_e2e::{ProcessGroup, free_port, mlops_cli, python, shared_data, target_bin, unique};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-
-struct Group(Child, bool);
-
-impl Group {
-    fn kill(&mut self) {
-        if std::mem::replace(&mut self.1, true) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn(mut command: Command, log: &Path) -> Group {
-    use std::os::unix::process::CommandExt;
-    let out = std::fs::File::create(log).unwrap();
-    command
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .process_group(0);
-    Group(command.spawn().unwrap(), false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn wait_ok(client: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -66,24 +27,7 @@ async fn wait_ok(client: &reqwest::Client, url: &str) {
 }
 
 fn mlops(home: &Path, store: &str, endpoint: &str, args: &[&str]) {
-    let out = Command::new(mlops_bin())
-        .args([
-            "--home",
-            home.to_str().unwrap(),
-            "--store",
-            store,
-            "--s3-endpoint",
-            endpoint,
-        ])
-        .args(args)
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mlops {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mlops_cli(home, store, endpoint, args);
 }
 
 #[derive(Clone, Copy)]
@@ -102,7 +46,7 @@ async fn promotion_under_load_and_s3_outage() {
     let mut moto = {
         let mut c = Command::new(venv_bin.join("moto_server"));
         c.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()]);
-        spawn(c, &dir.path().join("moto.log"))
+        ProcessGroup::spawn(c, &dir.path().join("moto.log"))
     };
     let client = reqwest::Client::new();
     wait_ok(&client, &format!("{endpoint}/moto-api/")).await;
@@ -192,7 +136,7 @@ async fn promotion_under_load_and_s3_outage() {
             .env("AWS_REGION", "us-east-1")
             .env("MLOPS_REFRESH_SECONDS", "1")
             .env("RUST_LOG", "warn");
-        spawn(c, &dir.path().join("predict.log"))
+        ProcessGroup::spawn(c, &dir.path().join("predict.log"))
     };
     let base = format!("http://127.0.0.1:{port}");
     wait_ok(&client, &format!("{base}/health/ready")).await;

@@ -175,6 +175,28 @@ impl ApiError {
     }
 }
 
+impl From<mlops_domain::registry::RegistryError> for ApiError {
+    /// Registry failures as API errors: bad names and splits 400, missing things 404, an
+    /// unapproved card 409, everything else (the store) 503.
+    fn from(e: mlops_domain::registry::RegistryError) -> Self {
+        use mlops_domain::registry::RegistryError as R;
+        match e {
+            R::InvalidName { .. } | R::InvalidTraffic(_) => {
+                Self::bad_request("invalid_request", e.to_string())
+            }
+            R::NotFound(_) => Self::not_found(e.to_string()),
+            R::CardNotApproved { .. } | R::NothingToRollBack { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

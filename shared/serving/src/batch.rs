@@ -22,7 +22,7 @@ use mlops_domain::jobs::{
     BatchJob, Checkpoint, JobQueue, JobState, JobSubmission, checkpoint_key, idempotency_key,
     input_key, job_key, output_prefix,
 };
-use mlops_domain::registry::{RegistryError, check_name};
+use mlops_domain::registry::check_name;
 use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -302,10 +302,7 @@ pub async fn create_job(
     let store = registry.store();
     let (version, alias) = match request.version {
         Some(v) => {
-            registry
-                .version(&request.model, v)
-                .await
-                .map_err(not_found)?;
+            registry.version(&request.model, v).await?;
             (v, None)
         }
         None => {
@@ -313,13 +310,7 @@ pub async fn create_job(
                 .alias
                 .clone()
                 .unwrap_or_else(|| state.config.default_alias.clone());
-            (
-                registry
-                    .resolve(&request.model, &alias)
-                    .await
-                    .map_err(not_found)?,
-                Some(alias),
-            )
+            (registry.resolve(&request.model, &alias).await?, Some(alias))
         }
     };
     let request_sha256 = sha256_hex(&json(&request));
@@ -428,19 +419,6 @@ pub async fn create_job(
     }
     job = submit(&state, job, etag).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, job, None).await?)).into_response())
-}
-
-fn not_found(e: RegistryError) -> ApiError {
-    match e {
-        RegistryError::NotFound(_) | RegistryError::InvalidName { .. } => {
-            ApiError::not_found(e.to_string())
-        }
-        other => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry_unavailable",
-            other.to_string(),
-        ),
-    }
 }
 
 /// Submits a job once its input is uploaded (admin scope).

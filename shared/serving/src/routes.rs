@@ -427,15 +427,8 @@ pub async fn model_info(
         ))
     })?;
     let registry = state.models.registry();
-    let unavailable = |e: mlops_domain::registry::RegistryError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry_unavailable",
-            e.to_string(),
-        )
-    };
-    let aliases = registry.aliases(&name).await.map_err(unavailable)?;
-    let versions = registry.versions(&name).await.map_err(unavailable)?;
+    let aliases = registry.aliases(&name).await?;
+    let versions = registry.versions(&name).await?;
     let first = routes
         .by_alias
         .get(&routes.split.variants[0].alias)

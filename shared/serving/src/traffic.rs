@@ -6,9 +6,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use mlops_domain::registry::RegistryError;
 use mlops_domain::traffic::{TrafficSplit, Variant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,18 +88,7 @@ pub async fn set_traffic(
         .models
         .registry()
         .set_traffic(&name, &split, "api")
-        .await
-        .map_err(|e| match e {
-            RegistryError::InvalidName { .. } | RegistryError::InvalidTraffic(_) => {
-                ApiError::bad_request("invalid_traffic", e.to_string())
-            }
-            RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
-            other => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "registry_unavailable",
-                other.to_string(),
-            ),
-        })?;
+        .await?;
     state.models.refresh().await;
     Ok(Json(TrafficOut {
         variants: stored
