@@ -173,3 +173,55 @@ pub fn mlops_cli(home: &Path, store: &str, endpoint: &str, args: &[&str]) -> Str
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Trains a linear California Housing model with `seed` into the registry on `store`, approves
+/// its card and, with `promote`, makes it `champion`. Returns the registered version.
+pub fn publish_housing(home: &Path, store: &str, endpoint: &str, seed: u64, promote: bool) -> u64 {
+    let data = shared_data("california_housing.csv");
+    let seed = seed.to_string();
+    let out = mlops_cli(
+        home,
+        store,
+        endpoint,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            &data.to_string_lossy(),
+            "--candidates",
+            "linear",
+            "--seed",
+            &seed,
+        ],
+    );
+    let version: u64 = out
+        .split("registered california_housing version ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no registered version in: {out}"));
+    let v = version.to_string();
+    mlops_cli(
+        home,
+        store,
+        endpoint,
+        &[
+            "registry",
+            "card",
+            "california_housing",
+            &v,
+            "--approve",
+            "--by",
+            "e2e",
+        ],
+    );
+    if promote {
+        mlops_cli(
+            home,
+            store,
+            endpoint,
+            &["registry", "promote", "california_housing", &v],
+        );
+    }
+    version
+}

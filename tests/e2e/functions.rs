@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{
-    ProcessGroup, free_port, mlops_cli, moto_endpoint, python, repo, s3_store, shared_data, unique,
+    ProcessGroup, free_port, mlops_cli, moto_endpoint, publish_housing, python, repo, s3_store,
+    unique,
 };
 use serde_json::{Value, json};
 
@@ -119,37 +120,7 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     // Registry on moto S3 with a trained, approved champion.
     let bucket = s3_store("").await;
     let store = format!("s3://{}/registry", bucket.bucket());
-    let data = shared_data("california_housing.csv");
-    mlops(
-        &home,
-        &store,
-        &[
-            "train",
-            "california_housing",
-            "--data",
-            data.to_str().unwrap(),
-            "--candidates",
-            "linear",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &[
-            "registry",
-            "card",
-            "california_housing",
-            "1",
-            "--approve",
-            "--by",
-            "e2e",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &["registry", "promote", "california_housing", "1"],
-    );
+    publish_housing(&home, &store, &moto_endpoint(), 42, true);
 
     // API keys in Secrets Manager.
     let secret = unique("mlops-keys");
@@ -262,38 +233,7 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     assert_eq!(body["predictions"][0]["prediction"].as_f64().unwrap(), p);
 
     // A new champion is picked up within the refresh interval (1 s here).
-    mlops(
-        &home,
-        &store,
-        &[
-            "train",
-            "california_housing",
-            "--data",
-            data.to_str().unwrap(),
-            "--candidates",
-            "linear",
-            "--seed",
-            "7",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &[
-            "registry",
-            "card",
-            "california_housing",
-            "2",
-            "--approve",
-            "--by",
-            "e2e",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &["registry", "promote", "california_housing", "2"],
-    );
+    publish_housing(&home, &store, &moto_endpoint(), 7, true);
     let promoted = Instant::now();
     loop {
         let (_, body) = http(&watch.invoke("predict", &ev("predict.json", &[])));

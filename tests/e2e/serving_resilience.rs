@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mlops_e2e::{ProcessGroup, free_port, mlops_cli, python, shared_data, target_bin, unique};
+use mlops_e2e::{ProcessGroup, free_port, mlops_cli, publish_housing, python, target_bin, unique};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -61,71 +61,9 @@ async fn promotion_under_load_and_s3_outage() {
     s3.ensure_bucket().await.unwrap();
     let store = format!("s3://{bucket}/registry");
     let home = dir.path().join("home");
-    let data = shared_data("california_housing.csv");
-    let data = data.to_str().unwrap();
-    mlops(
-        &home,
-        &store,
-        &endpoint,
-        &[
-            "train",
-            "california_housing",
-            "--data",
-            data,
-            "--candidates",
-            "linear",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &endpoint,
-        &[
-            "registry",
-            "card",
-            "california_housing",
-            "1",
-            "--approve",
-            "--by",
-            "e2e",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &endpoint,
-        &["registry", "promote", "california_housing", "1"],
-    );
+    publish_housing(&home, &store, &endpoint, 42, true);
     // v2 is registered now; only its promotion happens under load.
-    mlops(
-        &home,
-        &store,
-        &endpoint,
-        &[
-            "train",
-            "california_housing",
-            "--data",
-            data,
-            "--candidates",
-            "linear",
-            "--seed",
-            "7",
-        ],
-    );
-    mlops(
-        &home,
-        &store,
-        &endpoint,
-        &[
-            "registry",
-            "card",
-            "california_housing",
-            "2",
-            "--approve",
-            "--by",
-            "e2e",
-        ],
-    );
+    publish_housing(&home, &store, &endpoint, 7, false);
 
     let port = free_port();
     let _server = {
