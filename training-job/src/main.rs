@@ -41,6 +41,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Create, list and revoke API keys.
     Keys(commands::keys::KeysArgs),
+    /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
+    BatchPredict(commands::batch_predict::BatchPredictArgs),
 }
 
 #[tokio::main]
@@ -60,6 +62,7 @@ async fn main() -> ExitCode {
         Command::Quickstart(a) => commands::quickstart::run(a, &cli.settings).await,
         Command::Serve(a) => commands::serve::run(a, &cli.settings).await,
         Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
+        Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -949,6 +949,83 @@ categories = ["Yes", "No"]
     }
 }
 
+/// Validates CSV records one at a time, for jobs that keep going past bad rows (batch
+/// prediction): a good record gives its feature values (schema order) and id, a bad one every
+/// problem with it. Structural faults of the header are errors up front.
+pub struct RowParser<'a> {
+    layout: Layout<'a>,
+    schema: &'a Schema,
+    fields: usize,
+}
+
+/// A parsed CSV record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRow {
+    /// Feature values in schema order.
+    pub values: Vec<Value>,
+    /// The id column's value, when the schema has one.
+    pub id: Option<String>,
+}
+
+impl<'a> RowParser<'a> {
+    /// Checks a header against the schema (unknown, duplicate or missing columns are errors; the
+    /// target column may be absent).
+    pub fn new(
+        header: &csv::StringRecord,
+        file: &str,
+        schema: &'a Schema,
+    ) -> Result<Self, DataError> {
+        Ok(Self {
+            layout: layout(header, file, schema, TargetPolicy::Optional)?,
+            schema,
+            fields: header.len(),
+        })
+    }
+
+    /// Parses one record (cells are trimmed); the target column, if present, is not checked.
+    pub fn parse(&self, record: &csv::StringRecord) -> Result<ParsedRow, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if record.len() != self.fields {
+            errors.push(FieldError {
+                field: "(row)".into(),
+                message: format!(
+                    "has {} fields, the header has {}",
+                    record.len(),
+                    self.fields
+                ),
+            });
+            return Err(errors);
+        }
+        let mut stats = ColumnStats::default();
+        let mut values = Vec::with_capacity(self.layout.feature_fields.len());
+        for (i, spec) in &self.layout.columns {
+            if spec.role != ColumnRole::Feature {
+                continue;
+            }
+            let raw = record.get(*i).unwrap_or("").trim();
+            let mut problem = |column: &str, message: String| {
+                errors.push(FieldError {
+                    field: column.into(),
+                    message,
+                })
+            };
+            if let Some(v) = parse_cell(raw, spec, &mut stats, &mut problem) {
+                values.push(v);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let id = self
+            .layout
+            .id_field
+            .and_then(|i| record.get(i))
+            .map(|s| s.trim().to_string());
+        debug_assert_eq!(values.len(), self.schema.feature_columns().count());
+        Ok(ParsedRow { values, id })
+    }
+}
+
 /// A problem with one field of a JSON record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
@@ -1100,5 +1177,51 @@ mod json_tests {
             parse(serde_json::json!({})).unwrap_err()[0].to_string(),
             "field 'x': is required"
         );
+    }
+}
+
+#[cfg(test)]
+mod row_parser_tests {
+    use super::*;
+
+    #[test]
+    fn parses_good_rows_and_lists_every_problem_of_bad_ones() {
+        let schema = Schema::from_toml(
+            "name = \"r\"\ntask = \"regression\"\n[target]\ncolumn = \"y\"\n[[columns]]\nname = \"id\"\ntype = \"text\"\nrole = \"id\"\n[[columns]]\nname = \"x\"\ntype = \"float\"\nmax = 5.0\n[[columns]]\nname = \"k\"\ntype = \"categorical\"\ncategories = [\"a\"]\nnullable = true\n[[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
+            "r.toml",
+        )
+        .unwrap();
+        let header = csv::StringRecord::from(vec!["k", "x", "id"]);
+        let parser = RowParser::new(&header, "in.csv", &schema).unwrap();
+        let row = parser
+            .parse(&csv::StringRecord::from(vec!["a", " 2.5 ", "r1"]))
+            .unwrap();
+        assert_eq!(
+            row.values,
+            vec![Value::Number(2.5), Value::Category("a".into())]
+        );
+        assert_eq!(row.id.as_deref(), Some("r1"));
+        let missing = parser
+            .parse(&csv::StringRecord::from(vec!["", "1", "r2"]))
+            .unwrap();
+        assert_eq!(missing.values[1], Value::Missing);
+        let errors = parser
+            .parse(&csv::StringRecord::from(vec!["b", "9", "r3"]))
+            .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "x" && e.message.contains("maximum"))
+        );
+        assert!(errors.iter().any(|e| e.field == "k"));
+        let ragged = parser
+            .parse(&csv::StringRecord::from(vec!["a"]))
+            .unwrap_err();
+        assert!(ragged[0].message.contains("1 fields"));
+        let unknown = csv::StringRecord::from(vec!["x", "zzz"]);
+        assert!(RowParser::new(&unknown, "in.csv", &schema).is_err());
+        let no_x = csv::StringRecord::from(vec!["k"]);
+        assert!(RowParser::new(&no_x, "in.csv", &schema).is_err());
     }
 }

@@ -106,6 +106,10 @@ pub struct Checkpoint {
     pub rows_rejected: u64,
     /// Whether the job finished.
     pub complete: bool,
+    /// What the output belongs to (model digest, input, part size): a rerun resumes only its
+    /// own checkpoint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 /// What to run on the queue.

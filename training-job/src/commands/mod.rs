@@ -1,5 +1,6 @@
 //! Subcommands.
 
+pub mod batch_predict;
 pub mod data;
 pub mod keys;
 pub mod predict;
