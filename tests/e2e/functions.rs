@@ -311,6 +311,15 @@ async fn functions_under_the_lambda_emulator_against_moto() {
         view["output_uri"],
         format!("{store}/batch-jobs/{id}/output/")
     );
+    // The batch function over plain HTTP, too.
+    let r = client
+        .get(watch.url("batch", &format!("/v1/batch-jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let over_http: Value = r.json().await.unwrap();
+    assert_eq!(over_http["id"], id.as_str());
     // Progress comes from the job's checkpoint.
     bucket
         .client()
