@@ -184,4 +184,58 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
         &["registry", "audit", &model],
     ));
     assert_eq!(audit.lines().count(), 2, "{audit}");
+
+    // The champion–challenger gate: an AUC margin of 0.5 cannot be met, so the new version is
+    // challenger only; the decision and both scores are in the audit log and in MLflow.
+    let gated = ok(&mlops(
+        home.path(),
+        &store_uri,
+        &[
+            "train",
+            "telco_churn",
+            "--data",
+            data.to_str().unwrap(),
+            "--model-name",
+            &model,
+            "--candidates",
+            "linear",
+            "--experiment",
+            &experiment,
+            "--gate-margin",
+            "0.5",
+        ],
+    ));
+    assert!(gated.contains("→ not promoted"), "{gated}");
+    assert_eq!(registry.resolve(&model, CHAMPION).await.unwrap(), 1);
+    assert_eq!(registry.resolve(&model, CHALLENGER).await.unwrap(), 2);
+    let audit = ok(&mlops(
+        home.path(),
+        &store_uri,
+        &["registry", "audit", &model],
+    ));
+    assert!(
+        audit.lines().last().unwrap().contains("vs champion"),
+        "{audit}"
+    );
+    let runs = mlflow
+        .post(
+            "runs/search",
+            serde_json::json!({
+                "experiment_ids": [experiment_id],
+                "filter": "tags.`mlops.gate.decision` = 'not_promoted'"
+            }),
+        )
+        .await
+        .unwrap();
+    let gate_run = &runs["runs"][0]["data"];
+    let keys: Vec<&str> = gate_run["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["key"].as_str())
+        .collect();
+    assert!(
+        keys.contains(&"gate_challenger_score") && keys.contains(&"gate_champion_score"),
+        "{runs}"
+    );
 }

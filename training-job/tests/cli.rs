@@ -465,3 +465,66 @@ fn predict_explains_with_contributions_that_sum_to_the_margin() {
         "a high income drives this prediction: {e}"
     );
 }
+
+/// The champion–challenger gate: the first model becomes champion, a better one replaces it, a
+/// worse one stays challenger; every decision and both scores land in the audit log.
+#[test]
+fn gate_promotes_better_models_only() {
+    let home = tempfile::tempdir().unwrap();
+    let data = shared("california_housing.csv");
+    let train = |candidate: &str| {
+        ok(&mlops(
+            home.path(),
+            &[
+                "train",
+                "california_housing",
+                "--data",
+                data.to_str().unwrap(),
+                "--candidates",
+                candidate,
+                "--gate-margin",
+                "0.01",
+            ],
+        ))
+    };
+    let first = train("linear");
+    assert!(first.contains("no champion yet"), "{first}");
+    let better = train("lightgbm");
+    assert!(better.contains("→ promoted"), "{better}");
+    let worse = train("linear");
+    assert!(worse.contains("→ not promoted"), "{worse}");
+
+    let show = |alias: &str| {
+        ok(&mlops(
+            home.path(),
+            &["registry", "show", "california_housing", alias],
+        ))
+    };
+    assert!(
+        show("champion").contains("\"version\": 2"),
+        "{}",
+        show("champion")
+    );
+    assert!(
+        show("challenger").contains("\"version\": 3"),
+        "{}",
+        show("challenger")
+    );
+    let audit = ok(&mlops(
+        home.path(),
+        &["registry", "audit", "california_housing"],
+    ));
+    let lines: Vec<&str> = audit.lines().collect();
+    assert_eq!(lines.len(), 5, "{audit}"); // v1 challenger+champion, v2 challenger+champion, v3 challenger
+    assert!(
+        lines[4].contains("challenger") && lines[4].contains("not promoted"),
+        "{audit}"
+    );
+    assert!(lines[4].contains("vs champion"), "{audit}");
+    // The worse model's score and the champion's are both recorded.
+    let rmse: Vec<f64> = lines[4]
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .collect();
+    assert!(rmse.len() >= 2 && rmse[0] > rmse[1], "{audit}");
+}

@@ -8,6 +8,7 @@ pub mod apikeys;
 pub mod artifact;
 pub mod data;
 pub mod features;
+pub mod gate;
 pub mod hashing;
 pub mod jobs;
 pub mod metrics;

@@ -49,6 +49,7 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
             out: None,
             idempotency_key: None,
             promote: None,
+            gate_margin: None,
             registered_by: "quickstart".into(),
         },
         settings,

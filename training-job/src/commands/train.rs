@@ -7,12 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest};
 use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
+use mlops_domain::gate::GateDecision;
 use mlops_domain::hashing::DvcManifest;
 use mlops_domain::profile::profile;
-use mlops_domain::registry::{RegisterOptions, VersionRecord};
+use mlops_domain::registry::{
+    CHALLENGER, CHAMPION, RegisterOptions, Registry, RegistryError, VersionRecord,
+};
 use mlops_domain::schema::Schema;
 use mlops_domain::store::{PutCondition, StoreError};
 use mlops_domain::tracking::{RunStatus, Tracker};
+use mlops_engine::Predictor;
 use mlops_trainer::report::{ReportContext, write_report};
 use mlops_trainer::select::{
     CandidateSpec, Progress, TrainConfig, TrainingOutcome, train_and_select,
@@ -60,6 +64,12 @@ pub struct TrainArgs {
     /// Point this alias at the new version (champion needs an approved card).
     #[arg(long)]
     pub promote: Option<String>,
+    /// Champion–challenger gate: the new version becomes `challenger`, and `champion` only if
+    /// it beats the current champion by this margin (in units of the primary metric) on this
+    /// run's held-out rows, scored with both models. The gate approves the card it promotes and
+    /// records both scores in the audit log and the tracker.
+    #[arg(long, conflicts_with = "promote")]
+    pub gate_margin: Option<f64>,
     /// Who registers the model.
     #[arg(long, env = "USER", default_value = "mlops")]
     pub registered_by: String,
@@ -361,6 +371,68 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let tracker_version = tracker
         .mirror_model_version(&model_name, version.version, run_id, &source)
         .await?;
+    if let Some(margin) = args.gate_margin {
+        let decision = gate(&registry, &model_name, &outcome, margin).await?;
+        let note = decision.summary();
+        registry
+            .promote(
+                &model_name,
+                CHALLENGER,
+                version.version,
+                &args.registered_by,
+                &note,
+            )
+            .await?;
+        tracker
+            .mirror_alias(&model_name, CHALLENGER, &tracker_version)
+            .await?;
+        if decision.promote {
+            registry
+                .approve_card(
+                    &model_name,
+                    version.version,
+                    "champion-challenger gate",
+                    &note,
+                )
+                .await?;
+            registry
+                .promote(
+                    &model_name,
+                    CHAMPION,
+                    version.version,
+                    &args.registered_by,
+                    &note,
+                )
+                .await?;
+            tracker
+                .mirror_alias(&model_name, CHAMPION, &tracker_version)
+                .await?;
+        }
+        let mut tags = vec![
+            (
+                "mlops.gate.decision".to_string(),
+                if decision.promote {
+                    "promoted"
+                } else {
+                    "not_promoted"
+                }
+                .to_string(),
+            ),
+            ("mlops.gate.metric".into(), decision.metric.clone()),
+            ("mlops.gate.margin".into(), margin.to_string()),
+        ];
+        let mut scores = vec![(
+            "gate_challenger_score".to_string(),
+            decision.challenger_score,
+        )];
+        if let Some(c) = decision.champion_score {
+            scores.push(("gate_champion_score".into(), c));
+            tags.push(("mlops.gate.champion_score".into(), c.to_string()));
+        }
+        tracker.set_tags(&parent.run_id, &tags).await?;
+        tracker.log_metrics(&parent.run_id, &scores, 0).await?;
+        println!("{note}");
+    }
     tracker
         .log_metrics(&parent.run_id, &test_metrics, 0)
         .await?;
@@ -398,6 +470,44 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         artifact_dir,
         outcome,
     })
+}
+
+/// Scores the current champion on this run's held-out rows and decides.
+async fn gate(
+    registry: &Registry,
+    model: &str,
+    outcome: &TrainingOutcome,
+    margin: f64,
+) -> Result<GateDecision> {
+    if !margin.is_finite() || margin < 0.0 {
+        bail!("--gate-margin must be a non-negative number, got {margin}");
+    }
+    let primary = outcome.primary;
+    let challenger = outcome.test_metrics[primary.name()];
+    let champion = match registry.resolve(model, CHAMPION).await {
+        Ok(v) => Some(v),
+        Err(RegistryError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let champion_score = match champion {
+        Some(v) => {
+            let bundle = registry
+                .load_bundle(&registry.version(model, v).await?)
+                .await?;
+            let predictor = Predictor::from_bundle(&bundle)?;
+            let (predictions, _) = predictor
+                .predict(&outcome.test_data.rows)
+                .with_context(|| format!("cannot score champion v{v} on the held-out rows"))?;
+            Some(primary.compute(&outcome.test_labels, &predictions))
+        }
+        None => None,
+    };
+    Ok(GateDecision::decide(
+        primary,
+        challenger,
+        champion_score,
+        margin,
+    ))
 }
 
 fn print_summary(
