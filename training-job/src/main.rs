@@ -41,6 +41,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Create, list and revoke API keys.
     Keys(commands::keys::KeysArgs),
+    /// Run a training job from a TOML spec (the AWS Batch entry point).
+    Job(commands::job::JobArgs),
     /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
     BatchPredict(commands::batch_predict::BatchPredictArgs),
 }
@@ -62,6 +64,7 @@ async fn main() -> ExitCode {
         Command::Quickstart(a) => commands::quickstart::run(a, &cli.settings).await,
         Command::Serve(a) => commands::serve::run(a, &cli.settings).await,
         Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
+        Command::Job(a) => commands::job::run(a, &cli.settings).await,
         Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
     };
     match result {

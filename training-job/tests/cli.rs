@@ -528,3 +528,33 @@ fn gate_promotes_better_models_only() {
         .collect();
     assert!(rmse.len() >= 2 && rmse[0] > rmse[1], "{audit}");
 }
+
+/// The training job from a spec: registers and gates; rerunning the same job id registers no
+/// second version; a bad spec names its file and field.
+#[test]
+fn job_spec_runs_idempotently_and_bad_specs_are_named() {
+    let home = tempfile::tempdir().unwrap();
+    let data = shared("california_housing.csv");
+    let spec = home.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "dataset = \"california_housing\"\ndata = \"{}\"\ncandidates = [\"linear\"]\njob_id = \"job-123\"\n[promotion]\ngate_margin = 0.0\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = || ok(&mlops(home.path(), &["job", "--spec", spec.to_str().unwrap()]));
+    let first = run();
+    assert!(first.contains("registered california_housing version 1"), "{first}");
+    assert!(first.contains("no champion yet"), "{first}");
+    let again = run();
+    assert!(again.contains("registered california_housing version 1"), "{again}");
+    let list = ok(&mlops(home.path(), &["registry", "list", "california_housing"]));
+    assert_eq!(list.lines().filter(|l| l.contains("linear")).count(), 1, "{list}");
+
+    let bad = home.path().join("bad.toml");
+    std::fs::write(&bad, "dataset = \"california_housing\"\ncandidtes = [\"linear\"]\n").unwrap();
+    let err = fails(&mlops(home.path(), &["job", "--spec", bad.to_str().unwrap()]));
+    assert!(err.contains("bad.toml") && err.contains("candidtes"), "{err}");
+}

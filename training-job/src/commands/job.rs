@@ -1,0 +1,213 @@
+//! `mlops job --spec FILE|s3://bucket/key`: the training job as AWS Batch (or `docker run`)
+//! starts it — a TOML job spec names the data set, candidates, validation, seed, where the
+//! registry and the tracker live, and the promotion rule. `AWS_BATCH_JOB_ID` (or the spec's
+//! `job_id`) is the idempotency key: rerunning the same job never registers a second version.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::commands::train::{TrainArgs, train};
+use crate::config::Settings;
+
+/// Arguments of `mlops job`.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The job spec: a TOML file or s3://bucket/key.
+    #[arg(long, env = "MLOPS_JOB_SPEC")]
+    pub spec: String,
+}
+
+/// A training-job spec.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Data-set name (a shipped schema) or schema file.
+    pub dataset: String,
+    /// Data file: a path or s3://bucket/key (default: ../shared/data or the download cache).
+    pub data: Option<String>,
+    /// Registry model name (default: the data-set name).
+    pub model_name: Option<String>,
+    /// Candidates (linear, xgboost, lightgbm).
+    #[serde(default = "default_candidates")]
+    pub candidates: Vec<String>,
+    /// k-fold cross-validation on the training split.
+    pub cv_folds: Option<usize>,
+    /// Seed of the split, folds and learners.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Held-out share.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// cpu or cuda.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Registry store (s3://bucket/prefix or a directory); overrides MLOPS_STORE.
+    pub registry: Option<String>,
+    /// Tracking URI (MLflow http://…); overrides MLOPS_TRACKING_URI.
+    pub tracking: Option<String>,
+    /// Experiment name.
+    pub experiment: Option<String>,
+    /// Idempotency key when AWS_BATCH_JOB_ID is not set.
+    pub job_id: Option<String>,
+    /// The promotion rule.
+    #[serde(default)]
+    pub promotion: Promotion,
+}
+
+/// What happens to the new version.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Champion–challenger gate margin (primary-metric units); without it the version is only
+    /// registered.
+    pub gate_margin: Option<f64>,
+}
+
+fn default_candidates() -> Vec<String> {
+    vec!["linear".into(), "xgboost".into(), "lightgbm".into()]
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+impl JobSpec {
+    /// Parses a spec; errors name the origin, the line and the field.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let spec: JobSpec =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("job spec {origin}: {e}"))?;
+        if spec.candidates.is_empty() {
+            bail!("job spec {origin}: 'candidates' is empty");
+        }
+        if spec
+            .promotion
+            .gate_margin
+            .is_some_and(|m| !m.is_finite() || m < 0.0)
+        {
+            bail!("job spec {origin}: 'promotion.gate_margin' must be a non-negative number");
+        }
+        Ok(spec)
+    }
+}
+
+async fn read(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .with_context(|| format!("'{uri}' is not s3://bucket/key"))?;
+        let store =
+            mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
+                .await?;
+        Ok(store
+            .get(key)
+            .await?
+            .with_context(|| format!("{uri} does not exist"))?
+            .bytes)
+    } else {
+        std::fs::read(uri).with_context(|| format!("cannot read {uri}"))
+    }
+}
+
+/// Runs the training job.
+pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
+    let text = read(&args.spec, settings).await?;
+    let text =
+        String::from_utf8(text).with_context(|| format!("job spec {} is not UTF-8", args.spec))?;
+    let spec = JobSpec::parse(&text, &args.spec)?;
+    let mut settings = settings.clone();
+    if let Some(r) = &spec.registry {
+        settings.store = Some(r.clone());
+    }
+    if let Some(t) = &spec.tracking {
+        settings.tracking = Some(t.clone());
+    }
+    // Data on S3 is copied into the working directory first (training reads a local file).
+    let data = match &spec.data {
+        Some(uri) if uri.starts_with("s3://") => {
+            let bytes = read(uri, &settings).await?;
+            let dir = settings.home.join("job-data");
+            std::fs::create_dir_all(&dir)?;
+            let name = uri.rsplit('/').next().unwrap_or("data.csv");
+            let path = dir.join(name);
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Some(path)
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
+    let job_id = std::env::var("AWS_BATCH_JOB_ID")
+        .ok()
+        .or(spec.job_id.clone());
+    eprintln!(
+        "job {}: {} on {} (device {})",
+        job_id.as_deref().unwrap_or("(no id: not idempotent)"),
+        spec.dataset,
+        settings.store_uri(),
+        spec.device
+    );
+    train(
+        &TrainArgs {
+            dataset: spec.dataset.clone(),
+            data,
+            model_name: spec.model_name.clone(),
+            seed: spec.seed,
+            test_fraction: spec.test_fraction,
+            cv_folds: spec.cv_folds,
+            candidates: spec.candidates.clone(),
+            device: spec.device.clone(),
+            experiment: spec.experiment.clone(),
+            out: None,
+            idempotency_key: job_id,
+            promote: None,
+            gate_margin: spec.promotion.gate_margin,
+            registered_by: "training-job".into(),
+        },
+        &settings,
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs_and_names_bad_fields() {
+        let spec = JobSpec::parse(
+            "dataset = \"california_housing\"\ncandidates = [\"linear\"]\n[promotion]\ngate_margin = 0.01\n",
+            "job.toml",
+        )
+        .unwrap();
+        assert_eq!(spec.seed, 42);
+        assert_eq!(spec.promotion.gate_margin, Some(0.01));
+        let e = JobSpec::parse("dataset = \"x\"\ncandidate = [\"linear\"]\n", "job.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job.toml") && e.contains("candidate"), "{e}");
+        let e = JobSpec::parse("dataset = 3\n", "job.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dataset") && e.contains("line 1"), "{e}");
+        let e = JobSpec::parse("dataset = \"x\"\ncandidates = []\n", "j.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = JobSpec::parse(
+            "dataset = \"x\"\n[promotion]\ngate_margin = -1.0\n",
+            "j.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gate_margin"), "{e}");
+    }
+}
