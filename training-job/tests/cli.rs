@@ -544,17 +544,45 @@ fn job_spec_runs_idempotently_and_bad_specs_are_named() {
         ),
     )
     .unwrap();
-    let run = || ok(&mlops(home.path(), &["job", "--spec", spec.to_str().unwrap()]));
+    let run = || {
+        ok(&mlops(
+            home.path(),
+            &["job", "--spec", spec.to_str().unwrap()],
+        ))
+    };
     let first = run();
-    assert!(first.contains("registered california_housing version 1"), "{first}");
+    assert!(
+        first.contains("registered california_housing version 1"),
+        "{first}"
+    );
     assert!(first.contains("no champion yet"), "{first}");
     let again = run();
-    assert!(again.contains("registered california_housing version 1"), "{again}");
-    let list = ok(&mlops(home.path(), &["registry", "list", "california_housing"]));
-    assert_eq!(list.lines().filter(|l| l.contains("linear")).count(), 1, "{list}");
+    assert!(
+        again.contains("registered california_housing version 1"),
+        "{again}"
+    );
+    let list = ok(&mlops(
+        home.path(),
+        &["registry", "list", "california_housing"],
+    ));
+    assert_eq!(
+        list.lines().filter(|l| l.contains("linear")).count(),
+        1,
+        "{list}"
+    );
 
     let bad = home.path().join("bad.toml");
-    std::fs::write(&bad, "dataset = \"california_housing\"\ncandidtes = [\"linear\"]\n").unwrap();
-    let err = fails(&mlops(home.path(), &["job", "--spec", bad.to_str().unwrap()]));
-    assert!(err.contains("bad.toml") && err.contains("candidtes"), "{err}");
+    std::fs::write(
+        &bad,
+        "dataset = \"california_housing\"\ncandidtes = [\"linear\"]\n",
+    )
+    .unwrap();
+    let err = fails(&mlops(
+        home.path(),
+        &["job", "--spec", bad.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("bad.toml") && err.contains("candidtes"),
+        "{err}"
+    );
 }
