@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use mlops_domain::registry::{CHALLENGER, CHAMPION, Registry};
-use mlops_e2e::{mlflow_uri, mlops_bin, moto_endpoint, s3_store, shared_data, unique};
+use mlops_e2e::{mlflow_uri, mlops_bin, moto_endpoint, python, s3_store, shared_data, unique};
 use mlops_tracking::MlflowClient;
 
 fn mlops(home: &std::path::Path, store: &str, args: &[&str]) -> Output {
@@ -18,6 +18,7 @@ fn mlops(home: &std::path::Path, store: &str, args: &[&str]) -> Output {
         ])
         .args(args)
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto_endpoint())
         .output()
         .expect("run mlops")
 }
@@ -39,6 +40,7 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
     let home = tempfile::tempdir().unwrap();
     let model = unique("churn").replace('-', "_");
     let experiment = unique("cli");
+    let namespace = unique("mlops-e2e");
     let data = shared_data("telco_churn.csv");
     let stdout = ok(&mlops(
         home.path(),
@@ -56,8 +58,38 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
             &experiment,
             "--promote",
             CHALLENGER,
+            "--cloudwatch-namespace",
+            &namespace,
         ],
     ));
+    // The final scores are in CloudWatch (moto), by model and model kind.
+    let listed = Command::new(python())
+        .args([
+            "-c",
+            "import boto3, json, sys; cw = boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1'); \
+             print(json.dumps(sorted(m['MetricName'] for m in cw.list_metrics(Namespace=sys.argv[2])['Metrics'])))",
+            &moto_endpoint(),
+            &namespace,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let names: Vec<String> = serde_json::from_slice(&listed.stdout).unwrap();
+    for expected in [
+        "test_roc_auc",
+        "test_log_loss",
+        "train_seconds",
+        "registry_version",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
+    }
     assert!(
         stdout.contains(&format!("registered {model} version 1")),
         "{stdout}"

@@ -1,12 +1,15 @@
 //! AWS adapters behind the domain's ports: the API-key set in Secrets Manager
-//! ([`SecretsKeyStore`]) and batch jobs on AWS Batch ([`BatchQueue`]). The standard AWS
+//! ([`SecretsKeyStore`]), batch jobs on AWS Batch ([`BatchQueue`]) and metrics in CloudWatch
+//! ([`CloudWatchMetrics`]). The standard AWS
 //! configuration chain applies; `AWS_ENDPOINT_URL` (or an explicit endpoint) points them at moto.
 
 pub mod batch;
+pub mod cloudwatch;
 pub mod secrets;
 
 pub use aws_config::SdkConfig;
 pub use batch::BatchQueue;
+pub use cloudwatch::CloudWatchMetrics;
 pub use secrets::SecretsKeyStore;
 
 /// Loads the shared AWS configuration, with an optional endpoint override.

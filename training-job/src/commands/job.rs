@@ -51,6 +51,8 @@ pub struct JobSpec {
     pub experiment: Option<String>,
     /// Idempotency key when AWS_BATCH_JOB_ID is not set.
     pub job_id: Option<String>,
+    /// CloudWatch namespace for the final scores (else MLOPS_CLOUDWATCH_NAMESPACE, else none).
+    pub cloudwatch_namespace: Option<String>,
     /// The promotion rule.
     #[serde(default)]
     pub promotion: Promotion,
@@ -169,6 +171,10 @@ pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
             idempotency_key: job_id,
             promote: None,
             gate_margin: spec.promotion.gate_margin,
+            cloudwatch_namespace: spec
+                .cloudwatch_namespace
+                .clone()
+                .or_else(|| std::env::var("MLOPS_CLOUDWATCH_NAMESPACE").ok()),
             registered_by: "training-job".into(),
         },
         &settings,

@@ -50,6 +50,7 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
             idempotency_key: None,
             promote: None,
             gate_margin: None,
+            cloudwatch_namespace: None,
             registered_by: "quickstart".into(),
         },
         settings,

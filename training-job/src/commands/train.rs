@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// Who registers the model.
     #[arg(long, env = "USER", default_value = "mlops")]
     pub registered_by: String,
+    /// Also put the final scores into CloudWatch under this namespace (dimensions Model and
+    /// ModelKind).
+    #[arg(long, env = "MLOPS_CLOUDWATCH_NAMESPACE")]
+    pub cloudwatch_namespace: Option<String>,
 }
 
 /// What a training run produced.
@@ -457,6 +461,24 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         tracker
             .mirror_alias(&model_name, alias, &tracker_version)
             .await?;
+    }
+    if let Some(namespace) = &args.cloudwatch_namespace {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+        let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+        let mut values = test_metrics.clone();
+        values.push(("train_seconds".into(), best.train_seconds));
+        values.push(("registry_version".into(), version.version as f64));
+        let sent = mlops_aws::CloudWatchMetrics::new(&config, namespace)
+            .put(
+                &values,
+                &[
+                    ("Model", model_name.as_str()),
+                    ("ModelKind", best.kind.name()),
+                ],
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+        eprintln!("{sent} metrics put to CloudWatch namespace {namespace}");
     }
     print_summary(
         &outcome,
