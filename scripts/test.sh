@@ -47,6 +47,16 @@ export MLOPS_TEST_PYTHON="$MLOPS_VENV/bin/python"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
+# The target dir is a cache kept outside the clone between runs: bound it, so that builds of
+# old revisions cannot fill the disk (a full disk once failed CI).
+export CARGO_INCREMENTAL=0
+target_gib=$(( $(du -sk "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1 || echo 0) / 1048576 ))
+free_gib=$(( $(df -Pk "$(dirname "$CARGO_TARGET_DIR")" | awk 'NR==2 {print $4}') / 1048576 ))
+if [ "$target_gib" -ge "${MLOPS_TARGET_LIMIT_GIB:-25}" ] || [ "$free_gib" -lt 8 ]; then
+  echo "test.sh: $CARGO_TARGET_DIR holds ${target_gib} GiB, ${free_gib} GiB free: cleaning it" >&2
+  cargo clean
+fi
+
 cargo fmt --all -- --check
 cfn-lint template.yaml
 cargo build --workspace --all-targets --locked

@@ -89,7 +89,7 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// An event file from `tests/events/` with placeholders filled in.
+/// An event file from `tests/events/` with its `${NAME}` variables substituted.
 fn event(dir: &Path, name: &str, vars: &[(&str, &str)]) -> PathBuf {
     let mut text = std::fs::read_to_string(repo().join("tests/events").join(name)).unwrap();
     for (k, v) in vars {

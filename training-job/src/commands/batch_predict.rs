@@ -55,9 +55,20 @@ struct Output {
     prefix: String,
 }
 
+/// The checkpoint object's name inside the output prefix.
+const CHECKPOINT: &str = "_checkpoint.json";
+
 impl Output {
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Writes (or overwrites) `name` under the output prefix.
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.key(name), bytes, PutCondition::None)
+            .await?;
+        Ok(())
     }
 }
 
@@ -106,7 +117,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 store: Arc::clone(store),
                 prefix: output_prefix(id),
             };
-            debug_assert_eq!(output.key("_checkpoint.json"), checkpoint_key(id));
+            debug_assert_eq!(output.key(CHECKPOINT), checkpoint_key(id));
             (job.model, job.version, job.input_uri, output)
         }
         None => {
@@ -143,7 +154,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         .as_bytes(),
     );
 
-    let checkpoint_key = output.key("_checkpoint.json");
+    let checkpoint_key = output.key(CHECKPOINT);
     let mut checkpoint = match output.store.get(&checkpoint_key).await? {
         Some(obj) => {
             let c: Checkpoint = serde_json::from_slice(&obj.bytes).with_context(|| {
@@ -225,30 +236,17 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         let (body, errors, rejected) =
             predict_part(&predictor, &parser, &part, first_row, classification)?;
         let name = format!("part-{index:05}.csv");
-        output
-            .store
-            .put(&output.key(&name), body, PutCondition::None)
-            .await?;
+        output.put(&name, body).await?;
         if let Some(errors) = errors {
             output
-                .store
-                .put(
-                    &output.key(&format!("errors-{index:05}.csv")),
-                    errors,
-                    PutCondition::None,
-                )
+                .put(&format!("errors-{index:05}.csv"), errors)
                 .await?;
         }
         checkpoint.parts.push(name);
         checkpoint.rows_done = row;
         checkpoint.rows_rejected += rejected;
         output
-            .store
-            .put(
-                &checkpoint_key,
-                serde_json::to_vec_pretty(&checkpoint)?,
-                PutCondition::None,
-            )
+            .put(CHECKPOINT, serde_json::to_vec_pretty(&checkpoint)?)
             .await?;
         eprintln!(
             "part {index}: rows {}–{row} committed ({rejected} rejected)",
@@ -258,12 +256,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     checkpoint.rows_total = Some(row);
     checkpoint.complete = true;
     output
-        .store
-        .put(
-            &checkpoint_key,
-            serde_json::to_vec_pretty(&checkpoint)?,
-            PutCondition::None,
-        )
+        .put(CHECKPOINT, serde_json::to_vec_pretty(&checkpoint)?)
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
