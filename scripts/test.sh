@@ -59,6 +59,7 @@ fi
 
 cargo fmt --all -- --check
 cfn-lint template.yaml
+hadolint infra/docker/Dockerfile
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
 

@@ -271,3 +271,121 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
         "{runs}"
     );
 }
+
+/// A budgeted search: every trial is a child run in MLflow with its parameters, fold scores and
+/// status (pruned trials end KILLED); the training run carries the search totals, the device it
+/// chose (CPU here, and why) and the selection's significance test.
+#[tokio::test]
+async fn every_search_trial_is_a_child_run_in_mlflow() {
+    let bucket_store = s3_store("").await;
+    let store_uri = format!("s3://{}/registry", bucket_store.bucket());
+    let home = tempfile::tempdir().unwrap();
+    let model = unique("search").replace('-', "_");
+    let experiment = unique("search");
+    let data = shared_data("telco_churn.csv");
+    // 2 starting points + one bracket of 9 linear configurations = 11 trials.
+    let out = mlops(
+        home.path(),
+        &store_uri,
+        &[
+            "train",
+            "telco_churn",
+            "--data",
+            data.to_str().unwrap(),
+            "--model-name",
+            &model,
+            "--candidates",
+            "linear,lightgbm",
+            "--experiment",
+            &experiment,
+            "--search-trials",
+            "11",
+        ],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("search: 11 trials"), "{stderr}");
+    assert!(stderr.contains("corrected paired t-test"), "{stderr}");
+
+    let mlflow = MlflowClient::new(&mlflow_uri());
+    let experiment_id = mlflow.experiment_id(&experiment).await.unwrap();
+    let runs = mlflow
+        .post(
+            "runs/search",
+            serde_json::json!({"experiment_ids": [experiment_id], "max_results": 100}),
+        )
+        .await
+        .unwrap();
+    let runs = runs["runs"].as_array().unwrap();
+    let tag = |run: &serde_json::Value, key: &str| -> Option<String> {
+        run["data"]["tags"]
+            .as_array()?
+            .iter()
+            .find(|t| t["key"] == key)
+            .and_then(|t| t["value"].as_str().map(str::to_string))
+    };
+    let trials: Vec<_> = runs
+        .iter()
+        .filter(|r| tag(r, "mlops.trial").is_some())
+        .collect();
+    assert_eq!(trials.len(), 11, "{runs:?}");
+    let parent = runs
+        .iter()
+        .find(|r| tag(r, "mlflow.parentRunId").is_none())
+        .expect("the training run");
+    let parent_id = parent["info"]["run_id"].as_str().unwrap();
+    let mut killed = 0;
+    for t in &trials {
+        assert_eq!(tag(t, "mlflow.parentRunId").as_deref(), Some(parent_id));
+        let status = tag(t, "mlops.trial.status").unwrap();
+        let run_status = t["info"]["status"].as_str().unwrap();
+        match status.as_str() {
+            "complete" => assert_eq!(run_status, "FINISHED"),
+            "pruned" => {
+                assert_eq!(run_status, "KILLED");
+                killed += 1;
+            }
+            other => panic!("unexpected trial status {other}"),
+        }
+        assert!(
+            t["data"]["params"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
+            "{t}"
+        );
+        let metrics: Vec<&str> = t["data"]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["key"].as_str())
+            .collect();
+        assert!(
+            metrics.contains(&"cv_roc_auc") && metrics.contains(&"cv_roc_auc_mean"),
+            "{metrics:?}"
+        );
+    }
+    // One bracket of 9 over 5 folds with eta 3: 6 pruned after one fold, 2 after three.
+    assert_eq!(killed, 8);
+    let parent_metrics: Vec<&str> = parent["data"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["key"].as_str())
+        .collect();
+    for expected in [
+        "search_trials",
+        "search_best_roc_auc",
+        "selection_p_value",
+        "test_roc_auc",
+    ] {
+        assert!(
+            parent_metrics.contains(&expected),
+            "{expected}: {parent_metrics:?}"
+        );
+    }
+    assert_eq!(tag(parent, "mlops.device").as_deref(), Some("cpu"));
+    assert!(
+        tag(parent, "mlops.device.summary").is_some_and(|s| s.starts_with("cpu (")),
+        "{parent}"
+    );
+}

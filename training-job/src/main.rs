@@ -2,6 +2,8 @@
 
 mod commands;
 mod config;
+mod device;
+mod monitor;
 mod progress;
 
 use std::process::ExitCode;

@@ -32,3 +32,13 @@ pub fn bytes(total: Option<u64>, message: &str) -> ProgressBar {
     bar.set_message(message.to_string());
     bar
 }
+
+/// Prints a line above `bar`, or plainly on standard error when the bar is hidden (not a
+/// terminal: AWS Batch and CI logs), so that the log has it either way.
+pub fn line(bar: &ProgressBar, text: String) {
+    if bar.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        bar.println(text);
+    }
+}

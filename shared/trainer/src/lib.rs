@@ -9,7 +9,9 @@
 pub mod lightgbm;
 pub mod linear;
 pub mod report;
+pub mod search;
 pub mod select;
+pub mod significance;
 pub mod xgboost;
 
 use std::collections::BTreeMap;

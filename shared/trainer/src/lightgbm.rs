@@ -85,17 +85,48 @@ impl LgbmModel {
         valid: Labelled<'_>,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        Self::train_inner(task, params, train, Some(valid), seed)
+    }
+
+    /// Trains exactly `params.max_rounds` rounds without a validation set (the refit of a
+    /// selected configuration on the whole training split).
+    pub fn train_rounds(
+        task: Task,
+        params: &LgbmParams,
+        train: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        Self::train_inner(task, params, train, None, seed)
+    }
+
+    fn train_inner(
+        task: Task,
+        params: &LgbmParams,
+        train: Labelled<'_>,
+        valid: Option<Labelled<'_>>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let n = train.x.cols as i32;
         let dtrain =
             Dataset::from_slice(&train.x.values, &labels(train.y), n, true).map_err(lgbm_err)?;
-        let dvalid = Dataset::from_slice_with_reference(
-            &valid.x.values,
-            &labels(valid.y),
-            n,
-            true,
-            Some(&dtrain),
-        )
-        .map_err(lgbm_err)?;
+        let dvalid = valid
+            .map(|v| {
+                Dataset::from_slice_with_reference(
+                    &v.x.values,
+                    &labels(v.y),
+                    n,
+                    true,
+                    Some(&dtrain),
+                )
+            })
+            .transpose()
+            .map_err(lgbm_err)?;
+        // Without a validation set nothing can stop early: 0 turns it off.
+        let early_stopping_rounds = if dvalid.is_some() {
+            params.early_stopping_rounds
+        } else {
+            0
+        };
         let threads = if params.threads == 0 {
             crate::default_threads()
         } else {
@@ -118,7 +149,7 @@ impl LgbmModel {
             "bagging_freq": params.bagging_freq,
             "lambda_l2": params.lambda_l2,
             "num_iterations": params.max_rounds,
-            "early_stopping_rounds": params.early_stopping_rounds,
+            "early_stopping_rounds": early_stopping_rounds,
             "device_type": params.device,
             "num_threads": threads,
             "seed": seed,
@@ -126,7 +157,7 @@ impl LgbmModel {
             "force_row_wise": true,
             "verbosity": -1,
         });
-        let booster = Booster::train_with_valid(dtrain, Some(dvalid), &config).map_err(lgbm_err)?;
+        let booster = Booster::train_with_valid(dtrain, dvalid, &config).map_err(lgbm_err)?;
         let best = booster.num_iterations().max(0) as usize;
         Ok(Self {
             booster,

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::lightgbm::{LgbmModel, LgbmParams};
 use crate::linear::LinearModel;
+use crate::search::{SearchConfig, SearchEvent, SearchOutcome, search};
+use crate::significance::{PairedTest, corrected_paired_t_test};
 use crate::xgboost::{XgbModel, XgbParams};
 use crate::{Labelled, Model, Params, TrainError};
 
@@ -71,6 +73,36 @@ impl CandidateSpec {
         }
     }
 
+    /// This configuration with exactly `rounds` boosting rounds (trees only).
+    pub fn with_rounds(&self, rounds: usize) -> CandidateSpec {
+        let mut spec = self.clone();
+        match &mut spec {
+            CandidateSpec::Xgboost(p) => p.max_rounds = rounds,
+            CandidateSpec::Lightgbm(p) => p.max_rounds = rounds,
+            CandidateSpec::Linear { .. } => {}
+        }
+        spec
+    }
+
+    /// Trains this candidate on all of `train` without early stopping: trees grow exactly their
+    /// `max_rounds`.
+    pub fn fit_all(
+        &self,
+        task: Task,
+        train: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Box<dyn Model>, TrainError> {
+        Ok(match (self, task) {
+            (CandidateSpec::Linear { .. }, _) => self.fit(task, train, train, seed)?,
+            (CandidateSpec::Xgboost(p), _) => {
+                Box::new(XgbModel::train_rounds(task, p, train, seed)?)
+            }
+            (CandidateSpec::Lightgbm(p), _) => {
+                Box::new(LgbmModel::train_rounds(task, p, train, seed)?)
+            }
+        })
+    }
+
     /// The default candidates: a linear baseline, XGBoost and LightGBM.
     pub fn defaults() -> Vec<CandidateSpec> {
         vec![
@@ -116,8 +148,10 @@ pub struct TrainConfig {
     pub validation_fraction: f64,
     /// k-fold cross-validation on the training split (selection by CV mean), if set.
     pub cv_folds: Option<usize>,
-    /// Candidates to try.
+    /// Candidates to try (with search: the families to search, starting from these parameters).
     pub candidates: Vec<CandidateSpec>,
+    /// Hyper-parameter search within a budget, scored by k-fold CV (replaces `cv_folds`).
+    pub search: Option<SearchConfig>,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +162,7 @@ impl Default for TrainConfig {
             validation_fraction: 0.1,
             cv_folds: None,
             candidates: CandidateSpec::defaults(),
+            search: None,
         }
     }
 }
@@ -150,7 +185,9 @@ pub struct CandidateResult {
     pub train_seconds: f64,
     /// The pipeline this candidate was trained with.
     pub pipeline: FeaturePipeline,
-    /// The model (fitted on the training split minus the validation carve-out).
+    /// The model: fitted on the training split minus the validation carve-out, or, for a
+    /// searched configuration, refit on the whole training split for the early-stopped number
+    /// of rounds scaled by 1 / (1 − validation fraction).
     pub model: Box<dyn Model>,
 }
 
@@ -187,6 +224,20 @@ pub struct TrainingOutcome {
     pub test_features: FeatureMatrix,
     /// Rows in the training split (including the validation carve-out).
     pub train_rows: usize,
+    /// The search, if one ran.
+    pub search: Option<SearchOutcome>,
+    /// The selected candidate against the runner-up on the same CV folds (selected − runner-up),
+    /// when both have CV scores.
+    pub selection_test: Option<SelectionTest>,
+}
+
+/// How sure the selection is: the selected candidate against the runner-up, fold by fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionTest {
+    /// The runner-up's name.
+    pub runner_up: String,
+    /// Corrected resampled paired t-test of selected − runner-up.
+    pub test: PairedTest,
 }
 
 impl TrainingOutcome {
@@ -205,6 +256,8 @@ pub enum Progress {
     FoldFinished(String, usize, f64),
     /// A candidate finished (name, validation score, seconds).
     CandidateFinished(String, f64, f64),
+    /// The search reported something.
+    Search(SearchEvent),
 }
 
 fn labelled<'a>(x: &'a FeatureMatrix, y: &'a [f64]) -> Labelled<'a> {
@@ -212,15 +265,15 @@ fn labelled<'a>(x: &'a FeatureMatrix, y: &'a [f64]) -> Labelled<'a> {
 }
 
 /// A candidate fitted once: its pipeline, its model and its validation predictions.
-struct FittedCandidate {
-    pipeline: FeaturePipeline,
-    model: Box<dyn Model>,
-    valid_labels: Vec<f64>,
-    valid_predictions: Vec<f64>,
+pub(crate) struct FittedCandidate {
+    pub(crate) pipeline: FeaturePipeline,
+    pub(crate) model: Box<dyn Model>,
+    pub(crate) valid_labels: Vec<f64>,
+    pub(crate) valid_predictions: Vec<f64>,
 }
 
 /// Fits the pipeline on `data`, carves a validation set out of it and trains one candidate.
-fn fit_once(
+pub(crate) fn fit_once(
     schema: &Schema,
     spec: &CandidateSpec,
     data: &Dataset,
@@ -273,13 +326,42 @@ pub fn train_and_select(
     let train_data = data.subset(&train);
     let test_data = data.subset(&test);
 
+    // With a search, each family's best complete trial is its candidate, with its CV scores.
+    let (specs, searched): (Vec<SearchedSpec>, _) = match &config.search {
+        Some(search_config) => {
+            let outcome = search(
+                schema,
+                &train_data,
+                &config.candidates,
+                search_config,
+                config.validation_fraction,
+                config.seed,
+                primary,
+                |event| progress(Progress::Search(event)),
+            )?;
+            let specs = (0..config.candidates.len())
+                .filter_map(|family| outcome.best_of_family(family, primary))
+                .map(|t| (t.spec.clone(), Some(t.fold_scores.clone())))
+                .collect();
+            (specs, Some(outcome))
+        }
+        None => (
+            config
+                .candidates
+                .iter()
+                .map(|c| (c.clone(), None))
+                .collect(),
+            None,
+        ),
+    };
+
     let mut candidates = Vec::new();
-    let total = config.candidates.len();
-    for (i, spec) in config.candidates.iter().enumerate() {
+    let total = specs.len();
+    for (i, (spec, searched_scores)) in specs.iter().enumerate() {
         let name = spec.model_kind(task).name().to_string();
         progress(Progress::CandidateStarted(i, total, name.clone()));
-        let mut cv_scores = Vec::new();
-        if let Some(k) = config.cv_folds {
+        let mut cv_scores = searched_scores.clone().unwrap_or_default();
+        if let Some(k) = config.cv_folds.filter(|_| searched_scores.is_none()) {
             for (f, fold) in k_fold(train_data.len(), k, config.seed).iter().enumerate() {
                 let fold_train = train_data.subset(&fold.train);
                 let fold_test = train_data.subset(&fold.test);
@@ -309,12 +391,27 @@ pub fn train_and_select(
             config.validation_fraction,
             config.seed,
         )?;
-        let train_seconds = started.elapsed().as_secs_f64();
         let validation_metrics = evaluate(task, &valid_labels, &valid_predictions);
         let mut params = spec.params(task);
         if let Some(best) = model.best_iteration() {
             params.insert("best_iteration".into(), best.into());
         }
+        // A searched configuration was chosen by CV, so the carve-out served only to find the
+        // number of rounds: refit on the whole training split, with the rounds scaled to its size.
+        let model = match (searched_scores, model.best_iteration()) {
+            (Some(_), Some(rounds)) => {
+                let rounds = (rounds as f64 / (1.0 - config.validation_fraction)).ceil() as usize;
+                let (x, _) = pipeline.transform(&train_data);
+                params.insert("refit_rounds".into(), rounds.into());
+                spec.with_rounds(rounds).fit_all(
+                    task,
+                    labelled(&x, &train_data.labels),
+                    config.seed,
+                )?
+            }
+            _ => model,
+        };
+        let train_seconds = started.elapsed().as_secs_f64();
         progress(Progress::CandidateFinished(
             name.clone(),
             validation_metrics[primary.name()],
@@ -341,6 +438,14 @@ pub fn train_and_select(
             best = i;
         }
     }
+    let selection_test = runner_up(&candidates, best, primary).and_then(|r| {
+        corrected_paired_t_test(&candidates[best].cv_scores, &candidates[r].cv_scores).map(|test| {
+            SelectionTest {
+                runner_up: candidates[r].name.clone(),
+                test,
+            }
+        })
+    });
     let (test_features, _) = candidates[best].pipeline.transform(&test_data);
     let test_predictions = candidates[best].model.predict(&test_features)?;
     let test_metrics = evaluate(task, &test_data.labels, &test_predictions);
@@ -355,5 +460,24 @@ pub fn train_and_select(
         test_data,
         train_rows: train.len(),
         candidates,
+        search: searched,
+        selection_test,
+    })
+}
+
+/// A configuration to fit, with its CV fold scores when a search found it.
+type SearchedSpec = (CandidateSpec, Option<Vec<f64>>);
+
+/// The best candidate other than `best`, by selection score.
+fn runner_up(candidates: &[CandidateResult], best: usize, primary: Metric) -> Option<usize> {
+    (0..candidates.len()).filter(|&i| i != best).reduce(|a, b| {
+        if primary.better(
+            candidates[b].selection_score(primary),
+            candidates[a].selection_score(primary),
+        ) {
+            b
+        } else {
+            a
+        }
     })
 }

@@ -86,6 +86,22 @@ fn xgb_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Xgboost(clean(&e.to_string()))
 }
 
+/// Whether the libxgboost this process loaded was built with CUDA (`USE_CUDA` in
+/// `XGBuildInfo`): the `xgboost` wheel's library is, the `xgboost-cpu` wheel's is not.
+pub fn library_has_cuda() -> Result<bool, TrainError> {
+    let mut out: *const std::os::raw::c_char = std::ptr::null();
+    // SAFETY: XGBuildInfo points `out` at a NUL-terminated JSON string owned by the library.
+    let rc = unsafe { xgboost_sys::XGBuildInfo(&mut out) };
+    if rc != 0 || out.is_null() {
+        return Err(TrainError::Xgboost("XGBuildInfo failed".into()));
+    }
+    // SAFETY: non-null and NUL-terminated, checked above; copied before any other call.
+    let text = unsafe { std::ffi::CStr::from_ptr(out) }.to_string_lossy();
+    let info: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Xgboost(format!("XGBuildInfo is not JSON: {e}")))?;
+    Ok(info.get("USE_CUDA").and_then(serde_json::Value::as_bool) == Some(true))
+}
+
 /// Builds a DMatrix with labels; missing values are NaN.
 pub fn dmatrix(x: &FeatureMatrix, y: Option<&[f64]>) -> Result<DMatrix, TrainError> {
     let mut d = DMatrix::from_dense(&x.to_f32(), x.rows).map_err(xgb_err)?;
@@ -115,13 +131,33 @@ impl XgbModel {
         valid: Labelled<'_>,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        Self::train_inner(task, params, train, Some(valid), seed)
+    }
+
+    /// Trains exactly `params.max_rounds` rounds without a validation set (the refit of a
+    /// selected configuration on the whole training split).
+    pub fn train_rounds(
+        task: Task,
+        params: &XgbParams,
+        train: Labelled<'_>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        Self::train_inner(task, params, train, None, seed)
+    }
+
+    fn train_inner(
+        task: Task,
+        params: &XgbParams,
+        train: Labelled<'_>,
+        valid: Option<Labelled<'_>>,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let dtrain = dmatrix(train.x, Some(train.y))?;
-        let dvalid = dmatrix(valid.x, Some(valid.y))?;
-        let mut booster = Booster::new_with_cached_dmats(
-            &xgb::parameters::BoosterParameters::default(),
-            &[&dtrain, &dvalid],
-        )
-        .map_err(xgb_err)?;
+        let dvalid = valid.map(|v| dmatrix(v.x, Some(v.y))).transpose()?;
+        let cached: Vec<&DMatrix> = std::iter::once(&dtrain).chain(dvalid.as_ref()).collect();
+        let mut booster =
+            Booster::new_with_cached_dmats(&xgb::parameters::BoosterParameters::default(), &cached)
+                .map_err(xgb_err)?;
         let (objective, metric, higher_is_better) = objective(task);
         let mean = train.y.iter().sum::<f64>() / train.y.len().max(1) as f64;
         // Intercept: the label mean (a probability for binary:logistic), as XGBoost estimates it.
@@ -157,6 +193,17 @@ impl XgbModel {
         for (k, v) in &settings {
             booster.set_param(k, v).map_err(xgb_err)?;
         }
+        let Some(dvalid) = dvalid else {
+            for round in 0..params.max_rounds {
+                booster.update(&dtrain, round as i32).map_err(xgb_err)?;
+            }
+            return Ok(Self {
+                booster,
+                n_features: train.x.cols,
+                best_iteration: Some(params.max_rounds),
+                lock: RefCell::new(()),
+            });
+        };
         let mut best = (f64::NAN, 0usize);
         for round in 0..params.max_rounds {
             booster.update(&dtrain, round as i32).map_err(xgb_err)?;

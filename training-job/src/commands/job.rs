@@ -32,17 +32,22 @@ pub struct JobSpec {
     /// Candidates (linear, xgboost, lightgbm).
     #[serde(default = "default_candidates")]
     pub candidates: Vec<String>,
-    /// k-fold cross-validation on the training split.
+    /// k-fold cross-validation on the training split (and the folds of the search).
     pub cv_folds: Option<usize>,
+    /// Hyper-parameter search budget; without it the candidates train with their defaults.
+    pub search: Option<SearchBudget>,
     /// Seed of the split, folds and learners.
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Held-out share.
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
-    /// cpu or cuda.
+    /// auto (GPU when usable, else CPU, saying why), cpu or cuda.
     #[serde(default = "default_device")]
     pub device: String,
+    /// GPU telemetry (NVML) sampling interval in seconds while training on a GPU.
+    #[serde(default = "default_telemetry_seconds")]
+    pub telemetry_seconds: f64,
     /// Registry store (s3://bucket/prefix or a directory); overrides MLOPS_STORE.
     pub registry: Option<String>,
     /// Tracking URI (MLflow http://…); overrides MLOPS_TRACKING_URI.
@@ -56,6 +61,16 @@ pub struct JobSpec {
     /// The promotion rule.
     #[serde(default)]
     pub promotion: Promotion,
+}
+
+/// How much hyper-parameter search to do: trials, minutes or both.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBudget {
+    /// Stop after this many trials.
+    pub max_trials: Option<usize>,
+    /// Stop after this many minutes.
+    pub minutes: Option<f64>,
 }
 
 /// What happens to the new version.
@@ -77,7 +92,10 @@ fn default_test_fraction() -> f64 {
     0.2
 }
 fn default_device() -> String {
-    "cpu".into()
+    "auto".into()
+}
+fn default_telemetry_seconds() -> f64 {
+    5.0
 }
 
 impl JobSpec {
@@ -94,6 +112,23 @@ impl JobSpec {
             .is_some_and(|m| !m.is_finite() || m < 0.0)
         {
             bail!("job spec {origin}: 'promotion.gate_margin' must be a non-negative number");
+        }
+        if !["auto", "cpu", "cuda"].contains(&spec.device.as_str()) {
+            bail!(
+                "job spec {origin}: 'device' must be auto, cpu or cuda, got '{}'",
+                spec.device
+            );
+        }
+        if let Some(search) = &spec.search {
+            if search.max_trials.is_none() && search.minutes.is_none() {
+                bail!("job spec {origin}: [search] needs max_trials, minutes or both");
+            }
+            if search.minutes.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+                bail!("job spec {origin}: 'search.minutes' must be a positive number");
+            }
+            if search.max_trials == Some(0) {
+                bail!("job spec {origin}: 'search.max_trials' must be at least 1");
+            }
         }
         Ok(spec)
     }
@@ -166,6 +201,9 @@ pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
             cv_folds: spec.cv_folds,
             candidates: spec.candidates.clone(),
             device: spec.device.clone(),
+            search_minutes: spec.search.as_ref().and_then(|s| s.minutes),
+            search_trials: spec.search.as_ref().and_then(|s| s.max_trials),
+            telemetry_seconds: spec.telemetry_seconds,
             experiment: spec.experiment.clone(),
             out: None,
             idempotency_key: job_id,
@@ -215,5 +253,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("gate_margin"), "{e}");
+        let spec = JobSpec::parse(
+            "dataset = \"x\"\n[search]\nminutes = 10\nmax_trials = 200\n",
+            "j.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.search,
+            Some(SearchBudget {
+                max_trials: Some(200),
+                minutes: Some(10.0)
+            })
+        );
+        assert_eq!(spec.device, "auto");
+        for (text, field) in [
+            ("dataset = \"x\"\n[search]\n", "max_trials, minutes"),
+            (
+                "dataset = \"x\"\n[search]\nminutes = -2.0\n",
+                "search.minutes",
+            ),
+            (
+                "dataset = \"x\"\n[search]\nmax_trials = 0\n",
+                "search.max_trials",
+            ),
+            ("dataset = \"x\"\n[search]\nhours = 1\n", "hours"),
+            ("dataset = \"x\"\ndevice = \"tpu\"\n", "device"),
+        ] {
+            let e = JobSpec::parse(text, "j.toml").unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest};
@@ -18,12 +20,13 @@ use mlops_domain::store::{PutCondition, StoreError};
 use mlops_domain::tracking::{RunStatus, Tracker};
 use mlops_engine::Predictor;
 use mlops_trainer::report::{ReportContext, write_report};
-use mlops_trainer::select::{
-    CandidateSpec, Progress, TrainConfig, TrainingOutcome, train_and_select,
-};
+use mlops_trainer::search::{SearchConfig, TrialStatus};
+use mlops_trainer::select::{CandidateSpec, TrainConfig, TrainingOutcome};
 use mlops_trainer::{lightgbm::LgbmParams, xgboost::XgbParams};
 
 use crate::config::{Settings, code_commit, load_schema, locate_data};
+use crate::device::{self, DevicePlan};
+use crate::monitor::{self, Monitor};
 use crate::progress;
 
 /// Arguments of `mlops train`.
@@ -49,9 +52,21 @@ pub struct TrainArgs {
     /// Candidates to train, comma-separated: linear, xgboost, lightgbm.
     #[arg(long, value_delimiter = ',', default_value = "linear,xgboost,lightgbm")]
     pub candidates: Vec<String>,
-    /// Compute device of the tree learners: cpu, or cuda (needs CUDA builds of the libraries).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    /// Compute device of the tree learners: auto (a CUDA GPU when the driver reports one and
+    /// the library can use it, else CPU, saying why), cpu, or cuda (fail without a usable GPU).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
+    /// Hyper-parameter search: stop after this many minutes (successive halving over k-fold
+    /// CV; every trial is a child run). The configured parameters are always scored first.
+    #[arg(long)]
+    pub search_minutes: Option<f64>,
+    /// Hyper-parameter search: stop after this many trials (all families together).
+    #[arg(long)]
+    pub search_trials: Option<usize>,
+    /// Sample GPU utilization, memory, temperature and power this often while training on a
+    /// GPU (NVML), as metrics of the training run and in CloudWatch.
+    #[arg(long, default_value_t = 5.0)]
+    pub telemetry_seconds: f64,
     /// Experiment name in the tracker (default: the model name).
     #[arg(long)]
     pub experiment: Option<String>,
@@ -89,16 +104,21 @@ pub struct TrainSummary {
     pub outcome: TrainingOutcome,
 }
 
-fn parse_candidates(names: &[String], device: &str) -> Result<Vec<CandidateSpec>> {
+fn parse_candidates(names: &[String], devices: &DevicePlan) -> Result<Vec<CandidateSpec>> {
     let mut out = Vec::new();
     for name in names {
-        let mut spec = match name.trim() {
+        let spec = match name.trim() {
             "linear" | "ridge" | "logistic" => CandidateSpec::Linear { l2: 1.0 },
-            "xgboost" => CandidateSpec::Xgboost(XgbParams::default()),
-            "lightgbm" => CandidateSpec::Lightgbm(LgbmParams::default()),
+            "xgboost" => CandidateSpec::Xgboost(XgbParams {
+                device: devices.xgboost.clone(),
+                ..XgbParams::default()
+            }),
+            "lightgbm" => CandidateSpec::Lightgbm(LgbmParams {
+                device: devices.lightgbm.clone(),
+                ..LgbmParams::default()
+            }),
             other => bail!("unknown candidate '{other}': use linear, xgboost or lightgbm"),
         };
-        spec.set_device(device);
         out.push(spec);
     }
     if out.is_empty() {
@@ -119,7 +139,31 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     {
         bail!("--cv-folds must be between 2 and 20, got {k}");
     }
+    if let Some(m) = args.search_minutes
+        && !(m.is_finite() && m > 0.0)
+    {
+        bail!("--search-minutes must be a positive number, got {m}");
+    }
+    if args.search_trials == Some(0) {
+        bail!("--search-trials must be at least 1");
+    }
+    if !(args.telemetry_seconds.is_finite() && args.telemetry_seconds >= 0.1) {
+        bail!(
+            "--telemetry-seconds must be at least 0.1, got {}",
+            args.telemetry_seconds
+        );
+    }
     Ok(())
+}
+
+/// The search configuration the arguments ask for, if any.
+fn search_config(args: &TrainArgs) -> Option<SearchConfig> {
+    (args.search_minutes.is_some() || args.search_trials.is_some()).then(|| SearchConfig {
+        max_trials: args.search_trials,
+        max_seconds: args.search_minutes.map(|m| m * 60.0),
+        folds: args.cv_folds.unwrap_or(5),
+        ..SearchConfig::default()
+    })
 }
 
 /// Loads and validates the data set, printing a short report.
@@ -147,7 +191,9 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         .clone()
         .unwrap_or_else(|| schema.name.clone());
     mlops_domain::registry::check_name("model", &model_name)?;
-    let candidates = parse_candidates(&args.candidates, &args.device)?;
+    let devices = device::plan(&args.device)?;
+    eprintln!("device: {}", devices.summary);
+    let candidates = parse_candidates(&args.candidates, &devices)?;
     let data_path = locate_data(&schema, args.data.as_deref(), settings)?;
     let data = load_dataset(&schema, &data_path)?;
     let registry = settings.registry().await?;
@@ -162,7 +208,8 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         ("mlops.model".to_string(), model_name.clone()),
         ("mlops.data_sha256".to_string(), data.digest.sha256.clone()),
         ("mlops.code_commit".to_string(), commit.clone()),
-        ("mlops.device".to_string(), args.device.clone()),
+        ("mlops.device".to_string(), devices.tag().to_string()),
+        ("mlops.device.summary".to_string(), devices.summary.clone()),
         ("mlflow.source.git.commit".to_string(), commit.clone()),
     ];
     let parent = tracker
@@ -180,27 +227,40 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         test_fraction: args.test_fraction,
         cv_folds: args.cv_folds,
         candidates,
+        search: search_config(args),
         ..TrainConfig::default()
     };
-    let bar = progress::steps(config.candidates.len() as u64, "training");
-    let outcome = train_and_select(&schema, &data, &config, |event| match event {
-        Progress::CandidateStarted(_, _, name) => bar.set_message(format!("training {name}")),
-        Progress::FoldFinished(name, fold, score) => {
-            bar.set_message(format!("{name}: fold {} scored {score:.4}", fold + 1))
+    let cloudwatch = match &args.cloudwatch_namespace {
+        Some(namespace) => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+            Some(Arc::new(mlops_aws::CloudWatchMetrics::new(
+                &config, namespace,
+            )))
         }
-        Progress::CandidateFinished(name, score, secs) => {
-            bar.inc(1);
-            bar.println(format!("  {name:<10} validation {score:.4}  ({secs:.1} s)"));
-        }
-    });
-    bar.finish_and_clear();
-    let outcome = match outcome {
+        None => None,
+    };
+    let monitor = Monitor {
+        tracker: settings.tracker(),
+        experiment: experiment.clone(),
+        parent_run: parent.run_id.clone(),
+        base_tags: base_tags.clone(),
+        telemetry_interval: devices
+            .uses_gpu()
+            .then(|| Duration::from_secs_f64(args.telemetry_seconds)),
+        cloudwatch: cloudwatch.clone().map(|c| (c, model_name.clone())),
+    };
+    let (outcome, gpu_samples) = match monitor.train(&schema, &data, &config).await {
         Ok(o) => o,
         Err(e) => {
             let _ = tracker.end_run(&parent.run_id, RunStatus::Failed).await;
-            return Err(e.into());
+            return Err(e);
         }
     };
+    if let Some(line) = monitor::summarize(&gpu_samples) {
+        eprintln!("GPU telemetry: {line}");
+    }
+    record_search_and_selection(tracker.as_ref(), &parent.run_id, &outcome).await?;
 
     // One tracking run per candidate, children of the training run.
     let primary = outcome.primary;
@@ -462,13 +522,11 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
             .mirror_alias(&model_name, alias, &tracker_version)
             .await?;
     }
-    if let Some(namespace) = &args.cloudwatch_namespace {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
-        let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+    if let (Some(namespace), Some(cloudwatch)) = (&args.cloudwatch_namespace, &cloudwatch) {
         let mut values = test_metrics.clone();
         values.push(("train_seconds".into(), best.train_seconds));
         values.push(("registry_version".into(), version.version as f64));
-        let sent = mlops_aws::CloudWatchMetrics::new(&config, namespace)
+        let sent = cloudwatch
             .put(
                 &values,
                 &[
@@ -492,6 +550,73 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         artifact_dir,
         outcome,
     })
+}
+
+/// The search's totals and the selection's significance test, on the training run and in the log.
+async fn record_search_and_selection(
+    tracker: &dyn Tracker,
+    run_id: &str,
+    outcome: &TrainingOutcome,
+) -> Result<()> {
+    let mut tags = Vec::new();
+    let mut metrics = Vec::new();
+    if let Some(search) = &outcome.search {
+        let count = |s: TrialStatus| search.trials.iter().filter(|t| t.status == s).count();
+        let (complete, pruned, stopped) = (
+            count(TrialStatus::Complete),
+            count(TrialStatus::Pruned),
+            count(TrialStatus::OutOfBudget),
+        );
+        eprintln!(
+            "search: {} trials in {:.0} s ({complete} complete, {pruned} pruned, {stopped} stopped by the budget)",
+            search.trials.len(),
+            search.seconds
+        );
+        tags.push((
+            "mlops.search.trials".to_string(),
+            search.trials.len().to_string(),
+        ));
+        tags.push((
+            "mlops.search.out_of_time".into(),
+            search.out_of_time.to_string(),
+        ));
+        metrics.extend([
+            ("search_seconds".to_string(), search.seconds),
+            ("search_trials".into(), search.trials.len() as f64),
+            ("search_trials_complete".into(), complete as f64),
+            ("search_trials_pruned".into(), pruned as f64),
+        ]);
+    }
+    if let Some(s) = &outcome.selection_test {
+        let metric = outcome.primary.name();
+        eprintln!(
+            "selection: {} over {} by {:+.4} cv {metric} (corrected paired t-test over {} folds: t = {:.2}, p = {:.4})",
+            outcome.best().name,
+            s.runner_up,
+            s.test.mean_difference,
+            s.test.folds,
+            s.test.t,
+            s.test.p_value
+        );
+        tags.push(("mlops.selection.runner_up".into(), s.runner_up.clone()));
+        metrics.extend([
+            (
+                "selection_mean_difference".to_string(),
+                s.test.mean_difference,
+            ),
+            ("selection_t".into(), s.test.t),
+            ("selection_p_value".into(), s.test.p_value),
+        ]);
+    }
+    if !tags.is_empty() {
+        tracker.set_tags(run_id, &tags).await?;
+    }
+    // MLflow rejects non-finite values: a constant difference has t = ±inf (p = 0).
+    metrics.retain(|(_, v)| v.is_finite());
+    if !metrics.is_empty() {
+        tracker.log_metrics(run_id, &metrics, 0).await?;
+    }
+    Ok(())
 }
 
 /// Scores the current champion on this run's held-out rows and decides.
