@@ -50,6 +50,22 @@ pub struct FittedRatio {
     pub median: f64,
 }
 
+/// A fitted rotation of two numeric inputs by one angle: two output features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FittedRotation {
+    /// Names of the two features (u, v).
+    pub names: [String; 2],
+    /// Index of the x input among the inputs.
+    pub x: usize,
+    /// Index of the y input among the inputs.
+    pub y: usize,
+    /// cos θ, computed once at fitting so that serving replays the same bits.
+    pub cos: f64,
+    /// sin θ.
+    pub sin: f64,
+}
+
 /// Mean and standard deviation of one output feature.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Scaling {
@@ -66,8 +82,10 @@ pub struct PipelineOptions {
     pub standardize: bool,
 }
 
-/// The fitted pipeline.
+/// The fitted pipeline. Unknown fields are refused, so that a build that predates a feature
+/// kind rejects a pipeline that uses it instead of silently computing fewer features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeaturePipeline {
     /// [`PIPELINE_FORMAT`].
     pub format: u32,
@@ -75,6 +93,9 @@ pub struct FeaturePipeline {
     pub inputs: Vec<FittedInput>,
     /// Ratio features, appended after the input features.
     pub ratios: Vec<FittedRatio>,
+    /// Rotated coordinates, appended after the ratios.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<FittedRotation>,
     /// Per-feature standardization, if fitted.
     pub scaling: Option<Vec<Scaling>>,
     /// Output feature names.
@@ -217,6 +238,7 @@ impl FeaturePipeline {
             format: PIPELINE_FORMAT,
             inputs,
             ratios: Vec::new(),
+            rotations: Vec::new(),
             scaling: None,
             feature_names,
         };
@@ -240,6 +262,20 @@ impl FeaturePipeline {
                 median: median(values),
             });
             pipeline.feature_names.push(r.name.clone());
+        }
+        for r in &schema.rotations {
+            for &degrees in &r.degrees {
+                let theta = degrees.to_radians();
+                let names = r.names(degrees);
+                pipeline.feature_names.extend(names.iter().cloned());
+                pipeline.rotations.push(FittedRotation {
+                    names,
+                    x: index_of(&r.x),
+                    y: index_of(&r.y),
+                    cos: theta.cos(),
+                    sin: theta.sin(),
+                });
+            }
         }
         if options.standardize {
             let unscaled = pipeline.transform(data).0;
@@ -351,6 +387,12 @@ impl FeaturePipeline {
                 *stats.zero_denominators.entry(r.name.clone()).or_default() += 1;
                 r.median
             });
+        }
+        for r in &self.rotations {
+            let x = self.numeric_input(r.x, &row[r.x])?;
+            let y = self.numeric_input(r.y, &row[r.y])?;
+            out.push(x * r.cos + y * r.sin);
+            out.push(y * r.cos - x * r.sin);
         }
         if let Some(scaling) = &self.scaling {
             for (x, s) in out[start..].iter_mut().zip(scaling) {
@@ -467,6 +509,74 @@ denominator = "households"
         );
         // ratios on imputed rows: 5, 2.5, 10 (8/0 is skipped) -> median 5
         assert_eq!(p.ratios[0].median, 5.0);
+    }
+
+    #[test]
+    fn rotations_append_two_features_per_angle_from_imputed_inputs() {
+        let (schema_fn, data_fn) = (schema, data);
+        let text = r#"
+name = "geo"
+task = "regression"
+[target]
+column = "y"
+[[columns]]
+name = "lon"
+type = "float"
+[[columns]]
+name = "lat"
+type = "float"
+nullable = true
+[[columns]]
+name = "y"
+type = "float"
+role = "target"
+[[rotations]]
+x = "lon"
+y = "lat"
+degrees = [30.0, 45.0]
+"#;
+        let schema = Schema::from_toml(text, "geo.toml").unwrap();
+        let data = read_csv(
+            &b"lon,lat,y
+-122,38,1
+-118,,2
+-120,34,3
+"[..],
+            "g.csv",
+            &schema,
+            TargetPolicy::Required,
+        )
+        .unwrap()
+        .0;
+        let p = FeaturePipeline::fit(&schema, &data, PipelineOptions::default());
+        assert_eq!(
+            p.feature_names,
+            vec![
+                "lon",
+                "lat",
+                "lon_lat_rot30_u",
+                "lon_lat_rot30_v",
+                "lon_lat_rot45_u",
+                "lon_lat_rot45_v"
+            ]
+        );
+        let (x, _) = p.transform(&data);
+        let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        assert_eq!(x.values[2], -122.0 * c + 38.0 * s);
+        assert_eq!(x.values[3], 38.0 * c + 122.0 * s);
+        // The missing latitude is imputed (median 36) before rotating.
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        assert!((x.values[6 + 4] - (-118.0 * h + 36.0 * h)).abs() < 1e-12);
+        // Saved and loaded, it replays the same bits; a pipeline with a field this build does
+        // not know is refused rather than computing fewer features.
+        let json = serde_json::to_string(&p).unwrap();
+        let back: FeaturePipeline = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.transform(&data).0.values, x.values);
+        let newer = json.replacen("{", "{\"spline_features\":[],", 1);
+        assert!(serde_json::from_str::<FeaturePipeline>(&newer).is_err());
+        // Pipelines without rotations serialize as before (no `rotations` key).
+        let plain = FeaturePipeline::fit(&schema_fn(), &data_fn(), PipelineOptions::default());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("rotations"));
     }
 
     #[test]

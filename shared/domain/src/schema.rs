@@ -123,6 +123,31 @@ pub struct DerivedRatio {
     pub denominator: String,
 }
 
+/// Two numeric columns (coordinates) rotated by each angle: trees split along axes, so
+/// rotated copies let them follow diagonal structure (coastlines, valleys). Each angle θ adds
+/// `{x}_{y}_rot{θ}_u = x·cos θ + y·sin θ` and `{x}_{y}_rot{θ}_v = −x·sin θ + y·cos θ`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedRotation {
+    /// First coordinate column.
+    pub x: String,
+    /// Second coordinate column.
+    pub y: String,
+    /// Angles in degrees, each in (0, 90).
+    pub degrees: Vec<f64>,
+}
+
+impl DerivedRotation {
+    /// The two feature names an angle adds.
+    pub fn names(&self, degrees: f64) -> [String; 2] {
+        let (x, y) = (&self.x, &self.y);
+        [
+            format!("{x}_{y}_rot{degrees}_u"),
+            format!("{x}_{y}_rot{degrees}_v"),
+        ]
+    }
+}
+
 /// Where the canonical copy of the data set lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +181,9 @@ pub struct Schema {
     /// Ratio features derived from numeric columns.
     #[serde(default)]
     pub derived: Vec<DerivedRatio>,
+    /// Rotated coordinate features derived from pairs of numeric columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<DerivedRotation>,
     /// Canonical copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceSpec>,
@@ -308,6 +336,45 @@ impl Schema {
                 }
             }
         }
+        let mut derived_names: HashSet<String> =
+            self.derived.iter().map(|r| r.name.clone()).collect();
+        for r in &self.rotations {
+            for part in [&r.x, &r.y] {
+                match self.column(part) {
+                    Some(c) if c.is_numeric() && c.role == ColumnRole::Feature => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "rotation of '{}' and '{}' uses '{part}', which is not a numeric feature column",
+                            r.x, r.y
+                        )));
+                    }
+                }
+            }
+            if r.x == r.y {
+                return Err(invalid(format!("rotation of '{}' with itself", r.x)));
+            }
+            if r.degrees.is_empty() {
+                return Err(invalid(format!(
+                    "rotation of '{}' and '{}' lists no degrees",
+                    r.x, r.y
+                )));
+            }
+            for &d in &r.degrees {
+                if !(d.is_finite() && d > 0.0 && d < 90.0) {
+                    return Err(invalid(format!(
+                        "rotation of '{}' and '{}': {d} degrees is not between 0 and 90",
+                        r.x, r.y
+                    )));
+                }
+                for name in r.names(d) {
+                    if seen.contains(name.as_str()) || !derived_names.insert(name.clone()) {
+                        return Err(invalid(format!(
+                            "derived feature '{name}' is declared twice or names a column"
+                        )));
+                    }
+                }
+            }
+        }
         if self.feature_columns().next().is_none() {
             return Err(invalid("no feature columns".into()));
         }
@@ -355,6 +422,32 @@ name = "y"
 type = "float"
 role = "target"
 "#;
+
+    #[test]
+    fn rotations_are_checked() {
+        let two = MINI.replace(
+            "[[columns]]\nname = \"y\"",
+            "[[columns]]\nname = \"z\"\ntype = \"float\"\n[[columns]]\nname = \"y\"",
+        );
+        let with = |rot: &str| format!("{two}[[rotations]]\n{rot}\n");
+        Schema::from_toml(&with("x = \"x\"\ny = \"z\"\ndegrees = [45.0]"), "s.toml").unwrap();
+        for (rot, expected) in [
+            ("x = \"x\"\ny = \"nope\"\ndegrees = [45.0]", "'nope'"),
+            ("x = \"x\"\ny = \"y\"\ndegrees = [45.0]", "'y'"),
+            ("x = \"x\"\ny = \"x\"\ndegrees = [45.0]", "with itself"),
+            ("x = \"x\"\ny = \"z\"\ndegrees = []", "no degrees"),
+            ("x = \"x\"\ny = \"z\"\ndegrees = [90.0]", "90 degrees"),
+            (
+                "x = \"x\"\ny = \"z\"\ndegrees = [30.0, 30.0]",
+                "declared twice",
+            ),
+        ] {
+            let e = Schema::from_toml(&with(rot), "s.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mini") && e.contains(expected), "{rot}: {e}");
+        }
+    }
 
     #[test]
     fn parses_a_minimal_schema() {
