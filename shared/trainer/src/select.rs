@@ -64,15 +64,6 @@ impl CandidateSpec {
         }
     }
 
-    /// Sets the compute device (`cpu` or `cuda`) of tree learners.
-    pub fn set_device(&mut self, device: &str) {
-        match self {
-            CandidateSpec::Xgboost(p) => p.device = device.into(),
-            CandidateSpec::Lightgbm(p) => p.device = device.into(),
-            CandidateSpec::Linear { .. } => {}
-        }
-    }
-
     /// This configuration with exactly `rounds` boosting rounds (trees only).
     pub fn with_rounds(&self, rounds: usize) -> CandidateSpec {
         let mut spec = self.clone();
