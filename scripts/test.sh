@@ -60,8 +60,8 @@ fi
 cargo fmt --all -- --check
 cfn-lint template.yaml
 hadolint infra/docker/Dockerfile
-cargo build --workspace --all-targets --locked
-cargo test --workspace --locked "$@"
+cargo build --workspace --all-targets --locked --features mlops/torch
+cargo test --workspace --locked --features mlops/torch "$@"
 
 # The API contract: schemathesis (every check, fixed seed) against `mlops serve` with a quickstart
 # model and API keys on.

@@ -1,4 +1,4 @@
-//! Embeds the git commit for lineage and lets the binary find libxgboost without LD_LIBRARY_PATH.
+//! Embeds the git commit for lineage and lets the binary find libxgboost (and libtorch) without LD_LIBRARY_PATH.
 use std::process::Command;
 
 fn main() {
@@ -6,6 +6,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MLOPS_CODE_COMMIT");
     if let Ok(dir) = std::env::var("XGBOOST_LIB_DIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+    // libtorch (feature `torch`): the wheel's torch/lib, found the same way.
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
     }
     let commit = std::env::var("MLOPS_CODE_COMMIT").ok().or_else(|| {
         let out = Command::new("git")

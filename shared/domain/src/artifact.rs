@@ -34,6 +34,9 @@ pub enum ModelKind {
     Xgboost,
     /// LightGBM (`model.txt`, LightGBM's text format).
     Lightgbm,
+    /// Multi-layer perceptron (`model.safetensors`: dense layers, activation and output in the
+    /// metadata) on standardized features.
+    Mlp,
 }
 
 impl ModelKind {
@@ -44,6 +47,7 @@ impl ModelKind {
             ModelKind::Logistic => "logistic",
             ModelKind::Xgboost => "xgboost",
             ModelKind::Lightgbm => "lightgbm",
+            ModelKind::Mlp => "mlp",
         }
     }
 
@@ -51,6 +55,7 @@ impl ModelKind {
     pub fn model_file(self) -> &'static str {
         match self {
             ModelKind::Lightgbm => "model.txt",
+            ModelKind::Mlp => "model.safetensors",
             _ => "model.json",
         }
     }

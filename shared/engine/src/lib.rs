@@ -86,13 +86,9 @@ impl CompiledModel {
             ModelKind::Xgboost => CompiledModel::Trees(xgboost::load(bytes)?),
             ModelKind::Lightgbm => CompiledModel::Trees(lightgbm::load(bytes)?),
             ModelKind::Linear | ModelKind::Logistic => CompiledModel::Linear(Linear::load(bytes)?),
+            ModelKind::Mlp => CompiledModel::Mlp(Mlp::load(bytes)?),
         }
         .with_inputs()
-    }
-
-    /// Compiles an MLP from safetensors.
-    pub fn load_mlp(bytes: &[u8]) -> Result<Self, EngineError> {
-        CompiledModel::Mlp(Mlp::load(bytes)?).with_inputs()
     }
 
     fn with_inputs(self) -> Result<Self, EngineError> {

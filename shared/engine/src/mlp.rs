@@ -156,31 +156,32 @@ impl Mlp {
         self.layers[0].inputs
     }
 
-    /// The output before the sigmoid.
+    /// The output before the sigmoid. Weights are f32 as trained; products are accumulated and
+    /// activations kept in f64, so the result is at least as exact as libtorch's f32 pass.
     pub fn margin(&self, row: &[f64]) -> f64 {
-        let mut x: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        let mut x: Vec<f64> = row.iter().map(|&v| f64::from(v as f32)).collect();
         let last = self.layers.len() - 1;
         for (k, layer) in self.layers.iter().enumerate() {
-            let mut y: Vec<f32> = layer.bias.clone();
+            let mut y: Vec<f64> = layer.bias.iter().map(|&b| f64::from(b)).collect();
             for (o, out) in y.iter_mut().enumerate() {
                 let w = &layer.weight[o * layer.inputs..(o + 1) * layer.inputs];
-                *out += w.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>();
+                *out += w
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, b)| f64::from(a) * b)
+                    .sum::<f64>();
             }
             if k != last {
                 for v in &mut y {
                     *v = match self.activation {
                         Activation::Relu => v.max(0.0),
-                        Activation::Gelu => {
-                            (0.5 * f64::from(*v)
-                                * (1.0 + erf(f64::from(*v) / std::f64::consts::SQRT_2)))
-                                as f32
-                        }
+                        Activation::Gelu => 0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2)),
                     };
                 }
             }
             x = y;
         }
-        f64::from(x[0])
+        x[0]
     }
 
     /// The prediction for a margin.

@@ -318,7 +318,11 @@ fn the_fuzz_seeds_load() {
         CompiledModel::load(ModelKind::Lightgbm, &read("lightgbm_text/categorical.txt")).is_ok()
     );
     assert!(CompiledModel::load(ModelKind::Linear, &read("linear_json/logit.json")).is_ok());
-    let mlp = CompiledModel::load_mlp(&read("mlp_safetensors/two_layer.safetensors")).unwrap();
+    let mlp = CompiledModel::load(
+        ModelKind::Mlp,
+        &read("mlp_safetensors/two_layer.safetensors"),
+    )
+    .unwrap();
     // hidden = gelu([1 - 2, 0.5 + 4 - 1]) = [gelu(-1), gelu(3.5)]; output = sigmoid(h0 + h1 + 0.5)
     let gelu = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
     let want = 1.0 / (1.0 + (-(gelu(-1.0) + gelu(3.5) + 0.5)).exp());

@@ -367,7 +367,7 @@ pub struct ServedVariant {
     pub weight: u32,
     /// Version behind the alias.
     pub version: u64,
-    /// Model family (xgboost, lightgbm, linear, logistic).
+    /// Model family (xgboost, lightgbm, linear, logistic, mlp).
     pub model_kind: String,
     /// Bundle digest.
     pub digest: String,

@@ -1,13 +1,14 @@
 //! Model training for the platform: ridge / logistic baselines (pure Rust), XGBoost (libxgboost
-//! 3.4 through the `xgb` crate) and LightGBM (4.7 through `lightgbm3`), with early stopping on a
-//! validation set, optional k-fold cross-validation, selection by the primary metric and
-//! training reports.
+//! 3.4 through the `xgb` crate), LightGBM (4.7 through `lightgbm3`) and MLPs (libtorch 2.13
+//! through `tch`, feature `torch`), with early stopping on a validation set, optional k-fold
+//! cross-validation or a budgeted search, selection by the primary metric and training reports.
 //!
 //! Models consume the dense output of the fitted feature pipeline
 //! ([`mlops_domain::features::FeatureMatrix`]).
 
 pub mod lightgbm;
 pub mod linear;
+pub mod mlp;
 pub mod report;
 pub mod search;
 pub mod select;
@@ -102,6 +103,10 @@ pub fn load_model(
         }
         ModelKind::Xgboost => Box::new(xgboost::XgbModel::from_bytes(bytes, n_features)?),
         ModelKind::Lightgbm => Box::new(lightgbm::LgbmModel::from_bytes(bytes, task)?),
+        #[cfg(feature = "torch")]
+        ModelKind::Mlp => Box::new(mlp::MlpModel::from_bytes(bytes, task)?),
+        #[cfg(not(feature = "torch"))]
+        ModelKind::Mlp => return Err(mlp::unavailable()),
     })
 }
 

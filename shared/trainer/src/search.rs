@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::mlp::MlpActivation;
 use crate::select::{CandidateSpec, fit_once};
 
 /// How much searching to do.
@@ -502,6 +503,27 @@ pub fn sample(base: &CandidateSpec, rng: &mut impl Rng) -> CandidateSpec {
             p.bagging_freq = [0, 1, 5][rng.gen_range(0..3)];
             p.lambda_l2 = round4(log_uniform(rng, 1e-3, 30.0));
             CandidateSpec::Lightgbm(p)
+        }
+        CandidateSpec::Mlp(p) => {
+            let mut p = p.clone();
+            let depth = rng.gen_range(1..=3);
+            let first = [64, 128, 256, 512][rng.gen_range(0..4)];
+            // Funnel-shaped: each layer at most as wide as the one before.
+            p.hidden = (0..depth).map(|i| (first >> i).max(16)).collect();
+            p.activation = if rng.gen_bool(0.5) {
+                MlpActivation::Relu
+            } else {
+                MlpActivation::Gelu
+            };
+            p.learning_rate = round4(log_uniform(rng, 3e-4, 1e-2));
+            p.weight_decay = round4(log_uniform(rng, 1e-6, 1e-2));
+            p.batch_size = [128, 256, 512][rng.gen_range(0..3)];
+            p.dropout = if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                round4(rng.gen_range(0.02..0.2))
+            };
+            CandidateSpec::Mlp(p)
         }
     }
 }

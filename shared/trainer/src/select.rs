@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lightgbm::{LgbmModel, LgbmParams};
 use crate::linear::LinearModel;
+use crate::mlp::MlpParams;
 use crate::search::{SearchConfig, SearchEvent, SearchOutcome, search};
 use crate::significance::{PairedTest, corrected_paired_t_test};
 use crate::xgboost::{XgbModel, XgbParams};
@@ -35,6 +36,8 @@ pub enum CandidateSpec {
     Xgboost(XgbParams),
     /// LightGBM.
     Lightgbm(LgbmParams),
+    /// A multi-layer perceptron (libtorch; needs the `torch` feature).
+    Mlp(MlpParams),
 }
 
 impl CandidateSpec {
@@ -45,13 +48,14 @@ impl CandidateSpec {
             (CandidateSpec::Linear { .. }, Task::BinaryClassification) => ModelKind::Logistic,
             (CandidateSpec::Xgboost(_), _) => ModelKind::Xgboost,
             (CandidateSpec::Lightgbm(_), _) => ModelKind::Lightgbm,
+            (CandidateSpec::Mlp(_), _) => ModelKind::Mlp,
         }
     }
 
-    /// Linear models need standardized features; trees do not.
+    /// Linear models and MLPs need standardized features; trees do not.
     pub fn pipeline_options(&self) -> PipelineOptions {
         PipelineOptions {
-            standardize: matches!(self, CandidateSpec::Linear { .. }),
+            standardize: matches!(self, CandidateSpec::Linear { .. } | CandidateSpec::Mlp(_)),
         }
     }
 
@@ -61,22 +65,24 @@ impl CandidateSpec {
             CandidateSpec::Linear { l2 } => Params::from([("l2".to_string(), (*l2).into())]),
             CandidateSpec::Xgboost(p) => XgbModel::params_of(p, task),
             CandidateSpec::Lightgbm(p) => LgbmModel::params_of(p, task),
+            CandidateSpec::Mlp(p) => p.params(),
         }
     }
 
-    /// This configuration with exactly `rounds` boosting rounds (trees only).
+    /// This configuration with exactly `rounds` boosting rounds (trees) or epochs (MLPs).
     pub fn with_rounds(&self, rounds: usize) -> CandidateSpec {
         let mut spec = self.clone();
         match &mut spec {
             CandidateSpec::Xgboost(p) => p.max_rounds = rounds,
             CandidateSpec::Lightgbm(p) => p.max_rounds = rounds,
+            CandidateSpec::Mlp(p) => p.max_epochs = rounds,
             CandidateSpec::Linear { .. } => {}
         }
         spec
     }
 
     /// Trains this candidate on all of `train` without early stopping: trees grow exactly their
-    /// `max_rounds`.
+    /// `max_rounds`, MLPs train exactly `max_epochs`.
     pub fn fit_all(
         &self,
         task: Task,
@@ -91,6 +97,7 @@ impl CandidateSpec {
             (CandidateSpec::Lightgbm(p), _) => {
                 Box::new(LgbmModel::train_rounds(task, p, train, seed)?)
             }
+            (CandidateSpec::Mlp(p), _) => fit_mlp(task, p, train, None, seed)?,
         })
     }
 
@@ -124,8 +131,49 @@ impl CandidateSpec {
             (CandidateSpec::Lightgbm(p), _) => {
                 Box::new(LgbmModel::train(task, p, train, valid, seed)?)
             }
+            (CandidateSpec::Mlp(p), _) => fit_mlp(task, p, train, Some(valid), seed)?,
         })
     }
+
+    /// Checks the configuration before any training (the MLP needs the `torch` feature).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        match self {
+            CandidateSpec::Mlp(p) => {
+                p.validate()?;
+                if crate::mlp::AVAILABLE {
+                    Ok(())
+                } else {
+                    Err(crate::mlp::unavailable())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "torch")]
+fn fit_mlp(
+    task: Task,
+    params: &MlpParams,
+    train: Labelled<'_>,
+    valid: Option<Labelled<'_>>,
+    seed: u64,
+) -> Result<Box<dyn Model>, TrainError> {
+    Ok(Box::new(crate::mlp::MlpModel::train(
+        task, params, train, valid, seed,
+    )?))
+}
+
+#[cfg(not(feature = "torch"))]
+fn fit_mlp(
+    _task: Task,
+    params: &MlpParams,
+    _train: Labelled<'_>,
+    _valid: Option<Labelled<'_>>,
+    _seed: u64,
+) -> Result<Box<dyn Model>, TrainError> {
+    params.validate()?;
+    Err(crate::mlp::unavailable())
 }
 
 /// How to train.
@@ -300,6 +348,9 @@ pub fn train_and_select(
 ) -> Result<TrainingOutcome, TrainError> {
     if config.candidates.is_empty() {
         return Err(TrainError::Config("no candidates to train".into()));
+    }
+    for candidate in &config.candidates {
+        candidate.validate()?;
     }
     if data.labels.len() != data.len() {
         return Err(TrainError::Config("the data set has no labels".into()));

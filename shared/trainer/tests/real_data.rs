@@ -108,6 +108,7 @@ fn saved_models_reload_with_identical_predictions() {
         match spec {
             CandidateSpec::Xgboost(p) => p.max_rounds = 60,
             CandidateSpec::Lightgbm(p) => p.max_rounds = 60,
+            CandidateSpec::Mlp(p) => p.max_epochs = 5,
             CandidateSpec::Linear { .. } => {}
         }
     }

@@ -29,7 +29,7 @@ pub struct JobSpec {
     pub data: Option<String>,
     /// Registry model name (default: the data-set name).
     pub model_name: Option<String>,
-    /// Candidates (linear, xgboost, lightgbm).
+    /// Candidates (linear, xgboost, lightgbm, mlp).
     #[serde(default = "default_candidates")]
     pub candidates: Vec<String>,
     /// k-fold cross-validation on the training split (and the folds of the search).

@@ -22,7 +22,7 @@ use mlops_engine::Predictor;
 use mlops_trainer::report::{ReportContext, write_report};
 use mlops_trainer::search::{SearchConfig, TrialStatus};
 use mlops_trainer::select::{CandidateSpec, TrainConfig, TrainingOutcome};
-use mlops_trainer::{lightgbm::LgbmParams, xgboost::XgbParams};
+use mlops_trainer::{lightgbm::LgbmParams, mlp::MlpParams, xgboost::XgbParams};
 
 use crate::config::{Settings, code_commit, load_schema, locate_data};
 use crate::device::{self, DevicePlan};
@@ -49,7 +49,7 @@ pub struct TrainArgs {
     /// Run k-fold cross-validation on the training split and select by its mean.
     #[arg(long)]
     pub cv_folds: Option<usize>,
-    /// Candidates to train, comma-separated: linear, xgboost, lightgbm.
+    /// Candidates to train, comma-separated: linear, xgboost, lightgbm, mlp (mlp: builds with the `torch` feature).
     #[arg(long, value_delimiter = ',', default_value = "linear,xgboost,lightgbm")]
     pub candidates: Vec<String>,
     /// Compute device of the tree learners: auto (a CUDA GPU when the driver reports one and
@@ -117,12 +117,19 @@ fn parse_candidates(names: &[String], devices: &DevicePlan) -> Result<Vec<Candid
                 device: devices.lightgbm.clone(),
                 ..LgbmParams::default()
             }),
-            other => bail!("unknown candidate '{other}': use linear, xgboost or lightgbm"),
+            "mlp" => CandidateSpec::Mlp(MlpParams {
+                device: devices.mlp.clone(),
+                ..MlpParams::default()
+            }),
+            other => bail!("unknown candidate '{other}': use linear, xgboost, lightgbm or mlp"),
         };
         out.push(spec);
     }
     if out.is_empty() {
         bail!("--candidates is empty");
+    }
+    for spec in &out {
+        spec.validate()?;
     }
     Ok(out)
 }
