@@ -255,6 +255,27 @@ mod torch {
             .clone()
     }
 
+    /// tch's infallible methods panic on libtorch errors (CUDA out of memory, a libtorch of
+    /// another version): contain them and report an error instead.
+    pub(super) fn guarded<T>(
+        what: &str,
+        f: impl FnOnce() -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(result) => result,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown failure".into());
+                Err(TrainError::Config(format!(
+                    "libtorch failed while {what}: {message}"
+                )))
+            }
+        }
+    }
+
     fn device_of(params: &MlpParams) -> Result<Device, TrainError> {
         match params.device.as_str() {
             "cuda" => {
@@ -294,9 +315,10 @@ mod torch {
                 "the MLP needs finite features (the pipeline imputes missing values)".into(),
             ));
         }
-        Ok(Tensor::from_slice(&x.to_f32())
-            .view([x.rows as i64, x.cols as i64])
-            .to_device(device))
+        Tensor::f_from_slice(&x.to_f32())
+            .and_then(|t| t.f_view([x.rows as i64, x.cols as i64]))
+            .and_then(|t| t.f_to_device(device))
+            .map_err(torch_err)
     }
 
     fn forward(
@@ -345,6 +367,18 @@ mod torch {
             seed: u64,
         ) -> Result<Self, TrainError> {
             params.validate()?;
+            guarded("training the MLP", || {
+                Self::train_guarded(task, params, train, valid, seed)
+            })
+        }
+
+        fn train_guarded(
+            task: Task,
+            params: &MlpParams,
+            train: Labelled<'_>,
+            valid: Option<Labelled<'_>>,
+            seed: u64,
+        ) -> Result<Self, TrainError> {
             if train.x.rows == 0 || train.x.cols == 0 {
                 return Err(TrainError::Config("the MLP got no training rows".into()));
             }
@@ -484,6 +518,10 @@ mod torch {
 
         /// Loads a safetensors model file onto the CPU.
         pub fn from_bytes(bytes: &[u8], task: Task) -> Result<Self, TrainError> {
+            guarded("loading the MLP", || Self::from_bytes_guarded(bytes, task))
+        }
+
+        fn from_bytes_guarded(bytes: &[u8], task: Task) -> Result<Self, TrainError> {
             let st = SafeTensors::deserialize(bytes).map_err(|e| file_err(e.to_string()))?;
             let (_, metadata) =
                 SafeTensors::read_metadata(bytes).map_err(|e| file_err(e.to_string()))?;
@@ -537,6 +575,10 @@ mod torch {
 
         /// Network outputs before the sigmoid, f32 on the model's device.
         pub fn margins(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+            guarded("predicting with the MLP", || self.margins_guarded(x))
+        }
+
+        fn margins_guarded(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
             let inputs = self.layers[0].ws.size()[1] as usize;
             if x.cols != inputs {
                 return Err(TrainError::Shape {
@@ -588,6 +630,38 @@ mod torch {
         }
 
         fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {
+            guarded("exporting the MLP", || self.export())
+        }
+
+        /// The importance of each input: the L2 norm of its first-layer weights (inputs are
+        /// standardized, so the norms are comparable): a cheap ranking, not an attribution.
+        fn feature_importance(&self) -> Result<Vec<f64>, TrainError> {
+            guarded("reading the MLP's weights", || {
+                let norms = self.layers[0]
+                    .ws
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum_dim_intlist(0, false, Kind::Double)
+                    .sqrt();
+                Vec::<f64>::try_from(&norms).map_err(torch_err)
+            })
+        }
+
+        fn contributions(&self, _x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+            Err(TrainError::Config(
+                "feature contributions are not defined for MLP models".into(),
+            ))
+        }
+
+        fn best_iteration(&self) -> Option<usize> {
+            self.best_epoch
+        }
+    }
+
+    impl MlpModel {
+        /// The safetensors file of the engine's layout.
+        fn export(&self) -> Result<Vec<u8>, TrainError> {
             let mut tensors = Vec::new();
             for (i, layer) in self.layers.iter().enumerate() {
                 let weight = Self::host_f32(&layer.ws)?;
@@ -627,28 +701,31 @@ mod torch {
             ]);
             safetensors::serialize(views, &Some(metadata)).map_err(|e| file_err(e.to_string()))
         }
+    }
+}
 
-        /// The L2 norm of each input's first-layer weights (inputs are standardized, so the
-        /// norms are comparable): a cheap ranking, not an attribution.
-        fn feature_importance(&self) -> Result<Vec<f64>, TrainError> {
-            let first = &self.layers[0].ws;
-            let norms = first
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Double)
-                .square()
-                .sum_dim_intlist(0, false, Kind::Double)
-                .sqrt();
-            Vec::<f64>::try_from(&norms).map_err(torch_err)
-        }
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "torch")]
+    #[test]
+    fn a_libtorch_panic_becomes_an_error() {
+        use super::torch::guarded;
+        let e = guarded::<()>("testing", || panic!("CUDA out of memory")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("libtorch failed while testing: CUDA out of memory")
+        );
+        assert_eq!(guarded("testing", || Ok(3)).unwrap(), 3);
+    }
 
-        fn contributions(&self, _x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
-            Err(TrainError::Config(
-                "feature contributions are not defined for MLP models".into(),
-            ))
-        }
-
-        fn best_iteration(&self) -> Option<usize> {
-            self.best_epoch
-        }
+    #[test]
+    fn the_schedule_warms_up_then_decays_to_one_percent() {
+        let p = super::MlpParams::default();
+        let lr = |step| p.learning_rate_at(step, 10, 110);
+        assert!((lr(0) - p.learning_rate / 10.0).abs() < 1e-12);
+        assert!((lr(9) - p.learning_rate).abs() < 1e-12);
+        assert!(lr(60) < lr(20) && lr(100) < lr(60));
+        assert!((lr(110) - 0.01 * p.learning_rate).abs() < 1e-12);
+        assert!((lr(500) - 0.01 * p.learning_rate).abs() < 1e-12);
     }
 }
