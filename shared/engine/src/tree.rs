@@ -110,6 +110,9 @@ pub struct Ensemble {
     pub eval: Vec<EvalNode>,
     /// Root of each tree in `eval`.
     pub eval_roots: Vec<u32>,
+    /// No split needs more than a comparison when the row has no NaN (no categorical and no
+    /// zero-as-missing splits); filled by [`Ensemble::compile`].
+    pub plain_splits: bool,
 }
 
 /// A split rule, as a type: the walks are monomorphized per rule.
@@ -155,6 +158,28 @@ impl Rule for LightgbmRule {
             // `v` is not NaN here: NaN either went to the default or became 0.
             v > node.value
         }
+    }
+}
+
+/// XGBoost on a row without NaN: right when `x >= threshold` (leaves split on the NaN padding
+/// feature and stay put, since `NaN >= v` is false).
+struct XgboostPlainRule;
+
+impl Rule for XgboostPlainRule {
+    #[inline(always)]
+    fn go_right(_: &Ensemble, node: &EvalNode, x: f64) -> bool {
+        x >= node.value
+    }
+}
+
+/// LightGBM without categorical or zero-as-missing splits, on a row without NaN: right when
+/// `x > threshold` (leaves stay put, as above).
+struct LightgbmPlainRule;
+
+impl Rule for LightgbmPlainRule {
+    #[inline(always)]
+    fn go_right(_: &Ensemble, node: &EvalNode, x: f64) -> bool {
+        x > node.value
     }
 }
 
@@ -358,6 +383,9 @@ impl Ensemble {
                 }
             }
         }
+        self.plain_splits = eval.iter().all(|n| {
+            n.packed & CATEGORICAL == 0 && (n.packed >> MISSING_SHIFT) & 3 != MISSING_ZERO
+        });
         self.eval = eval;
         self.eval_roots = roots;
         Ok(())
@@ -450,10 +478,15 @@ impl Ensemble {
 
     /// The raw margin of one row (validated width). Trees are walked `LANES` at a time in
     /// lockstep; leaf values are added in tree order, as the native libraries do.
+    /// Rows without NaN on an ensemble of plain splits take a bare comparison per node; the
+    /// decisions are the same as the full rules'.
     pub fn margin(&self, row: &[f64]) -> f64 {
-        match self.rule {
-            SplitRule::XgboostLess => self.margin_with::<XgboostRule>(row),
-            SplitRule::LightgbmLessEqual => self.margin_with::<LightgbmRule>(row),
+        let plain = self.plain_splits && !row.iter().any(|x| x.is_nan());
+        match (self.rule, plain) {
+            (SplitRule::XgboostLess, true) => self.margin_with::<XgboostPlainRule>(row),
+            (SplitRule::XgboostLess, false) => self.margin_with::<XgboostRule>(row),
+            (SplitRule::LightgbmLessEqual, true) => self.margin_with::<LightgbmPlainRule>(row),
+            (SplitRule::LightgbmLessEqual, false) => self.margin_with::<LightgbmRule>(row),
         }
     }
 
@@ -527,9 +560,12 @@ impl Ensemble {
     /// walk each tree in lockstep: the tree's top levels stay in cache and the rows' cache misses
     /// overlap.
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
-        match self.rule {
-            SplitRule::XgboostLess => self.margins_with::<XgboostRule>(values),
-            SplitRule::LightgbmLessEqual => self.margins_with::<LightgbmRule>(values),
+        let plain = self.plain_splits && !values.iter().any(|x| x.is_nan());
+        match (self.rule, plain) {
+            (SplitRule::XgboostLess, true) => self.margins_with::<XgboostPlainRule>(values),
+            (SplitRule::XgboostLess, false) => self.margins_with::<XgboostRule>(values),
+            (SplitRule::LightgbmLessEqual, true) => self.margins_with::<LightgbmPlainRule>(values),
+            (SplitRule::LightgbmLessEqual, false) => self.margins_with::<LightgbmRule>(values),
         }
     }
 

@@ -216,6 +216,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
         tree_depths: Vec::new(),
         eval: Vec::new(),
         eval_roots: Vec::new(),
+        plain_splits: false,
     };
     ensemble.compile()
 }
