@@ -3,28 +3,18 @@
 //! TreeSHAP sums to the margin and matches the native contributions within 1e-5 on every tenth
 //! row (TreeSHAP costs trees × leaves × depth² per row).
 
-use std::path::PathBuf;
-
 use mlops_domain::artifact::ModelKind;
-use mlops_domain::data::{TargetPolicy, load_csv};
-use mlops_domain::schema::Schema;
 use mlops_engine::CompiledModel;
 use mlops_trainer::select::{TrainConfig, train_and_select};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 fn relative(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
 }
 
 fn check(dataset: &str) {
-    let schema = Schema::from_file(&repo().join(format!("data/{dataset}.schema.toml"))).unwrap();
-    let file = repo()
-        .join("../shared/data")
-        .join(&schema.source.as_ref().unwrap().file);
-    let (data, _) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
+    let (schema, data) = common::load(dataset);
     let outcome = train_and_select(&schema, &data, &TrainConfig::default(), |_| {}).unwrap();
     for c in &outcome.candidates {
         let (x, _) = c.pipeline.transform(&outcome.test_data);

@@ -3,10 +3,8 @@
 //! pass and the pure-Rust engine on the exported safetensors file.
 #![cfg(feature = "torch")]
 
-use std::path::PathBuf;
-
 use mlops_domain::artifact::ModelKind;
-use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
+use mlops_domain::data::Dataset;
 use mlops_domain::features::{FeatureMatrix, FeaturePipeline, PipelineOptions};
 use mlops_domain::metrics::Metric;
 use mlops_domain::schema::{Schema, Task};
@@ -16,19 +14,8 @@ use mlops_trainer::mlp::{MlpActivation, MlpModel, MlpParams};
 use mlops_trainer::select::{CandidateSpec, TrainConfig, train_and_select};
 use mlops_trainer::{Labelled, Model, load_model};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn load(name: &str) -> (Schema, Dataset) {
-    let schema = Schema::from_file(&repo().join(format!("data/{name}.schema.toml"))).unwrap();
-    let file = repo()
-        .join("../shared/data")
-        .join(&schema.source.as_ref().unwrap().file);
-    let (data, report) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
-    assert!(report.is_valid());
-    (schema, data)
-}
+mod common;
+use common::load;
 
 /// Standardized train/valid/test features of the 80/20 seed-42 split (valid: 10 % of train).
 struct Prepared {

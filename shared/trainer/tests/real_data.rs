@@ -1,33 +1,13 @@
 //! Training on the real data sets in `../shared/data/` (beside the repository): quality targets,
 //! determinism and native model-file round trips.
 
-use std::path::PathBuf;
-
-use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
-use mlops_domain::schema::Schema;
 use mlops_trainer::lightgbm::LgbmParams;
 use mlops_trainer::load_model;
 use mlops_trainer::select::{CandidateSpec, TrainConfig, train_and_select};
 use mlops_trainer::xgboost::XgbParams;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn load(name: &str) -> (Schema, Dataset) {
-    let schema = Schema::from_file(&repo().join(format!("data/{name}.schema.toml"))).unwrap();
-    let file = repo()
-        .join("../shared/data")
-        .join(&schema.source.as_ref().unwrap().file);
-    assert!(
-        file.exists(),
-        "{} is missing: the shared data sets must sit beside the repository",
-        file.display()
-    );
-    let (data, report) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
-    assert!(report.is_valid());
-    (schema, data)
-}
+mod common;
+use common::load;
 
 fn trees() -> Vec<CandidateSpec> {
     vec![
