@@ -255,12 +255,16 @@ mod torch {
             .clone()
     }
 
-    /// tch's infallible methods panic on libtorch errors (CUDA out of memory, a libtorch of
-    /// another version): contain them and report an error instead.
+    /// Runs one piece of libtorch work at a time in the process: libtorch's generator
+    /// (initialization, dropout) is process-wide, so a seed reproduces its model only if no other
+    /// caller draws from it in between. tch's infallible methods panic on libtorch errors (CUDA
+    /// out of memory, a libtorch of another version): contained here and reported as an error.
     pub(super) fn guarded<T>(
         what: &str,
         f: impl FnOnce() -> Result<T, TrainError>,
     ) -> Result<T, TrainError> {
+        static LIBTORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LIBTORCH.lock().unwrap_or_else(|e| e.into_inner());
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(result) => result,
             Err(payload) => {
@@ -383,10 +387,6 @@ mod torch {
                 return Err(TrainError::Config("the MLP got no training rows".into()));
             }
             let device = device_of(params)?;
-            // libtorch's generator (initialization, dropout) is process-wide: one training at a
-            // time, so that a seed reproduces its model even when callers run in parallel.
-            static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
             let kind = match (params.precision.as_str(), device) {
                 ("bf16", _) | ("auto", Device::Cuda(_)) => Kind::BFloat16,
                 _ => Kind::Float,
@@ -551,7 +551,14 @@ mod torch {
                         b.dtype()
                     )));
                 }
-                let linear = nn::linear(&root / i, ws[1] as i64, ws[0] as i64, Default::default());
+                // Zero-initialized, then overwritten: loading must not draw from libtorch's
+                // process-wide generator, which a training elsewhere may have just seeded.
+                let zeros = nn::LinearConfig {
+                    ws_init: nn::Init::Const(0.0),
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
+                };
+                let linear = nn::linear(&root / i, ws[1] as i64, ws[0] as i64, zeros);
                 tch::no_grad(|| {
                     linear.ws.shallow_clone().copy_(&tensor_of(w.data(), ws));
                     if let Some(bias) = &linear.bs {
@@ -699,8 +706,37 @@ mod torch {
                 ("activation".to_string(), self.activation.name().to_string()),
                 ("output".to_string(), output.to_string()),
             ]);
-            safetensors::serialize(views, &Some(metadata)).map_err(|e| file_err(e.to_string()))
+            let bytes = safetensors::serialize(views, &Some(metadata))
+                .map_err(|e| file_err(e.to_string()))?;
+            canonical_header(&bytes)
         }
+    }
+
+    /// The same safetensors file with its JSON header's keys sorted: `safetensors` writes the
+    /// metadata map in hash order, which would make two identical models differ byte for byte.
+    /// Data offsets are relative to the data section, so the data is copied unchanged.
+    fn canonical_header(bytes: &[u8]) -> Result<Vec<u8>, TrainError> {
+        let malformed = || file_err("the serialized safetensors header is malformed");
+        let length: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(malformed)?;
+        let end = usize::try_from(u64::from_le_bytes(length))
+            .ok()
+            .and_then(|n| n.checked_add(8))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(malformed)?;
+        // serde_json's map is ordered (no `preserve_order`): keys come out sorted.
+        let header: serde_json::Value =
+            serde_json::from_slice(&bytes[8..end]).map_err(|e| file_err(e.to_string()))?;
+        let mut text = serde_json::to_vec(&header).map_err(|e| file_err(e.to_string()))?;
+        // The data section starts 8-byte aligned, as `safetensors` writes it.
+        text.resize(text.len().next_multiple_of(8), b' ');
+        let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+        out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        out.extend_from_slice(&text);
+        out.extend_from_slice(&bytes[end..]);
+        Ok(out)
     }
 }
 
