@@ -15,6 +15,14 @@ pub fn exercise(model: &CompiledModel, data: &[u8]) {
         let batch = model.predict_batch(&[row.clone(), row.clone()].concat());
         assert_eq!(batch.len(), 2);
         assert!(batch[0].to_bits() == p.to_bits() || (batch[0].is_nan() && p.is_nan()), "batch and single-row paths disagree");
+        // The cut-index fast path must decide exactly like the node-by-node walk.
+        if let CompiledModel::Trees(e) = model {
+            if e.cut_forest.is_some() {
+                let mut node_walk = e.clone();
+                node_walk.cut_forest = None;
+                assert_eq!(node_walk.margin(&row).to_bits(), m.to_bits(), "cut path and node walk disagree");
+            }
+        }
         if let Some(phi) = model.contributions(&row) {
             assert_eq!(phi.len(), width + 1);
         }

@@ -8,6 +8,7 @@
 //! indices are range-checked, every tree is walked once iteratively to reject cycles, shared
 //! nodes and depths over [`tree::MAX_DEPTH`], and thresholds and leaf values must be finite.
 
+pub mod cuts;
 pub mod lightgbm;
 pub mod linear;
 pub mod mlp;

@@ -261,6 +261,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
         eval: Vec::new(),
         eval_roots: Vec::new(),
         plain_splits: false,
+        cut_forest: None,
     };
     ensemble.compile()
 }

@@ -9,6 +9,7 @@
 //!   NaN: NaN follows the default) and categorical bitset splits; sums accumulate in f64.
 
 use crate::EngineError;
+use crate::cuts::CutForest;
 
 /// LightGBM's zero threshold for `missing_type=Zero`.
 const ZERO_THRESHOLD: f64 = 1e-35;
@@ -113,6 +114,9 @@ pub struct Ensemble {
     /// No split needs more than a comparison when the row has no NaN (no categorical and no
     /// zero-as-missing splits); filled by [`Ensemble::compile`].
     pub plain_splits: bool,
+    /// The cut-index layout for NaN-free rows, when the splits are plain and fit it; filled by
+    /// [`Ensemble::compile`].
+    pub cut_forest: Option<Box<CutForest>>,
 }
 
 /// A split rule, as a type: the walks are monomorphized per rule.
@@ -331,6 +335,7 @@ impl Ensemble {
         self.node_means = means;
         self.tree_depths = depths;
         self.build_eval_layout()?;
+        self.cut_forest = CutForest::build(&self).map(Box::new);
         Ok(self)
     }
 
@@ -476,11 +481,20 @@ impl Ensemble {
         }
     }
 
-    /// The raw margin of one row (validated width). Trees are walked `LANES` at a time in
-    /// lockstep; leaf values are added in tree order, as the native libraries do.
-    /// Rows without NaN on an ensemble of plain splits take a bare comparison per node; the
-    /// decisions are the same as the full rules'.
+    /// The raw margin of one row (validated width). Leaf values are added in tree order, as the
+    /// native libraries do. Rows without NaN take the cut-index layout when the ensemble has one
+    /// (same decisions, see [`crate::cuts`]), else a bare comparison per node when its splits
+    /// are plain; others walk the full split rules.
     pub fn margin(&self, row: &[f64]) -> f64 {
+        if let Some(forest) = &self.cut_forest
+            && row.len() == forest.n_features()
+            && !row.iter().any(|x| x.is_nan())
+        {
+            return match self.rule {
+                SplitRule::XgboostLess => forest.sum(row, self.base_margin),
+                SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(forest.sum(row, 0.0)),
+            };
+        }
         let plain = self.plain_splits && !row.iter().any(|x| x.is_nan());
         match (self.rule, plain) {
             (SplitRule::XgboostLess, true) => self.margin_with::<XgboostPlainRule>(row),
@@ -556,10 +570,18 @@ impl Ensemble {
         }
     }
 
-    /// Margins of many rows (row-major `values`, `n_features` per row), in blocks of rows that
-    /// walk each tree in lockstep: the tree's top levels stay in cache and the rows' cache misses
-    /// overlap.
+    /// Margins of many rows (row-major `values`, `n_features` per row). With a cut-index layout,
+    /// row after row as [`Ensemble::margin`] (its nodes are small enough to stay in cache);
+    /// otherwise in blocks of rows that walk each tree in lockstep, so the tree's top levels stay
+    /// in cache and the rows' cache misses overlap (a bare comparison per node when the splits
+    /// are plain and no value is NaN).
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
+        if self.cut_forest.is_some() {
+            return values
+                .chunks_exact(self.n_features)
+                .map(|row| self.margin(row))
+                .collect();
+        }
         let plain = self.plain_splits && !values.iter().any(|x| x.is_nan());
         match (self.rule, plain) {
             (SplitRule::XgboostLess, true) => self.margins_with::<XgboostPlainRule>(values),

@@ -91,6 +91,31 @@ fn one_row(m: &FeatureMatrix, i: usize) -> FeatureMatrix {
     }
 }
 
+/// Tree depths (min, median, max) and the most distinct thresholds any feature has.
+fn depth_summary(e: &mlops_engine::tree::Ensemble) -> String {
+    let mut depths = e.tree_depths.clone();
+    depths.sort_unstable();
+    let mut thresholds = vec![Vec::new(); e.n_features];
+    for n in e.nodes.iter().filter(|n| !n.is_leaf()) {
+        thresholds[n.feature as usize].push(n.value);
+    }
+    let distinct = thresholds
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t.dedup();
+            t.len()
+        })
+        .max()
+        .unwrap_or(0);
+    format!(
+        "depth min {} median {} max {}, at most {distinct} distinct thresholds per feature",
+        depths[0],
+        depths[depths.len() / 2],
+        depths[depths.len() - 1]
+    )
+}
+
 fn benches(c: &mut Criterion) {
     let f = fixture();
     let xgb_engine = CompiledModel::load(
@@ -104,10 +129,20 @@ fn benches(c: &mut Criterion) {
     )
     .unwrap();
     if let CompiledModel::Trees(e) = &xgb_engine {
-        eprintln!("xgboost: {} trees, {} nodes", e.n_trees(), e.nodes.len());
+        eprintln!(
+            "xgboost: {} trees, {} nodes, {}",
+            e.n_trees(),
+            e.nodes.len(),
+            depth_summary(e)
+        );
     }
     if let CompiledModel::Trees(e) = &lgbm_engine {
-        eprintln!("lightgbm: {} trees, {} nodes", e.n_trees(), e.nodes.len());
+        eprintln!(
+            "lightgbm: {} trees, {} nodes, {}",
+            e.n_trees(),
+            e.nodes.len(),
+            depth_summary(e)
+        );
     }
     let rows: Vec<FeatureMatrix> = (0..256).map(|i| one_row(&f.test, i * 13)).collect();
 
@@ -119,13 +154,6 @@ fn benches(c: &mut Criterion) {
             f.xgb.predict(&rows[k % rows.len()]).unwrap()[0]
         })
     });
-    single.bench_function(BenchmarkId::new("xgboost", "engine"), |b| {
-        b.iter(|| {
-            k += 1;
-            let r = &rows[k % rows.len()].values;
-            xgb_engine.transform(xgb_engine.margin(r))
-        })
-    });
     single.bench_function(BenchmarkId::new("lightgbm", "native"), |b| {
         b.iter(|| {
             k += 1;
@@ -134,13 +162,15 @@ fn benches(c: &mut Criterion) {
                 .unwrap()[0]
         })
     });
-    single.bench_function(BenchmarkId::new("lightgbm", "engine"), |b| {
-        b.iter(|| {
-            k += 1;
-            let r = &rows[k % rows.len()].values;
-            lgbm_engine.transform(lgbm_engine.margin(r))
-        })
-    });
+    for (name, model) in [("xgboost", &xgb_engine), ("lightgbm", &lgbm_engine)] {
+        single.bench_function(BenchmarkId::new(name, "engine"), |b| {
+            b.iter(|| {
+                k += 1;
+                let r = &rows[k % rows.len()].values;
+                model.transform(model.margin(r))
+            })
+        });
+    }
     single.finish();
 
     let mut batch = c.benchmark_group("batch_100k_rows_1_thread");

@@ -1,0 +1,698 @@
+//! The fast path for rows without NaN on ensembles of plain splits (numeric, no zero-as-missing):
+//! every node becomes a 16-bit *cut* index.
+//!
+//! A cut is one distinct threshold of one feature. A row is converted once into one flag per
+//! cut — set when the training library's float comparison sends the row right at that threshold
+//! (`x >= t` on the f32-rounded input for XGBoost, `x > t` for LightGBM) — so a node needs
+//! neither its feature nor its threshold: a step of a walk is two loads (the node's cut, then the
+//! row's flag for it) and a shift-add. The nodes of a 600-tree, depth-8 ensemble take 300 KB.
+//!
+//! Trees are walked [`LANES`] at a time in lockstep, a fixed number of steps:
+//! - shallow, dense groups are stored complete (padded to the group's depth, implicit children
+//!   `2i + 1` and `2i + 2`); the walk is unrolled per depth, so the compiler bounds every
+//!   position and drops the bounds checks. A leaf above the last level becomes a chain of
+//!   never-right nodes ending at its leftmost leaf slot;
+//! - deep or sparse groups keep explicit child indices (the right child follows the left one)
+//!   and a leaf points at itself, so a walk may run past it; it stops once no lane moves.
+
+use std::cell::RefCell;
+
+use crate::tree::{Ensemble, SplitRule};
+
+/// Trees walked together.
+pub const LANES: usize = 16;
+/// Deepest group stored complete.
+const COMPLETE_MAX_DEPTH: usize = 10;
+/// Lanes of an explicit group walked together: its deep, lopsided trees waste fewer steps in
+/// smaller lockstep sets.
+const EXPLICIT_LANES: usize = 8;
+/// A group is stored complete when padding at most multiplies its node count by this.
+const COMPLETE_MAX_PADDING: usize = 4;
+/// Cut index of a node that never sends a row right (its flag is always `false`).
+const NEVER_RIGHT: u16 = u16::MAX;
+/// Most cuts of a forest: every index below [`NEVER_RIGHT`].
+const MAX_CUTS: usize = NEVER_RIGHT as usize;
+/// Most nodes of a tree in the explicit layout (child indices take 16 bits).
+const MAX_EXPLICIT_TREE: usize = 1 << 16;
+
+/// One flag per possible cut index: whether the row goes right. Indexing by `u16` needs no
+/// bounds check, and `bool` tells the compiler a flag is 0 or 1. Entries past the forest's cuts
+/// are never read, except [`NEVER_RIGHT`]'s, which stays `false`.
+type RowCuts = [bool; 1 << 16];
+
+thread_local! {
+    static ROW_CUTS: RefCell<Box<RowCuts>> = RefCell::new(Box::new([false; 1 << 16]));
+}
+
+/// How a group's trees are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Padded to `steps` levels, implicit children: lane `l`'s `2^steps` node slots (the last
+    /// one unused) start at `nodes_start + (l << steps)`, its `2^steps` leaf values at
+    /// `values_start + (l << steps)`.
+    Complete,
+    /// Explicit children, trees one after another from `nodes_start` (also their values).
+    Explicit,
+}
+
+/// Up to [`LANES`] consecutive trees walked together. In the complete layout, missing lanes of
+/// the last group walk a tree of never-right nodes and are not added.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    /// Real trees in the group.
+    pub trees: usize,
+    /// Steps of a walk: the depth of the deepest tree.
+    pub steps: usize,
+    pub layout: Layout,
+    /// Start of the group's nodes in its layout's array (explicit layout: also of its values).
+    nodes_start: usize,
+    /// Complete layout: start of the group's leaf values.
+    values_start: usize,
+    /// Explicit layout: start of each lane's tree, relative to `nodes_start`.
+    tree_starts: [u32; LANES],
+}
+
+/// Leaf values at the precision the library sums them in: f32 for XGBoost, f64 for LightGBM.
+#[derive(Debug, Clone)]
+enum Leaves {
+    F32(LeafValues<f32>),
+    F64(LeafValues<f64>),
+}
+
+/// Leaf values of both layouts.
+#[derive(Debug, Clone, Default)]
+struct LeafValues<V> {
+    /// Complete layout: `2^steps` slots per lane (see [`Layout::Complete`]).
+    complete: Vec<V>,
+    /// Explicit layout: one per node, 0 for splits.
+    explicit: Vec<V>,
+}
+
+impl Leaves {
+    fn complete_len(&self) -> usize {
+        match self {
+            Leaves::F32(l) => l.complete.len(),
+            Leaves::F64(l) => l.complete.len(),
+        }
+    }
+
+    /// Appends `n` copies of `v` to the complete layout's values.
+    fn push_complete(&mut self, v: f64, n: usize) {
+        match self {
+            Leaves::F32(l) => l.complete.extend(std::iter::repeat_n(v as f32, n)),
+            Leaves::F64(l) => l.complete.extend(std::iter::repeat_n(v, n)),
+        }
+    }
+
+    /// Sets a run of the complete layout's values.
+    fn fill_complete(&mut self, start: usize, n: usize, v: f64) {
+        match self {
+            Leaves::F32(l) => l.complete[start..start + n].fill(v as f32),
+            Leaves::F64(l) => l.complete[start..start + n].fill(v),
+        }
+    }
+
+    fn push_explicit(&mut self, v: f64) {
+        match self {
+            Leaves::F32(l) => l.explicit.push(v as f32),
+            Leaves::F64(l) => l.explicit.push(v),
+        }
+    }
+}
+
+/// An ensemble compiled to cut indices (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct CutForest {
+    rule: SplitRule,
+    n_features: usize,
+    /// Distinct thresholds, ascending, feature after feature; a cut's index is its position.
+    cuts: Vec<f64>,
+    /// Feature `f` owns `cuts[cut_starts[f]..cut_starts[f + 1]]`.
+    cut_starts: Vec<usize>,
+    pub(crate) groups: Vec<Group>,
+    /// Complete layout: one cut index per node (padded as described on [`Layout::Complete`]).
+    complete_nodes: Vec<u16>,
+    /// Explicit layout: cut index (low half) and left child relative to the tree's start (high
+    /// half); a leaf is `NEVER_RIGHT` pointing at itself.
+    explicit_nodes: Vec<u32>,
+    leaves: Leaves,
+}
+
+impl CutForest {
+    /// Compiles a validated ensemble; `None` when it has categorical or zero-as-missing splits,
+    /// more than 65,535 distinct thresholds, or a deep tree of more than 65,536 nodes.
+    pub(crate) fn build(e: &Ensemble) -> Option<Self> {
+        if !e.plain_splits || e.n_features == 0 {
+            return None;
+        }
+        let trees: Vec<Vec<usize>> = e.roots.iter().map(|&r| reachable(e, r as usize)).collect();
+        let mut per_feature = vec![Vec::new(); e.n_features];
+        for &i in trees.iter().flatten() {
+            let node = &e.nodes[i];
+            if !node.is_leaf() {
+                per_feature[node.feature as usize].push(node.value);
+            }
+        }
+        let mut cuts = Vec::new();
+        let mut cut_starts = vec![0];
+        for mut values in per_feature {
+            // Thresholds are validated non-NaN, so the order is total; -0.0 == 0.0 dedups.
+            values.sort_by(f64::total_cmp);
+            values.dedup_by(|a, b| a == b);
+            cuts.extend(values);
+            cut_starts.push(cuts.len());
+        }
+        if cuts.len() > MAX_CUTS {
+            return None;
+        }
+        let mut forest = CutForest {
+            rule: e.rule,
+            n_features: e.n_features,
+            cuts,
+            cut_starts,
+            groups: Vec::new(),
+            complete_nodes: Vec::new(),
+            explicit_nodes: Vec::new(),
+            leaves: match e.rule {
+                SplitRule::XgboostLess => Leaves::F32(LeafValues::default()),
+                SplitRule::LightgbmLessEqual => Leaves::F64(LeafValues::default()),
+            },
+        };
+        for (g, chunk) in trees.chunks(LANES).enumerate() {
+            let depths = &e.tree_depths[g * LANES..g * LANES + chunk.len()];
+            let steps = depths.iter().copied().max().unwrap_or(0);
+            let nodes: usize = chunk.iter().map(Vec::len).sum();
+            let complete = steps <= COMPLETE_MAX_DEPTH
+                && (2usize << steps) * chunk.len() <= COMPLETE_MAX_PADDING * nodes;
+            let mut group = Group {
+                trees: chunk.len(),
+                steps,
+                layout: if complete {
+                    Layout::Complete
+                } else {
+                    Layout::Explicit
+                },
+                nodes_start: 0,
+                values_start: 0,
+                tree_starts: [0; LANES],
+            };
+            if complete {
+                group.nodes_start = forest.complete_nodes.len();
+                group.values_start = forest.leaves.complete_len();
+                for lane in 0..LANES {
+                    let root = chunk.get(lane).map(|tree| tree[0]);
+                    forest.push_complete(e, root, steps);
+                }
+            } else {
+                group.nodes_start = forest.explicit_nodes.len();
+                for (lane, tree) in chunk.iter().enumerate() {
+                    if tree.len() > MAX_EXPLICIT_TREE {
+                        return None;
+                    }
+                    group.tree_starts[lane] = (forest.explicit_nodes.len() - group.nodes_start)
+                        .try_into()
+                        .ok()?;
+                    forest.push_explicit(e, tree[0]);
+                }
+            }
+            forest.groups.push(group);
+        }
+        Some(forest)
+    }
+
+    fn cut_index(&self, feature: u32, threshold: f64) -> u16 {
+        let f = feature as usize;
+        let cuts = &self.cuts[self.cut_starts[f]..self.cut_starts[f + 1]];
+        // The threshold is one of the feature's cuts (they were collected from these nodes),
+        // and there are at most `MAX_CUTS`, so the index fits below `NEVER_RIGHT`.
+        (self.cut_starts[f] + cuts.partition_point(|&c| c < threshold)) as u16
+    }
+
+    /// Appends one lane of a complete group (`None`: an empty lane): `2^depth` node slots (the
+    /// last one unused) and `2^depth` leaf values.
+    fn push_complete(&mut self, e: &Ensemble, root: Option<usize>, depth: usize) {
+        let nodes_base = self.complete_nodes.len();
+        let values_base = self.leaves.complete_len();
+        self.complete_nodes
+            .resize(nodes_base + (1 << depth), NEVER_RIGHT);
+        self.leaves.push_complete(0.0, 1 << depth);
+        let Some(root) = root else { return };
+        let mut stack = vec![(root, 0usize, 0usize)];
+        while let Some((i, position, level)) = stack.pop() {
+            let node = &e.nodes[i];
+            if node.is_leaf() {
+                // Every leaf slot below `position` (only the leftmost is reachable).
+                let span = 1 << (depth - level);
+                let start = values_base + (position + 1 - (1 << level)) * span;
+                self.leaves.fill_complete(start, span, node.value);
+            } else {
+                self.complete_nodes[nodes_base + position] =
+                    self.cut_index(node.feature, node.value);
+                stack.push((node.left as usize, 2 * position + 1, level + 1));
+                stack.push((node.right as usize, 2 * position + 2, level + 1));
+            }
+        }
+    }
+
+    /// Appends a tree breadth-first with explicit children.
+    fn push_explicit(&mut self, e: &Ensemble, root: usize) {
+        let base = self.explicit_nodes.len();
+        let mut queue = std::collections::VecDeque::from([root]);
+        let mut next_slot = 1u32;
+        while let Some(i) = queue.pop_front() {
+            let node = &e.nodes[i];
+            let slot = (self.explicit_nodes.len() - base) as u32;
+            if node.is_leaf() {
+                self.explicit_nodes
+                    .push((slot << 16) | u32::from(NEVER_RIGHT));
+                self.leaves.push_explicit(node.value);
+            } else {
+                let cut = self.cut_index(node.feature, node.value);
+                self.explicit_nodes.push((next_slot << 16) | u32::from(cut));
+                self.leaves.push_explicit(0.0);
+                next_slot += 2;
+                queue.push_back(node.left as usize);
+                queue.push_back(node.right as usize);
+            }
+        }
+    }
+
+    /// Features per row.
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Distinct thresholds over all features.
+    pub fn n_cuts(&self) -> usize {
+        self.cuts.len()
+    }
+
+    /// The sum of every tree's leaf value for a NaN-free row of `n_features` values (the caller
+    /// checks both), added in tree order to `init` at the library's precision (f32 for XGBoost,
+    /// f64 for LightGBM).
+    pub(crate) fn sum(&self, row: &[f64], init: f64) -> f64 {
+        ROW_CUTS.with(|cell| {
+            let mut row_cuts = cell.borrow_mut();
+            self.fill_row_cuts(row, &mut row_cuts);
+            match &self.leaves {
+                Leaves::F32(values) => f64::from(self.sum_with(&row_cuts, values, init as f32)),
+                Leaves::F64(values) => self.sum_with(&row_cuts, values, init),
+            }
+        })
+    }
+
+    /// Sets each cut's flag: `true` below the row's rank among the feature's (sorted) cuts.
+    fn fill_row_cuts(&self, row: &[f64], row_cuts: &mut RowCuts) {
+        debug_assert_eq!(row.len(), self.n_features, "one value per feature");
+        let rank = |f: usize, x: f64| {
+            let cuts = &self.cuts[self.cut_starts[f]..self.cut_starts[f + 1]];
+            match self.rule {
+                SplitRule::XgboostLess => {
+                    let x = (x as f32) as f64;
+                    cuts.partition_point(|&c| c <= x)
+                }
+                SplitRule::LightgbmLessEqual => cuts.partition_point(|&c| c < x),
+            }
+        };
+        let fill = |row_cuts: &mut RowCuts, f: usize, rank: usize| {
+            let (right, left) =
+                row_cuts[self.cut_starts[f]..self.cut_starts[f + 1]].split_at_mut(rank);
+            right.fill(true);
+            left.fill(false);
+        };
+        // All searches first, so they overlap; then the fills.
+        const CHUNK: usize = 32;
+        for (c, chunk) in row.chunks(CHUNK).enumerate() {
+            let mut ranks = [0usize; CHUNK];
+            for (i, (&x, r)) in chunk.iter().zip(&mut ranks).enumerate() {
+                *r = rank(c * CHUNK + i, x);
+            }
+            for (i, &r) in ranks[..chunk.len()].iter().enumerate() {
+                fill(row_cuts, c * CHUNK + i, r);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn sum_with<V: Copy + std::ops::Add<Output = V>>(
+        &self,
+        row_cuts: &RowCuts,
+        values: &LeafValues<V>,
+        init: V,
+    ) -> V {
+        let mut sum = init;
+        for group in &self.groups {
+            match group.layout {
+                Layout::Complete => {
+                    let nodes = &self.complete_nodes[group.nodes_start..];
+                    let values = &values.complete[group.values_start..];
+                    let slots = match group.steps {
+                        0 => std::array::from_fn(|lane| lane),
+                        1 => walk_complete::<1>(nodes, row_cuts),
+                        2 => walk_complete::<2>(nodes, row_cuts),
+                        3 => walk_complete::<3>(nodes, row_cuts),
+                        4 => walk_complete::<4>(nodes, row_cuts),
+                        5 => walk_complete::<5>(nodes, row_cuts),
+                        6 => walk_complete::<6>(nodes, row_cuts),
+                        7 => walk_complete::<7>(nodes, row_cuts),
+                        8 => walk_complete::<8>(nodes, row_cuts),
+                        9 => walk_complete::<9>(nodes, row_cuts),
+                        _ => walk_complete::<10>(nodes, row_cuts),
+                    };
+                    for &slot in &slots[..group.trees] {
+                        sum = sum + values[slot];
+                    }
+                }
+                Layout::Explicit => {
+                    let nodes = &self.explicit_nodes[group.nodes_start..];
+                    let values = &values.explicit[group.nodes_start..];
+                    for lanes in group.tree_starts[..group.trees].chunks(EXPLICIT_LANES) {
+                        for leaf in walk_explicit(nodes, lanes, group.steps, row_cuts) {
+                            sum = sum + values[leaf];
+                        }
+                    }
+                }
+            }
+        }
+        sum
+    }
+}
+
+/// Walks the lanes of a complete group of depth `D` (1 to 10); returns the slot of each lane's
+/// leaf value.
+#[inline(always)]
+fn walk_complete<const D: usize>(nodes: &[u16], row_cuts: &RowCuts) -> [usize; LANES] {
+    let stride = 1 << D;
+    let nodes = &nodes[..LANES * stride];
+    let mut at = [0usize; LANES];
+    // One level of every lane. Unrolled below: the compiler then knows each position lies in
+    // its level (`2^k − 1 ..= 2^(k+1) − 2` after `k` steps) and drops the bounds checks.
+    #[inline(always)]
+    fn step(at: &mut [usize; LANES], nodes: &[u16], stride: usize, row_cuts: &RowCuts) {
+        for (lane, i) in at.iter_mut().enumerate() {
+            let cut = nodes[lane * stride + *i];
+            *i = 2 * *i + 1 + usize::from(row_cuts[usize::from(cut)]);
+        }
+    }
+    macro_rules! steps {
+        ($($level:literal)*) => { $( if D > $level { step(&mut at, nodes, stride, row_cuts); } )* };
+    }
+    steps!(0 1 2 3 4 5 6 7 8 9);
+    std::array::from_fn(|lane| lane * stride + at[lane] + 1 - stride)
+}
+
+/// Walks up to [`EXPLICIT_LANES`] trees of an explicit group (their starts) for at most `steps`
+/// steps; returns each leaf, relative to the group's start.
+#[inline(always)]
+fn walk_explicit(
+    nodes: &[u32],
+    tree_starts: &[u32],
+    steps: usize,
+    row_cuts: &RowCuts,
+) -> impl Iterator<Item = usize> {
+    let mut starts = [0usize; EXPLICIT_LANES];
+    for (s, &t) in starts.iter_mut().zip(tree_starts) {
+        *s = t as usize;
+    }
+    // Missing lanes walk the first tree again; they are not returned.
+    for lane in tree_starts.len()..EXPLICIT_LANES {
+        starts[lane] = starts[0];
+    }
+    let mut at = starts;
+    for _ in 0..steps {
+        let mut moved = 0;
+        for (i, &start) in at.iter_mut().zip(&starts) {
+            let node = nodes[*i];
+            let next =
+                start + (node >> 16) as usize + usize::from(row_cuts[(node & 0xFFFF) as usize]);
+            moved |= next ^ *i;
+            *i = next;
+        }
+        if moved == 0 {
+            break;
+        }
+    }
+    at.into_iter().take(tree_starts.len())
+}
+
+/// The reachable nodes of a validated tree, root first.
+fn reachable(e: &Ensemble, root: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(i) = stack.pop() {
+        out.push(i);
+        let node = &e.nodes[i];
+        if !node.is_leaf() {
+            stack.push(node.right as usize);
+            stack.push(node.left as usize);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{LEAF, Missing, Node, OutputTransform};
+    use proptest::prelude::*;
+
+    /// SplitMix64: random ensembles from a proptest seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick(&mut self, values: &[f64]) -> f64 {
+            values[self.below(values.len())]
+        }
+    }
+
+    /// Thresholds and inputs share values, so ties (`x == t`, `-0.0` vs `0.0`, values that
+    /// round to an f32 threshold) are common.
+    fn grid(rule: SplitRule) -> Vec<f64> {
+        let mut g = vec![-2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e6];
+        match rule {
+            SplitRule::XgboostLess => g.extend([0.1f32 as f64, 0.3f32 as f64]),
+            SplitRule::LightgbmLessEqual => g.extend([0.1, 0.3, f64::INFINITY]),
+        }
+        g
+    }
+
+    struct Shape {
+        rule: SplitRule,
+        n_features: usize,
+        max_depth: usize,
+        dense: bool,
+    }
+
+    fn grow(nodes: &mut Vec<Node>, rng: &mut Rng, depth: usize, shape: &Shape) -> u32 {
+        let i = nodes.len();
+        nodes.push(Node {
+            value: (rng.below(4001) as f64 - 2000.0) / 1000.0 + 1e-4,
+            feature: 0,
+            left: LEAF,
+            right: LEAF,
+            default_left: true,
+            missing: Missing::Nan,
+            category_set: None,
+            cover: 1.0,
+        });
+        let leaf = depth >= shape.max_depth || (!shape.dense && depth > 0 && rng.below(4) == 0);
+        if !leaf {
+            let left = grow(nodes, rng, depth + 1, shape);
+            let right = grow(nodes, rng, depth + 1, shape);
+            let missing = match shape.rule {
+                SplitRule::XgboostLess => Missing::Nan,
+                SplitRule::LightgbmLessEqual if rng.below(2) == 0 => Missing::NoneAsZero,
+                SplitRule::LightgbmLessEqual => Missing::Nan,
+            };
+            nodes[i] = Node {
+                value: rng.pick(&grid(shape.rule)),
+                feature: rng.below(shape.n_features) as u32,
+                left,
+                right,
+                default_left: rng.below(2) == 0,
+                missing,
+                category_set: None,
+                cover: 1.0 + rng.below(10) as f64,
+            };
+        }
+        i as u32
+    }
+
+    fn ensemble(rng: &mut Rng, shape: &Shape, trees: usize) -> Ensemble {
+        let mut nodes = Vec::new();
+        let roots = (0..trees)
+            .map(|_| grow(&mut nodes, rng, 0, shape))
+            .collect();
+        Ensemble {
+            n_features: shape.n_features,
+            nodes,
+            roots,
+            category_sets: Vec::new(),
+            base_margin: 0.25,
+            rule: shape.rule,
+            transform: OutputTransform::Identity,
+            average_output: false,
+            node_means: Vec::new(),
+            tree_depths: Vec::new(),
+            eval: Vec::new(),
+            eval_roots: Vec::new(),
+            plain_splits: false,
+            cut_forest: None,
+        }
+        .compile()
+        .unwrap()
+    }
+
+    /// The libraries' own walk: `x < t` on f32-rounded inputs with an f32 sum (XGBoost),
+    /// `x <= t` with an f64 sum (LightGBM).
+    fn reference(e: &Ensemble, row: &[f64]) -> f64 {
+        let leaf = |root: u32, x: &dyn Fn(usize) -> f64, left: &dyn Fn(f64, f64) -> bool| {
+            let mut n = &e.nodes[root as usize];
+            while !n.is_leaf() {
+                n = &e.nodes[if left(x(n.feature as usize), n.value) {
+                    n.left
+                } else {
+                    n.right
+                } as usize];
+            }
+            n.value
+        };
+        match e.rule {
+            SplitRule::XgboostLess => {
+                let mut sum = e.base_margin as f32;
+                for &root in &e.roots {
+                    sum += leaf(root, &|f| (row[f] as f32) as f64, &|x, t| x < t) as f32;
+                }
+                sum as f64
+            }
+            SplitRule::LightgbmLessEqual => {
+                let sum: f64 = e
+                    .roots
+                    .iter()
+                    .map(|&root| leaf(root, &|f| row[f], &|x, t| x <= t))
+                    .fold(0.0, |a, v| a + v);
+                sum + e.base_margin
+            }
+        }
+    }
+
+    /// The fast path against the libraries' walk and the full rules, bit for bit, row by row and
+    /// in a batch.
+    fn check(e: &Ensemble, rows: &[Vec<f64>]) {
+        assert!(e.cut_forest.is_some(), "plain splits compile to cuts");
+        let mut full_rules = e.clone();
+        full_rules.cut_forest = None;
+        let flat: Vec<f64> = rows.concat();
+        let want: Vec<f64> = rows.iter().map(|r| reference(e, r)).collect();
+        assert_eq!(full_rules.margins(&flat), want, "full rules");
+        for (row, want) in rows.iter().zip(&want) {
+            assert_eq!(e.margin(row).to_bits(), want.to_bits(), "row {row:?}");
+        }
+        assert_eq!(e.margins(&flat), want, "batch");
+    }
+
+    fn rows(rng: &mut Rng, rule: SplitRule, n_features: usize, n: usize) -> Vec<Vec<f64>> {
+        let g = grid(rule);
+        (0..n)
+            .map(|_| {
+                (0..n_features)
+                    .map(|_| match rng.below(4) {
+                        0 => (rng.below(1 << 20) as f64 / (1 << 18) as f64) - 2.0,
+                        // Just above an f32 value: XGBoost rounds it back down.
+                        1 => rng.pick(&g) + 1e-12,
+                        _ => rng.pick(&g),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dense_shallow_groups_are_complete_and_deep_sparse_ones_explicit() {
+        let mut rng = Rng(1);
+        for (dense, max_depth, want) in [(true, 6, Layout::Complete), (false, 14, Layout::Explicit)]
+        {
+            let shape = Shape {
+                rule: SplitRule::XgboostLess,
+                n_features: 5,
+                max_depth,
+                dense,
+            };
+            let e = ensemble(&mut rng, &shape, 40);
+            let forest = e.cut_forest.as_ref().unwrap();
+            assert!(forest.groups.iter().all(|g| g.layout == want));
+            assert_eq!(forest.groups.len(), 3);
+            assert_eq!(forest.groups[2].trees, 8);
+            check(&e, &rows(&mut rng, shape.rule, 5, 64));
+        }
+    }
+
+    #[test]
+    fn rows_with_nan_take_the_full_rules() {
+        let mut rng = Rng(2);
+        let shape = Shape {
+            rule: SplitRule::XgboostLess,
+            n_features: 3,
+            max_depth: 5,
+            dense: true,
+        };
+        let e = ensemble(&mut rng, &shape, 20);
+        let mut full_rules = e.clone();
+        full_rules.cut_forest = None;
+        for row in rows(&mut rng, shape.rule, 3, 50) {
+            for f in 0..3 {
+                let mut with_nan = row.clone();
+                with_nan[f] = f64::NAN;
+                assert_eq!(e.margin(&with_nan), full_rules.margin(&with_nan));
+            }
+        }
+    }
+
+    #[test]
+    fn categorical_ensembles_have_no_cut_forest() {
+        let mut rng = Rng(3);
+        let shape = Shape {
+            rule: SplitRule::LightgbmLessEqual,
+            n_features: 2,
+            max_depth: 2,
+            dense: true,
+        };
+        let mut e = ensemble(&mut rng, &shape, 1);
+        e.nodes[0].category_set = Some(0);
+        e.category_sets = vec![vec![0b101]];
+        let e = e.compile().unwrap();
+        assert!(e.cut_forest.is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Cuts make the libraries' decisions and sums, bit for bit, on random ensembles of
+        /// both libraries, both layouts and partial groups.
+        #[test]
+        fn cuts_decide_like_the_float_comparisons(
+            seed in any::<u64>(),
+            lightgbm in any::<bool>(),
+            n_features in 1usize..9,
+            max_depth in 0usize..14,
+            dense in any::<bool>(),
+            trees in 1usize..50,
+        ) {
+            let rule = if lightgbm { SplitRule::LightgbmLessEqual } else { SplitRule::XgboostLess };
+            let shape = Shape { rule, n_features, max_depth, dense };
+            let mut rng = Rng(seed);
+            let e = ensemble(&mut rng, &shape, trees);
+            check(&e, &rows(&mut rng, rule, n_features, 32));
+        }
+    }
+}
