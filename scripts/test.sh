@@ -57,6 +57,18 @@ if [ "$target_gib" -ge "${MLOPS_TARGET_LIMIT_GIB:-25}" ] || [ "$free_gib" -lt 8 
   cargo clean
 fi
 
+# Tests find the repository through `env!("CARGO_MANIFEST_DIR")`, which cargo bakes in at build
+# time but does not compare when it decides a crate is fresh: a clone at another path reusing the
+# cached target dir would run binaries pointing at the old path. Rebuild the workspace crates
+# (not their dependencies) whenever the clone's path changes.
+path_marker="$CARGO_TARGET_DIR/.mlops-checkout-path"
+if [ "$(cat "$path_marker" 2>/dev/null || true)" != "$ROOT" ]; then
+  echo "test.sh: $CARGO_TARGET_DIR was built from another checkout: rebuilding the workspace crates" >&2
+  git ls-files -z '*.rs' '*.toml' | xargs -0 touch
+  mkdir -p "$CARGO_TARGET_DIR"
+  printf '%s' "$ROOT" >"$path_marker"
+fi
+
 cargo fmt --all -- --check
 cfn-lint template.yaml
 hadolint infra/docker/Dockerfile
