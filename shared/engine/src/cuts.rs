@@ -282,11 +282,6 @@ impl CutForest {
         self.n_features
     }
 
-    /// Distinct thresholds over all features.
-    pub fn n_cuts(&self) -> usize {
-        self.cuts.len()
-    }
-
     /// The sum of every tree's leaf value for a NaN-free row of `n_features` values (the caller
     /// checks both), added in tree order to `init` at the library's precision (f32 for XGBoost,
     /// f64 for LightGBM).

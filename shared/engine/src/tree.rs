@@ -486,16 +486,17 @@ impl Ensemble {
     /// (same decisions, see [`crate::cuts`]), else a bare comparison per node when its splits
     /// are plain; others walk the full split rules.
     pub fn margin(&self, row: &[f64]) -> f64 {
-        if let Some(forest) = &self.cut_forest
+        let has_nan = row.iter().any(|x| x.is_nan());
+        if !has_nan
+            && let Some(forest) = &self.cut_forest
             && row.len() == forest.n_features()
-            && !row.iter().any(|x| x.is_nan())
         {
             return match self.rule {
                 SplitRule::XgboostLess => forest.sum(row, self.base_margin),
                 SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(forest.sum(row, 0.0)),
             };
         }
-        let plain = self.plain_splits && !row.iter().any(|x| x.is_nan());
+        let plain = self.plain_splits && !has_nan;
         match (self.rule, plain) {
             (SplitRule::XgboostLess, true) => self.margin_with::<XgboostPlainRule>(row),
             (SplitRule::XgboostLess, false) => self.margin_with::<XgboostRule>(row),
