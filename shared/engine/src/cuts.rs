@@ -30,6 +30,8 @@ const EXPLICIT_LANES: usize = 8;
 const COMPLETE_MAX_PADDING: usize = 4;
 /// Cut index of a node that never sends a row right (its flag is always `false`).
 const NEVER_RIGHT: u16 = u16::MAX;
+/// Flags set per copy when a row is converted; each feature's cuts start at a multiple of it.
+const FLAG_BLOCK: usize = 64;
 /// Most cuts of a forest: every index below [`NEVER_RIGHT`].
 const MAX_CUTS: usize = NEVER_RIGHT as usize;
 /// Most nodes of a tree in the explicit layout (child indices take 16 bits).
@@ -125,10 +127,12 @@ impl Leaves {
 pub struct CutForest {
     rule: SplitRule,
     n_features: usize,
-    /// Distinct thresholds, ascending, feature after feature; a cut's index is its position.
+    /// Distinct thresholds, ascending, feature after feature, each feature's run starting at a
+    /// multiple of [`FLAG_BLOCK`] (the gaps hold unused zeros); a cut's index is its position.
     cuts: Vec<f64>,
-    /// Feature `f` owns `cuts[cut_starts[f]..cut_starts[f + 1]]`.
+    /// Feature `f` owns `cuts[cut_starts[f]..cut_starts[f] + cut_counts[f]]`.
     cut_starts: Vec<usize>,
+    cut_counts: Vec<usize>,
     pub(crate) groups: Vec<Group>,
     /// Complete layout: one cut index per node (padded as described on [`Layout::Complete`]).
     complete_nodes: Vec<u16>,
@@ -154,13 +158,16 @@ impl CutForest {
             }
         }
         let mut cuts = Vec::new();
-        let mut cut_starts = vec![0];
+        let mut cut_starts = Vec::with_capacity(e.n_features);
+        let mut cut_counts = Vec::with_capacity(e.n_features);
         for mut values in per_feature {
             // Thresholds are validated non-NaN, so the order is total; -0.0 == 0.0 dedups.
             values.sort_by(f64::total_cmp);
             values.dedup_by(|a, b| a == b);
-            cuts.extend(values);
             cut_starts.push(cuts.len());
+            cut_counts.push(values.len());
+            cuts.extend(values);
+            cuts.resize(cuts.len().next_multiple_of(FLAG_BLOCK), 0.0);
         }
         if cuts.len() > MAX_CUTS {
             return None;
@@ -170,6 +177,7 @@ impl CutForest {
             n_features: e.n_features,
             cuts,
             cut_starts,
+            cut_counts,
             groups: Vec::new(),
             complete_nodes: Vec::new(),
             explicit_nodes: Vec::new(),
@@ -220,9 +228,14 @@ impl CutForest {
         Some(forest)
     }
 
+    /// The cuts of feature `f`.
+    fn feature_cuts(&self, f: usize) -> &[f64] {
+        &self.cuts[self.cut_starts[f]..self.cut_starts[f] + self.cut_counts[f]]
+    }
+
     fn cut_index(&self, feature: u32, threshold: f64) -> u16 {
         let f = feature as usize;
-        let cuts = &self.cuts[self.cut_starts[f]..self.cut_starts[f + 1]];
+        let cuts = self.feature_cuts(f);
         // The threshold is one of the feature's cuts (they were collected from these nodes),
         // and there are at most `MAX_CUTS`, so the index fits below `NEVER_RIGHT`.
         (self.cut_starts[f] + cuts.partition_point(|&c| c < threshold)) as u16
@@ -300,7 +313,7 @@ impl CutForest {
     fn fill_row_cuts(&self, row: &[f64], row_cuts: &mut RowCuts) {
         debug_assert_eq!(row.len(), self.n_features, "one value per feature");
         let rank = |f: usize, x: f64| {
-            let cuts = &self.cuts[self.cut_starts[f]..self.cut_starts[f + 1]];
+            let cuts = self.feature_cuts(f);
             match self.rule {
                 SplitRule::XgboostLess => {
                     let x = (x as f32) as f64;
@@ -309,11 +322,24 @@ impl CutForest {
                 SplitRule::LightgbmLessEqual => cuts.partition_point(|&c| c < x),
             }
         };
+        // Whole blocks of fixed size: a feature's run of flags starts at a multiple of
+        // `FLAG_BLOCK`, and the gap after it is never read.
+        const PATTERN: [bool; 2 * FLAG_BLOCK] = {
+            let mut p = [false; 2 * FLAG_BLOCK];
+            let mut i = 0;
+            while i < FLAG_BLOCK {
+                p[i] = true;
+                i += 1;
+            }
+            p
+        };
         let fill = |row_cuts: &mut RowCuts, f: usize, rank: usize| {
-            let (right, left) =
-                row_cuts[self.cut_starts[f]..self.cut_starts[f + 1]].split_at_mut(rank);
-            right.fill(true);
-            left.fill(false);
+            let blocks = self.cut_counts[f].div_ceil(FLAG_BLOCK);
+            let flags = row_cuts[self.cut_starts[f]..].chunks_exact_mut(FLAG_BLOCK);
+            for (b, block) in flags.take(blocks).enumerate() {
+                let set = rank.saturating_sub(b * FLAG_BLOCK).min(FLAG_BLOCK);
+                block.copy_from_slice(&PATTERN[FLAG_BLOCK - set..2 * FLAG_BLOCK - set]);
+            }
         };
         // All searches first, so they overlap; then the fills.
         const CHUNK: usize = 32;
