@@ -30,10 +30,11 @@ const EXPLICIT_LANES: usize = 8;
 const COMPLETE_MAX_PADDING: usize = 4;
 /// Cut index of a node that never sends a row right (its flag is always `false`).
 const NEVER_RIGHT: u16 = u16::MAX;
-/// Flags set per copy when a row is converted; each feature's cuts start at a multiple of it.
+/// Flags set per copy when a row is converted.
 const FLAG_BLOCK: usize = 64;
-/// Most cuts of a forest: every index below [`NEVER_RIGHT`].
-const MAX_CUTS: usize = NEVER_RIGHT as usize;
+/// Most cuts of a forest: a feature's last copy of flags may run `FLAG_BLOCK - 1` past its cuts
+/// and must stay below [`NEVER_RIGHT`].
+const MAX_CUTS: usize = NEVER_RIGHT as usize - FLAG_BLOCK;
 /// Most nodes of a tree in the explicit layout (child indices take 16 bits).
 const MAX_EXPLICIT_TREE: usize = 1 << 16;
 
@@ -127,8 +128,7 @@ impl Leaves {
 pub struct CutForest {
     rule: SplitRule,
     n_features: usize,
-    /// Distinct thresholds, ascending, feature after feature, each feature's run starting at a
-    /// multiple of [`FLAG_BLOCK`] (the gaps hold unused zeros); a cut's index is its position.
+    /// Distinct thresholds, ascending, feature after feature; a cut's index is its position.
     cuts: Vec<f64>,
     /// Feature `f` owns `cuts[cut_starts[f]..cut_starts[f] + cut_counts[f]]`.
     cut_starts: Vec<usize>,
@@ -144,7 +144,7 @@ pub struct CutForest {
 
 impl CutForest {
     /// Compiles a validated ensemble; `None` when it has categorical or zero-as-missing splits,
-    /// more than 65,535 distinct thresholds, or a deep tree of more than 65,536 nodes.
+    /// more than 65,471 distinct thresholds, or a deep tree of more than 65,536 nodes.
     pub(crate) fn build(e: &Ensemble) -> Option<Self> {
         if !e.plain_splits || e.n_features == 0 {
             return None;
@@ -167,7 +167,6 @@ impl CutForest {
             cut_starts.push(cuts.len());
             cut_counts.push(values.len());
             cuts.extend(values);
-            cuts.resize(cuts.len().next_multiple_of(FLAG_BLOCK), 0.0);
         }
         if cuts.len() > MAX_CUTS {
             return None;
@@ -322,8 +321,9 @@ impl CutForest {
                 SplitRule::LightgbmLessEqual => cuts.partition_point(|&c| c < x),
             }
         };
-        // Whole blocks of fixed size: a feature's run of flags starts at a multiple of
-        // `FLAG_BLOCK`, and the gap after it is never read.
+        // Whole copies of fixed size, feature after feature: a copy that runs past a feature's
+        // cuts writes over the next feature's flags, which are written after it (and past the
+        // last feature, flags no node reads: `MAX_CUTS` keeps them below `NEVER_RIGHT`).
         const PATTERN: [bool; 2 * FLAG_BLOCK] = {
             let mut p = [false; 2 * FLAG_BLOCK];
             let mut i = 0;
