@@ -474,7 +474,7 @@ fn reachable(e: &Ensemble, root: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{LEAF, Missing, Node, OutputTransform};
+    use crate::tree::{LEAF, Missing, Node, OutputTransform, ParsedEnsemble};
     use proptest::prelude::*;
 
     /// SplitMix64: random ensembles from a proptest seed.
@@ -554,7 +554,7 @@ mod tests {
         let roots = (0..trees)
             .map(|_| grow(&mut nodes, rng, 0, shape))
             .collect();
-        Ensemble {
+        ParsedEnsemble {
             n_features: shape.n_features,
             nodes,
             roots,
@@ -563,12 +563,6 @@ mod tests {
             rule: shape.rule,
             transform: OutputTransform::Identity,
             average_output: false,
-            node_means: Vec::new(),
-            tree_depths: Vec::new(),
-            eval: Vec::new(),
-            eval_roots: Vec::new(),
-            plain_splits: false,
-            cut_forest: None,
         }
         .compile()
         .unwrap()

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::EngineError;
-use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, SplitRule};
+use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, ParsedEnsemble, SplitRule};
 
 fn parse_err(message: impl std::fmt::Display) -> EngineError {
     EngineError::Parse {
@@ -247,7 +247,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
             });
         }
     }
-    let ensemble = Ensemble {
+    ParsedEnsemble {
         n_features: max_feature_idx as usize + 1,
         nodes,
         roots,
@@ -256,12 +256,6 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
         rule: SplitRule::LightgbmLessEqual,
         transform,
         average_output,
-        node_means: Vec::new(),
-        tree_depths: Vec::new(),
-        eval: Vec::new(),
-        eval_roots: Vec::new(),
-        plain_splits: false,
-        cut_forest: None,
-    };
-    ensemble.compile()
+    }
+    .compile()
 }

@@ -83,6 +83,51 @@ pub enum OutputTransform {
     Exp,
 }
 
+/// Trees as a loader parsed them: [`ParsedEnsemble::compile`] validates them and builds the
+/// evaluation layouts, so a loader never writes compiled state.
+#[derive(Debug, Clone)]
+pub struct ParsedEnsemble {
+    /// Number of input features.
+    pub n_features: usize,
+    /// All nodes; tree `t` starts at `roots[t]`.
+    pub nodes: Vec<Node>,
+    /// Root node of each tree.
+    pub roots: Vec<u32>,
+    /// Categorical bitsets (32-bit words), addressed by `Node::category_set`.
+    pub category_sets: Vec<Vec<u32>>,
+    /// Margin before any tree.
+    pub base_margin: f64,
+    /// Decision rule and arithmetic.
+    pub rule: SplitRule,
+    /// Output transform.
+    pub transform: OutputTransform,
+    /// Divide the tree sum by the number of trees (LightGBM random forest).
+    pub average_output: bool,
+}
+
+impl ParsedEnsemble {
+    /// Validates the trees and builds every evaluation layout.
+    pub fn compile(self) -> Result<Ensemble, EngineError> {
+        Ensemble {
+            n_features: self.n_features,
+            nodes: self.nodes,
+            roots: self.roots,
+            category_sets: self.category_sets,
+            base_margin: self.base_margin,
+            rule: self.rule,
+            transform: self.transform,
+            average_output: self.average_output,
+            node_means: Vec::new(),
+            tree_depths: Vec::new(),
+            eval: Vec::new(),
+            eval_roots: Vec::new(),
+            plain_splits: false,
+            cut_forest: None,
+        }
+        .compile()
+    }
+}
+
 /// A validated, flattened ensemble.
 #[derive(Debug, Clone)]
 pub struct Ensemble {
@@ -301,7 +346,8 @@ impl Ensemble {
         Ok(())
     }
 
-    /// Validates the ensemble and precomputes what explanations need.
+    /// Validates the ensemble and rebuilds its compiled state (explanation means, depths,
+    /// evaluation layouts), e.g. after its trees were edited.
     pub fn compile(mut self) -> Result<Self, EngineError> {
         self.validate()?;
         let mut means = vec![0.0; self.nodes.len()];

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::EngineError;
-use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, SplitRule};
+use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, ParsedEnsemble, SplitRule};
 
 #[derive(Deserialize)]
 struct File {
@@ -203,7 +203,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
             nodes.push(node);
         }
     }
-    let ensemble = Ensemble {
+    ParsedEnsemble {
         n_features,
         nodes,
         roots,
@@ -212,12 +212,6 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
         rule: SplitRule::XgboostLess,
         transform,
         average_output: false,
-        node_means: Vec::new(),
-        tree_depths: Vec::new(),
-        eval: Vec::new(),
-        eval_roots: Vec::new(),
-        plain_splits: false,
-        cut_forest: None,
-    };
-    ensemble.compile()
+    }
+    .compile()
 }
