@@ -146,20 +146,25 @@ impl CutForest {
     /// Compiles a validated ensemble; `None` when it has categorical or zero-as-missing splits,
     /// more than 65,471 distinct thresholds, or a deep tree of more than 65,536 nodes.
     pub(crate) fn build(e: &Ensemble) -> Option<Self> {
-        if !e.plain_splits || e.n_features == 0 {
+        if !e.plain_splits || e.trees.n_features == 0 {
             return None;
         }
-        let trees: Vec<Vec<usize>> = e.roots.iter().map(|&r| reachable(e, r as usize)).collect();
-        let mut per_feature = vec![Vec::new(); e.n_features];
+        let trees: Vec<Vec<usize>> = e
+            .trees
+            .roots
+            .iter()
+            .map(|&r| reachable(e, r as usize))
+            .collect();
+        let mut per_feature = vec![Vec::new(); e.trees.n_features];
         for &i in trees.iter().flatten() {
-            let node = &e.nodes[i];
+            let node = &e.trees.nodes[i];
             if !node.is_leaf() {
                 per_feature[node.feature as usize].push(node.value);
             }
         }
         let mut cuts = Vec::new();
-        let mut cut_starts = Vec::with_capacity(e.n_features);
-        let mut cut_counts = Vec::with_capacity(e.n_features);
+        let mut cut_starts = Vec::with_capacity(e.trees.n_features);
+        let mut cut_counts = Vec::with_capacity(e.trees.n_features);
         for mut values in per_feature {
             // Thresholds are validated non-NaN, so the order is total; -0.0 == 0.0 dedups.
             values.sort_by(f64::total_cmp);
@@ -172,15 +177,15 @@ impl CutForest {
             return None;
         }
         let mut forest = CutForest {
-            rule: e.rule,
-            n_features: e.n_features,
+            rule: e.trees.rule,
+            n_features: e.trees.n_features,
             cuts,
             cut_starts,
             cut_counts,
             groups: Vec::new(),
             complete_nodes: Vec::new(),
             explicit_nodes: Vec::new(),
-            leaves: match e.rule {
+            leaves: match e.trees.rule {
                 SplitRule::XgboostLess => Leaves::F32(LeafValues::default()),
                 SplitRule::LightgbmLessEqual => Leaves::F64(LeafValues::default()),
             },
@@ -251,7 +256,7 @@ impl CutForest {
         let Some(root) = root else { return };
         let mut stack = vec![(root, 0usize, 0usize)];
         while let Some((i, position, level)) = stack.pop() {
-            let node = &e.nodes[i];
+            let node = &e.trees.nodes[i];
             if node.is_leaf() {
                 // Every leaf slot below `position` (only the leftmost is reachable).
                 let span = 1 << (depth - level);
@@ -272,7 +277,7 @@ impl CutForest {
         let mut queue = std::collections::VecDeque::from([root]);
         let mut next_slot = 1u32;
         while let Some(i) = queue.pop_front() {
-            let node = &e.nodes[i];
+            let node = &e.trees.nodes[i];
             let slot = (self.explicit_nodes.len() - base) as u32;
             if node.is_leaf() {
                 self.explicit_nodes
@@ -462,7 +467,7 @@ fn reachable(e: &Ensemble, root: usize) -> Vec<usize> {
     let mut stack = vec![root];
     while let Some(i) = stack.pop() {
         out.push(i);
-        let node = &e.nodes[i];
+        let node = &e.trees.nodes[i];
         if !node.is_leaf() {
             stack.push(node.right as usize);
             stack.push(node.left as usize);
@@ -474,7 +479,7 @@ fn reachable(e: &Ensemble, root: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{LEAF, Missing, Node, OutputTransform, ParsedEnsemble};
+    use crate::tree::{LEAF, Missing, Node, OutputTransform, Trees};
     use proptest::prelude::*;
 
     /// SplitMix64: random ensembles from a proptest seed.
@@ -554,7 +559,7 @@ mod tests {
         let roots = (0..trees)
             .map(|_| grow(&mut nodes, rng, 0, shape))
             .collect();
-        ParsedEnsemble {
+        Trees {
             n_features: shape.n_features,
             nodes,
             roots,
@@ -572,9 +577,9 @@ mod tests {
     /// `x <= t` with an f64 sum (LightGBM).
     fn reference(e: &Ensemble, row: &[f64]) -> f64 {
         let leaf = |root: u32, x: &dyn Fn(usize) -> f64, left: &dyn Fn(f64, f64) -> bool| {
-            let mut n = &e.nodes[root as usize];
+            let mut n = &e.trees.nodes[root as usize];
             while !n.is_leaf() {
-                n = &e.nodes[if left(x(n.feature as usize), n.value) {
+                n = &e.trees.nodes[if left(x(n.feature as usize), n.value) {
                     n.left
                 } else {
                     n.right
@@ -582,21 +587,22 @@ mod tests {
             }
             n.value
         };
-        match e.rule {
+        match e.trees.rule {
             SplitRule::XgboostLess => {
-                let mut sum = e.base_margin as f32;
-                for &root in &e.roots {
+                let mut sum = e.trees.base_margin as f32;
+                for &root in &e.trees.roots {
                     sum += leaf(root, &|f| (row[f] as f32) as f64, &|x, t| x < t) as f32;
                 }
                 sum as f64
             }
             SplitRule::LightgbmLessEqual => {
                 let sum: f64 = e
+                    .trees
                     .roots
                     .iter()
                     .map(|&root| leaf(root, &|f| row[f], &|x, t| x <= t))
                     .fold(0.0, |a, v| a + v);
-                sum + e.base_margin
+                sum + e.trees.base_margin
             }
         }
     }
@@ -683,8 +689,8 @@ mod tests {
             dense: true,
         };
         let mut e = ensemble(&mut rng, &shape, 1);
-        e.nodes[0].category_set = Some(0);
-        e.category_sets = vec![vec![0b101]];
+        e.trees.nodes[0].category_set = Some(0);
+        e.trees.category_sets = vec![vec![0b101]];
         let e = e.compile().unwrap();
         assert!(e.cut_forest.is_none());
     }

@@ -104,7 +104,7 @@ impl CompiledModel {
     /// Input width, where the model file states it.
     pub fn n_features(&self) -> usize {
         match self {
-            CompiledModel::Trees(e) => e.n_features,
+            CompiledModel::Trees(e) => e.trees.n_features,
             CompiledModel::Linear(l) => l.coefficients.len(),
             CompiledModel::Mlp(m) => m.inputs(),
         }

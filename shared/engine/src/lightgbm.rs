@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::EngineError;
-use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, ParsedEnsemble, SplitRule};
+use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, SplitRule, Trees};
 
 fn parse_err(message: impl std::fmt::Display) -> EngineError {
     EngineError::Parse {
@@ -247,7 +247,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
             });
         }
     }
-    ParsedEnsemble {
+    Trees {
         n_features: max_feature_idx as usize + 1,
         nodes,
         roots,

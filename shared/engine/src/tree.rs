@@ -83,10 +83,10 @@ pub enum OutputTransform {
     Exp,
 }
 
-/// Trees as a loader parsed them: [`ParsedEnsemble::compile`] validates them and builds the
-/// evaluation layouts, so a loader never writes compiled state.
+/// Trees as a loader parsed them: [`Trees::compile`] validates them and builds the evaluation
+/// layouts, so a loader never writes compiled state.
 #[derive(Debug, Clone)]
-pub struct ParsedEnsemble {
+pub struct Trees {
     /// Number of input features.
     pub n_features: usize,
     /// All nodes; tree `t` starts at `roots[t]`.
@@ -105,18 +105,11 @@ pub struct ParsedEnsemble {
     pub average_output: bool,
 }
 
-impl ParsedEnsemble {
+impl Trees {
     /// Validates the trees and builds every evaluation layout.
     pub fn compile(self) -> Result<Ensemble, EngineError> {
         Ensemble {
-            n_features: self.n_features,
-            nodes: self.nodes,
-            roots: self.roots,
-            category_sets: self.category_sets,
-            base_margin: self.base_margin,
-            rule: self.rule,
-            transform: self.transform,
-            average_output: self.average_output,
+            trees: self,
             node_means: Vec::new(),
             tree_depths: Vec::new(),
             eval: Vec::new(),
@@ -131,22 +124,8 @@ impl ParsedEnsemble {
 /// A validated, flattened ensemble.
 #[derive(Debug, Clone)]
 pub struct Ensemble {
-    /// Number of input features.
-    pub n_features: usize,
-    /// All nodes; tree `t` starts at `roots[t]`.
-    pub nodes: Vec<Node>,
-    /// Root node of each tree.
-    pub roots: Vec<u32>,
-    /// Categorical bitsets (32-bit words), addressed by `Node::category_set`.
-    pub category_sets: Vec<Vec<u32>>,
-    /// Margin before any tree.
-    pub base_margin: f64,
-    /// Decision rule and arithmetic.
-    pub rule: SplitRule,
-    /// Output transform.
-    pub transform: OutputTransform,
-    /// Divide the tree sum by the number of trees (LightGBM random forest).
-    pub average_output: bool,
+    /// The trees as loaded.
+    pub trees: Trees,
     /// Cover-weighted mean leaf value below each node (TreeSHAP's expected values); filled by
     /// [`Ensemble::compile`].
     pub node_means: Vec<f64>,
@@ -190,7 +169,7 @@ impl Rule for LightgbmRule {
     #[inline(always)]
     fn go_right(ensemble: &Ensemble, node: &EvalNode, x: f64) -> bool {
         if node.packed & CATEGORICAL != 0 {
-            return !lightgbm_category_left(&ensemble.category_sets[node.value as usize], x);
+            return !lightgbm_category_left(&ensemble.trees.category_sets[node.value as usize], x);
         }
         let missing = (node.packed >> MISSING_SHIFT) & 3;
         let v = if x.is_nan() && missing != MISSING_NAN {
@@ -273,13 +252,13 @@ impl Ensemble {
     /// thresholds and leaf values, feature indices below `n_features`.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |m: String| Err(EngineError::InvalidModel(m));
-        let n = self.nodes.len();
-        if self.roots.is_empty() {
+        let n = self.trees.nodes.len();
+        if self.trees.roots.is_empty() {
             return bad("the model has no trees".into());
         }
         let mut seen = vec![false; n];
-        for (t, &root) in self.roots.iter().enumerate() {
-            let end = self.roots.get(t + 1).map_or(n, |&r| r as usize);
+        for (t, &root) in self.trees.roots.iter().enumerate() {
+            let end = self.trees.roots.get(t + 1).map_or(n, |&r| r as usize);
             let start = root as usize;
             if start >= end || end > n {
                 return bad(format!("tree {t}: node range {start}..{end} is invalid"));
@@ -302,7 +281,7 @@ impl Ensemble {
                 if depth > MAX_DEPTH {
                     return bad(format!("tree {t}: deeper than {MAX_DEPTH} levels"));
                 }
-                let node = &self.nodes[i];
+                let node = &self.trees.nodes[i];
                 // Thresholds may be infinite (LightGBM writes `inf` to split missing values from
                 // the rest); leaf values must be finite.
                 if node.is_leaf() && !node.value.is_finite() {
@@ -318,16 +297,16 @@ impl Ensemble {
                     return bad(format!("tree {t}: node {} has an invalid cover", i - start));
                 }
                 if !node.is_leaf() {
-                    if node.feature as usize >= self.n_features {
+                    if node.feature as usize >= self.trees.n_features {
                         return bad(format!(
                             "tree {t}: node {} splits on feature {} but the model has {} features",
                             i - start,
                             node.feature,
-                            self.n_features
+                            self.trees.n_features
                         ));
                     }
                     if let Some(c) = node.category_set
-                        && c as usize >= self.category_sets.len()
+                        && c as usize >= self.trees.category_sets.len()
                     {
                         return bad(format!(
                             "tree {t}: node {} names a missing category set",
@@ -340,7 +319,7 @@ impl Ensemble {
             }
             // Unreachable nodes (XGBoost's deleted nodes) are allowed: they are never evaluated.
         }
-        if !self.base_margin.is_finite() {
+        if !self.trees.base_margin.is_finite() {
             return bad("non-finite base score".into());
         }
         Ok(())
@@ -350,14 +329,14 @@ impl Ensemble {
     /// evaluation layouts), e.g. after its trees were edited.
     pub fn compile(mut self) -> Result<Self, EngineError> {
         self.validate()?;
-        let mut means = vec![0.0; self.nodes.len()];
-        let mut depths = Vec::with_capacity(self.roots.len());
-        for &root in &self.roots {
+        let mut means = vec![0.0; self.trees.nodes.len()];
+        let mut depths = Vec::with_capacity(self.trees.roots.len());
+        for &root in &self.trees.roots {
             // Post-order walk (validated acyclic, depth-bounded) computing means and depth.
             let mut depth_of = std::collections::HashMap::new();
             let mut stack = vec![(root as usize, false)];
             while let Some((i, children_done)) = stack.pop() {
-                let node = self.nodes[i];
+                let node = self.trees.nodes[i];
                 if node.is_leaf() {
                     means[i] = node.value;
                     depth_of.insert(i, 0usize);
@@ -367,7 +346,7 @@ impl Ensemble {
                     stack.push((node.right as usize, false));
                 } else {
                     let (l, r) = (node.left as usize, node.right as usize);
-                    let (cl, cr) = (self.nodes[l].cover, self.nodes[r].cover);
+                    let (cl, cr) = (self.trees.nodes[l].cover, self.trees.nodes[r].cover);
                     means[i] = if cl + cr > 0.0 {
                         (means[l] * cl + means[r] * cr) / (cl + cr)
                     } else {
@@ -386,23 +365,23 @@ impl Ensemble {
     }
 
     fn build_eval_layout(&mut self) -> Result<(), EngineError> {
-        if self.n_features >= FEATURE_MASK as usize {
+        if self.trees.n_features >= FEATURE_MASK as usize {
             return Err(EngineError::InvalidModel(format!(
                 "{} features is too many",
-                self.n_features
+                self.trees.n_features
             )));
         }
-        let pad = self.n_features as u32;
-        let mut eval = Vec::with_capacity(self.nodes.len());
-        let mut roots = Vec::with_capacity(self.roots.len());
-        for &root in &self.roots {
+        let pad = self.trees.n_features as u32;
+        let mut eval = Vec::with_capacity(self.trees.nodes.len());
+        let mut roots = Vec::with_capacity(self.trees.roots.len());
+        for &root in &self.trees.roots {
             let base = eval.len() as u32;
             roots.push(base);
             // Breadth-first: the slot of each node is known before it is visited.
             let mut queue = std::collections::VecDeque::from([root as usize]);
             let mut next_slot = base + 1;
             while let Some(i) = queue.pop_front() {
-                let node = self.nodes[i];
+                let node = self.trees.nodes[i];
                 let slot = eval.len() as u32;
                 if node.is_leaf() {
                     eval.push(EvalNode {
@@ -454,7 +433,7 @@ impl Ensemble {
     #[inline]
     fn load_row(&self, row: &[f64], buf: &mut Vec<f64>) {
         buf.clear();
-        match self.rule {
+        match self.trees.rule {
             SplitRule::XgboostLess => buf.extend(row.iter().map(|&x| xgb_input(x))),
             SplitRule::LightgbmLessEqual => buf.extend_from_slice(row),
         }
@@ -463,13 +442,13 @@ impl Ensemble {
 
     /// Number of trees.
     pub fn n_trees(&self) -> usize {
-        self.roots.len()
+        self.trees.roots.len()
     }
 
     /// Which child a value goes to at a split node.
     #[inline(always)]
     fn next(&self, node: &Node, x: f64) -> u32 {
-        match self.rule {
+        match self.trees.rule {
             SplitRule::XgboostLess => {
                 if x.is_nan() {
                     if node.default_left {
@@ -485,7 +464,7 @@ impl Ensemble {
             }
             SplitRule::LightgbmLessEqual => {
                 if let Some(set) = node.category_set {
-                    return if lightgbm_category_left(&self.category_sets[set as usize], x) {
+                    return if lightgbm_category_left(&self.trees.category_sets[set as usize], x) {
                         node.left
                     } else {
                         node.right
@@ -517,7 +496,7 @@ impl Ensemble {
 
     /// Rounds inputs as the training library reads them.
     fn prepare<'a>(&self, row: &'a [f64], buf: &'a mut Vec<f64>) -> &'a [f64] {
-        match self.rule {
+        match self.trees.rule {
             SplitRule::XgboostLess => {
                 buf.clear();
                 buf.extend(row.iter().map(|&x| xgb_input(x)));
@@ -537,13 +516,13 @@ impl Ensemble {
             && let Some(forest) = &self.cut_forest
             && row.len() == forest.n_features()
         {
-            return match self.rule {
-                SplitRule::XgboostLess => forest.sum(row, self.base_margin),
+            return match self.trees.rule {
+                SplitRule::XgboostLess => forest.sum(row, self.trees.base_margin),
                 SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(forest.sum(row, 0.0)),
             };
         }
         let plain = self.plain_splits && !has_nan;
-        match (self.rule, plain) {
+        match (self.trees.rule, plain) {
             (SplitRule::XgboostLess, true) => self.margin_with::<XgboostPlainRule>(row),
             (SplitRule::XgboostLess, false) => self.margin_with::<XgboostRule>(row),
             (SplitRule::LightgbmLessEqual, true) => self.margin_with::<LightgbmPlainRule>(row),
@@ -552,10 +531,10 @@ impl Ensemble {
     }
 
     fn margin_with<R: Rule>(&self, row: &[f64]) -> f64 {
-        let mut buf = Vec::with_capacity(self.n_features + 1);
+        let mut buf = Vec::with_capacity(self.trees.n_features + 1);
         self.load_row(row, &mut buf);
         let row = &buf[..];
-        let mut sum32 = self.base_margin as f32;
+        let mut sum32 = self.trees.base_margin as f32;
         let mut sum64 = 0.0f64;
         let mut idx = [0u32; LANES];
         for (group, roots) in self.eval_roots.chunks(LANES).enumerate() {
@@ -580,30 +559,30 @@ impl Ensemble {
             }
             for &leaf in &idx[..n] {
                 let v = self.eval[leaf as usize].value;
-                match self.rule {
+                match self.trees.rule {
                     SplitRule::XgboostLess => sum32 += v as f32,
                     SplitRule::LightgbmLessEqual => sum64 += v,
                 }
             }
         }
-        match self.rule {
+        match self.trees.rule {
             SplitRule::XgboostLess => sum32 as f64,
             SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(sum64),
         }
     }
 
     fn finish_lightgbm_sum(&self, sum: f64) -> f64 {
-        let sum = if self.average_output {
+        let sum = if self.trees.average_output {
             sum / self.n_trees() as f64
         } else {
             sum
         };
-        sum + self.base_margin
+        sum + self.trees.base_margin
     }
 
     /// Applies the output transform to a margin.
     pub fn transform(&self, margin: f64) -> f64 {
-        match (self.transform, self.rule) {
+        match (self.trees.transform, self.trees.rule) {
             (OutputTransform::Identity, _) => margin,
             (OutputTransform::Sigmoid { .. }, SplitRule::XgboostLess) => {
                 let m = margin as f32;
@@ -625,12 +604,12 @@ impl Ensemble {
     pub fn margins(&self, values: &[f64]) -> Vec<f64> {
         if self.cut_forest.is_some() {
             return values
-                .chunks_exact(self.n_features)
+                .chunks_exact(self.trees.n_features)
                 .map(|row| self.margin(row))
                 .collect();
         }
         let plain = self.plain_splits && !values.iter().any(|x| x.is_nan());
-        match (self.rule, plain) {
+        match (self.trees.rule, plain) {
             (SplitRule::XgboostLess, true) => self.margins_with::<XgboostPlainRule>(values),
             (SplitRule::XgboostLess, false) => self.margins_with::<XgboostRule>(values),
             (SplitRule::LightgbmLessEqual, true) => self.margins_with::<LightgbmPlainRule>(values),
@@ -639,7 +618,7 @@ impl Ensemble {
     }
 
     fn margins_with<R: Rule>(&self, values: &[f64]) -> Vec<f64> {
-        let width = self.n_features;
+        let width = self.trees.n_features;
         let rows = values.len().checked_div(width).unwrap_or(0);
         let padded = width + 1;
         let mut out = vec![0.0f64; rows];
@@ -656,7 +635,7 @@ impl Ensemble {
                 self.load_row(&values[i * width..(i + 1) * width], &mut row_buf);
                 block.extend_from_slice(&row_buf);
             }
-            acc32[..n].fill(self.base_margin as f32);
+            acc32[..n].fill(self.trees.base_margin as f32);
             acc64[..n].fill(0.0);
             for (t, &root) in self.eval_roots.iter().enumerate() {
                 idx[..n].fill(root);
@@ -676,7 +655,7 @@ impl Ensemble {
                         break;
                     }
                 }
-                match self.rule {
+                match self.trees.rule {
                     SplitRule::XgboostLess => {
                         for (a, &leaf) in acc32[..n].iter_mut().zip(&idx[..n]) {
                             *a += self.eval[leaf as usize].value as f32;
@@ -690,7 +669,7 @@ impl Ensemble {
                 }
             }
             for r in 0..n {
-                out[block_start + r] = match self.rule {
+                out[block_start + r] = match self.trees.rule {
                     SplitRule::XgboostLess => acc32[r] as f64,
                     SplitRule::LightgbmLessEqual => self.finish_lightgbm_sum(acc64[r]),
                 };
@@ -704,28 +683,28 @@ impl Ensemble {
     pub fn contributions(&self, row: &[f64]) -> Vec<f64> {
         let mut buf = Vec::new();
         let row = self.prepare(row, &mut buf);
-        let mut phi = vec![0.0f64; self.n_features + 1];
-        let scale = if self.average_output {
+        let mut phi = vec![0.0f64; self.trees.n_features + 1];
+        let scale = if self.trees.average_output {
             1.0 / self.n_trees() as f64
         } else {
             1.0
         };
-        let mut tree_phi = vec![0.0f64; self.n_features + 1];
-        for tree in 0..self.roots.len() {
+        let mut tree_phi = vec![0.0f64; self.trees.n_features + 1];
+        for tree in 0..self.trees.roots.len() {
             tree_phi.fill(0.0);
             self.tree_contributions(tree, row, &mut tree_phi);
             for (p, t) in phi.iter_mut().zip(&tree_phi) {
                 *p += t * scale;
             }
         }
-        phi[self.n_features] += self.base_margin;
+        phi[self.trees.n_features] += self.trees.base_margin;
         phi
     }
 
     fn tree_contributions(&self, tree: usize, row: &[f64], phi: &mut [f64]) {
-        let root = self.roots[tree] as usize;
-        phi[self.n_features] += self.node_means[root];
-        if self.nodes[root].is_leaf() {
+        let root = self.trees.roots[tree] as usize;
+        phi[self.trees.n_features] += self.node_means[root];
+        if self.trees.nodes[root].is_leaf() {
             return;
         }
         let max_depth = self.tree_depths[tree] + 2;
@@ -760,7 +739,7 @@ impl Ensemble {
             parent_one_fraction,
             parent_feature,
         );
-        let node = &self.nodes[node_index];
+        let node = &self.trees.nodes[node_index];
         if node.is_leaf() {
             for i in 1..=unique_depth {
                 let w = unwound_path_sum(unique, unique_depth, i);
@@ -778,7 +757,10 @@ impl Ensemble {
         };
         let w = node.cover;
         let (hot_zero, cold_zero) = if w > 0.0 {
-            (self.nodes[hot].cover / w, self.nodes[cold].cover / w)
+            (
+                self.trees.nodes[hot].cover / w,
+                self.trees.nodes[cold].cover / w,
+            )
         } else {
             (0.5, 0.5)
         };

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::EngineError;
-use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, ParsedEnsemble, SplitRule};
+use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, SplitRule, Trees};
 
 #[derive(Deserialize)]
 struct File {
@@ -203,7 +203,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
             nodes.push(node);
         }
     }
-    ParsedEnsemble {
+    Trees {
         n_features,
         nodes,
         roots,

@@ -95,8 +95,8 @@ fn one_row(m: &FeatureMatrix, i: usize) -> FeatureMatrix {
 fn depth_summary(e: &mlops_engine::tree::Ensemble) -> String {
     let mut depths = e.tree_depths.clone();
     depths.sort_unstable();
-    let mut thresholds = vec![Vec::new(); e.n_features];
-    for n in e.nodes.iter().filter(|n| !n.is_leaf()) {
+    let mut thresholds = vec![Vec::new(); e.trees.n_features];
+    for n in e.trees.nodes.iter().filter(|n| !n.is_leaf()) {
         thresholds[n.feature as usize].push(n.value);
     }
     let distinct = thresholds
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
         eprintln!(
             "xgboost: {} trees, {} nodes, {}",
             e.n_trees(),
-            e.nodes.len(),
+            e.trees.nodes.len(),
             depth_summary(e)
         );
     }
@@ -140,7 +140,7 @@ fn benches(c: &mut Criterion) {
         eprintln!(
             "lightgbm: {} trees, {} nodes, {}",
             e.n_trees(),
-            e.nodes.len(),
+            e.trees.nodes.len(),
             depth_summary(e)
         );
     }
