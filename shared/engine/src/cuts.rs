@@ -144,9 +144,12 @@ pub struct CutForest {
 
 impl CutForest {
     /// Compiles a validated ensemble; `None` when it has categorical or zero-as-missing splits,
-    /// more than 65,471 distinct thresholds, or a deep tree of more than 65,536 nodes.
+    /// more than 65,471 distinct thresholds or input features, or a deep tree of more than 65,536
+    /// nodes.
     pub(crate) fn build(e: &Ensemble) -> Option<Self> {
-        if !e.plain_splits || e.trees.n_features == 0 {
+        // The feature count is only declared by the model file, yet a forest keeps arrays (and a
+        // row conversion walks) per feature: bounding it bounds them, whatever a file claims.
+        if !e.plain_splits || e.trees.n_features == 0 || e.trees.n_features > MAX_CUTS {
             return None;
         }
         let trees: Vec<Vec<usize>> = e

@@ -252,6 +252,20 @@ fn a_pathologically_deep_tree_is_rejected_without_recursion() {
 }
 
 #[test]
+fn a_huge_declared_feature_count_allocates_nothing_per_feature() {
+    // Found by the fuzzer: a file may declare 10^8 features for a one-split tree. The fast path
+    // keeps per-feature arrays (2.5 GB for this file), so it is not built; the full rules
+    // evaluate such a model (a row of 10^8 values, were one ever sent).
+    let text = LGBM.replace("max_feature_idx=1", "max_feature_idx=99999999");
+    let m = load(ModelKind::Lightgbm, &text).unwrap();
+    assert_eq!(m.n_features(), 100_000_000);
+    match m {
+        CompiledModel::Trees(e) => assert!(e.cut_forest.is_none(), "no per-feature arrays"),
+        _ => panic!("a LightGBM model compiles to trees"),
+    }
+}
+
+#[test]
 fn bad_rows_are_rejected_with_the_feature_named() {
     let m = load(ModelKind::Xgboost, XGB).unwrap();
     let names = vec!["a".to_string(), "b".to_string()];
