@@ -127,7 +127,6 @@ impl Leaves {
 #[derive(Debug, Clone)]
 pub struct CutForest {
     rule: SplitRule,
-    n_features: usize,
     /// Distinct thresholds, ascending, feature after feature; a cut's index is its position.
     cuts: Vec<f64>,
     /// Feature `f` owns `cuts[cut_starts[f]..cut_starts[f] + cut_counts[f]]`.
@@ -181,7 +180,6 @@ impl CutForest {
         }
         let mut forest = CutForest {
             rule: e.trees.rule,
-            n_features: e.trees.n_features,
             cuts,
             cut_starts,
             cut_counts,
@@ -297,9 +295,9 @@ impl CutForest {
         }
     }
 
-    /// Features per row.
+    /// Features per row: one entry of `cut_starts` each.
     pub fn n_features(&self) -> usize {
-        self.n_features
+        self.cut_starts.len()
     }
 
     /// The sum of every tree's leaf value for a NaN-free row of `n_features` values (the caller
@@ -318,7 +316,7 @@ impl CutForest {
 
     /// Sets each cut's flag: `true` below the row's rank among the feature's (sorted) cuts.
     fn fill_row_cuts(&self, row: &[f64], row_cuts: &mut RowCuts) {
-        debug_assert_eq!(row.len(), self.n_features, "one value per feature");
+        debug_assert_eq!(row.len(), self.n_features(), "one value per feature");
         let rank = |f: usize, x: f64| {
             let cuts = self.feature_cuts(f);
             match self.rule {
