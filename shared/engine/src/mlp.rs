@@ -67,23 +67,6 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<f32>, Vec<usize>), Engi
     Ok((values, t.shape().to_vec()))
 }
 
-/// erf via Numerical Recipes' erfc (Chebyshev fit, |error| < 1.2e-7): ample for f32 activations.
-fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
-    if x >= 0.0 { 1.0 - r } else { r - 1.0 }
-}
-
 impl Mlp {
     /// Loads and checks a safetensors file.
     pub fn load(bytes: &[u8]) -> Result<Self, EngineError> {
@@ -175,7 +158,9 @@ impl Mlp {
                 for v in &mut y {
                     *v = match self.activation {
                         Activation::Relu => v.max(0.0),
-                        Activation::Gelu => 0.5 * *v * (1.0 + erf(*v / std::f64::consts::SQRT_2)),
+                        Activation::Gelu => {
+                            0.5 * *v * (1.0 + libm::erf(*v / std::f64::consts::SQRT_2))
+                        }
                     };
                 }
             }

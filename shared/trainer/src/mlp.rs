@@ -349,7 +349,13 @@ mod torch {
                 }
             }
         }
-        h.to_kind(Kind::Float).squeeze_dim(-1)
+        // bf16 outputs are widened to f32 for the loss; an f64 evaluation stays f64.
+        let out_kind = if kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        h.to_kind(out_kind).squeeze_dim(-1)
     }
 
     fn loss(task: Task, output: &Tensor, y: &Tensor) -> Tensor {
@@ -580,12 +586,24 @@ mod torch {
             })
         }
 
-        /// Network outputs before the sigmoid, f32 on the model's device.
+        /// Network outputs before the sigmoid: the f32 weights evaluated in f64 on the model's
+        /// device — the function the engine serves, so metrics computed from these predictions
+        /// describe exactly what is served (an f32 pass differs by f32 rounding, ~1e-6).
         pub fn margins(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
-            guarded("predicting with the MLP", || self.margins_guarded(x))
+            guarded("predicting with the MLP", || {
+                self.margins_guarded(x, Kind::Double)
+            })
         }
 
-        fn margins_guarded(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+        /// Network outputs before the sigmoid from an f32 pass, the precision training
+        /// validates with.
+        pub fn margins_f32(&self, x: &FeatureMatrix) -> Result<Vec<f64>, TrainError> {
+            guarded("predicting with the MLP", || {
+                self.margins_guarded(x, Kind::Float)
+            })
+        }
+
+        fn margins_guarded(&self, x: &FeatureMatrix, kind: Kind) -> Result<Vec<f64>, TrainError> {
             let inputs = self.layers[0].ws.size()[1] as usize;
             if x.cols != inputs {
                 return Err(TrainError::Shape {
@@ -594,9 +612,8 @@ mod torch {
                 });
             }
             let xt = features(x, self.device)?;
-            let out = tch::no_grad(|| {
-                forward(&self.layers, self.activation, &xt, Kind::Float, 0.0, false)
-            });
+            let out =
+                tch::no_grad(|| forward(&self.layers, self.activation, &xt, kind, 0.0, false));
             let out = out.to_device(Device::Cpu).to_kind(Kind::Double);
             Vec::<f64>::try_from(&out).map_err(torch_err)
         }
