@@ -2,15 +2,18 @@
 //! - XGBoost: 600 trees of depth 8 on California Housing (no early stopping);
 //! - LightGBM: the model the default training produces on California Housing.
 //!
-//! Single-row latency (native: libxgboost with a DMatrix per call, LightGBM's single-row C API)
-//! and batch throughput on 100,000 rows at one thread.
+//! - with the feature `torch`, the default MLP (256-128-64, GELU; a few epochs: the weights' values
+//!   do not change the work) on standardized California Housing features.
+//!
+//! Single-row latency (native: libxgboost with a DMatrix per call, LightGBM's single-row C API,
+//! libtorch's forward pass) and batch throughput on 100,000 rows at one thread.
 
 use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mlops_domain::data::{TargetPolicy, load_csv};
 use mlops_domain::features::{FeatureMatrix, FeaturePipeline, PipelineOptions};
-use mlops_domain::schema::Schema;
+use mlops_domain::schema::{Schema, Task};
 use mlops_domain::split::{permutation, train_test_split};
 use mlops_engine::CompiledModel;
 use mlops_trainer::lightgbm::{LgbmModel, LgbmParams};
@@ -26,7 +29,16 @@ struct Fixture {
     batch: FeatureMatrix,
 }
 
-fn fixture() -> Fixture {
+/// California Housing's 80/20 seed-42 split through a pipeline fitted on the training part.
+struct Split {
+    task: Task,
+    x_train: FeatureMatrix,
+    y_train: Vec<f64>,
+    x_test: FeatureMatrix,
+    y_test: Vec<f64>,
+}
+
+fn split(options: PipelineOptions) -> Split {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let schema = Schema::from_file(&repo.join("data/california_housing.schema.toml")).unwrap();
     let (data, _) = load_csv(
@@ -37,16 +49,38 @@ fn fixture() -> Fixture {
     .unwrap();
     let split = train_test_split(data.len(), 0.2, 42);
     let (train, test) = (data.subset(&split.train), data.subset(&split.test));
-    let pipeline = FeaturePipeline::fit(&schema, &train, PipelineOptions::default());
-    let (x_train, _) = pipeline.transform(&train);
-    let (x_test, _) = pipeline.transform(&test);
+    let pipeline = FeaturePipeline::fit(&schema, &train, options);
+    Split {
+        task: schema.task,
+        x_train: pipeline.transform(&train).0,
+        y_train: train.labels,
+        x_test: pipeline.transform(&test).0,
+        y_test: test.labels,
+    }
+}
+
+/// `BATCH_ROWS` rows drawn (deterministically, with repetition) from `x`.
+fn batch_of(x: &FeatureMatrix) -> FeatureMatrix {
+    let mut values = Vec::with_capacity(BATCH_ROWS * x.cols);
+    for i in permutation(BATCH_ROWS, 7) {
+        values.extend_from_slice(x.row(i % x.rows));
+    }
+    FeatureMatrix {
+        values,
+        rows: BATCH_ROWS,
+        cols: x.cols,
+    }
+}
+
+fn fixture() -> Fixture {
+    let s = split(PipelineOptions::default());
     let train_set = Labelled {
-        x: &x_train,
-        y: &train.labels,
+        x: &s.x_train,
+        y: &s.y_train,
     };
     let valid_set = Labelled {
-        x: &x_test,
-        y: &test.labels,
+        x: &s.x_test,
+        y: &s.y_test,
     };
     let xgb_params = XgbParams {
         max_rounds: 600,
@@ -54,32 +88,14 @@ fn fixture() -> Fixture {
         max_depth: 8,
         ..XgbParams::default()
     };
-    let mut xgb = XgbModel::train(schema.task, &xgb_params, train_set, valid_set, 42).unwrap();
+    let mut xgb = XgbModel::train(s.task, &xgb_params, train_set, valid_set, 42).unwrap();
     xgb.set_threads(1).unwrap();
-    let lgbm = LgbmModel::train(
-        schema.task,
-        &LgbmParams::default(),
-        train_set,
-        valid_set,
-        42,
-    )
-    .unwrap();
-    // 100k rows drawn (deterministically, with repetition) from the test split.
-    let order = permutation(BATCH_ROWS, 7);
-    let mut values = Vec::with_capacity(BATCH_ROWS * x_test.cols);
-    for i in order {
-        values.extend_from_slice(x_test.row(i % x_test.rows));
-    }
-    let batch = FeatureMatrix {
-        values,
-        rows: BATCH_ROWS,
-        cols: x_test.cols,
-    };
+    let lgbm = LgbmModel::train(s.task, &LgbmParams::default(), train_set, valid_set, 42).unwrap();
     Fixture {
         xgb,
         lgbm,
-        test: x_test,
-        batch,
+        batch: batch_of(&s.x_test),
+        test: s.x_test,
     }
 }
 
@@ -197,5 +213,67 @@ fn benches(c: &mut Criterion) {
     batch.finish();
 }
 
-criterion_group!(engine_vs_native, benches);
+/// The MLP: libtorch's forward pass (the trainer's prediction: f32 weights in f64) against the
+/// engine, one thread.
+#[cfg(feature = "torch")]
+fn mlp_benches(c: &mut Criterion) {
+    use mlops_trainer::mlp::{MlpModel, MlpParams};
+
+    let s = split(PipelineOptions { standardize: true });
+    tch::set_num_threads(1);
+    let params = MlpParams {
+        max_epochs: 3,
+        ..MlpParams::default()
+    };
+    let set = |x, y| Labelled { x, y };
+    let model = MlpModel::train(
+        s.task,
+        &params,
+        set(&s.x_train, &s.y_train),
+        Some(set(&s.x_test, &s.y_test)),
+        42,
+    )
+    .unwrap();
+    let engine = CompiledModel::load(
+        mlops_domain::artifact::ModelKind::Mlp,
+        &model.to_bytes().unwrap(),
+    )
+    .unwrap();
+    let x_test = s.x_test;
+    let rows: Vec<FeatureMatrix> = (0..256).map(|i| one_row(&x_test, i * 13)).collect();
+    let mut single = c.benchmark_group("single_row");
+    let mut k = 0usize;
+    single.bench_function(BenchmarkId::new("mlp", "native"), |b| {
+        b.iter(|| {
+            k += 1;
+            model.predict(&rows[k % rows.len()]).unwrap()[0]
+        })
+    });
+    single.bench_function(BenchmarkId::new("mlp", "engine"), |b| {
+        b.iter(|| {
+            k += 1;
+            let r = &rows[k % rows.len()].values;
+            engine.transform(engine.margin(r))
+        })
+    });
+    single.finish();
+
+    let batch_rows = batch_of(&x_test);
+    let mut batch = c.benchmark_group("batch_100k_rows_1_thread");
+    batch
+        .sample_size(10)
+        .throughput(Throughput::Elements(BATCH_ROWS as u64));
+    batch.bench_function(BenchmarkId::new("mlp", "native"), |b| {
+        b.iter(|| model.predict(&batch_rows).unwrap().len())
+    });
+    batch.bench_function(BenchmarkId::new("mlp", "engine"), |b| {
+        b.iter(|| engine.predict_batch(&batch_rows.values).len())
+    });
+    batch.finish();
+}
+
+#[cfg(not(feature = "torch"))]
+fn mlp_benches(_: &mut Criterion) {}
+
+criterion_group!(engine_vs_native, benches, mlp_benches);
 criterion_main!(engine_vs_native);
