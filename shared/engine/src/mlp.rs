@@ -154,8 +154,8 @@ impl Mlp {
         self.layers[0].inputs
     }
 
-    /// The output before the sigmoid. Weights are f32 as trained; products are accumulated and
-    /// activations kept in f64, so the result is at least as exact as libtorch's f32 pass.
+    /// The output before the sigmoid: the f32 weights as trained, evaluated in f64 (the
+    /// function libtorch computes on them in f64, to f64 rounding; an f32 pass is ~1e-6 off).
     pub fn margin(&self, row: &[f64]) -> f64 {
         let mut x: Vec<f64> = row.iter().map(|&v| f64::from(v as f32)).collect();
         let last = self.layers.len() - 1;

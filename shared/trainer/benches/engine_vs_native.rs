@@ -1,7 +1,6 @@
 //! The pure-Rust engine against the native libraries, same models, same rows, same run:
 //! - XGBoost: 600 trees of depth 8 on California Housing (no early stopping);
-//! - LightGBM: the model the default training produces on California Housing.
-//!
+//! - LightGBM: the model the default training produces on California Housing;
 //! - with the feature `torch`, the default MLP (256-128-64, GELU; a few epochs: the weights' values
 //!   do not change the work) on standardized California Housing features.
 //!
