@@ -22,8 +22,8 @@ pub enum Activation {
 pub struct Dense {
     /// Row-major `[out, in]`: the file's f32 values, widened to f64 (exactly) once at load.
     pub weight: Vec<f64>,
-    /// `[out]`.
-    pub bias: Vec<f32>,
+    /// `[out]`, widened to f64 at load like the weights.
+    pub bias: Vec<f64>,
     /// Inputs.
     pub inputs: usize,
 }
@@ -132,7 +132,7 @@ impl Mlp {
             }
             layers.push(Dense {
                 weight: weight.into_iter().map(f64::from).collect(),
-                bias,
+                bias: bias.into_iter().map(f64::from).collect(),
                 inputs: wshape[1],
             });
         }
@@ -160,7 +160,7 @@ impl Mlp {
         let mut x: Vec<f64> = row.iter().map(|&v| f64::from(v as f32)).collect();
         let last = self.layers.len() - 1;
         for (k, layer) in self.layers.iter().enumerate() {
-            let mut y: Vec<f64> = layer.bias.iter().map(|&b| f64::from(b)).collect();
+            let mut y = layer.bias.clone();
             for (o, out) in y.iter_mut().enumerate() {
                 *out += dot(&layer.weight[o * layer.inputs..(o + 1) * layer.inputs], &x);
             }
