@@ -17,6 +17,9 @@
 
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use crate::tree::{Ensemble, SplitRule};
 
 /// Trees walked together.
@@ -139,6 +142,9 @@ pub struct CutForest {
     /// half); a leaf is `NEVER_RIGHT` pointing at itself.
     explicit_nodes: Vec<u32>,
     leaves: Leaves,
+    /// The complete groups laid out for the AVX-512 walk, on CPUs that have it.
+    #[cfg(target_arch = "x86_64")]
+    avx512: Option<avx512::Blocked>,
 }
 
 impl CutForest {
@@ -190,6 +196,8 @@ impl CutForest {
                 SplitRule::XgboostLess => Leaves::F32(LeafValues::default()),
                 SplitRule::LightgbmLessEqual => Leaves::F64(LeafValues::default()),
             },
+            #[cfg(target_arch = "x86_64")]
+            avx512: None,
         };
         for (g, chunk) in trees.chunks(LANES).enumerate() {
             let depths = &e.tree_depths[g * LANES..g * LANES + chunk.len()];
@@ -229,6 +237,10 @@ impl CutForest {
                 }
             }
             forest.groups.push(group);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            forest.avx512 = avx512::Blocked::build(&forest);
         }
         Some(forest)
     }
@@ -306,6 +318,24 @@ impl CutForest {
     pub(crate) fn sum(&self, row: &[f64], init: f64) -> f64 {
         ROW_CUTS.with(|cell| {
             let mut row_cuts = cell.borrow_mut();
+            #[cfg(target_arch = "x86_64")]
+            if let Some(blocked) = &self.avx512 {
+                let mut ranks = [0u32; avx512::MAX_FEATURES];
+                blocked.ranks(row, &mut ranks);
+                if blocked.has_explicit {
+                    for (f, &r) in ranks[..row.len()].iter().enumerate() {
+                        self.fill_flags(&mut row_cuts, f, r as usize);
+                    }
+                }
+                return match &self.leaves {
+                    Leaves::F32(values) => {
+                        f64::from(self.sum_avx512(blocked, &ranks, &row_cuts, values, init as f32))
+                    }
+                    Leaves::F64(values) => {
+                        self.sum_avx512(blocked, &ranks, &row_cuts, values, init)
+                    }
+                };
+            }
             self.fill_row_cuts(row, &mut row_cuts);
             match &self.leaves {
                 Leaves::F32(values) => f64::from(self.sum_with(&row_cuts, values, init as f32)),
@@ -314,22 +344,47 @@ impl CutForest {
         })
     }
 
-    /// Sets each cut's flag: `true` below the row's rank among the feature's (sorted) cuts.
-    fn fill_row_cuts(&self, row: &[f64], row_cuts: &mut RowCuts) {
-        debug_assert_eq!(row.len(), self.n_features(), "one value per feature");
-        let rank = |f: usize, x: f64| {
-            let cuts = self.feature_cuts(f);
-            match self.rule {
-                SplitRule::XgboostLess => {
-                    let x = (x as f32) as f64;
-                    cuts.partition_point(|&c| c <= x)
+    /// [`CutForest::sum_with`] with the complete groups walked by AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    fn sum_avx512<V: avx512::LeafValue>(
+        &self,
+        blocked: &avx512::Blocked,
+        ranks: &[u32; avx512::MAX_FEATURES],
+        row_cuts: &RowCuts,
+        values: &LeafValues<V>,
+        init: V,
+    ) -> V {
+        let mut sum = init;
+        for segment in &blocked.segments {
+            sum = match segment {
+                avx512::Segment::Runs(runs) => blocked.sum_runs(runs, ranks, sum),
+                avx512::Segment::Explicit(g) => {
+                    self.sum_explicit(&self.groups[*g], row_cuts, values, sum)
                 }
-                SplitRule::LightgbmLessEqual => cuts.partition_point(|&c| c < x),
+            };
+        }
+        sum
+    }
+
+    /// The rank of `x` among feature `f`'s cuts: how many send it right.
+    #[inline(always)]
+    fn rank(&self, f: usize, x: f64) -> usize {
+        let cuts = self.feature_cuts(f);
+        match self.rule {
+            SplitRule::XgboostLess => {
+                let x = (x as f32) as f64;
+                cuts.partition_point(|&c| c <= x)
             }
-        };
-        // Whole copies of fixed size, feature after feature: a copy that runs past a feature's
-        // cuts writes over the next feature's flags, which are written after it (and past the
-        // last feature, flags no node reads: `MAX_CUTS` keeps them below `NEVER_RIGHT`).
+            SplitRule::LightgbmLessEqual => cuts.partition_point(|&c| c < x),
+        }
+    }
+
+    /// Sets feature `f`'s flags for a row of rank `rank`. Whole copies of fixed size: a copy
+    /// that runs past a feature's cuts writes over the next feature's flags, so features are
+    /// filled in order (past the last feature, it writes flags no node reads: `MAX_CUTS` keeps
+    /// them below `NEVER_RIGHT`).
+    #[inline(always)]
+    fn fill_flags(&self, row_cuts: &mut RowCuts, f: usize, rank: usize) {
         const PATTERN: [bool; 2 * FLAG_BLOCK] = {
             let mut p = [false; 2 * FLAG_BLOCK];
             let mut i = 0;
@@ -339,23 +394,26 @@ impl CutForest {
             }
             p
         };
-        let fill = |row_cuts: &mut RowCuts, f: usize, rank: usize| {
-            let blocks = self.cut_counts[f].div_ceil(FLAG_BLOCK);
-            let flags = row_cuts[self.cut_starts[f]..].chunks_exact_mut(FLAG_BLOCK);
-            for (b, block) in flags.take(blocks).enumerate() {
-                let set = rank.saturating_sub(b * FLAG_BLOCK).min(FLAG_BLOCK);
-                block.copy_from_slice(&PATTERN[FLAG_BLOCK - set..2 * FLAG_BLOCK - set]);
-            }
-        };
+        let blocks = self.cut_counts[f].div_ceil(FLAG_BLOCK);
+        let flags = row_cuts[self.cut_starts[f]..].chunks_exact_mut(FLAG_BLOCK);
+        for (b, block) in flags.take(blocks).enumerate() {
+            let set = rank.saturating_sub(b * FLAG_BLOCK).min(FLAG_BLOCK);
+            block.copy_from_slice(&PATTERN[FLAG_BLOCK - set..2 * FLAG_BLOCK - set]);
+        }
+    }
+
+    /// Sets each cut's flag: `true` below the row's rank among the feature's (sorted) cuts.
+    fn fill_row_cuts(&self, row: &[f64], row_cuts: &mut RowCuts) {
+        debug_assert_eq!(row.len(), self.n_features(), "one value per feature");
         // All searches first, so they overlap; then the fills.
         const CHUNK: usize = 32;
         for (c, chunk) in row.chunks(CHUNK).enumerate() {
             let mut ranks = [0usize; CHUNK];
             for (i, (&x, r)) in chunk.iter().zip(&mut ranks).enumerate() {
-                *r = rank(c * CHUNK + i, x);
+                *r = self.rank(c * CHUNK + i, x);
             }
             for (i, &r) in ranks[..chunk.len()].iter().enumerate() {
-                fill(row_cuts, c * CHUNK + i, r);
+                self.fill_flags(row_cuts, c * CHUNK + i, r);
             }
         }
     }
@@ -390,15 +448,26 @@ impl CutForest {
                         sum = sum + values[slot];
                     }
                 }
-                Layout::Explicit => {
-                    let nodes = &self.explicit_nodes[group.nodes_start..];
-                    let values = &values.explicit[group.nodes_start..];
-                    for lanes in group.tree_starts[..group.trees].chunks(EXPLICIT_LANES) {
-                        for leaf in walk_explicit(nodes, lanes, group.steps, row_cuts) {
-                            sum = sum + values[leaf];
-                        }
-                    }
-                }
+                Layout::Explicit => sum = self.sum_explicit(group, row_cuts, values, sum),
+            }
+        }
+        sum
+    }
+
+    /// Adds an explicit group's leaves to `sum`, in tree order.
+    #[inline(always)]
+    fn sum_explicit<V: Copy + std::ops::Add<Output = V>>(
+        &self,
+        group: &Group,
+        row_cuts: &RowCuts,
+        values: &LeafValues<V>,
+        mut sum: V,
+    ) -> V {
+        let nodes = &self.explicit_nodes[group.nodes_start..];
+        let values = &values.explicit[group.nodes_start..];
+        for lanes in group.tree_starts[..group.trees].chunks(EXPLICIT_LANES) {
+            for leaf in walk_explicit(nodes, lanes, group.steps, row_cuts) {
+                sum = sum + values[leaf];
             }
         }
         sum
@@ -617,10 +686,32 @@ mod tests {
         let flat: Vec<f64> = rows.concat();
         let want: Vec<f64> = rows.iter().map(|r| reference(e, r)).collect();
         assert_eq!(full_rules.margins(&flat), want, "full rules");
-        for (row, want) in rows.iter().zip(&want) {
-            assert_eq!(e.margin(row).to_bits(), want.to_bits(), "row {row:?}");
+        // The AVX-512 walk where the CPU has it, and the scalar walk.
+        let mut variants = vec![e.clone()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let forest = e.cut_forest.as_ref().unwrap();
+            let has_complete = forest.groups.iter().any(|g| g.layout == Layout::Complete);
+            if has_complete && avx512_cpu() && forest.n_features() <= avx512::MAX_FEATURES {
+                assert!(forest.avx512.is_some(), "AVX-512 layout built");
+            }
+            let mut scalar = e.clone();
+            scalar.cut_forest.as_mut().unwrap().avx512 = None;
+            variants.push(scalar);
         }
-        assert_eq!(e.margins(&flat), want, "batch");
+        for e in &variants {
+            for (row, want) in rows.iter().zip(&want) {
+                assert_eq!(e.margin(row).to_bits(), want.to_bits(), "row {row:?}");
+            }
+            assert_eq!(e.margins(&flat), want, "batch");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_cpu() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("popcnt")
     }
 
     fn rows(rng: &mut Rng, rule: SplitRule, n_features: usize, n: usize) -> Vec<Vec<f64>> {

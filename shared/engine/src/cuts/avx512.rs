@@ -1,0 +1,589 @@
+//! The cut forest's complete groups walked with AVX-512 (x86-64 CPUs that have AVX-512F,
+//! detected at run time; other CPUs take the scalar walk).
+//!
+//! Layout: a complete group of depth `D` is cut into a *top* of `D − B` levels and `2^(D−B)`
+//! *bottom* subtrees of `B` levels (`B` = 3 with f32 leaves, 2 with f64), and each bottom
+//! subtree is stored with its leaf values in one 64-byte line. A walk of a depth-8 tree touches
+//! two lines (levels 0–4, then levels 5–7 and the leaf) where the heap layout touches about
+//! five. A node is 16 bits: its feature (high bits) and its cut's index among that feature's
+//! cuts (low bits). A row is its rank per feature (how many of the feature's cuts send it
+//! right), held in one to four vector registers, so a step of 16 trees is one gather of their
+//! nodes, a permute of the ranks and one compare; four groups are walked interleaved so their
+//! gathers overlap.
+//!
+//! The gathers are the only `unsafe`: they read through a raw pointer. Every offset they read
+//! stays inside its group's lines whatever the nodes hold (see [`walk`]).
+
+use std::arch::x86_64::*;
+
+use super::{CutForest, LANES, Layout, Leaves, NEVER_RIGHT};
+use crate::tree::SplitRule;
+
+/// Most features: four 16-rank tables.
+pub(super) const MAX_FEATURES: usize = 64;
+/// Groups walked interleaved.
+const INTERLEAVE: usize = 4;
+/// Byte offset of the leaf values in a bottom line (its nodes take at most 14 bytes, and a
+/// gather reads 4).
+const LEAVES_AT: usize = 16;
+const LINE: usize = 64;
+
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+struct Line([u8; LINE]);
+
+/// Where a complete group's lines start and how it splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockGroup {
+    /// Byte offset of the group's first line.
+    start: usize,
+    /// Levels walked in the top part.
+    top: u32,
+    /// Levels walked in the bottom subtree.
+    bottom: u32,
+}
+
+impl BlockGroup {
+    /// Byte offset, from the group's start, of top level `level`: the level's `2^level` nodes
+    /// of lane 0, then of lane 1… Levels start on a line (level 0's 32 bytes take a whole one).
+    fn level_at(level: u32) -> usize {
+        if level == 0 { 0 } else { 32 << level }
+    }
+
+    /// Bytes of the top part (and room for a gather's 4-byte read of its last node).
+    fn top_bytes(self) -> usize {
+        Self::level_at(self.top)
+    }
+
+    /// Bytes of one lane's bottom part: a line per subtree.
+    fn bottom_stride(self) -> usize {
+        LINE << self.top
+    }
+
+    /// Byte offset of lane `lane`'s top node at position `p` of level `level`.
+    fn top_node(self, lane: usize, level: u32, p: usize) -> usize {
+        self.start + Self::level_at(level) + 2 * ((lane << level) + p)
+    }
+
+    /// Byte offset of lane `lane`'s bottom subtree `s`.
+    fn subtree(self, lane: usize, s: usize) -> usize {
+        self.start + self.top_bytes() + lane * self.bottom_stride() + s * LINE
+    }
+
+    fn bytes(self) -> usize {
+        self.top_bytes() + LANES * self.bottom_stride()
+    }
+}
+
+/// The complete groups of a [`CutForest`] in the blocked layout.
+#[derive(Debug, Clone)]
+pub(super) struct Blocked {
+    lines: Vec<Line>,
+    /// The forest's groups in order: runs of complete groups, and explicit groups (walked by
+    /// the scalar code).
+    pub segments: Vec<Segment>,
+    /// Rank tables of 16 features the row needs: 1, 2 or 4.
+    tables: usize,
+    /// Low bits of a node holding the cut's index within its feature.
+    cut_bits: u32,
+    /// Bytes of a leaf value: 4 (f32) or 8 (f64).
+    leaf_bytes: usize,
+    /// Whether some group is explicit, so a row also needs its flags.
+    pub has_explicit: bool,
+    rank_search: RankSearch,
+}
+
+impl Blocked {
+    /// Lays out `forest`'s complete groups; `None` when the CPU lacks AVX-512F, or the forest
+    /// has more than [`MAX_FEATURES`] features or a feature with too many cuts for its node bits.
+    pub(super) fn build(forest: &CutForest) -> Option<Self> {
+        if !std::arch::is_x86_feature_detected!("avx512f")
+            || !std::arch::is_x86_feature_detected!("avx512bw")
+            || !std::arch::is_x86_feature_detected!("popcnt")
+        {
+            return None;
+        }
+        Self::build_for_cpu_with_avx512(forest)
+    }
+
+    /// [`Blocked::build`] without the CPU check (the layout is plain data; only walking it
+    /// needs AVX-512F).
+    fn build_for_cpu_with_avx512(forest: &CutForest) -> Option<Self> {
+        let n_features = forest.n_features();
+        let (tables, cut_bits) = match n_features {
+            0..=16 => (1, 12),
+            17..=32 => (2, 11),
+            33..=MAX_FEATURES => (4, 10),
+            _ => return None,
+        };
+        let never = (1u16 << cut_bits) - 1;
+        if forest.cut_counts.iter().any(|&c| c >= usize::from(never)) {
+            return None;
+        }
+        // Global cut index → node bits.
+        let node_of = |cut: u16| -> u16 {
+            if cut == NEVER_RIGHT {
+                return never;
+            }
+            let f = forest
+                .cut_starts
+                .partition_point(|&s| s <= usize::from(cut))
+                - 1;
+            ((f as u16) << cut_bits) | (cut - forest.cut_starts[f] as u16)
+        };
+        let leaf_bytes = match &forest.leaves {
+            Leaves::F32(_) => 4,
+            Leaves::F64(_) => 8,
+        };
+        let bottom_max = if leaf_bytes == 4 { 3 } else { 2 };
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut groups = Vec::with_capacity(forest.groups.len());
+        let mut has_explicit = false;
+        for group in &forest.groups {
+            if group.layout == Layout::Explicit {
+                has_explicit = true;
+                groups.push(None);
+                continue;
+            }
+            let depth = group.steps as u32;
+            let bottom = depth.min(bottom_max);
+            let block = BlockGroup {
+                start: bytes.len(),
+                top: depth - bottom,
+                bottom,
+            };
+            bytes.resize(bytes.len() + block.bytes(), 0);
+            let stride = 1usize << depth;
+            for lane in 0..LANES {
+                let heap = group.nodes_start + lane * stride;
+                let node = |i: usize| node_of(forest.complete_nodes[heap + i]);
+                let top_nodes = (1usize << block.top) - 1;
+                for level in 0..block.top {
+                    for p in 0..1usize << level {
+                        let at = block.top_node(lane, level, p);
+                        write(&mut bytes, at, &node((1 << level) - 1 + p).to_le_bytes());
+                    }
+                }
+                for s in 0..1usize << block.top {
+                    let line = block.subtree(lane, s);
+                    // Subtree `s`'s root is heap node `top_nodes + s`; its level-`l` nodes are
+                    // the `2^l` heap nodes from `(top_nodes + s + 1) · 2^l − 1`.
+                    for l in 0..bottom as usize {
+                        for j in 0..1usize << l {
+                            let q = (1 << l) - 1 + j;
+                            let i = ((top_nodes + s + 1) << l) - 1 + j;
+                            write(&mut bytes, line + 2 * q, &node(i).to_le_bytes());
+                        }
+                    }
+                    for j in 0..1usize << bottom {
+                        let slot = group.values_start + lane * stride + (s << bottom) + j;
+                        let at = line + LEAVES_AT + leaf_bytes * j;
+                        match &forest.leaves {
+                            Leaves::F32(v) => {
+                                write(&mut bytes, at, &v.complete[slot].to_le_bytes())
+                            }
+                            Leaves::F64(v) => {
+                                write(&mut bytes, at, &v.complete[slot].to_le_bytes())
+                            }
+                        }
+                    }
+                }
+            }
+            groups.push(Some(block));
+        }
+        if groups.iter().all(Option::is_none) {
+            return None;
+        }
+        let segments = segments(&groups, |g| forest.groups[g].trees);
+        let lines = bytes
+            .chunks(LINE)
+            .map(|c| {
+                let mut line = [0; LINE];
+                line[..c.len()].copy_from_slice(c);
+                Line(line)
+            })
+            .collect();
+        Some(Blocked {
+            rank_search: RankSearch::build(forest),
+            lines,
+            segments,
+            tables,
+            cut_bits,
+            leaf_bytes,
+            has_explicit,
+        })
+    }
+
+    /// Each feature's rank for a NaN-free row of the forest's width.
+    pub(super) fn ranks(&self, row: &[f64], out: &mut [u32; MAX_FEATURES]) {
+        // SAFETY: `build` returned this layout only after detecting AVX-512F on this CPU.
+        unsafe { self.rank_search.ranks(row, out) }
+    }
+
+    /// Adds the leaves of `runs` to `sum`, in tree order.
+    pub(super) fn sum_runs<V: LeafValue>(
+        &self,
+        runs: &[Run],
+        ranks: &[u32; MAX_FEATURES],
+        sum: V,
+    ) -> V {
+        let base = self.lines.as_ptr().cast::<u8>();
+        let wide = self.leaf_bytes == 8;
+        // SAFETY: `build` returned this layout only after detecting AVX-512F and AVX-512BW on
+        // this CPU; the runs' groups are laid out in `self.lines` with their shapes and leaves
+        // `leaf_bytes` wide.
+        unsafe {
+            match self.tables {
+                1 => walk::<V, 1>(base, runs, wide, ranks, self.cut_bits, sum),
+                2 => walk::<V, 2>(base, runs, wide, ranks, self.cut_bits, sum),
+                _ => walk::<V, 4>(base, runs, wide, ranks, self.cut_bits, sum),
+            }
+        }
+    }
+}
+
+/// A row's rank per feature from its cuts in blocks of 8: the count of whole blocks the row is
+/// right of (compared with each block's last cut, 8 at a time), then the count within the next
+/// block — two or three vector compares where a binary search takes eight unpredictable
+/// branches.
+#[derive(Debug, Clone)]
+struct RankSearch {
+    /// XGBoost's rule (`x ≥ t` on the f32-rounded input) rather than LightGBM's (`x > t`).
+    xgboost: bool,
+    /// Per feature, the last cut of each whole block of 8, then NaN (never counted) to a whole
+    /// number of 8.
+    fences: Vec<f64>,
+    /// Per feature, its cuts in blocks of 8 with at least one NaN after the last.
+    blocks: Vec<f64>,
+    /// Per feature: start in `fences`, chunks of 8 fences, start in `blocks`.
+    features: Vec<(usize, usize, usize)>,
+}
+
+impl RankSearch {
+    fn build(forest: &CutForest) -> Self {
+        let mut fences = Vec::new();
+        let mut blocks = Vec::new();
+        let mut features = Vec::with_capacity(forest.n_features());
+        for f in 0..forest.n_features() {
+            let cuts = forest.feature_cuts(f);
+            let whole = cuts.len() / 8;
+            let chunks = whole.div_ceil(8);
+            features.push((fences.len(), chunks, blocks.len()));
+            fences.extend(cuts.chunks_exact(8).map(|b| b[7]));
+            fences.resize(fences.len() + chunks * 8 - whole, f64::NAN);
+            blocks.extend_from_slice(cuts);
+            blocks.resize(blocks.len() + 8 * (whole + 1) - cuts.len(), f64::NAN);
+        }
+        RankSearch {
+            xgboost: forest.rule == SplitRule::XgboostLess,
+            fences,
+            blocks,
+            features,
+        }
+    }
+
+    /// Each feature's rank for a NaN-free row (the same counts as [`CutForest::rank`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and POPCNT.
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn ranks(&self, row: &[f64], out: &mut [u32; MAX_FEATURES]) {
+        // SAFETY: as this function's.
+        unsafe {
+            if self.xgboost {
+                self.ranks_with::<true>(row, out)
+            } else {
+                self.ranks_with::<false>(row, out)
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F and POPCNT.
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn ranks_with<const XGBOOST: bool>(&self, row: &[f64], out: &mut [u32; MAX_FEATURES]) {
+        // How many of 8 cuts send the row right: XGBoost's `x ≥ t` on the f32-rounded input,
+        // LightGBM's `x > t`; NaN padding never counts.
+        let count = |cuts: &[f64], x: __m512d| {
+            // SAFETY: `cuts` holds 8 f64.
+            let c = unsafe { _mm512_loadu_pd(cuts[..8].as_ptr()) };
+            let right = if XGBOOST {
+                _mm512_cmp_pd_mask::<_CMP_LE_OQ>(c, x)
+            } else {
+                _mm512_cmp_pd_mask::<_CMP_LT_OQ>(c, x)
+            };
+            right.count_ones() as usize
+        };
+        for ((&x, &(fences, chunks, blocks)), rank) in row.iter().zip(&self.features).zip(out) {
+            let x = _mm512_set1_pd(if XGBOOST { f64::from(x as f32) } else { x });
+            let whole: usize = self.fences[fences..fences + 8 * chunks]
+                .chunks_exact(8)
+                .map(|c| count(c, x))
+                .sum();
+            let block = blocks + 8 * whole;
+            *rank = (8 * whole + count(&self.blocks[block..block + 8], x)) as u32;
+        }
+    }
+}
+
+/// A forest's groups in order, as the AVX-512 walk takes them.
+#[derive(Debug, Clone)]
+pub(super) enum Segment {
+    /// Consecutive complete groups.
+    Runs(Vec<Run>),
+    /// An explicit group (index into the forest's groups).
+    Explicit(usize),
+}
+
+/// Up to [`INTERLEAVE`] consecutive complete groups of one shape, walked interleaved.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Run {
+    shape: BlockGroup,
+    /// Each slot's group start; a short run repeats its first group (one interleaved walk takes
+    /// about as long as a single group's, its latency).
+    starts: [usize; INTERLEAVE],
+    /// Trees added from each slot: 0 for a repeat.
+    trees: [usize; INTERLEAVE],
+}
+
+/// Splits the groups (`None`: explicit) into segments; `trees(g)` is group `g`'s tree count.
+fn segments(groups: &[Option<BlockGroup>], trees: impl Fn(usize) -> usize) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut g = 0;
+    while g < groups.len() {
+        let Some(first) = groups[g] else {
+            out.push(Segment::Explicit(g));
+            g += 1;
+            continue;
+        };
+        let mut end = g + 1;
+        while end < groups.len()
+            && end - g < INTERLEAVE
+            && groups[end].is_some_and(|b| (b.top, b.bottom) == (first.top, first.bottom))
+        {
+            end += 1;
+        }
+        let run = Run {
+            shape: first,
+            starts: std::array::from_fn(|k| {
+                groups[if g + k < end { g + k } else { g }].map_or(0, |b| b.start)
+            }),
+            trees: std::array::from_fn(|k| if g + k < end { trees(g + k) } else { 0 }),
+        };
+        match out.last_mut() {
+            Some(Segment::Runs(runs)) => runs.push(run),
+            _ => out.push(Segment::Runs(vec![run])),
+        }
+        g = end;
+    }
+    out
+}
+
+fn write(bytes: &mut [u8], at: usize, value: &[u8]) {
+    bytes[at..at + value.len()].copy_from_slice(value);
+}
+
+/// A leaf value from the bits a walk gathers (an f32's in the low half).
+pub(super) trait LeafValue: Copy + std::ops::Add<Output = Self> {
+    fn from_bits(bits: u64) -> Self;
+}
+
+impl LeafValue for f32 {
+    #[inline(always)]
+    fn from_bits(bits: u64) -> Self {
+        f32::from_bits(bits as u32)
+    }
+}
+
+impl LeafValue for f64 {
+    #[inline(always)]
+    fn from_bits(bits: u64) -> Self {
+        f64::from_bits(bits)
+    }
+}
+
+/// A run between its top walk and its bottom walk: each slot's subtree line (byte offset from
+/// the slot's group start) and the first bottom node, gathered.
+struct Pending {
+    line: [__m512i; INTERLEAVE],
+    node: [__m512i; INTERLEAVE],
+}
+
+/// Walks `runs` and adds their leaves to `sum` in tree order. Software-pipelined: a run's top
+/// walk and its first bottom gather (the line that usually comes from L2) are issued before
+/// the previous run's bottom walk, so that line's latency overlaps work.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512BW, and each run's `starts` are starts of groups laid out by
+/// [`Blocked::build`] with the run's shape inside the allocation at `base`, with leaves 8 bytes
+/// wide if `wide`, else 4. The loads and gathers then stay in bounds whatever the nodes hold: a
+/// node only decides a 0-or-1 move, so a position within top level `l` stays in `0..2^l` (its
+/// 4-byte read ends inside the level, or in the next one or the bottom part that follows), a
+/// subtree index in `0..2^top`, a bottom position in `0..2^bottom − 1` (its read ends inside the
+/// first 16 bytes of the subtree's line) and a leaf inside the line's first 48 bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn walk<V: LeafValue, const TABLES: usize>(
+    base: *const u8,
+    runs: &[Run],
+    wide: bool,
+    ranks: &[u32; MAX_FEATURES],
+    cut_bits: u32,
+    mut sum: V,
+) -> V {
+    const K: usize = INTERLEAVE;
+    // SAFETY: `ranks` holds 64 u32, four unaligned 64-byte loads.
+    let tables: [__m512i; 4] =
+        std::array::from_fn(|t| unsafe { _mm512_loadu_si512(ranks[16 * t..].as_ptr().cast()) });
+    let shift = _mm_cvtsi32_si128(cut_bits as i32);
+    let cut_mask = _mm512_set1_epi32((1 << cut_bits) - 1);
+    // Whether each lane goes right: its cut index is below the row's rank for its feature.
+    let right = |node: __m512i| {
+        let feature = _mm512_srl_epi32(node, shift);
+        let rank = match TABLES {
+            1 => _mm512_permutexvar_epi32(feature, tables[0]),
+            2 => _mm512_permutex2var_epi32(tables[0], feature, tables[1]),
+            _ => {
+                let low = _mm512_permutex2var_epi32(tables[0], feature, tables[1]);
+                let high = _mm512_permutex2var_epi32(tables[2], feature, tables[3]);
+                let upper = _mm512_test_epi32_mask(feature, _mm512_set1_epi32(32));
+                _mm512_mask_blend_epi32(upper, low, high)
+            }
+        };
+        _mm512_cmplt_epu32_mask(_mm512_and_si512(node, cut_mask), rank)
+    };
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let one = _mm512_set1_epi32(1);
+    let two = _mm512_set1_epi32(2);
+
+    // The top walk of `run`, then its first bottom gather.
+    let top = |run: &Run| -> Pending {
+        let ptrs: [*const u8; K] = std::array::from_fn(|k| base.wrapping_add(run.starts[k]));
+        let shape = run.shape;
+        // Each lane's position `p` within the level; a step maps it to `2p + r`. Levels 0–4
+        // are loaded whole (16 lanes × up to 16 nodes fit 8 registers) and picked by permutes,
+        // so their steps wait for no memory; deeper top levels are gathered.
+        let mut p = [_mm512_setzero_si512(); K];
+        for level in 0..shape.top {
+            let at = BlockGroup::level_at(level);
+            let lane_start = _mm512_sllv_epi32(lane, _mm512_set1_epi32(level as i32));
+            for k in 0..K {
+                let index = _mm512_add_epi32(lane_start, p[k]);
+                let nodes = ptrs[k].wrapping_add(at);
+                // SAFETY: loads of the level's nodes (`16 · 2^level` u16 from `nodes`) and
+                // gathers inside them; see the function's contract.
+                let node = unsafe {
+                    let table = |t: usize| _mm512_loadu_si512(nodes.add(64 * t).cast());
+                    match level {
+                        0 => _mm512_cvtepu16_epi32(_mm256_loadu_si256(nodes.cast())),
+                        1 => _mm512_permutexvar_epi16(index, table(0)),
+                        2 => _mm512_permutex2var_epi16(table(0), index, table(1)),
+                        3 | 4 => {
+                            let quarter = |q: usize| {
+                                _mm512_permutex2var_epi16(table(2 * q), index, table(2 * q + 1))
+                            };
+                            let upper = _mm512_test_epi32_mask(index, _mm512_set1_epi32(64));
+                            let low = _mm512_mask_blend_epi32(upper, quarter(0), quarter(1));
+                            if level == 3 {
+                                low
+                            } else {
+                                let high = _mm512_mask_blend_epi32(upper, quarter(2), quarter(3));
+                                let half = _mm512_test_epi32_mask(index, _mm512_set1_epi32(128));
+                                _mm512_mask_blend_epi32(half, low, high)
+                            }
+                        }
+                        _ => _mm512_i32gather_epi32::<2>(index, nodes.cast()),
+                    }
+                };
+                let doubled = _mm512_add_epi32(p[k], p[k]);
+                p[k] = _mm512_mask_add_epi32(doubled, right(node), doubled, one);
+            }
+        }
+        // Subtree `p` at `bottom_base + 64 p`.
+        let bottom_base = _mm512_add_epi32(
+            _mm512_set1_epi32(shape.top_bytes() as i32),
+            _mm512_mullo_epi32(lane, _mm512_set1_epi32(shape.bottom_stride() as i32)),
+        );
+        let line: [__m512i; K] =
+            std::array::from_fn(|k| _mm512_add_epi32(bottom_base, _mm512_slli_epi32::<6>(p[k])));
+        let node = std::array::from_fn(|k| {
+            if shape.bottom == 0 {
+                return _mm512_setzero_si512();
+            }
+            // SAFETY: the subtree's root node; see the function's contract.
+            unsafe { _mm512_i32gather_epi32::<1>(line[k], ptrs[k].cast()) }
+        });
+        Pending { line, node }
+    };
+
+    // The bottom walk of `run` from its first node, then its leaf values added to `sum`.
+    let bottom = |run: &Run, pending: &Pending, mut sum: V| -> V {
+        let ptrs: [*const u8; K] = std::array::from_fn(|k| base.wrapping_add(run.starts[k]));
+        let shape = run.shape;
+        // Byte offsets `line + 2q` of positions `q`; a step maps `q` to `2q + 1 + r`.
+        let mut at = pending.line;
+        let mut node = pending.node;
+        for level in 0..shape.bottom {
+            for k in 0..K {
+                if level > 0 {
+                    // SAFETY: a node of the subtree; see the function's contract.
+                    node[k] = unsafe { _mm512_i32gather_epi32::<1>(at[k], ptrs[k].cast()) };
+                }
+                let next = _mm512_sub_epi32(_mm512_add_epi32(at[k], at[k]), pending.line[k]);
+                let next = _mm512_add_epi32(next, two);
+                at[k] = _mm512_mask_add_epi32(next, right(node[k]), next, two);
+            }
+        }
+        // Bottom position `q = (at − line) / 2` in `2^bottom − 1 ..`; its leaf value at
+        // `line + LEAVES_AT + leaf_bytes · (q − (2^bottom − 1))`.
+        let leaf_shift = if wide { 3 } else { 2 };
+        let first_leaf =
+            _mm512_set1_epi32(LEAVES_AT as i32 - (((1 << shape.bottom) - 1) << leaf_shift));
+        let mut bits = [[0u64; LANES]; K];
+        for k in 0..K {
+            let q = _mm512_srli_epi32::<1>(_mm512_sub_epi32(at[k], pending.line[k]));
+            let leaf = _mm512_add_epi32(
+                _mm512_add_epi32(pending.line[k], first_leaf),
+                _mm512_sll_epi32(q, _mm_cvtsi32_si128(leaf_shift)),
+            );
+            let low = _mm512_castsi512_si256(leaf);
+            let high = _mm512_extracti64x4_epi64::<1>(leaf);
+            let out = bits[k].as_mut_ptr();
+            // SAFETY: the gathers as above; the stores write 16 u64.
+            unsafe {
+                let (low, high) = if wide {
+                    (
+                        _mm512_i32gather_epi64::<1>(low, ptrs[k].cast()),
+                        _mm512_i32gather_epi64::<1>(high, ptrs[k].cast()),
+                    )
+                } else {
+                    let values = _mm512_i32gather_epi32::<1>(leaf, ptrs[k].cast());
+                    (
+                        _mm512_cvtepu32_epi64(_mm512_castsi512_si256(values)),
+                        _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(values)),
+                    )
+                };
+                _mm512_storeu_si512(out.cast(), low);
+                _mm512_storeu_si512(out.add(8).cast(), high);
+            }
+        }
+        for (values, &trees) in bits.iter().zip(&run.trees) {
+            for &b in &values[..trees] {
+                sum = sum + V::from_bits(b);
+            }
+        }
+        sum
+    };
+
+    let Some((first, rest)) = runs.split_first() else {
+        return sum;
+    };
+    let mut pending = top(first);
+    let mut current = first;
+    for next in rest {
+        let next_pending = top(next);
+        sum = bottom(current, &pending, sum);
+        pending = next_pending;
+        current = next;
+    }
+    bottom(current, &pending, sum)
+}
