@@ -428,7 +428,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
     wide: bool,
     ranks: &[u32; MAX_FEATURES],
     cut_bits: u32,
-    mut sum: V,
+    sum: V,
 ) -> V {
     const K: usize = INTERLEAVE;
     // SAFETY: `ranks` holds 64 u32, four unaligned 64-byte loads.
@@ -456,7 +456,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
     let two = _mm512_set1_epi32(2);
 
     // The top walk of `run`, then its first bottom gather.
-    let top = |run: &Run| -> Pending {
+    let top = |run: &Run, adder: &mut Adder<V>| -> Pending {
         let ptrs: [*const u8; K] = std::array::from_fn(|k| base.wrapping_add(run.starts[k]));
         let shape = run.shape;
         // Each lane's position `p` within the level; a step maps it to `2p + r`. Levels 0–4
@@ -496,6 +496,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
                 };
                 let doubled = _mm512_add_epi32(p[k], p[k]);
                 p[k] = _mm512_mask_add_epi32(doubled, right(node), doubled, one);
+                adder.add(ADDS_PER_STEP);
             }
         }
         // Subtree `p` at `bottom_base + 64 p`.
@@ -516,7 +517,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
     };
 
     // The bottom walk of `run` from its first node, then its leaf values added to `sum`.
-    let bottom = |run: &Run, pending: &Pending, mut sum: V| -> V {
+    let bottom = |run: &Run, pending: &Pending, adder: &mut Adder<V>| {
         let ptrs: [*const u8; K] = std::array::from_fn(|k| base.wrapping_add(run.starts[k]));
         let shape = run.shape;
         // Byte offsets `line + 2q` of positions `q`; a step maps `q` to `2q + 1 + r`.
@@ -531,6 +532,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
                 let next = _mm512_sub_epi32(_mm512_add_epi32(at[k], at[k]), pending.line[k]);
                 let next = _mm512_add_epi32(next, two);
                 at[k] = _mm512_mask_add_epi32(next, right(node[k]), next, two);
+                adder.add(ADDS_PER_STEP);
             }
         }
         // Bottom position `q = (at − line) / 2` in `2^bottom − 1 ..`; its leaf value at
@@ -538,7 +540,9 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
         let leaf_shift = if wide { 3 } else { 2 };
         let first_leaf =
             _mm512_set1_epi32(LEAVES_AT as i32 - (((1 << shape.bottom) - 1) << leaf_shift));
-        let mut bits = [[0u64; LANES]; K];
+        // The previous run's values must all be added before this run's replace them.
+        adder.add(LANES * K);
+        let mut filled = 0;
         for k in 0..K {
             let q = _mm512_srli_epi32::<1>(_mm512_sub_epi32(at[k], pending.line[k]));
             let leaf = _mm512_add_epi32(
@@ -547,7 +551,8 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
             );
             let low = _mm512_castsi512_si256(leaf);
             let high = _mm512_extracti64x4_epi64::<1>(leaf);
-            let out = bits[k].as_mut_ptr();
+            // Stored after the values kept so far, over the unused lanes of the group before.
+            let out = adder.bits[filled..filled + LANES].as_mut_ptr();
             // SAFETY: the gathers as above; the stores write 16 u64.
             unsafe {
                 let (low, high) = if wide {
@@ -565,25 +570,56 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
                 _mm512_storeu_si512(out.cast(), low);
                 _mm512_storeu_si512(out.add(8).cast(), high);
             }
+            filled += run.trees[k];
         }
-        for (values, &trees) in bits.iter().zip(&run.trees) {
-            for &b in &values[..trees] {
-                sum = sum + V::from_bits(b);
-            }
-        }
-        sum
+        adder.next = 0;
+        adder.len = filled;
     };
 
+    // Each run's leaf values are added while the next runs walk, a few after each step, so the
+    // serial chain of adds (in tree order, as the libraries add) overlaps their latency.
+    let mut adder = Adder {
+        bits: [0; ADDER_BITS],
+        next: 0,
+        len: 0,
+        sum,
+    };
     let Some((first, rest)) = runs.split_first() else {
         return sum;
     };
-    let mut pending = top(first);
+    let mut pending = top(first, &mut adder);
     let mut current = first;
     for next in rest {
-        let next_pending = top(next);
-        sum = bottom(current, &pending, sum);
+        let next_pending = top(next, &mut adder);
+        bottom(current, &pending, &mut adder);
         pending = next_pending;
         current = next;
     }
-    bottom(current, &pending, sum)
+    bottom(current, &pending, &mut adder);
+    adder.add(ADDER_BITS);
+    adder.sum
+}
+
+/// Leaf values added after each step of the walks that follow their run.
+const ADDS_PER_STEP: usize = 2;
+const ADDER_BITS: usize = INTERLEAVE * LANES + LANES;
+
+/// A run's leaf values (bits) being added to a sum in order.
+struct Adder<V> {
+    bits: [u64; ADDER_BITS],
+    next: usize,
+    len: usize,
+    sum: V,
+}
+
+impl<V: LeafValue> Adder<V> {
+    /// Adds up to `n` more values.
+    #[inline(always)]
+    fn add(&mut self, n: usize) {
+        let end = (self.next + n).min(self.len);
+        for &b in &self.bits[self.next..end] {
+            self.sum = self.sum + V::from_bits(b);
+        }
+        self.next = end;
+    }
 }
