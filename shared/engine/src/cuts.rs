@@ -645,7 +645,7 @@ mod tests {
 
     /// The libraries' own walk: `x < t` on f32-rounded inputs with an f32 sum (XGBoost),
     /// `x <= t` with an f64 sum (LightGBM).
-    fn reference(e: &Ensemble, row: &[f64]) -> f64 {
+    pub(super) fn reference(e: &Ensemble, row: &[f64]) -> f64 {
         let leaf = |root: u32, x: &dyn Fn(usize) -> f64, left: &dyn Fn(f64, f64) -> bool| {
             let mut n = &e.trees.nodes[root as usize];
             while !n.is_leaf() {
@@ -679,7 +679,7 @@ mod tests {
 
     /// The fast path against the libraries' walk and the full rules, bit for bit, row by row and
     /// in a batch.
-    fn check(e: &Ensemble, rows: &[Vec<f64>]) {
+    pub(super) fn check(e: &Ensemble, rows: &[Vec<f64>]) {
         assert!(e.cut_forest.is_some(), "plain splits compile to cuts");
         let mut full_rules = e.clone();
         full_rules.cut_forest = None;
@@ -692,7 +692,7 @@ mod tests {
         {
             let forest = e.cut_forest.as_ref().unwrap();
             let has_complete = forest.groups.iter().any(|g| g.layout == Layout::Complete);
-            if has_complete && avx512_cpu() && forest.n_features() <= avx512::MAX_FEATURES {
+            if has_complete && avx512_cpu() && avx512::node_bits(forest).is_some() {
                 assert!(forest.avx512.is_some(), "AVX-512 layout built");
             }
             let mut scalar = e.clone();
@@ -708,7 +708,7 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_cpu() -> bool {
+    pub(super) fn avx512_cpu() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("popcnt")

@@ -109,17 +109,8 @@ impl Blocked {
     /// [`Blocked::build`] without the CPU check (the layout is plain data; only walking it
     /// needs AVX-512F).
     fn build_for_cpu_with_avx512(forest: &CutForest) -> Option<Self> {
-        let n_features = forest.n_features();
-        let (tables, cut_bits) = match n_features {
-            0..=16 => (1, 12),
-            17..=32 => (2, 11),
-            33..=MAX_FEATURES => (4, 10),
-            _ => return None,
-        };
+        let (tables, cut_bits) = node_bits(forest)?;
         let never = (1u16 << cut_bits) - 1;
-        if forest.cut_counts.iter().any(|&c| c >= usize::from(never)) {
-            return None;
-        }
         // Global cut index → node bits.
         let node_of = |cut: u16| -> u16 {
             if cut == NEVER_RIGHT {
@@ -240,6 +231,24 @@ impl Blocked {
             }
         }
     }
+}
+
+/// Rank tables (of 16 features) and the bits of a node's cut index, or `None` when the forest has
+/// more than [`MAX_FEATURES`] features or a feature with too many cuts for its bits (the
+/// all-ones index is kept for nodes that never send a row right).
+pub(super) fn node_bits(forest: &CutForest) -> Option<(usize, u32)> {
+    let (tables, cut_bits) = match forest.n_features() {
+        0..=16 => (1, 12),
+        17..=32 => (2, 11),
+        33..=MAX_FEATURES => (4, 10),
+        _ => return None,
+    };
+    let never = (1usize << cut_bits) - 1;
+    forest
+        .cut_counts
+        .iter()
+        .all(|&c| c < never)
+        .then_some((tables, cut_bits))
 }
 
 /// A row's rank per feature from its cuts in blocks of 8: the count of whole blocks the row is
@@ -621,5 +630,158 @@ impl<V: LeafValue> Adder<V> {
             self.sum = self.sum + V::from_bits(b);
         }
         self.next = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{avx512_cpu, check};
+    use super::*;
+    use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, Trees};
+
+    fn leaf(value: f64) -> Node {
+        Node {
+            value,
+            feature: 0,
+            left: LEAF,
+            right: LEAF,
+            default_left: true,
+            missing: Missing::Nan,
+            category_set: None,
+            cover: 1.0,
+        }
+    }
+
+    /// One stump per threshold: `thresholds[f]` are feature `f`'s, so feature `f` has that
+    /// many cuts. Stumps form depth-1 complete groups.
+    fn stumps(rule: SplitRule, thresholds: &[Vec<f64>]) -> Ensemble {
+        let mut nodes = Vec::new();
+        let mut roots = Vec::new();
+        for (f, ts) in thresholds.iter().enumerate() {
+            for (i, &t) in ts.iter().enumerate() {
+                let root = nodes.len() as u32;
+                roots.push(root);
+                nodes.push(Node {
+                    value: t,
+                    feature: f as u32,
+                    left: root + 1,
+                    right: root + 2,
+                    ..leaf(0.0)
+                });
+                nodes.push(leaf(-(i as f64) / 7.0));
+                nodes.push(leaf(f as f64 + i as f64 / 3.0));
+            }
+        }
+        Trees {
+            n_features: thresholds.len(),
+            nodes,
+            roots,
+            category_sets: Vec::new(),
+            base_margin: 0.5,
+            rule,
+            transform: OutputTransform::Identity,
+            average_output: false,
+        }
+        .compile()
+        .expect("valid stumps")
+    }
+
+    fn blocked(e: &Ensemble) -> Option<&Blocked> {
+        e.cut_forest.as_ref().and_then(|f| f.avx512.as_ref())
+    }
+
+    /// Values on, between and around the thresholds: ties, values that round to an f32
+    /// threshold, signed zeros and infinities.
+    fn probes(thresholds: &[f64]) -> Vec<f64> {
+        let mut out = vec![f64::NEG_INFINITY, -1e30, -0.0, 0.0, 1e30, f64::INFINITY];
+        for &t in thresholds {
+            out.extend([t, t.next_down(), t.next_up(), t + 1e-9, t - 1e-9, t + 0.5]);
+        }
+        out
+    }
+
+    #[test]
+    fn vector_ranks_match_the_binary_search() {
+        if !avx512_cpu() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        for rule in [SplitRule::XgboostLess, SplitRule::LightgbmLessEqual] {
+            for count in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 1000] {
+                // Thresholds f32-exact (XGBoost stores f32), `count` of them on feature 1.
+                let ts: Vec<f64> = (0..count)
+                    .map(|i| f64::from(i as f32 * 0.25 - 7.0))
+                    .collect();
+                let e = stumps(rule, &[vec![1.5], ts.clone()]);
+                let forest = e.cut_forest.as_ref().expect("cut forest");
+                let blocked = blocked(&e).expect("AVX-512 layout");
+                for x in probes(&ts) {
+                    let row = [0.0, x];
+                    let mut ranks = [0u32; MAX_FEATURES];
+                    blocked.ranks(&row, &mut ranks);
+                    for (f, &r) in ranks[..2].iter().enumerate() {
+                        assert_eq!(
+                            r as usize,
+                            forest.rank(f, row[f]),
+                            "{rule:?} {count} cuts, x {x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_forests_take_every_rank_table_size() {
+        if !avx512_cpu() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        for (n_features, tables) in [
+            (16, Some(1)),
+            (17, Some(2)),
+            (32, Some(2)),
+            (33, Some(4)),
+            (64, Some(4)),
+            (65, None),
+        ] {
+            for rule in [SplitRule::XgboostLess, SplitRule::LightgbmLessEqual] {
+                let thresholds: Vec<Vec<f64>> = (0..n_features)
+                    .map(|f| {
+                        (0..3)
+                            .map(|i| f64::from((f * 3 + i) as f32 * 0.5 - 40.0))
+                            .collect()
+                    })
+                    .collect();
+                let e = stumps(rule, &thresholds);
+                assert_eq!(
+                    blocked(&e).map(|b| b.tables),
+                    tables,
+                    "{n_features} features"
+                );
+                let values = probes(&thresholds.concat());
+                let rows: Vec<Vec<f64>> = (0..64)
+                    .map(|r| {
+                        (0..n_features)
+                            .map(|f| values[(r * 7 + f * 13) % values.len()])
+                            .collect()
+                    })
+                    .collect();
+                check(&e, &rows);
+            }
+        }
+    }
+
+    #[test]
+    fn features_with_more_cuts_than_node_bits_keep_the_scalar_walk() {
+        // 40 features leave 10 bits for a cut's index: at most 1,022 cuts a feature.
+        let mut thresholds: Vec<Vec<f64>> = (0..40).map(|f| vec![f as f64]).collect();
+        thresholds[3] = (0..1100).map(|i| f64::from(i as f32)).collect();
+        let e = stumps(SplitRule::XgboostLess, &thresholds);
+        assert!(blocked(&e).is_none());
+        let rows: Vec<Vec<f64>> = (0..32)
+            .map(|r| (0..40).map(|f| (r * 37 + f) as f64 % 1200.0).collect())
+            .collect();
+        check(&e, &rows);
     }
 }
