@@ -14,6 +14,9 @@
 //!   never-right nodes ending at its leftmost leaf slot;
 //! - deep or sparse groups keep explicit child indices (the right child follows the left one)
 //!   and a leaf points at itself, so a walk may run past it; it stops once no lane moves.
+//!
+//! On x86-64 CPUs with AVX-512, complete groups are walked 16 trees to a vector instead
+//! (module `avx512`); the scalar walk stays for other CPUs and for explicit groups.
 
 use std::cell::RefCell;
 
@@ -709,7 +712,8 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     pub(super) fn avx512_cpu() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
+        std::env::var_os("MLOPS_ENGINE_AVX512").is_none_or(|v| v != "off")
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("popcnt")
     }
