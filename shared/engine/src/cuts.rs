@@ -319,30 +319,39 @@ impl CutForest {
     /// checks both), added in tree order to `init` at the library's precision (f32 for XGBoost,
     /// f64 for LightGBM).
     pub(crate) fn sum(&self, row: &[f64], init: f64) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(blocked) = &self.avx512 {
+            return self.sum_with_avx512(blocked, row, init);
+        }
         ROW_CUTS.with(|cell| {
             let mut row_cuts = cell.borrow_mut();
-            #[cfg(target_arch = "x86_64")]
-            if let Some(blocked) = &self.avx512 {
-                let mut ranks = [0u32; avx512::MAX_FEATURES];
-                blocked.ranks(row, &mut ranks);
-                if blocked.has_explicit {
-                    for (f, &r) in ranks[..row.len()].iter().enumerate() {
-                        self.fill_flags(&mut row_cuts, f, r as usize);
-                    }
-                }
-                return match &self.leaves {
-                    Leaves::F32(values) => {
-                        f64::from(self.sum_avx512(blocked, &ranks, &row_cuts, values, init as f32))
-                    }
-                    Leaves::F64(values) => {
-                        self.sum_avx512(blocked, &ranks, &row_cuts, values, init)
-                    }
-                };
-            }
             self.fill_row_cuts(row, &mut row_cuts);
             match &self.leaves {
                 Leaves::F32(values) => f64::from(self.sum_with(&row_cuts, values, init as f32)),
                 Leaves::F64(values) => self.sum_with(&row_cuts, values, init),
+            }
+        })
+    }
+
+    /// [`CutForest::sum`] on the AVX-512 layout (kept out of line: inlined, it slowed the
+    /// scalar walk's code beside it).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    fn sum_with_avx512(&self, blocked: &avx512::Blocked, row: &[f64], init: f64) -> f64 {
+        let mut ranks = [0u32; avx512::MAX_FEATURES];
+        blocked.ranks(row, &mut ranks);
+        ROW_CUTS.with(|cell| {
+            let mut row_cuts = cell.borrow_mut();
+            if blocked.has_explicit {
+                for (f, &r) in ranks[..row.len()].iter().enumerate() {
+                    self.fill_flags(&mut row_cuts, f, r as usize);
+                }
+            }
+            match &self.leaves {
+                Leaves::F32(values) => {
+                    f64::from(self.sum_avx512(blocked, &ranks, &row_cuts, values, init as f32))
+                }
+                Leaves::F64(values) => self.sum_avx512(blocked, &ranks, &row_cuts, values, init),
             }
         })
     }

@@ -210,7 +210,8 @@ impl Blocked {
 
     /// Each feature's rank for a NaN-free row of the forest's width.
     pub(super) fn ranks(&self, row: &[f64], out: &mut [u32; MAX_FEATURES]) {
-        // SAFETY: `build` returned this layout only after detecting AVX-512F on this CPU.
+        // SAFETY: `build` returned this layout only after detecting AVX-512F and POPCNT on this
+        // CPU.
         unsafe { self.rank_search.ranks(row, out) }
     }
 
