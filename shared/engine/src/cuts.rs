@@ -601,10 +601,10 @@ mod tests {
         dense: bool,
     }
 
-    fn grow(nodes: &mut Vec<Node>, rng: &mut Rng, depth: usize, shape: &Shape) -> u32 {
-        let i = nodes.len();
-        nodes.push(Node {
-            value: (rng.below(4001) as f64 - 2000.0) / 1000.0 + 1e-4,
+    /// A leaf node of value `value`.
+    pub(super) fn leaf(value: f64) -> Node {
+        Node {
+            value,
             feature: 0,
             left: LEAF,
             right: LEAF,
@@ -612,7 +612,12 @@ mod tests {
             missing: Missing::Nan,
             category_set: None,
             cover: 1.0,
-        });
+        }
+    }
+
+    fn grow(nodes: &mut Vec<Node>, rng: &mut Rng, depth: usize, shape: &Shape) -> u32 {
+        let i = nodes.len();
+        nodes.push(leaf((rng.below(4001) as f64 - 2000.0) / 1000.0 + 1e-4));
         let leaf = depth >= shape.max_depth || (!shape.dense && depth > 0 && rng.below(4) == 0);
         if !leaf {
             let left = grow(nodes, rng, depth + 1, shape);

@@ -639,22 +639,9 @@ impl<V: LeafValue> Adder<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{avx512_cpu, check};
+    use super::super::tests::{avx512_cpu, check, leaf};
     use super::*;
-    use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, Trees};
-
-    fn leaf(value: f64) -> Node {
-        Node {
-            value,
-            feature: 0,
-            left: LEAF,
-            right: LEAF,
-            default_left: true,
-            missing: Missing::Nan,
-            category_set: None,
-            cover: 1.0,
-        }
-    }
+    use crate::tree::{Ensemble, Node, OutputTransform, Trees};
 
     /// One stump per threshold: `thresholds[f]` are feature `f`'s, so feature `f` has that
     /// many cuts. Stumps form depth-1 complete groups.
