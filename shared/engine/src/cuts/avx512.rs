@@ -615,7 +615,8 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
 
 /// Leaf values added after each step of the walks that follow their run.
 const ADDS_PER_STEP: usize = 2;
-const ADDER_BITS: usize = INTERLEAVE * LANES + LANES;
+/// A run's values: each group's 16 are stored after the values kept before it.
+const ADDER_BITS: usize = INTERLEAVE * LANES;
 
 /// A run's leaf values (bits) being added to a sum in order.
 struct Adder<V> {
