@@ -195,7 +195,7 @@ async fn champion_rules_rollback_and_tamper_detection_on_s3() {
     registry.promote("m", CHAMPION, 2, "me", "").await.unwrap();
     assert_eq!(
         registry
-            .rollback("m", CHAMPION, "me", "regression")
+            .rollback("m", CHAMPION, "me", "regression", None)
             .await
             .unwrap()
             .to,

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_batch::Client;
-use aws_sdk_batch::types::{ContainerOverrides, JobStatus, KeyValuePair};
+use aws_sdk_batch::types::{ContainerOverrides, JobStatus, KeyValuePair, KeyValuesPair};
 use mlops_domain::jobs::{JobQueue, JobState, JobSubmission, QueueError, QueueStatus};
 
 use crate::describe;
@@ -68,6 +68,30 @@ impl JobQueue for BatchQueue {
             operation: "submit",
             message: "the response has no job id".into(),
         })
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<String>, QueueError> {
+        // A JOB_NAME filter lists jobs of every status (newest first), not only RUNNING ones.
+        let filter = KeyValuesPair::builder()
+            .name("JOB_NAME")
+            .values(name)
+            .build();
+        let out = self
+            .client
+            .list_jobs()
+            .job_queue(&self.queue)
+            .filters(filter)
+            .send()
+            .await
+            .map_err(|e| QueueError {
+                operation: "find",
+                message: format!("queue {}: {}", self.queue, describe(&e)),
+            })?;
+        Ok(out
+            .job_summary_list()
+            .iter()
+            .find(|j| j.job_name() == Some(name))
+            .and_then(|j| j.job_id().map(str::to_owned)))
     }
 
     async fn status(&self, queue_job_id: &str) -> Result<Option<QueueStatus>, QueueError> {

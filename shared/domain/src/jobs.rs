@@ -138,7 +138,7 @@ pub struct QueueStatus {
 #[derive(Debug, thiserror::Error)]
 #[error("job queue {operation}: {message}")]
 pub struct QueueError {
-    /// submit or describe.
+    /// submit, find or describe.
     pub operation: &'static str,
     /// What went wrong.
     pub message: String,
@@ -149,6 +149,9 @@ pub struct QueueError {
 pub trait JobQueue: Send + Sync {
     /// Submits a job; returns the queue's job id.
     async fn submit(&self, job: &JobSubmission) -> Result<String, QueueError>;
+    /// The id of a job submitted under `name` (names are unique per platform job), if the queue
+    /// has one: how a retry finds a submission whose outcome was never recorded.
+    async fn find(&self, name: &str) -> Result<Option<String>, QueueError>;
     /// The state of a submitted job; `None` when the queue no longer knows it.
     async fn status(&self, queue_job_id: &str) -> Result<Option<QueueStatus>, QueueError>;
     /// Where jobs go, for messages.

@@ -6,7 +6,10 @@
 
 pub mod apikeys;
 pub mod artifact;
+pub mod batch_jobs;
 pub mod data;
+#[cfg(any(test, feature = "test-support"))]
+pub mod faults;
 pub mod features;
 pub mod gate;
 pub mod hashing;

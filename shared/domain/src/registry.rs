@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{ArtifactError, Bundle, Lineage, MANIFEST_FILE, ModelKind};
+use crate::gate::GateDecision;
 use crate::hashing::sha256_hex;
 use crate::schema::Task;
 use crate::store::{ETag, ObjectStore, PutCondition, StoreError};
@@ -31,6 +32,8 @@ use crate::traffic::TrafficSplit;
 pub const CHAMPION: &str = "champion";
 /// The alias for the candidate under evaluation.
 pub const CHALLENGER: &str = "challenger";
+/// Who approves the cards of versions the champion–challenger gate promotes.
+pub const GATE_APPROVER: &str = "champion-challenger gate";
 /// Upper bound of compare-and-swap attempts before giving up.
 const MAX_ATTEMPTS: usize = 200;
 
@@ -136,6 +139,10 @@ pub struct AliasEvent {
     pub reason: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// The caller's id for this change: a retry with the same id returns this event instead of
+    /// changing the alias again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Aliases of a model and the full history of their changes.
@@ -224,16 +231,6 @@ pub enum RegistryError {
     /// A traffic split that cannot be used.
     #[error("invalid traffic split: {0}")]
     InvalidTraffic(String),
-    /// Another registration with the same idempotency key has not finished.
-    #[error(
-        "a registration of model '{model}' with idempotency key '{key}' is in progress (or was abandoned)"
-    )]
-    RegistrationPending {
-        /// Model.
-        model: String,
-        /// Key.
-        key: String,
-    },
 }
 
 /// Options of [`Registry::register`].
@@ -245,10 +242,31 @@ pub struct RegisterOptions {
     pub registered_by: String,
 }
 
+/// The claim of an idempotency key: the number its version record goes to, then the version.
 #[derive(Debug, Serialize, Deserialize)]
 struct RegistrationClaim {
+    /// Digest of the bundle the first attempt registered (informational).
     bundle_digest: String,
+    /// The version, once its record and card are written.
     version: Option<u64>,
+    /// The number the version record is written at; moved forward only when another
+    /// registration took it. Absent in claims written before numbers were reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reserved: Option<u64>,
+}
+
+/// The card a version starts with: training data, metrics and owner from its record.
+fn initial_card(record: &VersionRecord) -> ModelCard {
+    let l = &record.lineage;
+    ModelCard {
+        training_data: format!(
+            "{} (sha256 {}, {} training rows, {} test rows)",
+            l.data_source, l.data_sha256, l.train_rows, l.test_rows
+        ),
+        metrics: record.metrics.clone(),
+        owner: record.registered_by.clone(),
+        ..Default::default()
+    }
 }
 
 /// The registry.
@@ -322,6 +340,13 @@ impl Registry {
     }
 
     /// Registers a bundle as a new version of `model` (the bundle's own name is not used).
+    ///
+    /// Steps: the bundle files (content-addressed, create-only), then — with an idempotency key —
+    /// the claim of the key, then the version record (create-only), its card, and the claim's
+    /// completion. A crash at any step leaves a state that the same call finishes: the claim
+    /// reserves the number its version record goes to, so every retry (or a concurrent duplicate)
+    /// writes the same record and exactly one version carries the key. Without a key a retry
+    /// registers a new version.
     pub async fn register(
         &self,
         model: &str,
@@ -330,37 +355,6 @@ impl Registry {
     ) -> Result<VersionRecord, RegistryError> {
         check_name("model", model)?;
         let digest = bundle.digest();
-        let claim_key = options.idempotency_key.as_ref().map(|k| {
-            format!(
-                "models/{model}/registrations/{}.json",
-                &sha256_hex(k.as_bytes())[..32]
-            )
-        });
-        let mut claim_etag = None;
-        if let Some(key) = &claim_key {
-            let claim = RegistrationClaim {
-                bundle_digest: digest.clone(),
-                version: None,
-            };
-            match self
-                .store
-                .put(key, json(&claim), PutCondition::IfAbsent)
-                .await
-            {
-                Ok(tag) => claim_etag = Some(tag),
-                Err(StoreError::PreconditionFailed { .. }) => {
-                    return self
-                        .await_claimed_registration(
-                            model,
-                            key,
-                            options.idempotency_key.as_deref().unwrap_or(""),
-                        )
-                        .await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-
         let prefix = format!("models/{model}/bundles/{digest}");
         for (name, bytes) in bundle.all_files() {
             let key = format!("{prefix}/{name}");
@@ -370,13 +364,12 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             }
         }
-
         let m = &bundle.manifest;
-        let mut record = VersionRecord {
+        let record = VersionRecord {
             model: model.into(),
             version: 0,
             bundle_prefix: prefix,
-            bundle_digest: digest.clone(),
+            bundle_digest: digest,
             task: m.task,
             model_kind: m.model_kind,
             metrics: m.metrics.clone(),
@@ -386,50 +379,37 @@ impl Registry {
             registered_at: Utc::now(),
             idempotency_key: options.idempotency_key.clone(),
         };
-        let mut next = self.latest_version(model).await? + 1;
+        match &options.idempotency_key {
+            Some(key) => self.register_once(record, key).await,
+            None => self.register_next(record).await,
+        }
+    }
+
+    /// Writes `record` at the next free number.
+    async fn register_next(
+        &self,
+        mut record: VersionRecord,
+    ) -> Result<VersionRecord, RegistryError> {
+        let model = record.model.clone();
+        let mut next = self.latest_version(&model).await? + 1;
         for attempt in 0..MAX_ATTEMPTS {
             record.version = next;
-            let key = version_key(model, next);
             match self
                 .store
-                .put(&key, json(&record), PutCondition::IfAbsent)
+                .put(
+                    &version_key(&model, next),
+                    json(&record),
+                    PutCondition::IfAbsent,
+                )
                 .await
             {
                 Ok(_) => {
-                    let card = ModelCard {
-                        training_data: format!(
-                            "{} (sha256 {}, {} training rows, {} test rows)",
-                            m.lineage.data_source,
-                            m.lineage.data_sha256,
-                            m.lineage.train_rows,
-                            m.lineage.test_rows
-                        ),
-                        metrics: m.metrics.clone(),
-                        owner: options.registered_by.clone(),
-                        ..Default::default()
-                    };
-                    match self
-                        .store
-                        .put(&card_key(model, next), json(&card), PutCondition::IfAbsent)
-                        .await
-                    {
-                        Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    if let (Some(key), Some(tag)) = (&claim_key, claim_etag) {
-                        let done = RegistrationClaim {
-                            bundle_digest: digest,
-                            version: Some(next),
-                        };
-                        self.store
-                            .put(key, json(&done), PutCondition::IfMatch(tag))
-                            .await?;
-                    }
+                    self.write_card(&record).await?;
                     return Ok(record);
                 }
                 Err(StoreError::PreconditionFailed { .. }) => {
                     // Someone took this number: move past everything that exists now.
-                    next = (self.latest_version(model).await? + 1).max(next + 1);
+                    next = (self.latest_version(&model).await? + 1).max(next + 1);
                     if attempt > 3 {
                         backoff(attempt).await;
                     }
@@ -443,25 +423,146 @@ impl Registry {
         })
     }
 
-    async fn await_claimed_registration(
+    /// Writes `record` once per idempotency key, at the number the key's claim reserves.
+    async fn register_once(
         &self,
-        model: &str,
-        claim_key: &str,
+        mut record: VersionRecord,
         key: &str,
     ) -> Result<VersionRecord, RegistryError> {
-        for attempt in 0..60 {
-            if let Some(obj) = self.store.get(claim_key).await? {
-                let claim: RegistrationClaim = parse(claim_key, &obj.bytes)?;
-                if let Some(v) = claim.version {
-                    return self.version(model, v).await;
-                }
+        let model = record.model.clone();
+        let claim_key = format!(
+            "models/{model}/registrations/{}.json",
+            &sha256_hex(key.as_bytes())[..32]
+        );
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 3 {
+                backoff(attempt).await;
             }
-            backoff(attempt + 4).await;
+            let (claim, etag) = match self.store.get(&claim_key).await? {
+                Some(obj) => (
+                    parse::<RegistrationClaim>(&claim_key, &obj.bytes)?,
+                    obj.etag,
+                ),
+                None => {
+                    let claim = RegistrationClaim {
+                        bundle_digest: record.bundle_digest.clone(),
+                        version: None,
+                        reserved: Some(self.latest_version(&model).await? + 1),
+                    };
+                    match self
+                        .store
+                        .put(&claim_key, json(&claim), PutCondition::IfAbsent)
+                        .await
+                    {
+                        Ok(tag) => (claim, tag),
+                        Err(StoreError::PreconditionFailed { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if let Some(v) = claim.version {
+                return self.version(&model, v).await;
+            }
+            let Some(n) = claim.reserved else {
+                // A claim written before numbers were reserved: its version may exist already.
+                let found = self.find_registration(&model, key).await?;
+                let moved = RegistrationClaim {
+                    version: found,
+                    reserved: Some(self.latest_version(&model).await? + 1),
+                    ..claim
+                };
+                self.swap_claim(&claim_key, &moved, etag).await?;
+                continue;
+            };
+            record.version = n;
+            match self
+                .store
+                .put(
+                    &version_key(&model, n),
+                    json(&record),
+                    PutCondition::IfAbsent,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    let existing = self.version(&model, n).await?;
+                    if existing.idempotency_key.as_deref() != Some(key) {
+                        // Another registration took the number: reserve one past all that exist.
+                        let moved = RegistrationClaim {
+                            reserved: Some((self.latest_version(&model).await? + 1).max(n + 1)),
+                            ..claim
+                        };
+                        self.swap_claim(&claim_key, &moved, etag).await?;
+                        continue;
+                    }
+                    record = existing;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.write_card(&record).await?;
+            let done = RegistrationClaim {
+                version: Some(n),
+                ..claim
+            };
+            if !self.swap_claim(&claim_key, &done, etag).await? {
+                continue; // changed meanwhile: the next look finds it done or `n` ours
+            }
+            return Ok(record);
         }
-        Err(RegistryError::RegistrationPending {
-            model: model.into(),
-            key: key.into(),
+        Err(RegistryError::Contention {
+            key: claim_key,
+            attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Replaces a claim by compare-and-swap; `false` when it changed meanwhile.
+    async fn swap_claim(
+        &self,
+        claim_key: &str,
+        claim: &RegistrationClaim,
+        etag: ETag,
+    ) -> Result<bool, RegistryError> {
+        match self
+            .store
+            .put(claim_key, json(claim), PutCondition::IfMatch(etag))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::PreconditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The version whose record carries an idempotency key (a scan: only for legacy claims).
+    async fn find_registration(
+        &self,
+        model: &str,
+        key: &str,
+    ) -> Result<Option<u64>, RegistryError> {
+        for v in self.version_numbers(model).await?.into_iter().rev() {
+            if self.version(model, v).await?.idempotency_key.as_deref() == Some(key) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the card a version starts with (the same card [`Registry::card`] derives while it
+    /// is missing, so a crash between the version and its card loses nothing).
+    async fn write_card(&self, record: &VersionRecord) -> Result<(), RegistryError> {
+        match self
+            .store
+            .put(
+                &card_key(&record.model, record.version),
+                json(&initial_card(record)),
+                PutCondition::IfAbsent,
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Registered model names.
@@ -589,7 +690,10 @@ impl Registry {
     }
 
     /// Applies one alias change by compare-and-swap, retrying on conflicts. `change` decides the
-    /// new target from the current state (or refuses).
+    /// new target from the current state (or refuses). A change already recorded under
+    /// `request_id`, or a promotion to the version the alias already points at, returns the
+    /// recorded event and writes nothing, so retries after a lost reply change nothing twice.
+    #[allow(clippy::too_many_arguments)]
     async fn change_alias(
         &self,
         model: &str,
@@ -597,6 +701,7 @@ impl Registry {
         action: AliasAction,
         actor: &str,
         reason: &str,
+        request_id: Option<&str>,
         change: impl Fn(&AliasState) -> Result<u64, RegistryError>,
     ) -> Result<AliasEvent, RegistryError> {
         check_name("model", model)?;
@@ -604,7 +709,23 @@ impl Registry {
         let key = aliases_key(model);
         for attempt in 0..MAX_ATTEMPTS {
             let (mut state, etag) = self.alias_state(model).await?;
+            if let Some(id) = request_id
+                && let Some(done) = state
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|e| e.request_id.as_deref() == Some(id))
+            {
+                return Ok(done.clone());
+            }
             let to = change(&state)?;
+            let from = state.aliases.get(alias).copied();
+            if action == AliasAction::Promote
+                && from == Some(to)
+                && let Some(last) = state.history.iter().rev().find(|e| e.alias == alias)
+            {
+                return Ok(last.clone());
+            }
             self.version(model, to).await?;
             if alias == CHAMPION && self.card(model, to).await?.approval.is_none() {
                 return Err(RegistryError::CardNotApproved {
@@ -617,11 +738,12 @@ impl Registry {
                 revision: state.revision,
                 alias: alias.into(),
                 action,
-                from: state.aliases.get(alias).copied(),
+                from,
                 to,
                 actor: actor.into(),
                 reason: reason.into(),
                 at: Utc::now(),
+                request_id: request_id.map(str::to_owned),
             };
             state.aliases.insert(alias.into(), to);
             state.history.push(event.clone());
@@ -638,7 +760,8 @@ impl Registry {
         })
     }
 
-    /// Points an alias at a version (atomically; recorded in the audit log).
+    /// Points an alias at a version (atomically; recorded in the audit log). Promoting to the
+    /// version the alias already points at is a no-op that returns the event that put it there.
     pub async fn promote(
         &self,
         model: &str,
@@ -647,19 +770,28 @@ impl Registry {
         actor: &str,
         reason: &str,
     ) -> Result<AliasEvent, RegistryError> {
-        self.change_alias(model, alias, AliasAction::Promote, actor, reason, |_| {
-            Ok(version)
-        })
+        self.change_alias(
+            model,
+            alias,
+            AliasAction::Promote,
+            actor,
+            reason,
+            None,
+            |_| Ok(version),
+        )
         .await
     }
 
-    /// Returns an alias to the version it pointed at before its latest promotion.
+    /// Returns an alias to the version it pointed at before its latest promotion. With a
+    /// `request_id`, a retry of a rollback that already happened returns its event instead of
+    /// rolling back a second time.
     pub async fn rollback(
         &self,
         model: &str,
         alias: &str,
         actor: &str,
         reason: &str,
+        request_id: Option<&str>,
     ) -> Result<AliasEvent, RegistryError> {
         self.change_alias(
             model,
@@ -667,6 +799,7 @@ impl Registry {
             AliasAction::Rollback,
             actor,
             reason,
+            request_id,
             |state| {
                 let stack = state.stack(alias);
                 if stack.len() < 2 {
@@ -681,16 +814,38 @@ impl Registry {
         .await
     }
 
+    /// Applies a champion–challenger [`GateDecision`] to a registered version: it becomes
+    /// `challenger`; if the gate promotes it, its card is approved by the gate and it becomes
+    /// `champion`. Every step is idempotent, so a rerun after a crash finishes the same change.
+    pub async fn apply_gate(
+        &self,
+        model: &str,
+        version: u64,
+        decision: &GateDecision,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
+        let note = decision.summary();
+        self.promote(model, CHALLENGER, version, actor, &note)
+            .await?;
+        if decision.promote {
+            self.approve_card(model, version, GATE_APPROVER, &note)
+                .await?;
+            self.promote(model, CHAMPION, version, actor, &note).await?;
+        }
+        Ok(())
+    }
+
     async fn card_with_tag(
         &self,
         model: &str,
         version: u64,
-    ) -> Result<(ModelCard, ETag), RegistryError> {
+    ) -> Result<(ModelCard, Option<ETag>), RegistryError> {
         let key = card_key(model, version);
-        let obj = self.store.get(&key).await?.ok_or_else(|| {
-            RegistryError::NotFound(format!("model card of '{model}' version {version}"))
-        })?;
-        Ok((parse(&key, &obj.bytes)?, obj.etag))
+        match self.store.get(&key).await? {
+            Some(obj) => Ok((parse(&key, &obj.bytes)?, Some(obj.etag))),
+            // Registration writes the card after the version: until then it is the initial one.
+            None => Ok((initial_card(&self.version(model, version).await?), None)),
+        }
     }
 
     /// The model card of a version.
@@ -703,18 +858,17 @@ impl Registry {
         &self,
         model: &str,
         version: u64,
-        f: impl Fn(&mut ModelCard),
+        f: impl Fn(&mut ModelCard) -> bool,
     ) -> Result<ModelCard, RegistryError> {
         check_name("model", model)?;
         let key = card_key(model, version);
         for attempt in 0..MAX_ATTEMPTS {
             let (mut card, tag) = self.card_with_tag(model, version).await?;
-            f(&mut card);
-            match self
-                .store
-                .put(&key, json(&card), PutCondition::IfMatch(tag))
-                .await
-            {
+            if !f(&mut card) {
+                return Ok(card);
+            }
+            let condition = tag.map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
+            match self.store.put(&key, json(&card), condition).await {
                 Ok(_) => return Ok(card),
                 Err(StoreError::PreconditionFailed { .. }) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
@@ -751,11 +905,13 @@ impl Registry {
             if changed {
                 card.approval = None;
             }
+            changed
         })
         .await
     }
 
-    /// Approves a card.
+    /// Approves a card. Approving an approved card again by the same approver changes nothing,
+    /// so a retried approval writes once.
     pub async fn approve_card(
         &self,
         model: &str,
@@ -764,11 +920,19 @@ impl Registry {
         note: &str,
     ) -> Result<ModelCard, RegistryError> {
         self.update_card(model, version, |card| {
+            if card
+                .approval
+                .as_ref()
+                .is_some_and(|a| a.approved_by == approver && a.note == note)
+            {
+                return false;
+            }
             card.approval = Some(Approval {
                 approved_by: approver.into(),
                 approved_at: Utc::now(),
                 note: note.into(),
             });
+            true
         })
         .await
     }

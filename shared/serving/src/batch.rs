@@ -3,13 +3,12 @@
 //! `POST /v1/batch-jobs/{id}/start`; `GET /v1/batch-jobs/{id}` reports status, progress (from the
 //! job's checkpoint) and the results URI.
 //!
-//! Retries are safe: with an `Idempotency-Key` header, the first request claims the key
-//! (create-only write) and every retry with the same body gets the same job; the same key with a
-//! different body is refused (409). A job record is advanced only by compare-and-swap, so two
-//! concurrent retries never submit twice.
+//! The state machine is [`mlops_domain::batch_jobs::BatchJobs`]; this module maps requests and
+//! errors. Retries are safe: with an `Idempotency-Key` header every retry with the same body
+//! addresses the same job and finishes its submission; the same key with a different body is
+//! refused (409).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -17,24 +16,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use mlops_domain::batch_jobs::{BatchJobError, JobView, NewJob};
 use mlops_domain::hashing::sha256_hex;
-use mlops_domain::jobs::{
-    BatchJob, Checkpoint, JobQueue, JobState, JobSubmission, checkpoint_key, idempotency_key,
-    input_key, job_key, output_prefix,
-};
+use mlops_domain::jobs::JobState;
 use mlops_domain::registry::check_name;
-use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
+use mlops_domain::store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::api::{ApiError, ErrorBody};
 use crate::routes::json_body;
-
-/// How long a presigned upload URL is valid.
-const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
-/// A job stuck in `submitting` this long (its submitter died) may be taken over by a retry.
-const SUBMIT_TAKEOVER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// A batch-prediction request.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -116,25 +108,27 @@ fn store_error(e: StoreError) -> ApiError {
     )
 }
 
-fn queue(state: &AppState) -> Result<&Arc<dyn JobQueue>, ApiError> {
-    state.jobs.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_job_queue",
-            "batch jobs are not configured here (set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION)",
-        )
-    })
-}
-
-async fn read_job(store: &dyn ObjectStore, id: &str) -> Result<Option<(BatchJob, ETag)>, ApiError> {
-    let key = job_key(id);
-    match store.get(&key).await.map_err(store_error)? {
-        Some(obj) => {
-            let job: BatchJob = serde_json::from_slice(&obj.bytes)
-                .map_err(|e| ApiError::internal(format!("job record {key} is corrupt: {e}")))?;
-            Ok(Some((job, obj.etag)))
+impl From<BatchJobError> for ApiError {
+    fn from(e: BatchJobError) -> Self {
+        let message = e.to_string();
+        match e {
+            BatchJobError::NoQueue => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_job_queue", message)
+            }
+            BatchJobError::NoUploads(_) => ApiError::bad_request("no_uploads", message),
+            BatchJobError::IdempotencyConflict => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
+            }
+            BatchJobError::NotFound(_) => ApiError::not_found(message),
+            BatchJobError::InputMissing(_) => {
+                ApiError::new(StatusCode::CONFLICT, "input_missing", message)
+            }
+            BatchJobError::Queue { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "queue_unavailable", message)
+            }
+            BatchJobError::Store(e) => store_error(e),
+            BatchJobError::Corrupt { .. } => ApiError::internal(message),
         }
-        None => Ok(None),
     }
 }
 
@@ -153,80 +147,8 @@ fn check_job_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Submits a job whose record is in `submitting` (or whose submitter died), by compare-and-swap
-/// so only one caller submits.
-async fn submit(state: &AppState, mut job: BatchJob, etag: ETag) -> Result<BatchJob, ApiError> {
-    let store = state.models.registry().store();
-    let jobs = queue(state)?;
-    // Claim the submission.
-    job.state = JobState::Submitting;
-    job.updated_at = Utc::now();
-    let claimed = match store
-        .put(&job_key(&job.id), json(&job), PutCondition::IfMatch(etag))
-        .await
-    {
-        Ok(tag) => tag,
-        Err(StoreError::PreconditionFailed { .. }) => {
-            // Someone else advanced it; report theirs.
-            return read_job(&**store, &job.id)
-                .await?
-                .map(|(j, _)| j)
-                .ok_or_else(|| ApiError::internal("job record vanished"));
-        }
-        Err(e) => return Err(store_error(e)),
-    };
-    let submission = JobSubmission {
-        name: format!("mlops-batch-{}", job.id),
-        command: vec![
-            "mlops".into(),
-            "batch-predict".into(),
-            "--job".into(),
-            store.uri(&job_key(&job.id)),
-        ],
-        environment: vec![
-            ("MLOPS_JOB_ID".into(), job.id.clone()),
-            ("MLOPS_STORE".into(), store.describe()),
-        ],
-    };
-    let result = jobs.submit(&submission).await;
-    match &result {
-        Ok(queue_id) => {
-            job.state = JobState::Queued;
-            job.queue_job_id = Some(queue_id.clone());
-        }
-        Err(e) => {
-            job.state = JobState::Failed;
-            job.reason = Some(format!("submission failed: {e}"));
-        }
-    }
-    job.updated_at = Utc::now();
-    store
-        .put(
-            &job_key(&job.id),
-            json(&job),
-            PutCondition::IfMatch(claimed),
-        )
-        .await
-        .map_err(store_error)?;
-    if let Err(e) = result {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "queue_unavailable",
-            format!("{}: {e}", jobs.describe()),
-        ));
-    }
-    tracing::info!(job = %job.id, queue_job = ?job.queue_job_id, model = %job.model, version = job.version, "batch job submitted");
-    Ok(job)
-}
-
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec_pretty(v).expect("records serialize")
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Claim {
-    job_id: String,
-    request_sha256: String,
 }
 
 /// Submits a batch-prediction job (admin scope).
@@ -299,7 +221,6 @@ pub async fn create_job(
         None => None,
     };
     let registry = state.models.registry();
-    let store = registry.store();
     let (version, alias) = match request.version {
         Some(v) => {
             registry.version(&request.model, v).await?;
@@ -313,112 +234,23 @@ pub async fn create_job(
             (registry.resolve(&request.model, &alias).await?, Some(alias))
         }
     };
-    let request_sha256 = sha256_hex(&json(&request));
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    if let Some(key) = &idempotency {
-        let claim_key = idempotency_key(&sha256_hex(key.as_bytes()));
-        let claim = Claim {
-            job_id: id.clone(),
-            request_sha256: request_sha256.clone(),
-        };
-        match store
-            .put(&claim_key, json(&claim), PutCondition::IfAbsent)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::PreconditionFailed { .. }) => {
-                let obj = store
-                    .get(&claim_key)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or_else(|| ApiError::internal("idempotency claim vanished"))?;
-                let earlier: Claim = serde_json::from_slice(&obj.bytes).map_err(|e| {
-                    ApiError::internal(format!("claim {claim_key} is corrupt: {e}"))
-                })?;
-                if earlier.request_sha256 != request_sha256 {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "idempotency_conflict",
-                        "this Idempotency-Key was used for a different request",
-                    ));
-                }
-                return match read_job(&**store, &earlier.job_id).await? {
-                    Some((job, etag)) => {
-                        let stale = job.state == JobState::Submitting
-                            && job.queue_job_id.is_none()
-                            && Utc::now() - job.updated_at > SUBMIT_TAKEOVER;
-                        let job = if stale {
-                            submit(&state, job, etag).await?
-                        } else {
-                            job
-                        };
-                        Ok((StatusCode::OK, Json(view(&state, job, None).await?)).into_response())
-                    }
-                    None => Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "in_progress",
-                        "a request with this Idempotency-Key is still being processed; retry shortly",
-                    )),
-                };
-            }
-            Err(e) => return Err(store_error(e)),
-        }
-    }
-    let now = Utc::now();
-    let upload = request.input_uri.is_none();
-    let mut job = BatchJob {
-        id: id.clone(),
+    let new = NewJob {
         model: request.model.clone(),
         version,
         alias,
-        input_uri: request
-            .input_uri
-            .clone()
-            .unwrap_or_else(|| store.uri(&input_key(&id))),
-        output_uri: store.uri(&output_prefix(&id)),
-        state: if upload {
-            JobState::AwaitingUpload
-        } else {
-            JobState::Submitting
-        },
-        queue_job_id: None,
-        reason: None,
-        request_sha256,
-        created_at: now,
-        updated_at: now,
+        input_uri: request.input_uri.clone(),
+        request_sha256: sha256_hex(&json(&request)),
     };
-    let upload_url = if upload {
-        let url = store
-            .presign_put(&input_key(&id), UPLOAD_URL_TTL)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "no_uploads",
-                    format!(
-                        "{} cannot hand out upload URLs: give input_uri",
-                        store.describe()
-                    ),
-                )
-            })?;
-        Some(url)
+    let created = state.batch_jobs.create(new, idempotency.as_deref()).await?;
+    let status = if created.existing {
+        StatusCode::OK
+    } else if created.upload_url.is_some() {
+        StatusCode::CREATED
     } else {
-        queue(&state)?;
-        None
+        StatusCode::ACCEPTED
     };
-    let etag = store
-        .put(&job_key(&id), json(&job), PutCondition::IfAbsent)
-        .await
-        .map_err(store_error)?;
-    if upload {
-        return Ok((
-            StatusCode::CREATED,
-            Json(view(&state, job, upload_url).await?),
-        )
-            .into_response());
-    }
-    job = submit(&state, job, etag).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, job, None).await?)).into_response())
+    let view = state.batch_jobs.get(&created.job.id).await?;
+    Ok((status, Json(out(view, created.upload_url))).into_response())
 }
 
 /// Submits a job once its input is uploaded (admin scope).
@@ -438,24 +270,9 @@ pub async fn start_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_job_id(&id)?;
-    let store = state.models.registry().store();
-    let (job, etag) = read_job(&**store, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("batch job '{id}' not found")))?;
-    let job = if job.state == JobState::AwaitingUpload {
-        let uploaded = store.list(&input_key(&id)).await.map_err(store_error)?;
-        if !uploaded.iter().any(|k| *k == input_key(&id)) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "input_missing",
-                format!("the input has not been uploaded to {} yet", job.input_uri),
-            ));
-        }
-        submit(&state, job, etag).await?
-    } else {
-        job
-    };
-    Ok((StatusCode::ACCEPTED, Json(view(&state, job, None).await?)).into_response())
+    state.batch_jobs.start(&id).await?;
+    let view = state.batch_jobs.get(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(out(view, None))).into_response())
 }
 
 /// Status, progress and results of a job (admin scope).
@@ -474,44 +291,17 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_job_id(&id)?;
-    let store = state.models.registry().store();
-    let (job, _) = read_job(&**store, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("batch job '{id}' not found")))?;
-    Ok(Json(view(&state, job, None).await?).into_response())
+    let view = state.batch_jobs.get(&id).await?;
+    Ok(Json(out(view, None)).into_response())
 }
 
-/// The API view: the record, the queue's live state and the checkpoint's progress.
-async fn view(
-    state: &AppState,
-    mut job: BatchJob,
-    upload_url: Option<String>,
-) -> Result<BatchJobOut, ApiError> {
-    let store = state.models.registry().store();
-    let mut queue_state = None;
-    if let (Some(queue_id), Some(jobs)) = (&job.queue_job_id, &state.jobs)
-        && matches!(job.state, JobState::Queued | JobState::Running)
-    {
-        match jobs.status(queue_id).await {
-            Ok(Some(s)) => {
-                job.state = s.state;
-                queue_state = Some(s.raw);
-                if s.state == JobState::Failed {
-                    job.reason = s.reason;
-                }
-            }
-            Ok(None) => queue_state = Some("UNKNOWN".into()),
-            Err(e) => tracing::warn!(error = %e, "cannot read the job's queue state"),
-        }
-    }
-    let checkpoint = match store
-        .get(&checkpoint_key(&job.id))
-        .await
-        .map_err(store_error)?
-    {
-        Some(obj) => serde_json::from_slice::<Checkpoint>(&obj.bytes).ok(),
-        None => None,
-    };
+/// The API view of a job.
+fn out(view: JobView, upload_url: Option<String>) -> BatchJobOut {
+    let JobView {
+        job,
+        queue_state,
+        checkpoint,
+    } = view;
     let complete = checkpoint.as_ref().is_some_and(|c| c.complete);
     let progress = checkpoint.map(|c| Progress {
         rows_done: c.rows_done,
@@ -527,7 +317,7 @@ async fn view(
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    Ok(BatchJobOut {
+    BatchJobOut {
         results_uri: (complete || job.state == JobState::Succeeded).then(|| job.output_uri.clone()),
         id: job.id,
         model: job.model,
@@ -542,5 +332,5 @@ async fn view(
         progress,
         created_at: job.created_at,
         updated_at: job.updated_at,
-    })
+    }
 }

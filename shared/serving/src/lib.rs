@@ -27,6 +27,7 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use mlops_domain::batch_jobs::BatchJobs;
 use mlops_domain::jobs::JobQueue;
 use mlops_domain::registry::Registry;
 
@@ -45,8 +46,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Prediction log writer, when enabled.
     pub predictions_log: Option<PredictionLog>,
-    /// Where batch jobs go, when configured.
-    pub jobs: Option<Arc<dyn JobQueue>>,
+    /// Batch jobs (submitted to the queue, when one is configured).
+    pub batch_jobs: BatchJobs,
 }
 
 impl AppState {
@@ -83,7 +84,7 @@ impl AppState {
             models,
             config,
             predictions_log,
-            jobs,
+            batch_jobs: BatchJobs::new(Arc::clone(registry.store()), jobs),
         })
     }
 }

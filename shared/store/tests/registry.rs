@@ -96,13 +96,24 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     r.promote("m", CHAMPION, 1, "me", "a").await.unwrap();
     r.promote("m", CHAMPION, 2, "me", "b").await.unwrap();
     r.promote("m", CHAMPION, 3, "me", "c").await.unwrap();
-    assert_eq!(r.rollback("m", CHAMPION, "me", "bad").await.unwrap().to, 2);
     assert_eq!(
-        r.rollback("m", CHAMPION, "me", "worse").await.unwrap().to,
+        r.rollback("m", CHAMPION, "me", "bad", None)
+            .await
+            .unwrap()
+            .to,
+        2
+    );
+    assert_eq!(
+        r.rollback("m", CHAMPION, "me", "worse", None)
+            .await
+            .unwrap()
+            .to,
         1
     );
     assert!(matches!(
-        r.rollback("m", CHAMPION, "me", "no").await.unwrap_err(),
+        r.rollback("m", CHAMPION, "me", "no", None)
+            .await
+            .unwrap_err(),
         RegistryError::NothingToRollBack { .. }
     ));
     let state = r.aliases("m").await.unwrap();
@@ -148,7 +159,9 @@ async fn concurrent_promotions_lose_no_update() {
         .map(|i| {
             let r = r.clone();
             tokio::spawn(async move {
-                r.promote("m", CHALLENGER, i % 4 + 1, &format!("p{i}"), "")
+                // Every promotion changes something (promoting an alias to the version it
+                // already points at is a no-op), and all contend for the same alias state.
+                r.promote("m", &format!("alias-{i}"), i % 4 + 1, &format!("p{i}"), "")
                     .await
                     .unwrap()
             })

@@ -50,6 +50,10 @@ pub enum RegistryCommand {
         /// Why.
         #[arg(long, default_value = "")]
         reason: String,
+        /// An id for this rollback: rerunning the command with the same id (after a lost reply)
+        /// reports the rollback it made instead of rolling back again.
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Show, edit or approve a model card (editing clears an approval).
     Card {
@@ -181,8 +185,11 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             alias,
             by,
             reason,
+            request_id,
         } => {
-            let e = registry.rollback(&model, &alias, &by, &reason).await?;
+            let e = registry
+                .rollback(&model, &alias, &by, &reason, request_id.as_deref())
+                .await?;
             println!(
                 "{model}: {alias} rolled back {} → v{} (revision {})",
                 e.from.map_or("unset".into(), |f| format!("v{f}")),

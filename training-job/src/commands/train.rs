@@ -443,38 +443,15 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         .mirror_model_version(&model_name, version.version, run_id, &source)
         .await?;
     if let Some(margin) = args.gate_margin {
-        let decision = gate(&registry, &model_name, &outcome, margin).await?;
+        let decision = gate(&registry, &model_name, version.version, &outcome, margin).await?;
         let note = decision.summary();
         registry
-            .promote(
-                &model_name,
-                CHALLENGER,
-                version.version,
-                &args.registered_by,
-                &note,
-            )
+            .apply_gate(&model_name, version.version, &decision, &args.registered_by)
             .await?;
         tracker
             .mirror_alias(&model_name, CHALLENGER, &tracker_version)
             .await?;
         if decision.promote {
-            registry
-                .approve_card(
-                    &model_name,
-                    version.version,
-                    "champion-challenger gate",
-                    &note,
-                )
-                .await?;
-            registry
-                .promote(
-                    &model_name,
-                    CHAMPION,
-                    version.version,
-                    &args.registered_by,
-                    &note,
-                )
-                .await?;
             tracker
                 .mirror_alias(&model_name, CHAMPION, &tracker_version)
                 .await?;
@@ -630,6 +607,7 @@ async fn record_search_and_selection(
 async fn gate(
     registry: &Registry,
     model: &str,
+    version: u64,
     outcome: &TrainingOutcome,
     margin: f64,
 ) -> Result<GateDecision> {
@@ -639,6 +617,8 @@ async fn gate(
     let primary = outcome.primary;
     let challenger = outcome.test_metrics[primary.name()];
     let champion = match registry.resolve(model, CHAMPION).await {
+        // A rerun of a job whose gate already promoted this version keeps it.
+        Ok(v) if v == version => None,
         Ok(v) => Some(v),
         Err(RegistryError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
