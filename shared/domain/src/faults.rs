@@ -174,6 +174,26 @@ impl ObjectStore for FaultyStore {
         }
     }
 
+    async fn head(&self, key: &str) -> Result<Option<(u64, ETag)>, StoreError> {
+        if !self.plan.read() {
+            return Err(store_fault("head", key));
+        }
+        self.inner.head(key).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &ETag,
+    ) -> Result<Vec<u8>, StoreError> {
+        if !self.plan.read() {
+            return Err(store_fault("get", key));
+        }
+        self.inner.get_range(key, start, end, etag).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         if !self.plan.read() {
             return Err(store_fault("list", prefix));

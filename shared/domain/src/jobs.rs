@@ -110,6 +110,22 @@ pub struct Checkpoint {
     /// own checkpoint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,
+    /// Byte offset in the input just after the last committed row: a rerun resumes reading
+    /// there instead of parsing the committed rows again.
+    #[serde(default)]
+    pub input_offset: u64,
+    /// Input lines (header included) up to `input_offset`, so line numbers in error files stay
+    /// those of the whole input after a resume.
+    #[serde(default)]
+    pub input_lines: u64,
+    /// Size of the input in bytes (progress while the row count is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_bytes: Option<u64>,
+    /// Fencing token: each run of the job increments it when it starts and commits only while it
+    /// is still the latest, so an older run (an AWS Batch retry while a slow attempt still runs)
+    /// can never move the checkpoint backwards.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// What to run on the queue.

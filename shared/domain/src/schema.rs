@@ -403,6 +403,28 @@ impl Schema {
         self.column(&self.target.column)
             .expect("schema checked: target column exists")
     }
+
+    /// The (positive, negative) class names of a binary classification target, as every output
+    /// (API, CLI, batch prediction) reports them: `positive`, and the other declared category
+    /// (or `not POSITIVE` when the schema does not list exactly one other).
+    pub fn class_names(&self) -> (String, String) {
+        let positive = self
+            .target
+            .positive
+            .clone()
+            .unwrap_or_else(|| "positive".into());
+        let others: Vec<&String> = self
+            .target_column()
+            .categories
+            .iter()
+            .filter(|c| **c != positive)
+            .collect();
+        let negative = match others.as_slice() {
+            [one] => (*one).clone(),
+            _ => format!("not {positive}"),
+        };
+        (positive, negative)
+    }
 }
 
 #[cfg(test)]

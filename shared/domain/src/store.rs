@@ -72,6 +72,32 @@ pub trait ObjectStore: Send + Sync {
         bytes: Vec<u8>,
         condition: PutCondition,
     ) -> Result<ETag, StoreError>;
+    /// Size and tag of an object; `None` if absent.
+    async fn head(&self, key: &str) -> Result<Option<(u64, ETag)>, StoreError> {
+        Ok(self.get(key).await?.map(|o| (o.bytes.len() as u64, o.etag)))
+    }
+    /// Bytes `start..end` of an object, only while its tag is still `etag` (a changed object is
+    /// [`StoreError::PreconditionFailed`]). Lets a reader stream a large object in bounded memory.
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &ETag,
+    ) -> Result<Vec<u8>, StoreError> {
+        let object = self.get(key).await?;
+        match object {
+            Some(o) if o.etag == *etag => {
+                let len = o.bytes.len() as u64;
+                let (start, end) = (start.min(len) as usize, end.min(len) as usize);
+                Ok(o.bytes[start..end.max(start)].to_vec())
+            }
+            other => Err(StoreError::PreconditionFailed {
+                key: key.into(),
+                exists: other.is_some(),
+            }),
+        }
+    }
     /// Keys under a prefix (recursive), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// A human-readable location, e.g. `s3://bucket/prefix` or a directory path.

@@ -62,7 +62,7 @@ pub struct Progress {
     pub rows_rejected: u64,
     /// Output parts committed.
     pub parts: usize,
-    /// rows_done / rows_total.
+    /// rows_done / rows_total once known, else the share of the input's bytes read.
     pub fraction: Option<f64>,
 }
 
@@ -308,10 +308,12 @@ fn out(view: JobView, upload_url: Option<String>) -> BatchJobOut {
         rows_total: c.rows_total,
         rows_rejected: c.rows_rejected,
         parts: c.parts.len(),
-        fraction: c
-            .rows_total
-            .filter(|&t| t > 0)
-            .map(|t| c.rows_done as f64 / t as f64),
+        // Rows are counted as they are read; until the end, progress is the input's bytes.
+        fraction: match (c.rows_total, c.input_bytes) {
+            (Some(t), _) if t > 0 => Some(c.rows_done as f64 / t as f64),
+            (None, Some(b)) if b > 0 => Some((c.input_offset as f64 / b as f64).min(1.0)),
+            _ => None,
+        },
     });
     let state_name = serde_json::to_value(job.state)
         .ok()

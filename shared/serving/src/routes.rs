@@ -20,7 +20,6 @@ use crate::api::{
     PredictionOut, current_request_id,
 };
 use crate::metrics::Served;
-use crate::models::LoadedModel;
 use crate::predlog::LoggedPrediction;
 
 /// Most field problems listed in one response.
@@ -156,26 +155,6 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn class_names(model: &LoadedModel) -> (String, String) {
-    let schema = &model.manifest.schema;
-    let positive = schema
-        .target
-        .positive
-        .clone()
-        .unwrap_or_else(|| "positive".into());
-    let others: Vec<&String> = schema
-        .target_column()
-        .categories
-        .iter()
-        .filter(|c| **c != positive)
-        .collect();
-    let negative = match others.as_slice() {
-        [one] => (*one).clone(),
-        _ => format!("not {positive}"),
-    };
-    (positive, negative)
-}
-
 /// Predicts one record or a list of records.
 #[utoipa::path(
     post,
@@ -271,7 +250,7 @@ pub async fn predict(
         .predict(&rows)
         .map_err(|e| ApiError::bad_request("invalid_record", e.to_string()))?;
     let classification = model.manifest.task == Task::BinaryClassification;
-    let classes = classification.then(|| class_names(model));
+    let classes = classification.then(|| model.manifest.schema.class_names());
     let mut predictions = Vec::with_capacity(values.len());
     for (row, &p) in rows.iter().zip(&values) {
         let explanation = if explain {

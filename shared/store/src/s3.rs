@@ -196,6 +196,60 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn head(&self, key: &str) -> Result<Option<(u64, ETag)>, StoreError> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some((
+                out.content_length().unwrap_or_default().max(0) as u64,
+                ETag(out.e_tag().unwrap_or_default().to_string()),
+            ))),
+            Err(e) if http_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend("head", key, &e)),
+        }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &ETag,
+    ) -> Result<Vec<u8>, StoreError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes={start}-{}", end - 1))
+            .if_match(&etag.0)
+            .send()
+            .await
+            .map_err(|e| match http_status(&e) {
+                Some(412) | Some(404) => StoreError::PreconditionFailed {
+                    key: key.into(),
+                    exists: http_status(&e) == Some(412),
+                },
+                _ => backend("get", key, &e),
+            })?;
+        let bytes = out.body.collect().await.map_err(|e| StoreError::Backend {
+            operation: "get",
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+
     async fn put(
         &self,
         key: &str,

@@ -1,15 +1,22 @@
 //! `mlops batch-predict`: the batch-prediction job (the container AWS Batch runs for the batch
-//! function's jobs, or a local command). It reads a CSV input from S3 or disk, validates every
-//! row (bad rows go to an errors file with row number and reason; they do not stop the job),
-//! predicts with the pure-Rust engine, and writes the output in parts of `--part-rows` rows, each
-//! followed by a checkpoint. Killed at any point and restarted, it resumes after the last
-//! committed part; parts are deterministic, so the output is byte-identical to an uninterrupted
-//! run.
+//! function's jobs, or a local command). It streams a CSV input from S3 (ranged GETs pinned to
+//! the object's ETag) or disk, validates every row (bad rows go to an errors file with row, line
+//! and reason; they do not stop the job), predicts with the pure-Rust engine, and writes the
+//! output in parts of `--part-rows` rows, each followed by a checkpoint. Memory is bounded by one
+//! part and one read chunk, whatever the input's size.
 //!
-//! Output layout (under the output prefix): `part-NNNNN.csv` (`row,id,prediction[,label]`),
-//! `errors-NNNNN.csv` (`row,line,field,message`) where a part had bad rows, and
-//! `_checkpoint.json` ([`Checkpoint`]: rows done and total, parts, rejected rows, complete).
+//! Killed at any point and restarted, it resumes at the byte offset after the last committed part;
+//! parts are deterministic, so the output is byte-identical to an uninterrupted run. Each run
+//! takes the next *generation* of the checkpoint by compare-and-swap and commits only while it is
+//! still the latest, so two runs of one job (an AWS Batch retry beside a slow attempt) never move
+//! the checkpoint backwards: the older one stops, the newer one finishes.
+//!
+//! Output layout (under the output prefix): `part-NNNNN.csv` (`row,id,prediction[,label]`, the
+//! label being the class name the API reports), `errors-NNNNN.csv` (`row,line,field,message`)
+//! where a part had bad rows, and `_checkpoint.json` ([`Checkpoint`]).
 
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,9 +25,10 @@ use mlops_domain::data::{RowParser, Value};
 use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{BatchJob, Checkpoint, checkpoint_key, job_key, output_prefix};
 use mlops_domain::registry::CHAMPION;
-use mlops_domain::schema::Task;
-use mlops_domain::store::{ObjectStore, PutCondition};
+use mlops_domain::schema::{Schema, Task};
+use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
 use mlops_engine::{EngineError, Predictor};
+use tokio::runtime::Handle;
 
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
@@ -50,45 +58,176 @@ pub struct BatchPredictArgs {
 }
 
 /// Where the output goes: a store and a key prefix in it.
-struct Output {
+pub(crate) struct Output {
     store: Arc<dyn ObjectStore>,
     prefix: String,
 }
 
 /// The checkpoint object's name inside the output prefix.
 const CHECKPOINT: &str = "_checkpoint.json";
+/// Bytes fetched per ranged GET of an S3 input.
+const READ_CHUNK: u64 = 8 << 20;
 
 impl Output {
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
+}
 
-    /// Writes (or overwrites) `name` under the output prefix.
-    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        self.store
-            .put(&self.key(name), bytes, PutCondition::None)
-            .await?;
-        Ok(())
+/// The input: a local file, or an S3 object read in ranges pinned to the ETag it had at start.
+pub(crate) enum Input {
+    File {
+        path: PathBuf,
+        size: u64,
+        modified: String,
+    },
+    Object {
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        uri: String,
+        etag: ETag,
+        size: u64,
+    },
+}
+
+impl Input {
+    async fn open(uri: &str, settings: &Settings) -> Result<Self> {
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, key) = rest
+                .split_once('/')
+                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+                .with_context(|| format!("input '{uri}' is not s3://bucket/key"))?;
+            let store =
+                mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
+                    .await?;
+            let (size, etag) = store
+                .head(key)
+                .await?
+                .with_context(|| format!("input {uri} does not exist"))?;
+            Ok(Self::Object {
+                store,
+                key: key.into(),
+                uri: uri.into(),
+                etag,
+                size,
+            })
+        } else {
+            Self::file(uri)
+        }
+    }
+
+    fn file(path: &str) -> Result<Self> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read the input {path}"))?;
+        if !meta.is_file() {
+            bail!("the input {path} is not a file");
+        }
+        Ok(Self::File {
+            path: path.into(),
+            size: meta.len(),
+            modified: format!("{:?}", meta.modified().ok()),
+        })
+    }
+
+    /// What identifies this version of the input (for the checkpoint's fingerprint).
+    fn identity(&self) -> String {
+        match self {
+            Self::File {
+                path,
+                size,
+                modified,
+            } => format!("{} {size} {modified}", path.display()),
+            Self::Object {
+                uri, etag, size, ..
+            } => format!("{uri} {} {size}", etag.0),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Self::File { size, .. } | Self::Object { size, .. } => *size,
+        }
+    }
+
+    /// A reader from byte `offset` to the end (call from a blocking thread).
+    fn reader(&self, offset: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            Self::File { path, .. } => {
+                let mut f = std::fs::File::open(path)
+                    .with_context(|| format!("cannot read the input {}", path.display()))?;
+                f.seek(SeekFrom::Start(offset))?;
+                Box::new(BufReader::with_capacity(1 << 20, f))
+            }
+            Self::Object {
+                store,
+                key,
+                etag,
+                size,
+                ..
+            } => Box::new(RangeReader {
+                store: Arc::clone(store),
+                key: key.clone(),
+                etag: etag.clone(),
+                next: offset,
+                end: *size,
+                chunk: Vec::new(),
+                at: 0,
+                handle: handle.clone(),
+            }),
+        })
     }
 }
 
-async fn read_input(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
-    if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, key) = rest
-            .split_once('/')
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .with_context(|| format!("input '{uri}' is not s3://bucket/key"))?;
-        let store =
-            mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
-                .await?;
-        let object = store
-            .get(key)
-            .await?
-            .with_context(|| format!("input {uri} does not exist"))?;
-        Ok(object.bytes)
-    } else {
-        std::fs::read(uri).with_context(|| format!("cannot read the input {uri}"))
+/// Reads an object in ranged GETs of [`READ_CHUNK`] bytes, each pinned to its ETag (an object
+/// replaced mid-job fails the job instead of mixing two inputs).
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    etag: ETag,
+    next: u64,
+    end: u64,
+    chunk: Vec<u8>,
+    at: usize,
+    handle: Handle,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.next >= self.end {
+                return Ok(0);
+            }
+            let to = (self.next + READ_CHUNK).min(self.end);
+            let fetch = self.store.get_range(&self.key, self.next, to, &self.etag);
+            self.chunk = self.handle.block_on(fetch).map_err(|e| match e {
+                StoreError::PreconditionFailed { .. } => std::io::Error::other(format!(
+                    "the input {} changed while the job read it",
+                    self.key
+                )),
+                e => std::io::Error::other(e),
+            })?;
+            if self.chunk.is_empty() {
+                return Ok(0);
+            }
+            self.next += self.chunk.len() as u64;
+            self.at = 0;
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
+}
+
+/// One run of a job: everything it needs, owned, so it can run on a blocking thread.
+pub(crate) struct JobRun {
+    pub predictor: Predictor,
+    pub schema: Schema,
+    pub input: Input,
+    pub input_name: String,
+    pub output: Output,
+    pub part_rows: u64,
+    pub fingerprint: String,
 }
 
 /// Runs the job.
@@ -142,146 +281,261 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let record = registry.version(&model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
     let predictor = Predictor::from_bundle(&bundle)?;
-    let schema = &bundle.manifest.schema;
-    let bytes = read_input(&input, settings).await?;
+    let source = Input::open(&input, settings).await?;
     let fingerprint = sha256_hex(
         format!(
-            "{model}\n{version}\n{}\n{input}\n{}\n{}",
+            "{model}\n{version}\n{}\n{}\n{}",
             bundle.digest(),
-            sha256_hex(&bytes),
+            source.identity(),
             args.part_rows
         )
         .as_bytes(),
     );
-
-    let checkpoint_key = output.key(CHECKPOINT);
-    let mut checkpoint = match output.store.get(&checkpoint_key).await? {
-        Some(obj) => {
-            let c: Checkpoint = serde_json::from_slice(&obj.bytes).with_context(|| {
-                format!(
-                    "{} is not a valid checkpoint",
-                    output.store.uri(&checkpoint_key)
-                )
-            })?;
-            if c.fingerprint != fingerprint {
-                bail!(
-                    "{} belongs to another job (different model, input or part size): use another output",
-                    output.store.uri(&checkpoint_key)
-                );
-            }
-            c
-        }
-        None => Checkpoint {
-            fingerprint: fingerprint.clone(),
-            ..Checkpoint::default()
-        },
+    let job = JobRun {
+        predictor,
+        schema: bundle.manifest.schema.clone(),
+        input: source,
+        input_name: input,
+        output,
+        part_rows: args.part_rows,
+        fingerprint,
     };
-    if checkpoint.complete {
-        eprintln!(
-            "already complete: {} rows, {} rejected, {} parts in {}",
-            checkpoint.rows_done,
-            checkpoint.rows_rejected,
-            checkpoint.parts.len(),
-            output.store.uri(&output.prefix)
-        );
-        return Ok(());
-    }
-    // Progress total until the end: data lines (a quoted newline would make it an estimate).
-    let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64
-        + u64::from(bytes.last().is_some_and(|&b| b != b'\n'));
-    checkpoint.rows_total = Some(lines.saturating_sub(1));
-    let resumed_at = checkpoint.rows_done;
-    if resumed_at > 0 {
-        eprintln!(
-            "resuming after row {resumed_at} ({} parts committed)",
-            checkpoint.parts.len()
-        );
-    }
-
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(&bytes[..]);
-    let header = reader
-        .headers()
-        .with_context(|| format!("{input}: cannot read the header"))?
-        .clone();
-    let parser = RowParser::new(&header, &input, schema)?;
-    let classification = bundle.manifest.task == Task::BinaryClassification;
-    let mut records = reader.into_records();
-    let mut row = 0u64;
-    // Skip what committed parts hold.
-    while row < resumed_at {
-        match records.next() {
-            Some(_) => row += 1,
-            None => break,
-        }
-    }
-    let mut part = Vec::with_capacity(args.part_rows as usize);
-    loop {
-        part.clear();
-        let first_row = row;
-        while (part.len() as u64) < args.part_rows {
-            match records.next() {
-                Some(r) => {
-                    row += 1;
-                    part.push(r);
-                }
-                None => break,
-            }
-        }
-        if part.is_empty() {
-            break;
-        }
-        let index = checkpoint.parts.len();
-        let (body, errors, rejected) =
-            predict_part(&predictor, &parser, &part, first_row, classification)?;
-        let name = format!("part-{index:05}.csv");
-        output.put(&name, body).await?;
-        if let Some(errors) = errors {
-            output
-                .put(&format!("errors-{index:05}.csv"), errors)
-                .await?;
-        }
-        checkpoint.parts.push(name);
-        checkpoint.rows_done = row;
-        checkpoint.rows_rejected += rejected;
-        output
-            .put(CHECKPOINT, serde_json::to_vec_pretty(&checkpoint)?)
-            .await?;
-        eprintln!(
-            "part {index}: rows {}–{row} committed ({rejected} rejected)",
-            first_row + 1
-        );
-    }
-    checkpoint.rows_total = Some(row);
-    checkpoint.complete = true;
-    output
-        .put(CHECKPOINT, serde_json::to_vec_pretty(&checkpoint)?)
-        .await?;
+    let handle = Handle::current();
+    let summary = tokio::task::spawn_blocking(move || job.run(&handle))
+        .await
+        .context("the batch-prediction thread panicked")??;
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "done: {row} rows ({} rejected) with {model} v{version} in {seconds:.2} s ({:.0} rows/s this run) → {}",
-        checkpoint.rows_rejected,
-        (row - resumed_at) as f64 / seconds,
-        output.store.uri(&output.prefix)
-    );
+    match summary {
+        Summary::AlreadyComplete(c) => eprintln!(
+            "already complete: {} rows, {} rejected, {} parts",
+            c.rows_done,
+            c.rows_rejected,
+            c.parts.len()
+        ),
+        Summary::Done {
+            checkpoint: c,
+            rows_this_run,
+            location,
+        } => eprintln!(
+            "done: {} rows ({} rejected) with {model} v{version} in {seconds:.2} s ({:.0} rows/s this run) → {location}",
+            c.rows_done,
+            c.rows_rejected,
+            rows_this_run as f64 / seconds
+        ),
+    }
     Ok(())
 }
 
-/// Validates and predicts one part; returns the part CSV, the errors CSV (if any row was bad)
-/// and the number of rejected rows.
+/// How a run ended.
+#[derive(Debug)]
+pub(crate) enum Summary {
+    AlreadyComplete(Checkpoint),
+    Done {
+        checkpoint: Checkpoint,
+        rows_this_run: u64,
+        location: String,
+    },
+}
+
+impl JobRun {
+    fn put(
+        &self,
+        handle: &Handle,
+        name: &str,
+        bytes: Vec<u8>,
+        condition: PutCondition,
+    ) -> Result<ETag, StoreError> {
+        handle.block_on(
+            self.output
+                .store
+                .put(&self.output.key(name), bytes, condition),
+        )
+    }
+
+    /// Takes the next generation of the checkpoint (creating it on the first run): from then on
+    /// only this run can commit.
+    fn acquire(&self, handle: &Handle) -> Result<Result<(Checkpoint, ETag), Checkpoint>> {
+        let key = self.output.key(CHECKPOINT);
+        let location = self.output.store.uri(&key);
+        for _ in 0..100 {
+            let (mut checkpoint, condition) = match handle.block_on(self.output.store.get(&key))? {
+                Some(obj) => {
+                    let c: Checkpoint = serde_json::from_slice(&obj.bytes)
+                        .with_context(|| format!("{location} is not a valid checkpoint"))?;
+                    if c.fingerprint != self.fingerprint {
+                        bail!(
+                            "{location} belongs to another job (different model, input or part size): use another output"
+                        );
+                    }
+                    (c, PutCondition::IfMatch(obj.etag))
+                }
+                None => (
+                    Checkpoint {
+                        fingerprint: self.fingerprint.clone(),
+                        input_bytes: Some(self.input.size()),
+                        ..Checkpoint::default()
+                    },
+                    PutCondition::IfAbsent,
+                ),
+            };
+            if checkpoint.complete {
+                return Ok(Err(checkpoint));
+            }
+            checkpoint.generation += 1;
+            match self.put(
+                handle,
+                CHECKPOINT,
+                serde_json::to_vec_pretty(&checkpoint)?,
+                condition,
+            ) {
+                Ok(etag) => return Ok(Ok((checkpoint, etag))),
+                Err(StoreError::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("{location}: gave up taking over the checkpoint after 100 conflicting updates")
+    }
+
+    /// Commits the checkpoint if this run is still the latest.
+    fn commit(&self, handle: &Handle, checkpoint: &Checkpoint, etag: ETag) -> Result<ETag> {
+        match self.put(
+            handle,
+            CHECKPOINT,
+            serde_json::to_vec_pretty(checkpoint)?,
+            PutCondition::IfMatch(etag),
+        ) {
+            Ok(etag) => Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => bail!(
+                "superseded: a newer run of this job took over {} (this run was generation {}); it stops here and the newer run finishes",
+                self.output.store.uri(&self.output.key(CHECKPOINT)),
+                checkpoint.generation
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs the job on a blocking thread (`handle` runs the store calls).
+    pub(crate) fn run(&self, handle: &Handle) -> Result<Summary> {
+        let (mut checkpoint, mut etag) = match self.acquire(handle)? {
+            Ok(acquired) => acquired,
+            Err(done) => return Ok(Summary::AlreadyComplete(done)),
+        };
+        let resumed_at = checkpoint.rows_done;
+        if resumed_at > 0 {
+            eprintln!(
+                "resuming after row {resumed_at} (byte {}, {} parts committed)",
+                checkpoint.input_offset,
+                checkpoint.parts.len()
+            );
+        }
+        let name = &self.input_name;
+        let mut header_reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(self.input.reader(0, handle)?);
+        let header = header_reader
+            .headers()
+            .with_context(|| format!("{name}: cannot read the header"))?
+            .clone();
+        let header_end = header_reader.position().byte();
+        let header_lines = header_reader.position().line() - 1;
+        drop(header_reader);
+        if checkpoint.input_offset == 0 {
+            checkpoint.input_offset = header_end;
+            checkpoint.input_lines = header_lines;
+        }
+        let parser = RowParser::new(&header, name, &self.schema)?;
+        let labels =
+            (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(self.input.reader(checkpoint.input_offset, handle)?);
+        let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
+        let mut records = Vec::with_capacity(self.part_rows.min(1 << 20) as usize);
+        loop {
+            records.clear();
+            let mut record = csv::StringRecord::new();
+            while (records.len() as u64) < self.part_rows {
+                match reader.read_record(&mut record) {
+                    Ok(true) => records.push(Ok(record.clone())),
+                    Ok(false) => break,
+                    Err(e) if e.is_io_error() => {
+                        return Err(anyhow::Error::new(e).context(format!("cannot read {name}")));
+                    }
+                    Err(e) => records.push(Err(e)),
+                }
+            }
+            if records.is_empty() {
+                break;
+            }
+            let first_row = checkpoint.rows_done;
+            let index = checkpoint.parts.len();
+            let part = predict_part(
+                &self.predictor,
+                &parser,
+                &records,
+                first_row,
+                base_lines,
+                labels.as_ref(),
+            )?;
+            let part_name = format!("part-{index:05}.csv");
+            self.put(handle, &part_name, part.body, PutCondition::None)?;
+            if let Some(errors) = part.errors {
+                self.put(
+                    handle,
+                    &format!("errors-{index:05}.csv"),
+                    errors,
+                    PutCondition::None,
+                )?;
+            }
+            let position = reader.position();
+            checkpoint.parts.push(part_name);
+            checkpoint.rows_done += records.len() as u64;
+            checkpoint.rows_rejected += part.rejected;
+            checkpoint.input_offset = base_offset + position.byte();
+            checkpoint.input_lines = base_lines + position.line() - 1;
+            etag = self.commit(handle, &checkpoint, etag)?;
+            eprintln!(
+                "part {index}: rows {}–{} committed ({} rejected)",
+                first_row + 1,
+                checkpoint.rows_done,
+                part.rejected
+            );
+        }
+        checkpoint.rows_total = Some(checkpoint.rows_done);
+        checkpoint.complete = true;
+        self.commit(handle, &checkpoint, etag)?;
+        Ok(Summary::Done {
+            rows_this_run: checkpoint.rows_done - resumed_at,
+            location: self.output.store.uri(&self.output.prefix),
+            checkpoint,
+        })
+    }
+}
+
+/// One part's output.
+struct Part {
+    body: Vec<u8>,
+    errors: Option<Vec<u8>>,
+    rejected: u64,
+}
+
+/// Validates and predicts one part in one pass; rows the schema or the pipeline refuse go to the
+/// errors file. `base_lines` is the input line just before the part's reader started.
 fn predict_part(
     predictor: &Predictor,
     parser: &RowParser<'_>,
     records: &[Result<csv::StringRecord, csv::Error>],
     first_row: u64,
-    classification: bool,
-) -> Result<(Vec<u8>, Option<Vec<u8>>, u64)> {
+    base_lines: u64,
+    labels: Option<&(String, String)>,
+) -> Result<Part> {
     let mut rows: Vec<Vec<Value>> = Vec::with_capacity(records.len());
     let mut keep: Vec<(u64, Option<String>)> = Vec::with_capacity(records.len());
     let mut errors = csv::Writer::from_writer(Vec::new());
     errors.write_record(["row", "line", "field", "message"])?;
     let mut rejected = 0u64;
+    let line_of = |p: Option<&csv::Position>| p.map_or(0, |p| base_lines + p.line()).to_string();
     for (i, record) in records.iter().enumerate() {
         let row_number = first_row + i as u64 + 1;
         match record {
@@ -292,7 +546,7 @@ fn predict_part(
                 }
                 Err(problems) => {
                     rejected += 1;
-                    let line = r.position().map_or(0, |p| p.line()).to_string();
+                    let line = line_of(r.position());
                     for p in problems {
                         errors.write_record([
                             &row_number.to_string(),
@@ -305,67 +559,99 @@ fn predict_part(
             },
             Err(e) => {
                 rejected += 1;
-                let line = e.position().map_or(0, |p| p.line()).to_string();
+                let line = line_of(e.position());
                 errors.write_record([&row_number.to_string(), &line, "(row)", &e.to_string()])?;
             }
         }
     }
-    // Rows the pipeline refuses (after validation) are rejected one at a time.
-    let predictions = loop {
-        match predict_parallel(predictor, &rows) {
-            Ok(p) => break p,
-            Err(EngineError::Feature { row, source }) if row < rows.len() => {
-                rejected += 1;
-                let (number, _) = keep.remove(row);
-                rows.remove(row);
-                errors.write_record([
-                    &number.to_string(),
-                    "",
-                    "(features)",
-                    &source.to_string(),
-                ])?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut out = Vec::with_capacity(keep.len() * 32);
-    out.extend_from_slice(if classification {
+    let predictions = predict_parallel(predictor, &rows)?;
+    let mut body = Vec::with_capacity(keep.len() * 32);
+    body.extend_from_slice(if labels.is_some() {
         b"row,id,prediction,label\n".as_slice()
     } else {
         b"row,id,prediction\n".as_slice()
     });
     for ((number, id), p) in keep.iter().zip(&predictions) {
         use std::io::Write;
-        let id = id.as_deref().unwrap_or("");
-        let id = if id.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", id.replace('"', "\"\""))
-        } else {
-            id.to_string()
+        let p = match p {
+            Ok(p) => *p,
+            Err(message) => {
+                rejected += 1;
+                errors.write_record([&number.to_string(), "", "(features)", message])?;
+                continue;
+            }
         };
-        if classification {
-            writeln!(out, "{number},{id},{p},{}", u8::from(*p >= 0.5))?;
-        } else {
-            writeln!(out, "{number},{id},{p}")?;
+        let id = csv_field(id.as_deref().unwrap_or(""));
+        match labels {
+            Some((positive, negative)) => {
+                let label = if p >= 0.5 { positive } else { negative };
+                writeln!(body, "{number},{id},{p},{}", csv_field(label))?;
+            }
+            None => writeln!(body, "{number},{id},{p}")?,
         }
     }
     let errors = errors.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((out, (rejected > 0).then_some(errors), rejected))
+    Ok(Part {
+        body,
+        errors: (rejected > 0).then_some(errors),
+        rejected,
+    })
 }
 
-/// Predicts on the available cores (halves of the rows on two threads, and so on); the result
-/// is the same as one call.
-fn predict_parallel(predictor: &Predictor, rows: &[Vec<Value>]) -> Result<Vec<f64>, EngineError> {
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+/// Predicts rows in one pass: on a row the pipeline refuses, the rows before it are predicted,
+/// that row gets its reason, and prediction goes on after it (k bad rows cost k + 1 calls over
+/// disjoint ranges, not k passes over the part).
+fn predict_each(
+    predictor: &Predictor,
+    rows: &[Vec<Value>],
+) -> Result<Vec<Result<f64, String>>, EngineError> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut start = 0;
+    while start < rows.len() {
+        match predictor.predict(&rows[start..]) {
+            Ok((p, _)) => {
+                out.extend(p.into_iter().map(Ok));
+                break;
+            }
+            Err(EngineError::Feature { row, source }) if start + row < rows.len() => {
+                let bad = start + row;
+                if bad > start {
+                    out.extend(predictor.predict(&rows[start..bad])?.0.into_iter().map(Ok));
+                }
+                out.push(Err(source.to_string()));
+                start = bad + 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// [`predict_each`] on the available cores (a contiguous share of the rows each); the result is
+/// the same as one call.
+fn predict_parallel(
+    predictor: &Predictor,
+    rows: &[Vec<Value>],
+) -> Result<Vec<Result<f64, String>>, EngineError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(16);
     if threads == 1 || rows.len() < 2_000 {
-        return Ok(predictor.predict(rows)?.0);
+        return predict_each(predictor, rows);
     }
     let chunk = rows.len().div_ceil(threads);
-    let results: Vec<Result<Vec<f64>, EngineError>> = std::thread::scope(|scope| {
+    let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = rows
             .chunks(chunk)
-            .map(|c| scope.spawn(move || predictor.predict(c).map(|(p, _)| p)))
+            .map(|c| scope.spawn(move || predict_each(predictor, c)))
             .collect();
         handles
             .into_iter()
@@ -373,17 +659,204 @@ fn predict_parallel(predictor: &Predictor, rows: &[Vec<Value>]) -> Result<Vec<f6
             .collect()
     });
     let mut out = Vec::with_capacity(rows.len());
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(p) => out.extend(p),
-            Err(EngineError::Feature { row, source }) => {
-                return Err(EngineError::Feature {
-                    row: row + i * chunk,
-                    source,
-                });
-            }
-            Err(e) => return Err(e),
-        }
+    for r in results {
+        out.extend(r?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use mlops_domain::faults::{CrashScenario, FaultPlan, explore};
+    use mlops_domain::testing::sample_bundle;
+    use mlops_store::LocalStore;
+
+    use super::*;
+
+    /// An input file (a bad row among good ones) and an output store in a temporary directory.
+    struct World {
+        dir: tempfile::TempDir,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    fn world(rows: usize) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("x\n");
+        for i in 0..rows {
+            csv += &if i == 2 {
+                "not-a-number\n".into()
+            } else {
+                format!("{i}.5\n")
+            };
+        }
+        std::fs::write(dir.path().join("input.csv"), csv).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("store")));
+        World { dir, store }
+    }
+
+    fn job(w: &World, store: Arc<dyn ObjectStore>, prefix: &str, part_rows: u64) -> JobRun {
+        let bundle = sample_bundle();
+        let path = w.dir.path().join("input.csv");
+        JobRun {
+            predictor: Predictor::from_bundle(&bundle).unwrap(),
+            schema: bundle.manifest.schema.clone(),
+            input: Input::file(path.to_str().unwrap()).unwrap(),
+            input_name: "input.csv".into(),
+            output: Output {
+                store,
+                prefix: prefix.into(),
+            },
+            part_rows,
+            fingerprint: "fingerprint".into(),
+        }
+    }
+
+    async fn run_job(job: JobRun) -> Result<Summary> {
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || job.run(&handle))
+            .await
+            .unwrap()
+    }
+
+    /// The output files under a prefix (checkpoint aside), by name.
+    async fn files(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for key in store.list(prefix).await.unwrap() {
+            let name = key.strip_prefix(prefix).unwrap().to_owned();
+            if name != CHECKPOINT {
+                out.insert(name, store.get(&key).await.unwrap().unwrap().bytes);
+            }
+        }
+        out
+    }
+
+    async fn checkpoint(store: &Arc<dyn ObjectStore>, prefix: &str) -> Checkpoint {
+        let bytes = store
+            .get(&format!("{prefix}{CHECKPOINT}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes;
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Output equal to an uninterrupted run's, byte for byte, and a complete checkpoint.
+    async fn same_as_one_run(w: &World, rows: u64, part_rows: u64) -> Result<(), String> {
+        run_job(job(w, Arc::clone(&w.store), "reference/", part_rows))
+            .await
+            .map_err(|e| e.to_string())?;
+        let want = files(&w.store, "reference/").await;
+        let got = files(&w.store, "out/").await;
+        if got != want {
+            return Err(format!(
+                "output {:?} differs from one run's {:?}",
+                got.keys(),
+                want.keys()
+            ));
+        }
+        let c = checkpoint(&w.store, "out/").await;
+        (c.complete && c.rows_done == rows && c.rows_rejected == 1)
+            .then_some(())
+            .ok_or(format!("checkpoint {c:?}"))
+    }
+
+    /// A job of 5 rows in parts of 2: three parts (one with an errors file) and the final commit.
+    struct PartCommits;
+
+    #[async_trait]
+    impl CrashScenario for PartCommits {
+        type World = World;
+        async fn world(&self) -> World {
+            world(5)
+        }
+        async fn run(&self, w: &World, plan: &FaultPlan) -> Result<(), String> {
+            run_job(job(w, plan.store(Arc::clone(&w.store)), "out/", 2))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        async fn recover(&self, w: &World) -> Result<(), String> {
+            self.run(w, &FaultPlan::counting()).await
+        }
+        async fn check(&self, w: &World) -> Result<(), String> {
+            same_as_one_run(w, 5, 2).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn part_commits_converge_at_every_crash_point() {
+        match explore(&PartCommits).await {
+            Ok(report) => println!("batch-predict part commits: {report}"),
+            Err(e) => panic!("batch-predict part commits: {e}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_runs_of_one_job_end_with_one_runs_output() {
+        let w = world(3_000);
+        let a = run_job(job(&w, Arc::clone(&w.store), "out/", 7));
+        let b = run_job(job(&w, Arc::clone(&w.store), "out/", 7));
+        let (a, b) = tokio::join!(a, b);
+        // The older run may be told it was superseded; one of them finishes.
+        for r in [&a, &b] {
+            if let Err(e) = r {
+                assert!(e.to_string().contains("superseded"), "{e}");
+            }
+        }
+        assert!(a.is_ok() || b.is_ok());
+        same_as_one_run(&w, 3_000, 7).await.unwrap();
+        assert!(checkpoint(&w.store, "out/").await.generation >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_run_cannot_move_the_checkpoint_back() {
+        let w = world(10);
+        let old = job(&w, Arc::clone(&w.store), "out/", 3);
+        let handle = Handle::current();
+        let (stale, etag) = tokio::task::spawn_blocking(move || {
+            let acquired = old.acquire(&handle).unwrap().unwrap();
+            (old, acquired)
+        })
+        .await
+        .map(|(old, (c, e))| ((old, c), e))
+        .unwrap();
+        // A newer run takes over and finishes.
+        run_job(job(&w, Arc::clone(&w.store), "out/", 3))
+            .await
+            .unwrap();
+        let (old, mut c) = stale;
+        c.rows_done = 3;
+        let handle = Handle::current();
+        let e = tokio::task::spawn_blocking(move || old.commit(&handle, &c, etag))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("superseded"), "{e}");
+        assert!(checkpoint(&w.store, "out/").await.complete);
+    }
+
+    #[test]
+    fn bad_rows_cost_one_pass() {
+        // Rows the pipeline refuses are skipped in place: every good row is predicted once and
+        // the bad ones keep their position.
+        let bundle = sample_bundle();
+        let predictor = Predictor::from_bundle(&bundle).unwrap();
+        let rows: Vec<Vec<Value>> = (0..50)
+            .map(|i| {
+                vec![if i % 7 == 3 {
+                    Value::Category("x".into())
+                } else {
+                    Value::Number(i as f64)
+                }]
+            })
+            .collect();
+        let out = predict_each(&predictor, &rows).unwrap();
+        assert_eq!(out.len(), 50);
+        for (i, p) in out.iter().enumerate() {
+            assert_eq!(p.is_err(), i % 7 == 3, "row {i}: {p:?}");
+        }
+    }
 }
