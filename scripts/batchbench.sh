@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Throughput of `mlops batch-predict` (release build) on ~1M rows (California Housing repeated 49
-# times) with input and output on moto S3, for a linear model and for the quickstart's selected
-# model (LightGBM). Needs the test venv (scripts/setup.sh --test).
+# Throughput and peak memory of `mlops batch-predict` (release build) with input and output on moto
+# S3: California Housing repeated BATCHBENCH_COPIES times (default 49, ~1M rows / 67 MB; 1430 makes
+# ~2 GB), for a linear model and for the quickstart's selected model (LightGBM, skipped with
+# BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear job into one output, checked
+# byte for byte against the single run's parts. Needs the test venv (scripts/setup.sh --test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 eval "$("$ROOT/scripts/setup.sh" --test)"
@@ -17,7 +19,9 @@ pids+=($!)
 for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/moto-api/" && break; sleep 0.2; done
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 DATA="$ROOT/../shared/data/california_housing.csv"
-{ head -1 "$DATA"; for _ in $(seq 1 49); do tail -n +2 "$DATA"; done; } >"$RUN/input.csv"
+COPIES="${BATCHBENCH_COPIES:-49}"
+CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-64}"
+{ head -1 "$DATA"; for _ in $(seq 1 "$COPIES"); do tail -n +2 "$DATA"; done; } >"$RUN/input.csv"
 "$MLOPS_VENV/bin/python" - "$PORT" "$RUN/input.csv" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
@@ -25,12 +29,52 @@ s3.create_bucket(Bucket="batchbench")
 s3.upload_file(sys.argv[2], "batchbench", "input.csv")
 PY
 echo "input: $(($(wc -l <"$RUN/input.csv") - 1)) rows, $(du -m "$RUN/input.csv" | cut -f1) MB on moto S3"
+rm "$RUN/input.csv"
+# Runs a command and prints its peak resident set size (the child's ru_maxrss).
+peak_rss() {
+  "$MLOPS_VENV/bin/python" -c 'import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+print(f"peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f} MiB", file=sys.stderr)
+sys.exit(rc)' "$@"
+}
 S3=(--store s3://batchbench/registry --s3-endpoint "http://127.0.0.1:$PORT")
 "$BIN" --home "$RUN/home" "${S3[@]}" train california_housing --data "$DATA" --candidates linear --model-name housing_linear >"$RUN/train.log" 2>&1
 "$BIN" --home "$RUN/home" "${S3[@]}" quickstart --data "$DATA" >"$RUN/quickstart.log" 2>&1
-for model in "housing_linear 1" "california_housing champion"; do
+models=("housing_linear 1")
+[ "${BATCHBENCH_LINEAR_ONLY:-0}" = 1 ] || models+=("california_housing champion")
+for model in "${models[@]}"; do
   set -- $model
-  echo "== $1 ($2), parts of 100,000 rows"
-  "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model "$1" --version "$2" \
-    --input s3://batchbench/input.csv --output "s3://batchbench/out-$1" 2>&1 | tail -1
+  echo "== $1 ($2), parts of 100,000 rows, ranged GETs of $CHUNK_MIB MiB"
+  peak_rss "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model "$1" --version "$2" \
+    --input s3://batchbench/input.csv --output "s3://batchbench/out-$1" --read-chunk-mib "$CHUNK_MIB" 2>&1 | tail -2
 done
+echo "== two concurrent runs of the linear job into one output"
+for run in a b; do
+  "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model housing_linear --version 1 \
+    --input s3://batchbench/input.csv --output s3://batchbench/out-concurrent --read-chunk-mib "$CHUNK_MIB" \
+    >"$RUN/concurrent-$run.log" 2>&1 &
+  pids_runs+=($!)
+done
+for p in "${pids_runs[@]}"; do wait "$p" || true; done
+tail -1 "$RUN/concurrent-a.log" "$RUN/concurrent-b.log"
+"$MLOPS_VENV/bin/python" - "$PORT" <<'PY'
+import sys, hashlib, boto3
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
+def parts(prefix):
+    out, token = {}, None
+    while True:
+        kw = {"Bucket": "batchbench", "Prefix": prefix}
+        if token: kw["ContinuationToken"] = token
+        page = s3.list_objects_v2(**kw)
+        for o in page.get("Contents", []):
+            name = o["Key"][len(prefix):]
+            if name != "_checkpoint.json":
+                out[name] = hashlib.sha256(s3.get_object(Bucket="batchbench", Key=o["Key"])["Body"].read()).hexdigest()
+        if not page.get("IsTruncated"): break
+        token = page["NextContinuationToken"]
+    return out
+one, two = parts("out-housing_linear/"), parts("out-concurrent/")
+same = one == two
+print(f"concurrent runs: {len(two)} files, {'byte-identical to' if same else 'DIFFERENT from'} the single run's {len(one)}")
+sys.exit(0 if same else 1)
+PY

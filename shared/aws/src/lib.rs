@@ -12,9 +12,17 @@ pub use batch::BatchQueue;
 pub use cloudwatch::CloudWatchMetrics;
 pub use secrets::SecretsKeyStore;
 
-/// Loads the shared AWS configuration, with an optional endpoint override.
+/// Loads the shared AWS configuration, with an optional endpoint override. Every call has a
+/// deadline under the Lambda timeouts (connect 2 s, attempt 4 s, 8 s in all with retries), so a
+/// service that hangs (not refuses) fails the call instead of the invocation.
 pub async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .operation_attempt_timeout(std::time::Duration::from_secs(4))
+        .operation_timeout(std::time::Duration::from_secs(8))
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
     if let Some(e) = endpoint {
         loader = loader.endpoint_url(e);
     }

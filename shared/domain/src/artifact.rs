@@ -284,7 +284,13 @@ impl Bundle {
                 message: "feature names differ between the manifest and its pipeline".into(),
             });
         }
-        Ok(())
+        self.manifest
+            .pipeline
+            .check()
+            .map_err(|message| ArtifactError::Inconsistent {
+                origin: origin.into(),
+                message: format!("pipeline: {message}"),
+            })
     }
 
     /// The manifest as stored (pretty JSON).

@@ -307,6 +307,59 @@ impl FeaturePipeline {
         self.feature_names.len()
     }
 
+    /// Checks what a loaded pipeline refers to, so that a tampered or mis-built manifest is an
+    /// error at load and never an out-of-range index at prediction time: ratio and rotation
+    /// inputs exist and are numeric, and the outputs (names, scaling) match what the steps make.
+    pub fn check(&self) -> Result<(), String> {
+        let numeric = |what: &str, j: usize| match self.inputs.get(j) {
+            Some(FittedInput {
+                encoding: InputEncoding::Numeric { .. },
+                ..
+            }) => Ok(()),
+            Some(i) => Err(format!(
+                "{what} refers to input {j} ('{}'), which is not numeric",
+                i.name
+            )),
+            None => Err(format!(
+                "{what} refers to input {j}, but the pipeline has {} inputs",
+                self.inputs.len()
+            )),
+        };
+        for r in &self.ratios {
+            numeric(&format!("ratio '{}'", r.name), r.numerator)?;
+            numeric(&format!("ratio '{}'", r.name), r.denominator)?;
+        }
+        for r in &self.rotations {
+            numeric(&format!("rotation '{}'", r.names[0]), r.x)?;
+            numeric(&format!("rotation '{}'", r.names[0]), r.y)?;
+        }
+        let made: usize = self
+            .inputs
+            .iter()
+            .map(|i| match &i.encoding {
+                InputEncoding::Numeric { .. } => 1,
+                InputEncoding::OneHot { categories } => categories.len(),
+            })
+            .sum::<usize>()
+            + self.ratios.len()
+            + 2 * self.rotations.len();
+        if made != self.feature_names.len() {
+            return Err(format!(
+                "the steps make {made} features but {} feature names are listed",
+                self.feature_names.len()
+            ));
+        }
+        if let Some(scaling) = &self.scaling
+            && scaling.len() != made
+        {
+            return Err(format!(
+                "{} scaling entries for {made} features",
+                scaling.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Names of the raw inputs a row must list, in order.
     pub fn input_names(&self) -> Vec<&str> {
         self.inputs.iter().map(|i| i.name.as_str()).collect()

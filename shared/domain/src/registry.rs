@@ -581,7 +581,8 @@ impl Registry {
         Ok(names)
     }
 
-    async fn version_numbers(&self, model: &str) -> Result<Vec<u64>, RegistryError> {
+    /// The version numbers of a model, ascending (one listing, no record read).
+    pub async fn version_numbers(&self, model: &str) -> Result<Vec<u64>, RegistryError> {
         let prefix = format!("models/{model}/versions/");
         let mut v: Vec<u64> = self
             .store
@@ -942,7 +943,16 @@ impl Registry {
         check_name("model", model)?;
         let key = traffic_key(model);
         match self.store.get(&key).await? {
-            Some(obj) => Ok(Some(parse(&key, &obj.bytes)?)),
+            Some(obj) => {
+                // A stored split is checked like a new one: an empty or malformed split is an
+                // error to report, never a split to route by.
+                let split: TrafficSplit = parse(&key, &obj.bytes)?;
+                split.check().map_err(|e| RegistryError::Corrupt {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok(Some(split))
+            }
             None => Ok(None),
         }
     }

@@ -4,23 +4,35 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mlops_domain::apikeys::{ApiKeyRecord, ApiKeySet, KeyError, KeyStore, required_scope};
-use tokio::sync::RwLock;
 
 use crate::api::ApiError;
+
+/// Marks a health probe that presented no key (its answer leaves out models and errors).
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousProbe;
 
 /// Header that carries the key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// A key set cached for a TTL.
+/// Longest a reload of the key set may take before the caller goes on without it.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest a stale key set is used while reloads fail; after that, requests are refused.
+const MAX_STALE: Duration = Duration::from_secs(15 * 60);
+
+/// A key set cached for a TTL. Readers never wait on the key store while a cached set exists:
+/// one caller reloads (with a deadline) while the others use the cached set; no lock is held
+/// across the store call except the reload's own.
 pub struct KeyCache {
     store: Arc<dyn KeyStore>,
     ttl: Duration,
-    cached: RwLock<Option<(Instant, Arc<ApiKeySet>)>>,
+    cached: ArcSwapOption<(Instant, Arc<ApiKeySet>)>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl KeyCache {
@@ -29,34 +41,57 @@ impl KeyCache {
         Self {
             store,
             ttl,
-            cached: RwLock::new(None),
+            cached: ArcSwapOption::empty(),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The key set: cached while fresh; reloaded after the TTL. If reloading fails, a stale
-    /// copy is used (and the failure logged) rather than refusing every caller.
+    /// The key set: cached while fresh; reloaded after the TTL by one caller at a time. While
+    /// a reload runs or fails, a stale copy younger than [`MAX_STALE`] is used (and the failure
+    /// logged) rather than refusing every caller.
     pub async fn keys(&self) -> Result<Arc<ApiKeySet>, KeyError> {
-        if let Some((at, keys)) = &*self.cached.read().await
-            && at.elapsed() < self.ttl
+        let cached = self.cached.load_full();
+        if let Some(c) = &cached
+            && c.0.elapsed() < self.ttl
         {
-            return Ok(Arc::clone(keys));
+            return Ok(Arc::clone(&c.1));
         }
-        let mut slot = self.cached.write().await;
-        if let Some((at, keys)) = &*slot
-            && at.elapsed() < self.ttl
+        let usable_stale = cached
+            .as_ref()
+            .filter(|c| c.0.elapsed() < MAX_STALE)
+            .map(|c| Arc::clone(&c.1));
+        let _reload = match self.reloading.try_lock() {
+            Ok(guard) => guard,
+            // Someone else is reloading: use the stale set if there is one, else wait for them.
+            Err(_) => match &usable_stale {
+                Some(stale) => return Ok(Arc::clone(stale)),
+                None => self.reloading.lock().await,
+            },
+        };
+        if let Some(c) = self.cached.load_full()
+            && c.0.elapsed() < self.ttl
         {
-            return Ok(Arc::clone(keys));
+            return Ok(Arc::clone(&c.1));
         }
-        match self.store.load().await {
+        let loaded = tokio::time::timeout(RELOAD_DEADLINE, self.store.load())
+            .await
+            .unwrap_or_else(|_| {
+                Err(KeyError::Store(format!(
+                    "no answer within {} s",
+                    RELOAD_DEADLINE.as_secs()
+                )))
+            });
+        match loaded {
             Ok(keys) => {
                 let keys = Arc::new(keys);
-                *slot = Some((Instant::now(), Arc::clone(&keys)));
+                self.cached
+                    .store(Some(Arc::new((Instant::now(), Arc::clone(&keys)))));
                 Ok(keys)
             }
-            Err(e) => match &*slot {
-                Some((_, stale)) => {
+            Err(e) => match usable_stale {
+                Some(stale) => {
                     tracing::warn!(error = %e, store = %self.store.describe(), "cannot reload API keys; using the cached set");
-                    Ok(Arc::clone(stale))
+                    Ok(stale)
                 }
                 None => Err(e),
             },
@@ -101,6 +136,16 @@ pub async fn require_key(
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
+    // Load balancers and orchestrators probe health without credentials: liveness and a bare
+    // readiness status answer them (the handlers leave out models and errors).
+    if presented.is_none()
+        && method == "GET"
+        && matches!(path.as_str(), "/health/live" | "/health/ready")
+    {
+        let mut request = request;
+        request.extensions_mut().insert(AnonymousProbe);
+        return next.run(request).await;
+    }
     match cache.authorize(presented, &method, &path).await {
         Ok(record) => {
             tracing::debug!(key_id = %record.id, "authorized");

@@ -13,6 +13,11 @@ pub struct ServeConfig {
     pub refresh_every: Duration,
     /// Most records in one predict request.
     pub max_records: usize,
+    /// Most records in one `?explain=true` request (explanations cost ~1,000× a prediction).
+    pub max_explain_records: usize,
+    /// Longest the registry (S3) may take to answer one refresh, the first one at start (Lambda
+    /// init) included; past it the last good models keep serving and health says `degraded`.
+    pub registry_deadline: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Print CloudWatch Embedded Metric Format lines to stdout.
@@ -36,6 +41,8 @@ impl Default for ServeConfig {
             default_alias: mlops_domain::registry::CHAMPION.into(),
             refresh_every: Duration::from_secs(30),
             max_records: 1_000,
+            max_explain_records: 50,
+            registry_deadline: Duration::from_secs(3),
             max_body_bytes: 1 << 20,
             emf: false,
             metrics_namespace: "mlops".into(),
@@ -83,7 +90,7 @@ fn list(text: &str) -> Vec<String> {
 
 impl ServeConfig {
     /// Reads `MLOPS_MODELS`, `MLOPS_ALIAS`, `MLOPS_REFRESH_SECONDS`, `MLOPS_MAX_RECORDS`,
-    /// `MLOPS_MAX_BODY_BYTES`, `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
+    /// `MLOPS_MAX_EXPLAIN_RECORDS`, `MLOPS_REGISTRY_DEADLINE_SECONDS`, `MLOPS_MAX_BODY_BYTES`, `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
     /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`, `MLOPS_CORS_ORIGINS`
     /// over the defaults. EMF is on by default inside Lambda.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -114,6 +121,20 @@ impl ServeConfig {
         }
         if let Some(n) = parse_env::<usize>("MLOPS_MAX_RECORDS", "expected a whole number")? {
             c.max_records = n.max(1);
+        }
+        if let Some(n) = parse_env::<usize>("MLOPS_MAX_EXPLAIN_RECORDS", "expected a whole number")?
+        {
+            c.max_explain_records = n.max(1);
+        }
+        if let Some(s) = parse_env::<f64>("MLOPS_REGISTRY_DEADLINE_SECONDS", "expected seconds")? {
+            if !(0.1..=600.0).contains(&s) {
+                return Err(ConfigError {
+                    name: "MLOPS_REGISTRY_DEADLINE_SECONDS",
+                    value: s.to_string(),
+                    why: "expected 0.1 to 600 seconds",
+                });
+            }
+            c.registry_deadline = Duration::from_secs_f64(s);
         }
         if let Some(n) = parse_env::<usize>("MLOPS_MAX_BODY_BYTES", "expected a whole number")? {
             c.max_body_bytes = n.max(1);

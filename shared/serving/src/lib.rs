@@ -64,6 +64,7 @@ impl AppState {
             config.models.clone(),
             &config.default_alias,
             config.refresh_every,
+            config.registry_deadline,
         ));
         let errors = models.refresh().await;
         let predictions_log = config.prediction_log.then(|| {

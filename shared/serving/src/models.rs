@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use mlops_domain::artifact::Manifest;
-use mlops_domain::registry::Registry;
+use mlops_domain::registry::{ModelCard, Registry, VersionRecord};
 use mlops_domain::traffic::{TrafficSplit, Variant};
 use mlops_engine::Predictor;
 
@@ -39,6 +39,20 @@ pub struct ModelRoutes {
     pub split: TrafficSplit,
     /// Loaded versions by alias.
     pub by_alias: BTreeMap<String, Arc<LoadedModel>>,
+    /// The registry's view of the model as of the last refresh (model info is answered from
+    /// it, never with registry reads in the request).
+    pub registry: Arc<RegistryView>,
+}
+
+/// Aliases, versions and the served card of a model, read by the refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryView {
+    /// Alias → version.
+    pub aliases: BTreeMap<String, u64>,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionRecord>,
+    /// The card of the primary variant's version.
+    pub card: Option<ModelCard>,
 }
 
 impl ModelRoutes {
@@ -66,6 +80,7 @@ pub struct ModelSet {
     configured: Option<Vec<String>>,
     default_alias: String,
     refresh_every: Duration,
+    deadline: Duration,
     routes: ArcSwap<BTreeMap<String, Arc<ModelRoutes>>>,
     state: ArcSwap<RefreshState>,
     last_check: std::sync::Mutex<Instant>,
@@ -79,12 +94,14 @@ impl ModelSet {
         models: Option<Vec<String>>,
         default_alias: &str,
         refresh_every: Duration,
+        deadline: Duration,
     ) -> Self {
         Self {
             registry,
             configured: models,
             default_alias: default_alias.into(),
             refresh_every,
+            deadline,
             routes: ArcSwap::from_pointee(BTreeMap::new()),
             state: ArcSwap::from_pointee(RefreshState::default()),
             last_check: std::sync::Mutex::new(Instant::now()),
@@ -151,13 +168,26 @@ impl ModelSet {
     /// Returns the errors (empty when all went well).
     pub async fn refresh(&self) -> Vec<String> {
         *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        // One deadline for the whole refresh: a registry that hangs (not refuses) cannot hold the
+        // Lambda init or a refresh past it.
+        let until = tokio::time::Instant::now() + self.deadline;
+        let late = || {
+            format!(
+                "the registry did not answer within {:.1} s",
+                self.deadline.as_secs_f64()
+            )
+        };
         let mut errors = Vec::new();
         let names = match &self.configured {
             Some(n) => n.clone(),
-            None => match self.registry.models().await {
-                Ok(n) => n,
-                Err(e) => {
+            None => match tokio::time::timeout_at(until, self.registry.models()).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
                     errors.push(format!("cannot list models: {e}"));
+                    self.routes.load().keys().cloned().collect()
+                }
+                Err(_) => {
+                    errors.push(format!("cannot list models: {}", late()));
                     self.routes.load().keys().cloned().collect()
                 }
             },
@@ -165,7 +195,10 @@ impl ModelSet {
         let current = self.routes.load_full();
         let mut next = (*current).clone();
         for name in names {
-            match self.load_model(&name, current.get(&name)).await {
+            let loaded = tokio::time::timeout_at(until, self.load_model(&name, current.get(&name)))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!(late())));
+            match loaded {
                 Ok(Some(routes)) => {
                     next.insert(name, routes);
                 }
@@ -229,8 +262,13 @@ impl ModelSet {
             };
             by_alias.insert(variant.alias.clone(), loaded);
         }
+        let view = Arc::new(
+            self.registry_view(name, aliases.aliases, &by_alias, &split, current)
+                .await?,
+        );
         let unchanged = current.is_some_and(|c| {
             c.split.variants == split.variants
+                && *c.registry == *view
                 && c.by_alias.len() == by_alias.len()
                 && c.by_alias
                     .iter()
@@ -243,7 +281,47 @@ impl ModelSet {
         for (alias, m) in &by_alias {
             tracing::info!(model = %name, alias = %alias, version = m.version, "serving");
         }
-        Ok(Some(Arc::new(ModelRoutes { split, by_alias })))
+        Ok(Some(Arc::new(ModelRoutes {
+            split,
+            by_alias,
+            registry: view,
+        })))
+    }
+
+    /// The registry's view of a model: one listing, the records of new versions only, and the
+    /// primary variant's card.
+    async fn registry_view(
+        &self,
+        name: &str,
+        aliases: BTreeMap<String, u64>,
+        by_alias: &BTreeMap<String, Arc<LoadedModel>>,
+        split: &TrafficSplit,
+        current: Option<&Arc<ModelRoutes>>,
+    ) -> anyhow::Result<RegistryView> {
+        let known: BTreeMap<u64, &VersionRecord> = current
+            .map(|c| c.registry.versions.iter().map(|v| (v.version, v)).collect())
+            .unwrap_or_default();
+        let mut versions = Vec::new();
+        for number in self.registry.version_numbers(name).await? {
+            versions.push(match known.get(&number) {
+                Some(&v) => v.clone(),
+                None => self.registry.version(name, number).await?,
+            });
+        }
+        let primary = split
+            .variants
+            .first()
+            .and_then(|v| by_alias.get(&v.alias))
+            .map(|m| m.version);
+        let card = match primary {
+            Some(v) => self.registry.card(name, v).await.ok(),
+            None => None,
+        };
+        Ok(RegistryView {
+            aliases,
+            versions,
+            card,
+        })
     }
 
     async fn load_version(&self, name: &str, version: u64) -> anyhow::Result<LoadedModel> {

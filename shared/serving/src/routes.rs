@@ -202,6 +202,16 @@ pub async fn predict(
         }
     })?;
     let (records, _single) = records(&bytes, state.config.max_records)?;
+    if explain && records.len() > state.config.max_explain_records {
+        return Err(ApiError::bad_request(
+            "too_many_records_to_explain",
+            format!(
+                "{} records is over the limit of {} per request with explain=true (MLOPS_MAX_EXPLAIN_RECORDS); split the request or predict without explanations",
+                records.len(),
+                state.config.max_explain_records
+            ),
+        ));
+    }
     let request_id = current_request_id();
     let routing_key = headers
         .get("x-routing-key")
@@ -405,14 +415,14 @@ pub async fn model_info(
             name.chars().take(64).collect::<String>()
         ))
     })?;
-    let registry = state.models.registry();
-    let aliases = registry.aliases(&name).await?;
-    let versions = registry.versions(&name).await?;
+    // Answered from what the last refresh read: no registry call in the request.
     let first = routes
-        .by_alias
-        .get(&routes.split.variants[0].alias)
+        .split
+        .variants
+        .first()
+        .and_then(|v| routes.by_alias.get(&v.alias))
         .ok_or_else(|| ApiError::internal("split without a model"))?;
-    let card = registry.card(&name, first.version).await.ok();
+    let view = &routes.registry;
     let served = routes
         .split
         .variants
@@ -434,9 +444,9 @@ pub async fn model_info(
         name: name.clone(),
         task: first.manifest.task.to_string(),
         served,
-        aliases: aliases.aliases.into_iter().collect(),
-        versions,
-        card,
+        aliases: view.aliases.clone().into_iter().collect(),
+        versions: view.versions.clone(),
+        card: view.card.clone(),
         input_schema: first.manifest.schema.clone(),
         features: first.manifest.feature_names.clone(),
     };
@@ -444,7 +454,12 @@ pub async fn model_info(
     response.extensions_mut().insert(Served {
         model: name,
         version: Some(first.version),
-        variant: routes.split.variants[0].alias.clone(),
+        variant: routes
+            .split
+            .variants
+            .first()
+            .map(|v| v.alias.clone())
+            .unwrap_or_default(),
         records: 0,
     });
     Ok(response)
@@ -513,7 +528,10 @@ pub struct Ready {
         (status = 200, description = "Ready or degraded", body = Ready),
         (status = 503, description = "Not ready", body = Ready)
     ))]
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+pub async fn ready(
+    State(state): State<Arc<AppState>>,
+    probe: Option<axum::Extension<crate::auth::AnonymousProbe>>,
+) -> Response {
     state.models.refresh_if_due();
     let snapshot = state.models.snapshot();
     let refresh = state.models.refresh_state();
@@ -555,6 +573,16 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    };
+    // A probe without a key learns the status, nothing about models or the store.
+    let body = if probe.is_some() {
+        Ready {
+            models: Vec::new(),
+            error: None,
+            ..body
+        }
+    } else {
+        body
     };
     (code, Json(body)).into_response()
 }

@@ -766,3 +766,145 @@ async fn api_keys_401_403_and_scopes() {
         }
     }
 }
+
+#[tokio::test]
+async fn health_probes_need_no_key_and_learn_only_the_status() {
+    let f = fixture(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FileKeyStore::new(&dir.path().join("api-keys.json"));
+    let mut set = ApiKeySet::default();
+    let admin = set.create("ops", &[Scope::Admin]).unwrap();
+    keys.save(&set).await.unwrap();
+    let cache = Arc::new(KeyCache::new(Arc::new(keys), Duration::from_secs(60)));
+    let app = router(Arc::clone(&f.state), RouteSet::ALL)
+        .layer(axum::middleware::from_fn_with_state(cache, require_key));
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = Request::get(path);
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let (status, _, _) = call(&app, get("/health/live", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = call(&app, get("/health/ready", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["models"], json!([]), "{body}");
+    let (_, _, body) = call(&app, get("/health/ready", Some(&admin))).await;
+    assert_eq!(body["models"].as_array().unwrap().len(), 2, "{body}");
+    // Everything else still needs a key.
+    for path in ["/v1/models", "/metrics", "/v1/models/california_housing"] {
+        let (status, _, _) = call(&app, get(path, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn explanations_have_their_own_record_cap() {
+    let f = fixture(ServeConfig {
+        max_explain_records: 3,
+        ..config()
+    })
+    .await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let path = "/v1/models/california_housing/predict?explain=true";
+    let records = |n: usize| json!(vec![housing_record(); n]).to_string();
+    let (status, _, _) = call(&app, post(path, records(3))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = call(&app, post(path, records(4))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error"]["code"], "too_many_records_to_explain",
+        "{body}"
+    );
+    // Without explanations the general limit applies.
+    let (status, _, _) = call(
+        &app,
+        post("/v1/models/california_housing/predict", records(4)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn model_info_is_answered_without_reading_the_registry() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let (_, _, before) = call(
+        &app,
+        Request::get("/v1/models/california_housing")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    // The registry disappears: model info is still answered, the same, from memory.
+    std::fs::remove_dir_all(f._dir.path().join("store")).unwrap();
+    let (status, _, after) = call(
+        &app,
+        Request::get("/v1/models/california_housing")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(before, after);
+    assert_eq!(after["versions"].as_array().unwrap().len(), 1);
+    assert!(after["card"]["approval"].is_object(), "{after}");
+}
+
+/// A key store that takes `delay` to answer (a Secrets Manager that hangs).
+struct SlowKeys {
+    inner: FileKeyStore,
+    delay: std::sync::Mutex<Duration>,
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SlowKeys {
+    async fn load(&self) -> Result<ApiKeySet, mlops_domain::apikeys::KeyError> {
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.inner.load().await
+    }
+    async fn save(&self, keys: &ApiKeySet) -> Result<(), mlops_domain::apikeys::KeyError> {
+        self.inner.save(keys).await
+    }
+    fn describe(&self) -> String {
+        "slow keys".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_key_store_never_holds_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = FileKeyStore::new(&dir.path().join("api-keys.json"));
+    let mut set = ApiKeySet::default();
+    let key = set.create("app", &[Scope::Predict]).unwrap();
+    inner.save(&set).await.unwrap();
+    let slow = Arc::new(SlowKeys {
+        inner,
+        delay: std::sync::Mutex::new(Duration::ZERO),
+    });
+    let cache = Arc::new(KeyCache::new(slow.clone(), Duration::from_millis(50)));
+    let path = "/v1/models/m/predict";
+    cache.authorize(Some(&key), "POST", path).await.unwrap();
+    // The store now hangs for 30 s; the set goes stale.
+    *slow.delay.lock().unwrap() = Duration::from_secs(30);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (cache, key) = (Arc::clone(&cache), key.clone());
+            tokio::spawn(async move { cache.authorize(Some(&key), "POST", path).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    // One caller waits for the reload's 2 s deadline; the others use the cached set at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

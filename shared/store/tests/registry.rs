@@ -176,3 +176,41 @@ async fn concurrent_promotions_lose_no_update() {
     let revisions: Vec<u64> = state.history.iter().map(|e| e.revision).collect();
     assert_eq!(revisions, (1..=20).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_stored_traffic_split_is_checked_when_read() {
+    let (r, dir) = registry();
+    r.register("m", &sample_bundle(), RegisterOptions::default())
+        .await
+        .unwrap();
+    // Written by hand (or by an older build): no variants at all.
+    let path = dir.path().join("models/m/traffic.json");
+    std::fs::write(&path, r#"{"variants":[],"revision":3,"updated_by":"x"}"#).unwrap();
+    let e = r.traffic("m").await.unwrap_err().to_string();
+    assert!(e.contains("traffic.json") && e.contains("1 to"), "{e}");
+}
+
+#[test]
+fn a_pipeline_index_out_of_range_is_refused_at_load() {
+    let mut bundle = sample_bundle();
+    let p = &mut bundle.manifest.pipeline;
+    p.ratios.push(mlops_domain::features::FittedRatio {
+        name: "x_per_nothing".into(),
+        numerator: 0,
+        denominator: 7,
+        median: 1.0,
+    });
+    p.feature_names.push("x_per_nothing".into());
+    bundle.manifest.feature_names = p.feature_names.clone();
+    let manifest = bundle.manifest_bytes();
+    let files = bundle.all_files();
+    let e = mlops_domain::artifact::Bundle::from_parts("tampered", &manifest, |name| {
+        Ok(files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone()))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("refers to input 7"), "{e}");
+}

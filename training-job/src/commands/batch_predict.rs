@@ -55,6 +55,9 @@ pub struct BatchPredictArgs {
     /// Rows per output part (and per checkpoint).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub part_rows: u64,
+    /// MiB per ranged GET of an S3 input; two are held at once (one read, one fetched ahead).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub read_chunk_mib: u64,
 }
 
 /// Where the output goes: a store and a key prefix in it.
@@ -65,8 +68,6 @@ pub(crate) struct Output {
 
 /// The checkpoint object's name inside the output prefix.
 const CHECKPOINT: &str = "_checkpoint.json";
-/// Bytes fetched per ranged GET of an S3 input.
-const READ_CHUNK: u64 = 8 << 20;
 
 impl Output {
     fn key(&self, name: &str) -> String {
@@ -150,7 +151,7 @@ impl Input {
     }
 
     /// A reader from byte `offset` to the end (call from a blocking thread).
-    fn reader(&self, offset: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
+    fn reader(&self, offset: u64, chunk: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
             Self::File { path, .. } => {
                 let mut f = std::fs::File::open(path)
@@ -170,47 +171,75 @@ impl Input {
                 etag: etag.clone(),
                 next: offset,
                 end: *size,
+                chunk_size: chunk,
                 chunk: Vec::new(),
                 at: 0,
+                ahead: None,
                 handle: handle.clone(),
             }),
         })
     }
 }
 
-/// Reads an object in ranged GETs of [`READ_CHUNK`] bytes, each pinned to its ETag (an object
-/// replaced mid-job fails the job instead of mixing two inputs).
+/// Reads an object in ranged GETs of `chunk_size` bytes, each pinned to its ETag (an object
+/// replaced mid-job fails the job instead of mixing two inputs). The next range is fetched while
+/// the current one is parsed.
 struct RangeReader {
     store: Arc<dyn ObjectStore>,
     key: String,
     etag: ETag,
     next: u64,
     end: u64,
+    chunk_size: u64,
     chunk: Vec<u8>,
     at: usize,
+    ahead: Option<tokio::task::JoinHandle<Result<Vec<u8>, StoreError>>>,
     handle: Handle,
+}
+
+impl RangeReader {
+    /// Starts fetching the range after the last one asked for, if any is left.
+    fn fetch_ahead(&mut self) {
+        if self.next >= self.end {
+            return;
+        }
+        let to = (self.next + self.chunk_size).min(self.end);
+        let (store, key, etag, from) = (
+            Arc::clone(&self.store),
+            self.key.clone(),
+            self.etag.clone(),
+            self.next,
+        );
+        self.ahead = Some(
+            self.handle
+                .spawn(async move { store.get_range(&key, from, to, &etag).await }),
+        );
+        self.next = to;
+    }
 }
 
 impl Read for RangeReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.chunk.len() {
-            if self.next >= self.end {
-                return Ok(0);
+            if self.ahead.is_none() {
+                self.fetch_ahead();
             }
-            let to = (self.next + READ_CHUNK).min(self.end);
-            let fetch = self.store.get_range(&self.key, self.next, to, &self.etag);
-            self.chunk = self.handle.block_on(fetch).map_err(|e| match e {
+            let Some(fetch) = self.ahead.take() else {
+                return Ok(0);
+            };
+            let fetched = self.handle.block_on(fetch).map_err(std::io::Error::other)?;
+            self.chunk = fetched.map_err(|e| match e {
                 StoreError::PreconditionFailed { .. } => std::io::Error::other(format!(
                     "the input {} changed while the job read it",
                     self.key
                 )),
                 e => std::io::Error::other(e),
             })?;
+            self.at = 0;
+            self.fetch_ahead();
             if self.chunk.is_empty() {
                 return Ok(0);
             }
-            self.next += self.chunk.len() as u64;
-            self.at = 0;
         }
         let n = out.len().min(self.chunk.len() - self.at);
         out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
@@ -227,6 +256,7 @@ pub(crate) struct JobRun {
     pub input_name: String,
     pub output: Output,
     pub part_rows: u64,
+    pub read_chunk: u64,
     pub fingerprint: String,
 }
 
@@ -298,6 +328,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         input_name: input,
         output,
         part_rows: args.part_rows,
+        read_chunk: args.read_chunk_mib << 20,
         fingerprint,
     };
     let handle = Handle::current();
@@ -429,9 +460,13 @@ impl JobRun {
             );
         }
         let name = &self.input_name;
-        let mut header_reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_reader(self.input.reader(0, handle)?);
+        let mut header_reader =
+            csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_reader(
+                    self.input
+                        .reader(0, self.read_chunk.min(64 << 10), handle)?,
+                );
         let header = header_reader
             .headers()
             .with_context(|| format!("{name}: cannot read the header"))?
@@ -449,7 +484,10 @@ impl JobRun {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(false)
-            .from_reader(self.input.reader(checkpoint.input_offset, handle)?);
+            .from_reader(
+                self.input
+                    .reader(checkpoint.input_offset, self.read_chunk, handle)?,
+            );
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
         let mut records = Vec::with_capacity(self.part_rows.min(1 << 20) as usize);
         loop {
@@ -710,6 +748,7 @@ mod tests {
                 prefix: prefix.into(),
             },
             part_rows,
+            read_chunk: 1 << 20,
             fingerprint: "fingerprint".into(),
         }
     }
@@ -836,6 +875,51 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("superseded"), "{e}");
         assert!(checkpoint(&w.store, "out/").await.complete);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_input_read_in_small_ranges_gives_the_file_output() {
+        let w = world(40);
+        run_job(job(&w, Arc::clone(&w.store), "out/", 6))
+            .await
+            .unwrap();
+        let bytes = std::fs::read(w.dir.path().join("input.csv")).unwrap();
+        w.store
+            .put("in/input.csv", bytes, PutCondition::None)
+            .await
+            .unwrap();
+        let (size, etag) = w.store.head("in/input.csv").await.unwrap().unwrap();
+        for chunk in [1, 5, 64] {
+            let prefix = format!("ranges-{chunk}/");
+            let mut ranged = job(&w, Arc::clone(&w.store), &prefix, 6);
+            ranged.read_chunk = chunk;
+            ranged.input = Input::Object {
+                store: Arc::clone(&w.store),
+                key: "in/input.csv".into(),
+                uri: "in/input.csv".into(),
+                etag: etag.clone(),
+                size,
+            };
+            run_job(ranged).await.unwrap();
+            assert_eq!(
+                files(&w.store, &prefix).await,
+                files(&w.store, "out/").await
+            );
+        }
+        // A replaced input fails the job instead of mixing two inputs.
+        let mut stale = job(&w, Arc::clone(&w.store), "stale/", 6);
+        stale.input = Input::Object {
+            store: Arc::clone(&w.store),
+            key: "in/input.csv".into(),
+            uri: "in/input.csv".into(),
+            etag: ETag("not-the-current-tag".into()),
+            size,
+        };
+        let e = run_job(stale).await.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("changed while the job read it"),
+            "{e:#}"
+        );
     }
 
     #[test]

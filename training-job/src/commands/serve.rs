@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Print CloudWatch EMF metric lines to stdout.
     #[arg(long)]
     pub emf: bool,
+    /// Do not serve Prometheus metrics at /metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 /// Runs the server until Ctrl-C.
@@ -69,6 +72,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
     let state = AppState::start(registry, config, None).await;
     let set = RouteSet {
         batch: false,
+        metrics: !args.no_metrics,
         ..RouteSet::ALL
     };
     let mut app = router(Arc::clone(&state), set);
@@ -84,7 +88,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "serving {} from {} on http://{} (API keys {}; docs at /openapi.json, metrics at /metrics)",
+        "serving {} from {} on http://{} (API keys {}; docs at /openapi.json{})",
         if state.models.names().is_empty() {
             "no model yet".to_string()
         } else {
@@ -92,7 +96,12 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         },
         settings.store_uri(),
         listener.local_addr()?,
-        if auth { "required" } else { "off" }
+        if auth { "required" } else { "off" },
+        if args.no_metrics {
+            ""
+        } else {
+            ", metrics at /metrics"
+        }
     );
     // Keep models fresh while idle, too.
     let models = Arc::clone(&state.models);
