@@ -193,3 +193,200 @@ async fn promotion_under_load_and_s3_outage() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A TCP proxy to `upstream` that, once `hole` is set, stops answering: new connections are
+/// accepted and held, and open ones stop forwarding (a blackholed S3: connections hang, they are
+/// not refused).
+async fn blackhole_proxy(upstream: String, hole: Arc<AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        hole: Arc<AtomicBool>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if hole.load(Ordering::Relaxed) {
+                let _held = (&from, &to);
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let hole = hole.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if hole.load(Ordering::Relaxed) {
+                    let _held = &inbound;
+                    std::future::pending::<()>().await;
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::join!(pump(ri, wo, hole.clone()), pump(ro, wi, hole));
+            });
+        }
+    });
+    address
+}
+
+/// Latencies of `n` rounds of one predict and one model-info request, in milliseconds (sorted),
+/// and how many failed.
+async fn latencies(
+    client: &reqwest::Client,
+    base: &str,
+    seconds: f64,
+) -> (Vec<f64>, Vec<f64>, usize) {
+    let record = json!({
+        "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0, "total_rooms": 880.0,
+        "total_bedrooms": 129.0, "population": 322.0, "households": 126.0, "median_income": 8.3252,
+        "ocean_proximity": "NEAR BAY"
+    });
+    let (mut predict, mut info, mut failed) = (Vec::new(), Vec::new(), 0);
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let r = client
+            .post(format!("{base}/v1/models/california_housing/predict"))
+            .json(&record)
+            .send()
+            .await;
+        predict.push(t.elapsed().as_secs_f64() * 1e3);
+        failed += usize::from(!r.is_ok_and(|r| r.status() == 200));
+        let t = Instant::now();
+        let r = client
+            .get(format!("{base}/v1/models/california_housing"))
+            .send()
+            .await;
+        info.push(t.elapsed().as_secs_f64() * 1e3);
+        failed += usize::from(!r.is_ok_and(|r| r.status() == 200));
+    }
+    predict.sort_by(f64::total_cmp);
+    info.sort_by(f64::total_cmp);
+    (predict, info, failed)
+}
+
+fn p99(sorted: &[f64]) -> f64 {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_blackholed_requests_stay_fast_and_init_gives_up_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = mlops_e2e::moto_endpoint();
+    let bucket = unique("blackhole");
+    let s3 = mlops_store::S3Store::connect(mlops_store::S3Config {
+        bucket: bucket.clone(),
+        prefix: "registry".into(),
+        endpoint: Some(moto.clone()),
+        region: Some("us-east-1".into()),
+    })
+    .await;
+    s3.ensure_bucket().await.unwrap();
+    let store = format!("s3://{bucket}/registry");
+    let home = dir.path().join("home");
+    publish_housing(&home, &store, &moto, 42, true);
+    let hole = Arc::new(AtomicBool::new(false));
+    let proxy = blackhole_proxy(moto.trim_start_matches("http://").to_owned(), hole.clone()).await;
+    let predict = |name: &str| {
+        let port = free_port();
+        let mut c = Command::new(target_bin("predict"));
+        c.env("MLOPS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("MLOPS_STORE", &store)
+            .env("AWS_ENDPOINT_URL", &proxy)
+            .env("AWS_REGION", "us-east-1")
+            .env("MLOPS_REFRESH_SECONDS", "0.5")
+            .env("MLOPS_REGISTRY_DEADLINE_SECONDS", "1")
+            .env("RUST_LOG", "warn");
+        (
+            ProcessGroup::spawn(c, &dir.path().join(format!("{name}.log"))),
+            format!("http://127.0.0.1:{port}"),
+        )
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (_server, base) = predict("predict");
+    wait_ok(&client, &format!("{base}/health/ready")).await;
+    let (p_before, i_before, failed_before) = latencies(&client, &base, 3.0).await;
+    hole.store(true, Ordering::Relaxed);
+    let blackholed = Instant::now();
+    let (p_during, i_during, failed_during) = latencies(&client, &base, 5.0).await;
+    let worst = p_during.last().unwrap().max(*i_during.last().unwrap());
+    println!(
+        "S3 blackholed: predict p99 {:.2} ms before, {:.2} ms during ({} requests); model info p99 {:.2} ms before, {:.2} ms during; slowest request during {worst:.1} ms; failed {failed_before} + {failed_during}",
+        p99(&p_before),
+        p99(&p_during),
+        p_during.len(),
+        p99(&i_before),
+        p99(&i_during),
+    );
+    assert_eq!(failed_before + failed_during, 0);
+    assert!(worst < 1_000.0, "a request took {worst} ms");
+    assert!(
+        p99(&p_during) <= 2.0 * p99(&p_before) + 2.0,
+        "predict p99 {} ms vs {} ms",
+        p99(&p_during),
+        p99(&p_before)
+    );
+    let ready: Value = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    println!(
+        "degraded {:.1} s into the blackhole: {}",
+        blackholed.elapsed().as_secs_f64(),
+        ready["error"]
+    );
+    // A cold start while S3 hangs: the init gives up at its deadline and reports not ready.
+    let started = Instant::now();
+    let (_cold, cold_base) = predict("cold");
+    wait_live(&client, &format!("{cold_base}/health/live")).await;
+    let live_after = started.elapsed();
+    let r = client
+        .get(format!("{cold_base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let ready: Value = r.json().await.unwrap();
+    println!(
+        "cold start with S3 blackholed: live after {:.2} s, ready {status}: {ready}",
+        live_after.as_secs_f64()
+    );
+    assert_eq!(status, 503);
+    assert_eq!(ready["status"], "not_ready");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer within"),
+        "{ready}"
+    );
+    assert!(live_after < Duration::from_secs(3), "{live_after:?}");
+}
+
+async fn wait_live(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
