@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mlops_domain::store::ObjectStore;
 use mlops_e2e::{ProcessGroup, free_port, mlops_cli, publish_housing, python, target_bin, unique};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -389,4 +390,87 @@ async fn wait_live(client: &reqwest::Client, url: &str) {
         assert!(Instant::now() < deadline, "{url} never answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prediction_logs_survive_a_shutdown_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = mlops_e2e::moto_endpoint();
+    let bucket = unique("predlog");
+    let s3 = mlops_store::S3Store::connect(mlops_store::S3Config {
+        bucket: bucket.clone(),
+        prefix: "registry".into(),
+        endpoint: Some(moto.clone()),
+        region: Some("us-east-1".into()),
+    })
+    .await;
+    s3.ensure_bucket().await.unwrap();
+    let store = format!("s3://{bucket}/registry");
+    publish_housing(&dir.path().join("home"), &store, &moto, 42, true);
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("predict.log")).unwrap();
+    // Nothing is written before the shutdown: one batch of a million, flushed hourly.
+    let mut server = Command::new(target_bin("predict"))
+        .env("MLOPS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MLOPS_STORE", &store)
+        .env("AWS_ENDPOINT_URL", &moto)
+        .env("AWS_REGION", "us-east-1")
+        .env("MLOPS_PREDICTION_LOG_BATCH", "1000000")
+        .env("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "3600")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_ok(&client, &format!("{base}/health/ready")).await;
+    let record = json!({
+        "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0, "total_rooms": 880.0,
+        "total_bedrooms": 129.0, "population": 322.0, "households": 126.0, "median_income": 8.3252,
+        "ocean_proximity": "NEAR BAY"
+    });
+    let body = json!(vec![record; 10]);
+    let predicted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, body, predicted) = (client.clone(), body.clone(), predicted.clone());
+        let url = format!("{base}/v1/models/california_housing/predict");
+        workers.push(tokio::spawn(async move {
+            // Until the server goes away: every answered request's records count as sent.
+            while let Ok(r) = client.post(&url).json(&body).send().await {
+                if r.status() == 200 {
+                    predicted.fetch_add(10, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
+        .await
+        .unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let sent = predicted.load(Ordering::Relaxed);
+    let mut stored = 0u64;
+    for key in s3.list("prediction-logs/").await.unwrap() {
+        let object = s3.get(&key).await.unwrap().unwrap();
+        stored += object
+            .bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64;
+    }
+    println!(
+        "prediction log across a SIGTERM mid-stream: {sent} records predicted, {stored} in the store (exit {status})"
+    );
+    assert!(status.success(), "{status}");
+    assert!(sent > 100, "only {sent} records sent");
+    assert_eq!(stored, sent);
 }

@@ -2,9 +2,12 @@
 //! are handled by the shared serving router. Outside Lambda, `MLOPS_LISTEN=127.0.0.1:PORT` serves
 //! the same router over plain HTTP (used to measure cold starts).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
 use mlops_serving::{AppState, PlatformRequestId, RouteSet, ServeConfig, router};
@@ -20,6 +23,43 @@ async fn platform_request_id(mut request: Request) -> Request {
         request.extensions_mut().insert(PlatformRequestId(id));
     }
     request
+}
+
+/// Ends an invocation with a flush of the prediction log once its oldest buffered record is older
+/// than `MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS`: between invocations Lambda freezes the
+/// environment, and with it the writer's timer.
+async fn flush_old_predictions(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    if let Some(log) = &state.predictions_log {
+        let bounded = tokio::time::timeout(
+            state.config.registry_deadline,
+            log.flush_if_older(state.config.prediction_log_max_age),
+        );
+        if bounded.await.is_err() {
+            tracing::warn!("prediction log flush at the end of the invocation ran out of time");
+        }
+    }
+    response
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[tokio::main]
@@ -45,8 +85,35 @@ async fn main() -> Result<(), lambda_http::Error> {
     if let Ok(addr) = std::env::var("MLOPS_LISTEN") {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        axum::serve(listener, app).await?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(terminated())
+            .await?;
+        if let Some(log) = &state.predictions_log {
+            log.flush().await;
+            tracing::info!(
+                written = log.written(),
+                dropped = log.dropped(),
+                "prediction log flushed at shutdown"
+            );
+        }
         return Ok(());
     }
+    // Lambda sends SIGTERM before it shuts an environment down (the runtime registers an
+    // extension so that it does); what is buffered is written then, within Lambda's 500 ms.
+    if let Some(log) = state.predictions_log.clone() {
+        lambda_runtime::spawn_graceful_shutdown_handler(move || async move {
+            if tokio::time::timeout(Duration::from_millis(450), log.flush())
+                .await
+                .is_err()
+            {
+                tracing::warn!("prediction log flush at shutdown ran out of time");
+            }
+        })
+        .await;
+    }
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state),
+        flush_old_predictions,
+    ));
     lambda_http::run(app).await
 }

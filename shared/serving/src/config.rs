@@ -30,6 +30,10 @@ pub struct ServeConfig {
     pub prediction_log_batch: usize,
     /// Longest a logged prediction waits before its batch is written.
     pub prediction_log_flush: Duration,
+    /// Most bytes of prediction-log records held in memory (queued or awaiting a retry).
+    pub prediction_log_max_bytes: usize,
+    /// In Lambda, an invocation ends with a flush once the oldest buffered record is this old.
+    pub prediction_log_max_age: Duration,
     /// Origins allowed by CORS (empty: no CORS headers).
     pub cors_allow_origins: Vec<String>,
 }
@@ -49,6 +53,8 @@ impl Default for ServeConfig {
             prediction_log: true,
             prediction_log_batch: 1_000,
             prediction_log_flush: Duration::from_secs(5),
+            prediction_log_max_bytes: 64 << 20,
+            prediction_log_max_age: Duration::from_secs(60),
             cors_allow_origins: Vec::new(),
         }
     }
@@ -90,9 +96,11 @@ fn list(text: &str) -> Vec<String> {
 
 impl ServeConfig {
     /// Reads `MLOPS_MODELS`, `MLOPS_ALIAS`, `MLOPS_REFRESH_SECONDS`, `MLOPS_MAX_RECORDS`,
-    /// `MLOPS_MAX_EXPLAIN_RECORDS`, `MLOPS_REGISTRY_DEADLINE_SECONDS`, `MLOPS_MAX_BODY_BYTES`, `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
-    /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`, `MLOPS_CORS_ORIGINS`
-    /// over the defaults. EMF is on by default inside Lambda.
+    /// `MLOPS_MAX_EXPLAIN_RECORDS`, `MLOPS_REGISTRY_DEADLINE_SECONDS`, `MLOPS_MAX_BODY_BYTES`,
+    /// `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
+    /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`,
+    /// `MLOPS_PREDICTION_LOG_MAX_BYTES`, `MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS`,
+    /// `MLOPS_CORS_ORIGINS` over the defaults. EMF is on by default inside Lambda.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut c = Self {
             emf: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
@@ -158,6 +166,16 @@ impl ServeConfig {
         if let Some(s) = parse_env::<f64>("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "expected seconds")?
         {
             c.prediction_log_flush = Duration::from_secs_f64(s.clamp(0.0, 3600.0));
+        }
+        if let Some(n) =
+            parse_env::<usize>("MLOPS_PREDICTION_LOG_MAX_BYTES", "expected a whole number")?
+        {
+            c.prediction_log_max_bytes = n.max(1);
+        }
+        if let Some(s) =
+            parse_env::<f64>("MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS", "expected seconds")?
+        {
+            c.prediction_log_max_age = Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
         }
         if let Ok(o) = std::env::var("MLOPS_CORS_ORIGINS") {
             c.cors_allow_origins = list(&o);

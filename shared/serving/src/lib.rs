@@ -34,7 +34,7 @@ use mlops_domain::registry::Registry;
 pub use crate::config::ServeConfig;
 use crate::metrics::{Metrics, Served};
 use crate::models::ModelSet;
-use crate::predlog::PredictionLog;
+use crate::predlog::{LogLimits, PredictionLog};
 
 /// Everything the handlers share, built once at start (Lambda init).
 pub struct AppState {
@@ -67,11 +67,17 @@ impl AppState {
             config.registry_deadline,
         ));
         let errors = models.refresh().await;
+        let metrics = Metrics::new(config.emf, &config.metrics_namespace);
         let predictions_log = config.prediction_log.then(|| {
             PredictionLog::start(
                 Arc::clone(registry.store()),
-                config.prediction_log_batch,
-                config.prediction_log_flush,
+                LogLimits {
+                    batch: config.prediction_log_batch,
+                    flush_every: config.prediction_log_flush,
+                    max_bytes: config.prediction_log_max_bytes,
+                },
+                metrics.prediction_log_dropped.clone(),
+                metrics.prediction_log_written.clone(),
             )
         });
         tracing::info!(
@@ -81,7 +87,7 @@ impl AppState {
             "serving state ready"
         );
         Arc::new(Self {
-            metrics: Metrics::new(config.emf, &config.metrics_namespace),
+            metrics,
             models,
             config,
             predictions_log,

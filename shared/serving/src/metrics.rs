@@ -43,6 +43,11 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     predictions: Family<LatencyLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    /// Prediction-log records dropped (queue full, or the backlog over its bound while the
+    /// store failed).
+    pub prediction_log_dropped: Counter,
+    /// Prediction-log records written to the store.
+    pub prediction_log_written: Counter,
     emf: bool,
     namespace: String,
 }
@@ -78,11 +83,25 @@ impl Metrics {
             "Request latency inside the server",
             latency.clone(),
         );
+        let prediction_log_dropped = Counter::default();
+        let prediction_log_written = Counter::default();
+        registry.register(
+            "prediction_log_dropped_records",
+            "Prediction-log records dropped before reaching the store",
+            prediction_log_dropped.clone(),
+        );
+        registry.register(
+            "prediction_log_written_records",
+            "Prediction-log records written to the store",
+            prediction_log_written.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             predictions,
             latency,
+            prediction_log_dropped,
+            prediction_log_written,
             emf,
             namespace: namespace.into(),
         }
