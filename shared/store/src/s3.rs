@@ -247,7 +247,8 @@ impl ObjectStore for S3Store {
             key: key.into(),
             message: e.to_string(),
         })?;
-        Ok(bytes.into_bytes().to_vec())
+        // One copy from the received segments (into_bytes would make a second).
+        Ok(bytes.to_vec())
     }
 
     async fn put(

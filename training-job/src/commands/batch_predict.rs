@@ -55,6 +55,10 @@ pub struct BatchPredictArgs {
     /// Rows per output part (and per checkpoint).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub part_rows: u64,
+    /// A part also ends once it holds this many MiB of input, so memory stays bounded whatever
+    /// the rows' width (parts stay small enough for one PUT each).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub part_mib: u64,
     /// MiB per ranged GET of an S3 input; two are held at once (one read, one fetched ahead).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub read_chunk_mib: u64,
@@ -256,6 +260,7 @@ pub(crate) struct JobRun {
     pub input_name: String,
     pub output: Output,
     pub part_rows: u64,
+    pub part_bytes: u64,
     pub read_chunk: u64,
     pub fingerprint: String,
 }
@@ -314,10 +319,11 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let source = Input::open(&input, settings).await?;
     let fingerprint = sha256_hex(
         format!(
-            "{model}\n{version}\n{}\n{}\n{}",
+            "{model}\n{version}\n{}\n{}\n{}\n{}",
             bundle.digest(),
             source.identity(),
-            args.part_rows
+            args.part_rows,
+            args.part_mib
         )
         .as_bytes(),
     );
@@ -328,6 +334,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         input_name: input,
         output,
         part_rows: args.part_rows,
+        part_bytes: args.part_mib << 20,
         read_chunk: args.read_chunk_mib << 20,
         fingerprint,
     };
@@ -493,7 +500,10 @@ impl JobRun {
         loop {
             records.clear();
             let mut record = csv::StringRecord::new();
-            while (records.len() as u64) < self.part_rows {
+            let part_start = reader.position().byte();
+            while (records.len() as u64) < self.part_rows
+                && reader.position().byte() - part_start < self.part_bytes
+            {
                 match reader.read_record(&mut record) {
                     Ok(true) => records.push(Ok(record.clone())),
                     Ok(false) => break,
@@ -748,6 +758,7 @@ mod tests {
                 prefix: prefix.into(),
             },
             part_rows,
+            part_bytes: 1 << 30,
             read_chunk: 1 << 20,
             fingerprint: "fingerprint".into(),
         }
@@ -848,6 +859,17 @@ mod tests {
         assert!(a.is_ok() || b.is_ok());
         same_as_one_run(&w, 3_000, 7).await.unwrap();
         assert!(checkpoint(&w.store, "out/").await.generation >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_end_at_their_byte_bound_too() {
+        let w = world(100);
+        let mut bounded = job(&w, Arc::clone(&w.store), "out/", 1_000);
+        bounded.part_bytes = 60; // about ten 5-byte rows
+        run_job(bounded).await.unwrap();
+        let c = checkpoint(&w.store, "out/").await;
+        assert!(c.complete && c.rows_done == 100);
+        assert!(c.parts.len() >= 8, "{} parts", c.parts.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
