@@ -20,7 +20,9 @@ for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/moto-api
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 DATA="$ROOT/../shared/data/california_housing.csv"
 COPIES="${BATCHBENCH_COPIES:-49}"
-CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-64}"
+CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-16}"
+# moto reads a whole object for every ranged GET: bigger ranges keep the concurrency check short.
+CONCURRENT_CHUNK_MIB="${BATCHBENCH_CONCURRENT_CHUNK_MIB:-$CHUNK_MIB}"
 { head -1 "$DATA"; for _ in $(seq 1 "$COPIES"); do tail -n +2 "$DATA"; done; } >"$RUN/input.csv"
 "$MLOPS_VENV/bin/python" - "$PORT" "$RUN/input.csv" <<'PY'
 import sys, boto3
@@ -48,15 +50,15 @@ for model in "${models[@]}"; do
   peak_rss "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model "$1" --version "$2" \
     --input s3://batchbench/input.csv --output "s3://batchbench/out-$1" --read-chunk-mib "$CHUNK_MIB" 2>&1 | tail -2
 done
-echo "== two concurrent runs of the linear job into one output"
+echo "== two concurrent runs of the linear job into one output (ranged GETs of $CONCURRENT_CHUNK_MIB MiB)"
 for run in a b; do
   "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model housing_linear --version 1 \
-    --input s3://batchbench/input.csv --output s3://batchbench/out-concurrent --read-chunk-mib "$CHUNK_MIB" \
+    --input s3://batchbench/input.csv --output s3://batchbench/out-concurrent --read-chunk-mib "$CONCURRENT_CHUNK_MIB" \
     >"$RUN/concurrent-$run.log" 2>&1 &
   pids_runs+=($!)
 done
 for p in "${pids_runs[@]}"; do wait "$p" || true; done
-tail -1 "$RUN/concurrent-a.log" "$RUN/concurrent-b.log"
+tail -n 1 "$RUN/concurrent-a.log" "$RUN/concurrent-b.log"
 "$MLOPS_VENV/bin/python" - "$PORT" <<'PY'
 import sys, hashlib, boto3
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")

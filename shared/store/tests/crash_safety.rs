@@ -1,313 +1,27 @@
-//! Crash safety of the registry and the batch-job state machines on the real local store: each
-//! operation is cut at every one of its steps (store writes, queue calls) by each kind of fault,
-//! then retried, and its invariants are checked (`mlops_domain::faults::explore`). Each test
-//! prints the crash points it enumerated (`cargo test -- --nocapture`).
+//! Crash safety of the registry and the batch-job state machines on the real local store (the
+//! same scenarios run on moto S3 in `tests/e2e/crash_safety_s3.rs`). Each test prints the crash
+//! points it enumerated (`cargo test -- --nocapture`).
 
-use std::collections::BTreeMap;
+#[path = "scenarios/crash.rs"]
+mod crash;
+
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use chrono::TimeDelta;
-use mlops_domain::batch_jobs::{BatchJobs, NewJob, job_id_for_key, queue_job_name};
-use mlops_domain::faults::{CrashScenario, FaultPlan, MemoryQueue, explore};
-use mlops_domain::gate::GateDecision;
-use mlops_domain::jobs::{BatchJob, JobQueue, JobState, input_key, job_key};
-use mlops_domain::metrics::Metric;
-use mlops_domain::registry::{
-    AliasAction, CHALLENGER, CHAMPION, RegisterOptions, Registry, VersionRecord,
-};
-use mlops_domain::schema::Task;
-use mlops_domain::store::{ObjectStore, PutCondition};
+use crash::*;
+use mlops_domain::batch_jobs::{BatchJobs, NewJob};
+use mlops_domain::faults::FaultPlan;
+use mlops_domain::jobs::{JobQueue, JobState};
+use mlops_domain::registry::{RegisterOptions, Registry};
+use mlops_domain::store::PutCondition;
 use mlops_domain::testing::sample_bundle;
 use mlops_store::LocalStore;
 
-const MODEL: &str = "housing";
-
 /// A local store in a temporary directory.
-struct Disk {
-    store: Arc<dyn ObjectStore>,
-    _dir: tempfile::TempDir,
-}
-
-fn disk() -> Disk {
+async fn fresh_store() -> Disk {
     let dir = tempfile::tempdir().unwrap();
     Disk {
         store: Arc::new(LocalStore::new(dir.path())),
-        _dir: dir,
-    }
-}
-
-fn keyed(key: &str) -> RegisterOptions {
-    RegisterOptions {
-        idempotency_key: Some(key.into()),
-        registered_by: "job".into(),
-    }
-}
-
-/// Invariants every registry state must keep: versions numbered 1..=n with loadable bundles and
-/// cards, at most one version per idempotency key, alias revisions matching the audit log.
-async fn registry_invariants(r: &Registry) -> Result<Vec<VersionRecord>, String> {
-    let versions = r.versions(MODEL).await.map_err(|e| e.to_string())?;
-    let mut keys = BTreeMap::new();
-    for (i, v) in versions.iter().enumerate() {
-        if v.version != i as u64 + 1 {
-            return Err(format!("version numbers have a gap at {}", v.version));
-        }
-        r.load_bundle(v)
-            .await
-            .map_err(|e| format!("v{}: {e}", v.version))?;
-        r.card(MODEL, v.version)
-            .await
-            .map_err(|e| format!("v{} has no card: {e}", v.version))?;
-        if let Some(k) = &v.idempotency_key
-            && let Some(other) = keys.insert(k.clone(), v.version)
-        {
-            return Err(format!(
-                "key {k} registered twice: v{other} and v{}",
-                v.version
-            ));
-        }
-    }
-    let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
-    if state.revision != state.history.len() as u64 {
-        return Err(format!(
-            "alias revision {} but {} audit entries",
-            state.revision,
-            state.history.len()
-        ));
-    }
-    let mut replay = BTreeMap::new();
-    for (i, e) in state.history.iter().enumerate() {
-        if e.revision != i as u64 + 1 || replay.get(&e.alias).copied() != e.from {
-            return Err(format!(
-                "audit entry {i} does not follow the one before: {e:?}"
-            ));
-        }
-        replay.insert(e.alias.clone(), e.to);
-    }
-    if replay != state.aliases {
-        return Err(format!(
-            "aliases {:?} are not the audit log's {replay:?}",
-            state.aliases
-        ));
-    }
-    Ok(versions)
-}
-
-/// Registration with an idempotency key (the training job's `AWS_BATCH_JOB_ID`), next to an
-/// earlier version registered without one.
-struct Register;
-
-#[async_trait]
-impl CrashScenario for Register {
-    type World = Disk;
-    async fn world(&self) -> Disk {
-        let d = disk();
-        Registry::new(Arc::clone(&d.store))
-            .register(MODEL, &sample_bundle(), RegisterOptions::default())
-            .await
-            .unwrap();
-        d
-    }
-    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        let r = Registry::new(plan.store(Arc::clone(&d.store)));
-        r.register(MODEL, &sample_bundle(), keyed("batch-job-1"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        let v = Registry::new(Arc::clone(&d.store))
-            .register(MODEL, &sample_bundle(), keyed("batch-job-1"))
-            .await
-            .map_err(|e| e.to_string())?;
-        (v.version == 2)
-            .then_some(())
-            .ok_or(format!("the retry got v{}", v.version))
-    }
-    async fn check(&self, d: &Disk) -> Result<(), String> {
-        let versions = registry_invariants(&Registry::new(Arc::clone(&d.store))).await?;
-        let keyed = versions.iter().filter(|v| v.idempotency_key.is_some());
-        (versions.len() == 2 && keyed.count() == 1)
-            .then_some(())
-            .ok_or(format!("{} versions after the retry", versions.len()))
-    }
-}
-
-/// A registry with v1 champion (approved) and v2 registered.
-async fn two_versions() -> Disk {
-    let d = disk();
-    let r = Registry::new(Arc::clone(&d.store));
-    for _ in 0..2 {
-        r.register(MODEL, &sample_bundle(), RegisterOptions::default())
-            .await
-            .unwrap();
-    }
-    r.approve_card(MODEL, 1, "alice", "ok").await.unwrap();
-    r.promote(MODEL, CHAMPION, 1, "alice", "first")
-        .await
-        .unwrap();
-    d
-}
-
-fn events(state: &mlops_domain::registry::AliasState, alias: &str, to: u64) -> usize {
-    state
-        .history
-        .iter()
-        .filter(|e| e.alias == alias && e.to == to)
-        .count()
-}
-
-/// The champion–challenger gate promoting v2 (challenger, card approval, champion).
-struct Gate {
-    promote: bool,
-}
-
-#[async_trait]
-impl CrashScenario for Gate {
-    type World = Disk;
-    async fn world(&self) -> Disk {
-        two_versions().await
-    }
-    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        let decision = GateDecision::decide(
-            Metric::primary(Task::Regression),
-            if self.promote { 0.40 } else { 0.50 },
-            Some(0.45),
-            0.01,
-        );
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .apply_gate(MODEL, 2, &decision, "job")
-            .await
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
-    async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
-        let champion = if self.promote { 2 } else { 1 };
-        let approved = r.card(MODEL, 2).await.unwrap().approval.is_some();
-        let ok = state.aliases.get(CHALLENGER) == Some(&2)
-            && state.aliases.get(CHAMPION) == Some(&champion)
-            && events(&state, CHALLENGER, 2) == 1
-            && events(&state, CHAMPION, 2) == usize::from(self.promote)
-            && approved == self.promote;
-        ok.then_some(()).ok_or(format!(
-            "after the gate: {:?}, v2 approved {approved}",
-            state.aliases
-        ))
-    }
-}
-
-/// `registry promote` of v2 to challenger.
-struct Promote;
-
-#[async_trait]
-impl CrashScenario for Promote {
-    type World = Disk;
-    async fn world(&self) -> Disk {
-        two_versions().await
-    }
-    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .promote(MODEL, CHALLENGER, 2, "bob", "try it")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
-    async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
-        (events(&state, CHALLENGER, 2) == 1)
-            .then_some(())
-            .ok_or(format!("challenger events: {:?}", state.history))
-    }
-}
-
-/// `registry rollback --request-id` of the champion from v2 to v1.
-struct Rollback;
-
-#[async_trait]
-impl CrashScenario for Rollback {
-    type World = Disk;
-    async fn world(&self) -> Disk {
-        let d = two_versions().await;
-        let r = Registry::new(Arc::clone(&d.store));
-        r.approve_card(MODEL, 2, "alice", "ok").await.unwrap();
-        r.promote(MODEL, CHAMPION, 2, "alice", "second")
-            .await
-            .unwrap();
-        d
-    }
-    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .rollback(MODEL, CHAMPION, "bob", "regression", Some("incident-7"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
-    async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
-        let rollbacks = state
-            .history
-            .iter()
-            .filter(|e| e.action == AliasAction::Rollback)
-            .count();
-        (state.aliases.get(CHAMPION) == Some(&1) && rollbacks == 1)
-            .then_some(())
-            .ok_or(format!(
-                "{rollbacks} rollbacks, aliases {:?}",
-                state.aliases
-            ))
-    }
-}
-
-/// Card approval of v2.
-struct ApproveCard;
-
-#[async_trait]
-impl CrashScenario for ApproveCard {
-    type World = Disk;
-    async fn world(&self) -> Disk {
-        two_versions().await
-    }
-    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .approve_card(MODEL, 2, "carol", "reviewed")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
-    async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let card = r.card(MODEL, 2).await.map_err(|e| e.to_string())?;
-        card.approval
-            .filter(|a| a.approved_by == "carol")
-            .map(drop)
-            .ok_or("v2's card is not approved by carol".into())
-    }
-}
-
-async fn explore_and_print<S: CrashScenario>(name: &str, scenario: &S) {
-    match explore(scenario).await {
-        Ok(report) => println!("{name}: {report}"),
-        Err(e) => panic!("{name}: {e}"),
+        _guard: Box::new(dir),
     }
 }
 
@@ -331,7 +45,7 @@ async fn promote_rollback_and_approval_converge_at_every_crash_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_with_one_key_make_one_version() {
-    let d = disk();
+    let d = disk().await;
     let r = Registry::new(Arc::clone(&d.store));
     let tasks: Vec<_> = (0..8)
         .map(|i| {
@@ -363,7 +77,7 @@ async fn concurrent_registrations_with_one_key_make_one_version() {
 #[tokio::test]
 async fn a_claim_from_before_reservations_is_recovered_from_the_version_record() {
     // The old code claimed the key, wrote the version, and died before completing the claim.
-    let d = disk();
+    let d = disk().await;
     let r = Registry::new(Arc::clone(&d.store));
     let v1 = r
         .register(MODEL, &sample_bundle(), keyed("old-job"))
@@ -390,215 +104,6 @@ async fn a_claim_from_before_reservations_is_recovered_from_the_version_record()
     assert_eq!(r.versions(MODEL).await.unwrap().len(), 1);
 }
 
-// --- batch jobs ------------------------------------------------------------------------------
-
-/// A store and an in-memory queue.
-struct Jobs {
-    disk: Disk,
-    queue: Arc<MemoryQueue>,
-}
-
-fn jobs_world() -> Jobs {
-    Jobs {
-        disk: disk(),
-        queue: Arc::new(MemoryQueue::default()),
-    }
-}
-
-fn service(store: Arc<dyn ObjectStore>, queue: Arc<dyn JobQueue>) -> BatchJobs {
-    // Takeover at once: the retry in these tests comes after the crashed request is gone.
-    BatchJobs::new(store, Some(queue)).with_takeover(TimeDelta::zero())
-}
-
-fn faulty(w: &Jobs, plan: &FaultPlan) -> BatchJobs {
-    let queue: Arc<dyn JobQueue> = w.queue.clone();
-    service(plan.store(Arc::clone(&w.disk.store)), plan.queue(queue))
-}
-
-fn plain(w: &Jobs) -> BatchJobs {
-    service(Arc::clone(&w.disk.store), w.queue.clone())
-}
-
-fn new_job() -> NewJob {
-    NewJob {
-        model: MODEL.into(),
-        version: 1,
-        alias: None,
-        input_uri: Some("s3://inputs/houses.csv".into()),
-        request_sha256: "r1".into(),
-    }
-}
-
-async fn all_jobs(w: &Jobs) -> Vec<BatchJob> {
-    let mut out = Vec::new();
-    for key in w.disk.store.list("batch-jobs/").await.unwrap() {
-        if key.ends_with("/job.json") {
-            let bytes = w.disk.store.get(&key).await.unwrap().unwrap().bytes;
-            out.push(serde_json::from_slice(&bytes).unwrap());
-        }
-    }
-    out
-}
-
-/// Every job is queued with exactly its one submission, or failed with none; `queued` counts the
-/// queued ones.
-async fn jobs_invariants(w: &Jobs, queued: usize) -> Result<(), String> {
-    let submissions = w.queue.submissions();
-    let mut seen = 0;
-    for job in all_jobs(w).await {
-        let mine: Vec<_> = submissions
-            .iter()
-            .filter(|(_, s)| s.name == queue_job_name(&job.id))
-            .collect();
-        match job.state {
-            JobState::Queued
-                if mine.len() == 1 && job.queue_job_id.as_ref() == Some(&mine[0].0) =>
-            {
-                seen += 1
-            }
-            JobState::Failed if mine.is_empty() => {}
-            _ => {
-                return Err(format!(
-                    "job {} is {:?} (queue id {:?}) with {} submissions",
-                    job.id,
-                    job.state,
-                    job.queue_job_id,
-                    mine.len()
-                ));
-            }
-        }
-    }
-    (seen == queued && submissions.len() == queued)
-        .then_some(())
-        .ok_or(format!(
-            "{seen} queued jobs, {} submissions, expected {queued}",
-            submissions.len()
-        ))
-}
-
-/// `POST /v1/batch-jobs` with an `Idempotency-Key`, retried with the same key.
-struct CreateWithKey;
-
-#[async_trait]
-impl CrashScenario for CreateWithKey {
-    type World = Jobs;
-    async fn world(&self) -> Jobs {
-        jobs_world()
-    }
-    async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .create(new_job(), Some("client-key-1"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, w: &Jobs) -> Result<(), String> {
-        let created = plain(w)
-            .create(new_job(), Some("client-key-1"))
-            .await
-            .map_err(|e| e.to_string())?;
-        (created.job.id == job_id_for_key("client-key-1") && created.job.state == JobState::Queued)
-            .then_some(())
-            .ok_or(format!("the retry left the job {:?}", created.job.state))
-    }
-    async fn check(&self, w: &Jobs) -> Result<(), String> {
-        jobs_invariants(w, 1).await
-    }
-}
-
-/// `POST /v1/batch-jobs` without a key: the client never learns the id if the request dies, so
-/// the recovery is any later `GET` of the job (an operator finding it in the store).
-struct CreateWithoutKey;
-
-#[async_trait]
-impl CrashScenario for CreateWithoutKey {
-    type World = Jobs;
-    async fn world(&self) -> Jobs {
-        jobs_world()
-    }
-    async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .create(new_job(), None)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, w: &Jobs) -> Result<(), String> {
-        for job in all_jobs(w).await {
-            let view = plain(w).get(&job.id).await.map_err(|e| e.to_string())?;
-            if view.job.state == JobState::Submitting {
-                return Err(format!("job {} is still submitting", job.id));
-            }
-        }
-        Ok(())
-    }
-    async fn check(&self, w: &Jobs) -> Result<(), String> {
-        let queued = w.queue.submissions().len();
-        if queued > 1 {
-            return Err(format!("{queued} submissions for one request"));
-        }
-        jobs_invariants(w, queued).await
-    }
-}
-
-/// `POST /v1/batch-jobs/{id}/start` after the input was uploaded, retried.
-struct Start;
-
-const UPLOADED: &str = "0123456789abcdef0123456789abcdef";
-
-#[async_trait]
-impl CrashScenario for Start {
-    type World = Jobs;
-    async fn world(&self) -> Jobs {
-        let w = jobs_world();
-        let now = chrono::Utc::now();
-        let job = BatchJob {
-            id: UPLOADED.into(),
-            model: MODEL.into(),
-            version: 1,
-            alias: None,
-            input_uri: w.disk.store.uri(&input_key(UPLOADED)),
-            output_uri: "out".into(),
-            state: JobState::AwaitingUpload,
-            queue_job_id: None,
-            reason: None,
-            request_sha256: "r".into(),
-            created_at: now,
-            updated_at: now,
-        };
-        let store = &w.disk.store;
-        store
-            .put(
-                &job_key(UPLOADED),
-                serde_json::to_vec(&job).unwrap(),
-                PutCondition::IfAbsent,
-            )
-            .await
-            .unwrap();
-        store
-            .put(&input_key(UPLOADED), b"x\n1\n".to_vec(), PutCondition::None)
-            .await
-            .unwrap();
-        w
-    }
-    async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .start(UPLOADED)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, w: &Jobs) -> Result<(), String> {
-        let job = plain(w).start(UPLOADED).await.map_err(|e| e.to_string())?;
-        (job.state == JobState::Queued)
-            .then_some(())
-            .ok_or(format!("the retry left the job {:?}", job.state))
-    }
-    async fn check(&self, w: &Jobs) -> Result<(), String> {
-        jobs_invariants(w, 1).await
-    }
-}
-
 #[tokio::test]
 async fn batch_job_create_and_start_converge_at_every_crash_point() {
     explore_and_print("batch-job create (Idempotency-Key)", &CreateWithKey).await;
@@ -608,7 +113,7 @@ async fn batch_job_create_and_start_converge_at_every_crash_point() {
 
 #[tokio::test]
 async fn nothing_is_claimed_without_a_queue() {
-    let w = jobs_world();
+    let w = jobs_world().await;
     let jobs = BatchJobs::new(Arc::clone(&w.disk.store), None);
     let e = jobs.create(new_job(), Some("k")).await.unwrap_err();
     assert!(e.to_string().contains("MLOPS_BATCH_QUEUE"), "{e}");
@@ -621,7 +126,7 @@ async fn nothing_is_claimed_without_a_queue() {
 #[tokio::test]
 async fn a_fresh_submitting_record_is_not_taken_over() {
     // A request still inside the takeover window owns its record: a concurrent retry reports it.
-    let w = jobs_world();
+    let w = jobs_world().await;
     let queue: Arc<dyn JobQueue> = w.queue.clone();
     let crashed = FaultPlan::at(2, mlops_domain::faults::Fault::Crash);
     let _ = BatchJobs::new(
@@ -643,7 +148,7 @@ async fn a_fresh_submitting_record_is_not_taken_over() {
 
 #[tokio::test]
 async fn the_same_key_with_another_request_is_refused() {
-    let w = jobs_world();
+    let w = jobs_world().await;
     plain(&w).create(new_job(), Some("k")).await.unwrap();
     let other = NewJob {
         request_sha256: "r2".into(),
