@@ -20,7 +20,7 @@ for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/moto-api
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 DATA="$ROOT/../shared/data/california_housing.csv"
 COPIES="${BATCHBENCH_COPIES:-49}"
-CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-16}"
+CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-8}"
 # moto reads a whole object for every ranged GET: bigger ranges keep the concurrency check short.
 CONCURRENT_CHUNK_MIB="${BATCHBENCH_CONCURRENT_CHUNK_MIB:-$CHUNK_MIB}"
 { head -1 "$DATA"; for _ in $(seq 1 "$COPIES"); do tail -n +2 "$DATA"; done; } >"$RUN/input.csv"

@@ -60,7 +60,7 @@ pub struct BatchPredictArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub part_mib: u64,
     /// MiB per ranged GET of an S3 input; two are held at once (one read, one fetched ahead).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub read_chunk_mib: u64,
 }
 
@@ -496,36 +496,30 @@ impl JobRun {
                     .reader(checkpoint.input_offset, self.read_chunk, handle)?,
             );
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
-        let mut records = Vec::with_capacity(self.part_rows.min(1 << 20) as usize);
+        let mut record = csv::StringRecord::new();
         loop {
-            records.clear();
-            let mut record = csv::StringRecord::new();
+            // Rows are validated as they are read: a part holds parsed values, not records.
+            let first_row = checkpoint.rows_done;
+            let index = checkpoint.parts.len();
+            let mut part = PartBuilder::new(&parser, first_row, base_lines)?;
             let part_start = reader.position().byte();
-            while (records.len() as u64) < self.part_rows
+            while part.rows_read < self.part_rows
                 && reader.position().byte() - part_start < self.part_bytes
             {
                 match reader.read_record(&mut record) {
-                    Ok(true) => records.push(Ok(record.clone())),
+                    Ok(true) => part.add(Ok(&record))?,
                     Ok(false) => break,
                     Err(e) if e.is_io_error() => {
                         return Err(anyhow::Error::new(e).context(format!("cannot read {name}")));
                     }
-                    Err(e) => records.push(Err(e)),
+                    Err(e) => part.add(Err(e))?,
                 }
             }
-            if records.is_empty() {
+            if part.rows_read == 0 {
                 break;
             }
-            let first_row = checkpoint.rows_done;
-            let index = checkpoint.parts.len();
-            let part = predict_part(
-                &self.predictor,
-                &parser,
-                &records,
-                first_row,
-                base_lines,
-                labels.as_ref(),
-            )?;
+            let rows_read = part.rows_read;
+            let part = part.finish(&self.predictor, labels.as_ref())?;
             let part_name = format!("part-{index:05}.csv");
             self.put(handle, &part_name, part.body, PutCondition::None)?;
             if let Some(errors) = part.errors {
@@ -538,7 +532,7 @@ impl JobRun {
             }
             let position = reader.position();
             checkpoint.parts.push(part_name);
-            checkpoint.rows_done += records.len() as u64;
+            checkpoint.rows_done += rows_read;
             checkpoint.rows_rejected += part.rejected;
             checkpoint.input_offset = base_offset + position.byte();
             checkpoint.input_lines = base_lines + position.line() - 1;
@@ -568,82 +562,108 @@ struct Part {
     rejected: u64,
 }
 
-/// Validates and predicts one part in one pass; rows the schema or the pipeline refuse go to the
-/// errors file. `base_lines` is the input line just before the part's reader started.
-fn predict_part(
-    predictor: &Predictor,
-    parser: &RowParser<'_>,
-    records: &[Result<csv::StringRecord, csv::Error>],
+/// One part being read: rows validated as they arrive, then predicted in one pass. Rows the
+/// schema or the pipeline refuse go to the errors file.
+struct PartBuilder<'p> {
+    parser: &'p RowParser<'p>,
     first_row: u64,
+    /// The input line just before the part's reader started.
     base_lines: u64,
-    labels: Option<&(String, String)>,
-) -> Result<Part> {
-    let mut rows: Vec<Vec<Value>> = Vec::with_capacity(records.len());
-    let mut keep: Vec<(u64, Option<String>)> = Vec::with_capacity(records.len());
-    let mut errors = csv::Writer::from_writer(Vec::new());
-    errors.write_record(["row", "line", "field", "message"])?;
-    let mut rejected = 0u64;
-    let line_of = |p: Option<&csv::Position>| p.map_or(0, |p| base_lines + p.line()).to_string();
-    for (i, record) in records.iter().enumerate() {
-        let row_number = first_row + i as u64 + 1;
+    rows_read: u64,
+    rows: Vec<Vec<Value>>,
+    keep: Vec<(u64, Option<String>)>,
+    errors: csv::Writer<Vec<u8>>,
+    rejected: u64,
+}
+
+impl<'p> PartBuilder<'p> {
+    fn new(parser: &'p RowParser<'p>, first_row: u64, base_lines: u64) -> Result<Self> {
+        let mut errors = csv::Writer::from_writer(Vec::new());
+        errors.write_record(["row", "line", "field", "message"])?;
+        Ok(Self {
+            parser,
+            first_row,
+            base_lines,
+            rows_read: 0,
+            rows: Vec::new(),
+            keep: Vec::new(),
+            errors,
+            rejected: 0,
+        })
+    }
+
+    fn line_of(&self, p: Option<&csv::Position>) -> String {
+        p.map_or(0, |p| self.base_lines + p.line()).to_string()
+    }
+
+    /// Validates one record (or records why it could not be read).
+    fn add(&mut self, record: Result<&csv::StringRecord, csv::Error>) -> Result<()> {
+        self.rows_read += 1;
+        let row_number = (self.first_row + self.rows_read).to_string();
         match record {
-            Ok(r) => match parser.parse(r) {
+            Ok(r) => match self.parser.parse(r) {
                 Ok(parsed) => {
-                    rows.push(parsed.values);
-                    keep.push((row_number, parsed.id));
+                    self.rows.push(parsed.values);
+                    self.keep.push((self.first_row + self.rows_read, parsed.id));
                 }
                 Err(problems) => {
-                    rejected += 1;
-                    let line = line_of(r.position());
+                    self.rejected += 1;
+                    let line = self.line_of(r.position());
                     for p in problems {
-                        errors.write_record([
-                            &row_number.to_string(),
-                            &line,
-                            &p.field,
-                            &p.message,
-                        ])?;
+                        self.errors
+                            .write_record([&row_number, &line, &p.field, &p.message])?;
                     }
                 }
             },
             Err(e) => {
-                rejected += 1;
-                let line = line_of(e.position());
-                errors.write_record([&row_number.to_string(), &line, "(row)", &e.to_string()])?;
+                self.rejected += 1;
+                let line = self.line_of(e.position());
+                self.errors
+                    .write_record([&row_number, &line, "(row)", &e.to_string()])?;
             }
         }
+        Ok(())
     }
-    let predictions = predict_parallel(predictor, &rows)?;
-    let mut body = Vec::with_capacity(keep.len() * 32);
-    body.extend_from_slice(if labels.is_some() {
-        b"row,id,prediction,label\n".as_slice()
-    } else {
-        b"row,id,prediction\n".as_slice()
-    });
-    for ((number, id), p) in keep.iter().zip(&predictions) {
-        use std::io::Write;
-        let p = match p {
-            Ok(p) => *p,
-            Err(message) => {
-                rejected += 1;
-                errors.write_record([&number.to_string(), "", "(features)", message])?;
-                continue;
+
+    /// Predicts the valid rows and renders the part (and its errors file, if any row was bad).
+    fn finish(mut self, predictor: &Predictor, labels: Option<&(String, String)>) -> Result<Part> {
+        let predictions = predict_parallel(predictor, &self.rows)?;
+        let mut body = Vec::with_capacity(self.keep.len() * 32);
+        body.extend_from_slice(if labels.is_some() {
+            b"row,id,prediction,label\n".as_slice()
+        } else {
+            b"row,id,prediction\n".as_slice()
+        });
+        for ((number, id), p) in self.keep.iter().zip(&predictions) {
+            use std::io::Write;
+            let p = match p {
+                Ok(p) => *p,
+                Err(message) => {
+                    self.rejected += 1;
+                    self.errors
+                        .write_record([&number.to_string(), "", "(features)", message])?;
+                    continue;
+                }
+            };
+            let id = csv_field(id.as_deref().unwrap_or(""));
+            match labels {
+                Some((positive, negative)) => {
+                    let label = if p >= 0.5 { positive } else { negative };
+                    writeln!(body, "{number},{id},{p},{}", csv_field(label))?;
+                }
+                None => writeln!(body, "{number},{id},{p}")?,
             }
-        };
-        let id = csv_field(id.as_deref().unwrap_or(""));
-        match labels {
-            Some((positive, negative)) => {
-                let label = if p >= 0.5 { positive } else { negative };
-                writeln!(body, "{number},{id},{p},{}", csv_field(label))?;
-            }
-            None => writeln!(body, "{number},{id},{p}")?,
         }
+        let errors = self
+            .errors
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Part {
+            body,
+            errors: (self.rejected > 0).then_some(errors),
+            rejected: self.rejected,
+        })
     }
-    let errors = errors.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Part {
-        body,
-        errors: (rejected > 0).then_some(errors),
-        rejected,
-    })
 }
 
 fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
