@@ -195,6 +195,23 @@ async fn promotion_under_load_and_s3_outage() {
     assert_eq!(r.status(), 200);
 }
 
+/// A registry in a fresh bucket on the shared moto with a champion California Housing model;
+/// returns the store and its URI.
+async fn published_registry(dir: &Path, moto: &str) -> (mlops_store::S3Store, String) {
+    let bucket = unique("serving");
+    let s3 = mlops_store::S3Store::connect(mlops_store::S3Config {
+        bucket: bucket.clone(),
+        prefix: "registry".into(),
+        endpoint: Some(moto.into()),
+        region: Some("us-east-1".into()),
+    })
+    .await;
+    s3.ensure_bucket().await.unwrap();
+    let store = format!("s3://{bucket}/registry");
+    publish_housing(&dir.join("home"), &store, moto, 42, true);
+    (s3, store)
+}
+
 /// A TCP proxy to `upstream` that, once `hole` is set, stops answering: new connections are
 /// accepted and held, and open ones stop forwarding (a blackholed S3: connections hang, they are
 /// not refused).
@@ -286,18 +303,7 @@ fn p99(sorted: &[f64]) -> f64 {
 async fn s3_blackholed_requests_stay_fast_and_init_gives_up_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let moto = mlops_e2e::moto_endpoint();
-    let bucket = unique("blackhole");
-    let s3 = mlops_store::S3Store::connect(mlops_store::S3Config {
-        bucket: bucket.clone(),
-        prefix: "registry".into(),
-        endpoint: Some(moto.clone()),
-        region: Some("us-east-1".into()),
-    })
-    .await;
-    s3.ensure_bucket().await.unwrap();
-    let store = format!("s3://{bucket}/registry");
-    let home = dir.path().join("home");
-    publish_housing(&home, &store, &moto, 42, true);
+    let (_, store) = published_registry(dir.path(), &moto).await;
     let hole = Arc::new(AtomicBool::new(false));
     let proxy = blackhole_proxy(moto.trim_start_matches("http://").to_owned(), hole.clone()).await;
     let predict = |name: &str| {
@@ -396,17 +402,7 @@ async fn wait_live(client: &reqwest::Client, url: &str) {
 async fn prediction_logs_survive_a_shutdown_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let moto = mlops_e2e::moto_endpoint();
-    let bucket = unique("predlog");
-    let s3 = mlops_store::S3Store::connect(mlops_store::S3Config {
-        bucket: bucket.clone(),
-        prefix: "registry".into(),
-        endpoint: Some(moto.clone()),
-        region: Some("us-east-1".into()),
-    })
-    .await;
-    s3.ensure_bucket().await.unwrap();
-    let store = format!("s3://{bucket}/registry");
-    publish_housing(&dir.path().join("home"), &store, &moto, 42, true);
+    let (s3, store) = published_registry(dir.path(), &moto).await;
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("predict.log")).unwrap();
     // Nothing is written before the shutdown: one batch of a million, flushed hourly.

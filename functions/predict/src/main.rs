@@ -46,22 +46,6 @@ async fn flush_old_predictions(
     response
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let started = Instant::now();
@@ -86,7 +70,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         axum::serve(listener, app)
-            .with_graceful_shutdown(terminated())
+            .with_graceful_shutdown(mlops_serving::shutdown_signal())
             .await?;
         if let Some(log) = &state.predictions_log {
             log.flush().await;

@@ -324,8 +324,10 @@ pub trait CrashScenario: Send + Sync {
     async fn world(&self) -> Self::World;
     /// The operation, with its writes and calls going through `plan`'s wrappers. It may fail.
     async fn run(&self, world: &Self::World, plan: &FaultPlan) -> Result<(), String>;
-    /// The recovery: the same call again, without faults. It must succeed.
-    async fn recover(&self, world: &Self::World) -> Result<(), String>;
+    /// The recovery, which must succeed: by default the same call again, without faults.
+    async fn recover(&self, world: &Self::World) -> Result<(), String> {
+        self.run(world, &FaultPlan::counting()).await
+    }
     /// The invariants that must hold after the recovery.
     async fn check(&self, world: &Self::World) -> Result<(), String>;
 }

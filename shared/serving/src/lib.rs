@@ -275,3 +275,20 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     }
     response
 }
+
+/// Resolves on SIGTERM (what Lambda, ECS and Kubernetes send before stopping a process) or
+/// Ctrl-C: the servers stop accepting, finish what is in flight and flush the prediction log.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -848,9 +848,6 @@ mod tests {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
-        async fn recover(&self, w: &World) -> Result<(), String> {
-            self.run(w, &FaultPlan::counting()).await
-        }
         async fn check(&self, w: &World) -> Result<(), String> {
             same_as_one_run(w, 5, 2).await
         }

@@ -112,20 +112,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         }
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        })
+        .with_graceful_shutdown(mlops_serving::shutdown_signal())
         .await?;
     if let Some(log) = &state.predictions_log {
         log.flush().await;

@@ -178,9 +178,6 @@ impl CrashScenario for Gate {
             .await
             .map_err(|e| e.to_string())
     }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
     async fn check(&self, d: &Disk) -> Result<(), String> {
         let r = Registry::new(Arc::clone(&d.store));
         registry_invariants(&r).await?;
@@ -215,9 +212,6 @@ impl CrashScenario for Promote {
             .map(drop)
             .map_err(|e| e.to_string())
     }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
-    }
     async fn check(&self, d: &Disk) -> Result<(), String> {
         let r = Registry::new(Arc::clone(&d.store));
         registry_invariants(&r).await?;
@@ -249,9 +243,6 @@ impl CrashScenario for Rollback {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
         let r = Registry::new(Arc::clone(&d.store));
@@ -286,9 +277,6 @@ impl CrashScenario for ApproveCard {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
-    }
-    async fn recover(&self, d: &Disk) -> Result<(), String> {
-        self.run(d, &FaultPlan::counting()).await
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
         let r = Registry::new(Arc::clone(&d.store));
