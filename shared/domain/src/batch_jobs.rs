@@ -190,7 +190,12 @@ impl BatchJobs {
         idempotency_key: Option<&str>,
     ) -> Result<Created, BatchJobError> {
         self.queue()?;
-        let id = idempotency_key.map_or_else(|| uuid_like(&new.request_sha256), job_id_for_key);
+        let mut id = idempotency_key.map_or_else(|| uuid_like(&new.request_sha256), job_id_for_key);
+        if let Some(key) = idempotency_key
+            && let Some(earlier) = self.legacy_claim(key).await?
+        {
+            id = earlier;
+        }
         let upload = new.input_uri.is_none();
         let upload_url = if upload {
             Some(self.presign(&id).await?)
@@ -257,6 +262,28 @@ impl BatchJobs {
                 })
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The job an idempotency key claimed under the layout of builds before job ids were
+    /// derived from keys (`batch-jobs/idempotency/SHA256.json`), so a retry that spans an upgrade
+    /// still finds its job.
+    async fn legacy_claim(&self, key: &str) -> Result<Option<String>, BatchJobError> {
+        #[derive(serde::Deserialize)]
+        struct Claim {
+            job_id: String,
+        }
+        let claim_key = crate::jobs::idempotency_key(&sha256_hex(key.as_bytes()));
+        match self.store.get(&claim_key).await? {
+            Some(obj) => {
+                let claim: Claim =
+                    serde_json::from_slice(&obj.bytes).map_err(|e| BatchJobError::Corrupt {
+                        key: claim_key,
+                        message: e.to_string(),
+                    })?;
+                Ok(Some(claim.job_id))
+            }
+            None => Ok(None),
         }
     }
 

@@ -157,3 +157,26 @@ async fn the_same_key_with_another_request_is_refused() {
     let e = plain(&w).create(other, Some("k")).await.unwrap_err();
     assert!(e.to_string().contains("different request"), "{e}");
 }
+
+#[tokio::test]
+async fn a_key_claimed_by_an_older_build_finds_its_job() {
+    // The old layout: a claim naming a random job id, and that job already queued.
+    let w = jobs_world().await;
+    let first = plain(&w).create(new_job(), None).await.unwrap().job;
+    let claim = serde_json::json!({"job_id": first.id, "request_sha256": "r1"});
+    let claim_key =
+        mlops_domain::jobs::idempotency_key(&mlops_domain::hashing::sha256_hex(b"old-key"));
+    w.disk
+        .store
+        .put(
+            &claim_key,
+            serde_json::to_vec(&claim).unwrap(),
+            PutCondition::IfAbsent,
+        )
+        .await
+        .unwrap();
+    let again = plain(&w).create(new_job(), Some("old-key")).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(again.job.id, first.id);
+    assert_eq!(w.queue.submissions().len(), 1);
+}
