@@ -88,5 +88,5 @@ for _ in $(seq 1 100); do
   curl -fsS -o /dev/null -H "x-api-key: $ST_KEY" "http://127.0.0.1:$SERVE_PORT/health/ready" && break
   sleep 0.2
 done
-(cd "$RUN_DIR" && schemathesis run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
+(cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)

@@ -10,17 +10,23 @@ use axum::middleware::Next;
 use axum::response::Response;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
+use mlops_serving::auth::AnonymousProbe;
 use mlops_serving::{AppState, PlatformRequestId, RouteSet, ServeConfig, router};
 
-/// Carries API Gateway's request id (or the Lambda invocation's) into the router.
+/// Carries API Gateway's request id (or the Lambda invocation's) into the router, and marks a
+/// request that reached a health route without the authorizer (the routes API Gateway leaves
+/// open to probes) so that it learns only the status.
 async fn platform_request_id(mut request: Request) -> Request {
-    let id = match request.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(c)) => c.request_id.clone(),
-        _ => None,
-    }
-    .or_else(|| request.lambda_context_ref().map(|c| c.request_id.clone()));
+    let (id, authorized) = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => (c.request_id.clone(), c.authorizer.is_some()),
+        _ => (None, true),
+    };
+    let id = id.or_else(|| request.lambda_context_ref().map(|c| c.request_id.clone()));
     if let Some(id) = id {
         request.extensions_mut().insert(PlatformRequestId(id));
+    }
+    if !authorized && request.uri().path().starts_with("/health/") {
+        request.extensions_mut().insert(AnonymousProbe);
     }
     request
 }

@@ -168,7 +168,7 @@ fn kind(v: &serde_json::Value) -> &'static str {
     request_body(content = crate::api::PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Predictions", body = PredictResponse),
-        (status = 400, description = "Malformed body, invalid fields or too many records", body = ErrorBody),
+        (status = 400, description = "Malformed body, invalid fields, too many records, or more records than MLOPS_MAX_EXPLAIN_RECORDS with explain=true", body = ErrorBody),
         (status = 404, description = "Model not served", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
@@ -491,6 +491,7 @@ pub struct Live {
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "health",
+    security((), ("api_key" = [])),
     responses((status = 200, description = "Alive", body = Live)))]
 pub async fn live() -> Json<Live> {
     Json(Live {
@@ -524,6 +525,7 @@ pub struct Ready {
 
 /// Ready once the models are loaded; reports degraded health while refreshes fail.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
+    security((), ("api_key" = [])),
     responses(
         (status = 200, description = "Ready or degraded", body = Ready),
         (status = 503, description = "Not ready", body = Ready)
