@@ -318,6 +318,12 @@ impl BatchJobs {
         if self.abandoned(&job) {
             job = self.settle(job, etag).await?;
         }
+        self.view(job).await
+    }
+
+    /// A job in hand (as [`BatchJobs::create`] or [`BatchJobs::start`] returned it) with its
+    /// queue state and checkpoint.
+    pub async fn view(&self, mut job: BatchJob) -> Result<JobView, BatchJobError> {
         let mut queue_state = None;
         if let (Some(queue_id), Some(queue)) = (&job.queue_job_id, &self.queue)
             && matches!(job.state, JobState::Queued | JobState::Running)
@@ -334,7 +340,7 @@ impl BatchJobs {
                 Err(e) => tracing::warn!(error = %e, "cannot read the job's queue state"),
             }
         }
-        let checkpoint = match self.store.get(&checkpoint_key(id)).await? {
+        let checkpoint = match self.store.get(&checkpoint_key(&job.id)).await? {
             Some(obj) => serde_json::from_slice::<Checkpoint>(&obj.bytes).ok(),
             None => None,
         };

@@ -249,7 +249,7 @@ pub async fn create_job(
     } else {
         StatusCode::ACCEPTED
     };
-    let view = state.batch_jobs.get(&created.job.id).await?;
+    let view = state.batch_jobs.view(created.job).await?;
     Ok((status, Json(out(view, created.upload_url))).into_response())
 }
 
@@ -270,8 +270,8 @@ pub async fn start_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_job_id(&id)?;
-    state.batch_jobs.start(&id).await?;
-    let view = state.batch_jobs.get(&id).await?;
+    let job = state.batch_jobs.start(&id).await?;
+    let view = state.batch_jobs.view(job).await?;
     Ok((StatusCode::ACCEPTED, Json(out(view, None))).into_response())
 }
 
