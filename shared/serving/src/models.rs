@@ -298,16 +298,34 @@ impl ModelSet {
         split: &TrafficSplit,
         current: Option<&Arc<ModelRoutes>>,
     ) -> anyhow::Result<RegistryView> {
-        let known: BTreeMap<u64, &VersionRecord> = current
-            .map(|c| c.registry.versions.iter().map(|v| (v.version, v)).collect())
+        let mut known: BTreeMap<u64, VersionRecord> = current
+            .map(|c| {
+                c.registry
+                    .versions
+                    .iter()
+                    .map(|v| (v.version, v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
-        let mut versions = Vec::new();
-        for number in self.registry.version_numbers(name).await? {
-            versions.push(match known.get(&number) {
-                Some(&v) => v.clone(),
-                None => self.registry.version(name, number).await?,
-            });
+        let numbers = self.registry.version_numbers(name).await?;
+        // New records are read concurrently (a cold start reads them all), 16 at a time.
+        let missing: Vec<u64> = numbers
+            .iter()
+            .copied()
+            .filter(|n| !known.contains_key(n))
+            .collect();
+        for chunk in missing.chunks(16) {
+            let mut reads = tokio::task::JoinSet::new();
+            for &number in chunk {
+                let (registry, name) = (self.registry.clone(), name.to_owned());
+                reads.spawn(async move { registry.version(&name, number).await });
+            }
+            while let Some(read) = reads.join_next().await {
+                let record = read??;
+                known.insert(record.version, record);
+            }
         }
+        let versions = numbers.iter().filter_map(|n| known.remove(n)).collect();
         let primary = split
             .variants
             .first()
