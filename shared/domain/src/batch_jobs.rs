@@ -164,14 +164,7 @@ impl BatchJobs {
     pub async fn read(&self, id: &str) -> Result<Option<(BatchJob, ETag)>, BatchJobError> {
         let key = job_key(id);
         match self.store.get(&key).await? {
-            Some(obj) => {
-                let job =
-                    serde_json::from_slice(&obj.bytes).map_err(|e| BatchJobError::Corrupt {
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok(Some((job, obj.etag)))
-            }
+            Some(obj) => Ok(Some((parse(&key, &obj.bytes)?, obj.etag))),
             None => Ok(None),
         }
     }
@@ -190,7 +183,7 @@ impl BatchJobs {
         idempotency_key: Option<&str>,
     ) -> Result<Created, BatchJobError> {
         self.queue()?;
-        let mut id = idempotency_key.map_or_else(|| uuid_like(&new.request_sha256), job_id_for_key);
+        let mut id = idempotency_key.map_or_else(random_job_id, job_id_for_key);
         if let Some(key) = idempotency_key
             && let Some(earlier) = self.legacy_claim(key).await?
         {
@@ -275,14 +268,7 @@ impl BatchJobs {
         }
         let claim_key = crate::jobs::idempotency_key(&sha256_hex(key.as_bytes()));
         match self.store.get(&claim_key).await? {
-            Some(obj) => {
-                let claim: Claim =
-                    serde_json::from_slice(&obj.bytes).map_err(|e| BatchJobError::Corrupt {
-                        key: claim_key,
-                        message: e.to_string(),
-                    })?;
-                Ok(Some(claim.job_id))
-            }
+            Some(obj) => Ok(Some(parse::<Claim>(&claim_key, &obj.bytes)?.job_id)),
             None => Ok(None),
         }
     }
@@ -478,8 +464,14 @@ impl BatchJobs {
 }
 
 /// A fresh random job id (32 hex digits) for a request without an idempotency key.
-fn uuid_like(seed: &str) -> String {
-    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let noise: u128 = rand::random();
-    sha256_hex(format!("{seed}\n{nanos}\n{noise}").as_bytes())[..32].to_owned()
+fn random_job_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Parses a stored record, naming its key when it does not parse.
+fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, BatchJobError> {
+    serde_json::from_slice(bytes).map_err(|e| BatchJobError::Corrupt {
+        key: key.into(),
+        message: e.to_string(),
+    })
 }

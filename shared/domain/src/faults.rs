@@ -84,11 +84,6 @@ impl FaultPlan {
         self.lock().steps.clone()
     }
 
-    /// Whether a crash has happened (every later call fails).
-    pub fn crashed(&self) -> bool {
-        self.lock().dead
-    }
-
     /// A read: refused once the operation has crashed.
     fn read(&self) -> bool {
         !self.lock().dead
