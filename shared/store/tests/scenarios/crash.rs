@@ -16,7 +16,7 @@ use mlops_domain::gate::GateDecision;
 use mlops_domain::jobs::{BatchJob, JobQueue, JobState, input_key, job_key};
 use mlops_domain::metrics::Metric;
 use mlops_domain::registry::{
-    AliasAction, CHALLENGER, CHAMPION, RegisterOptions, Registry, VersionRecord,
+    AliasAction, AliasState, CHALLENGER, CHAMPION, RegisterOptions, Registry, VersionRecord,
 };
 use mlops_domain::schema::Task;
 use mlops_domain::store::{ObjectStore, PutCondition};
@@ -39,6 +39,26 @@ pub fn keyed(key: &str) -> RegisterOptions {
         idempotency_key: Some(key.into()),
         registered_by: "job".into(),
     }
+}
+
+impl Disk {
+    /// A registry on this store, its writes going through `plan`.
+    pub fn registry_with(&self, plan: &FaultPlan) -> Registry {
+        Registry::new(plan.store(Arc::clone(&self.store)))
+    }
+}
+
+/// An operation's result as a scenario reports it.
+pub fn outcome<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<(), String> {
+    result.map(drop).map_err(|e| e.to_string())
+}
+
+/// The registry after a run: its invariants checked, and its alias state.
+pub async fn checked(d: &Disk) -> Result<(Registry, AliasState), String> {
+    let r = Registry::new(Arc::clone(&d.store));
+    registry_invariants(&r).await?;
+    let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
+    Ok((r, state))
 }
 
 /// Invariants every registry state must keep: versions numbered 1..=n with loadable bundles and
@@ -107,11 +127,11 @@ impl CrashScenario for Register {
         d
     }
     async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        let r = Registry::new(plan.store(Arc::clone(&d.store)));
-        r.register(MODEL, &sample_bundle(), keyed("batch-job-1"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(
+            d.registry_with(plan)
+                .register(MODEL, &sample_bundle(), keyed("batch-job-1"))
+                .await,
+        )
     }
     async fn recover(&self, d: &Disk) -> Result<(), String> {
         let v = Registry::new(Arc::clone(&d.store))
@@ -147,7 +167,7 @@ pub async fn two_versions() -> Disk {
     d
 }
 
-fn events(state: &mlops_domain::registry::AliasState, alias: &str, to: u64) -> usize {
+fn events(state: &AliasState, alias: &str, to: u64) -> usize {
     state
         .history
         .iter()
@@ -173,15 +193,13 @@ impl CrashScenario for Gate {
             Some(0.45),
             0.01,
         );
-        Registry::new(plan.store(Arc::clone(&d.store)))
+        d.registry_with(plan)
             .apply_gate(MODEL, 2, &decision, "job")
             .await
             .map_err(|e| e.to_string())
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
+        let (r, state) = checked(d).await?;
         let champion = if self.promote { 2 } else { 1 };
         let approved = r.card(MODEL, 2).await.unwrap().approval.is_some();
         let ok = state.aliases.get(CHALLENGER) == Some(&2)
@@ -206,16 +224,14 @@ impl CrashScenario for Promote {
         two_versions().await
     }
     async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .promote(MODEL, CHALLENGER, 2, "bob", "try it")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(
+            d.registry_with(plan)
+                .promote(MODEL, CHALLENGER, 2, "bob", "try it")
+                .await,
+        )
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
+        let (_, state) = checked(d).await?;
         (events(&state, CHALLENGER, 2) == 1)
             .then_some(())
             .ok_or(format!("challenger events: {:?}", state.history))
@@ -238,16 +254,14 @@ impl CrashScenario for Rollback {
         d
     }
     async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .rollback(MODEL, CHAMPION, "bob", "regression", Some("incident-7"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(
+            d.registry_with(plan)
+                .rollback(MODEL, CHAMPION, "bob", "regression", Some("incident-7"))
+                .await,
+        )
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
-        let state = r.aliases(MODEL).await.map_err(|e| e.to_string())?;
+        let (_, state) = checked(d).await?;
         let rollbacks = state
             .history
             .iter()
@@ -272,15 +286,14 @@ impl CrashScenario for ApproveCard {
         two_versions().await
     }
     async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        Registry::new(plan.store(Arc::clone(&d.store)))
-            .approve_card(MODEL, 2, "carol", "reviewed")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(
+            d.registry_with(plan)
+                .approve_card(MODEL, 2, "carol", "reviewed")
+                .await,
+        )
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        registry_invariants(&r).await?;
+        let (r, _) = checked(d).await?;
         let card = r.card(MODEL, 2).await.map_err(|e| e.to_string())?;
         card.approval
             .filter(|a| a.approved_by == "carol")
@@ -392,11 +405,11 @@ impl CrashScenario for CreateWithKey {
         jobs_world().await
     }
     async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .create(new_job(), Some("client-key-1"))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(
+            faulty(w, plan)
+                .create(new_job(), Some("client-key-1"))
+                .await,
+        )
     }
     async fn recover(&self, w: &Jobs) -> Result<(), String> {
         let created = plain(w)
@@ -423,11 +436,7 @@ impl CrashScenario for CreateWithoutKey {
         jobs_world().await
     }
     async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .create(new_job(), None)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(faulty(w, plan).create(new_job(), None).await)
     }
     async fn recover(&self, w: &Jobs) -> Result<(), String> {
         for job in all_jobs(w).await {
@@ -488,11 +497,7 @@ impl CrashScenario for Start {
         w
     }
     async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
-        faulty(w, plan)
-            .start(UPLOADED)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        outcome(faulty(w, plan).start(UPLOADED).await)
     }
     async fn recover(&self, w: &Jobs) -> Result<(), String> {
         let job = plain(w).start(UPLOADED).await.map_err(|e| e.to_string())?;
