@@ -179,7 +179,19 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
     ok(&mlops(
         home.path(),
         &store_uri,
-        &["registry", "card", &model, "1", "--approve", "--by", "lead"],
+        &[
+            "registry",
+            "card",
+            &model,
+            "1",
+            "--intended-use",
+            "tests",
+            "--limitations",
+            "test data",
+            "--approve",
+            "--by",
+            "lead",
+        ],
     ));
     ok(&mlops(
         home.path(),

@@ -1,7 +1,7 @@
 //! The S3 adapter and the registry on a real moto server: atomic writes, S3 conditional writes,
 //! and a 20-way promotion race that loses no update.
 
-use mlops_domain::registry::{CHAMPION, RegisterOptions, Registry, RegistryError};
+use mlops_domain::registry::{CHAMPION, CardEdit, RegisterOptions, Registry, RegistryError};
 use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
 use mlops_e2e::s3_store;
 
@@ -199,8 +199,15 @@ async fn champion_rules_rollback_and_tamper_detection_on_s3() {
         matches!(err, RegistryError::CardNotApproved { .. }),
         "{err}"
     );
-    registry.approve_card("m", 1, "lead", "").await.unwrap();
-    registry.approve_card("m", 2, "lead", "").await.unwrap();
+    for v in [1, 2] {
+        let filled = CardEdit {
+            intended_use: Some("tests".into()),
+            limitations: Some("test data".into()),
+            ..CardEdit::default()
+        };
+        registry.edit_card("m", v, filled).await.unwrap();
+        registry.approve_card("m", v, "lead", "").await.unwrap();
+    }
     registry.promote("m", CHAMPION, 1, "me", "").await.unwrap();
     registry.promote("m", CHAMPION, 2, "me", "").await.unwrap();
     assert_eq!(

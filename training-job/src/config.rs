@@ -40,6 +40,25 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `mlops` with the global flags this invocation was given (`--home`, `--store`, S3
+    /// endpoint, tracking), for printing commands a user can paste as they are.
+    pub fn command_prefix(&self) -> String {
+        let mut out = String::from("mlops");
+        if self.home != Path::new(".mlops") {
+            out += &format!(" --home {}", shell_word(&self.home.display().to_string()));
+        }
+        for (flag, value) in [
+            ("--store", &self.store),
+            ("--s3-endpoint", &self.s3_endpoint),
+            ("--tracking", &self.tracking),
+        ] {
+            if let Some(v) = value {
+                out += &format!(" {flag} {}", shell_word(v));
+            }
+        }
+        out
+    }
+
     /// The store URI in effect.
     pub fn store_uri(&self) -> String {
         self.store
@@ -142,4 +161,17 @@ pub fn locate_data(
                 schema.name
             )
         })
+}
+
+/// A word quoted for a POSIX shell when it needs to be.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

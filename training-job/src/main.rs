@@ -31,7 +31,7 @@ enum Command {
     #[command(subcommand)]
     Data(commands::data::DataCommand),
     /// Train candidates, select the best, register it.
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Model registry: versions, aliases, cards, audit log.
     #[command(subcommand)]
     Registry(commands::registry::RegistryCommand),

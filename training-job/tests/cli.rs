@@ -247,6 +247,8 @@ fn train_register_promote_predict_and_rollback_locally() {
                 v,
                 "--intended-use",
                 "tests",
+                "--limitations",
+                "test data",
                 "--approve",
                 "--by",
                 "lead",
@@ -467,32 +469,65 @@ fn predict_explains_with_contributions_that_sum_to_the_margin() {
 }
 
 /// The champion–challenger gate: the first model becomes champion, a better one replaces it, a
-/// worse one stays challenger; every decision and both scores land in the audit log.
+/// worse one stays challenger; both models are scored only on rows neither trained on (the
+/// champion with seed 42, the challengers with other seeds); every decision and both scores
+/// land in the audit log and in `train`'s summary.
 #[test]
 fn gate_promotes_better_models_only() {
     let home = tempfile::tempdir().unwrap();
     let data = shared("california_housing.csv");
-    let train = |candidate: &str| {
-        ok(&mlops(
-            home.path(),
-            &[
-                "train",
-                "california_housing",
-                "--data",
-                data.to_str().unwrap(),
-                "--candidates",
-                candidate,
-                "--gate-margin",
-                "0.01",
-            ],
-        ))
+    let train = |candidate: &str, seed: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "california_housing",
+            "--data",
+            data.to_str().unwrap(),
+            "--candidates",
+            candidate,
+            "--seed",
+            seed,
+            "--gate-margin",
+            "0.01",
+        ];
+        args.extend_from_slice(extra);
+        let out = mlops(home.path(), &args);
+        (ok(&out), stderr(&out))
     };
-    let first = train("linear");
-    assert!(first.contains("no champion yet"), "{first}");
-    let better = train("lightgbm");
+    // Without card fields the winner is held back (its card cannot be approved).
+    let (held, _) = train("linear", "42", &[]);
+    assert!(held.contains("no champion yet"), "{held}");
+    assert!(
+        held.contains("not promoted: its card has no intended use or limitations"),
+        "{held}"
+    );
+    assert!(
+        held.contains("registry card california_housing 1 --intended-use"),
+        "{held}"
+    );
+    let card = ["--intended-use", "demo", "--limitations", "1990 census"];
+    let (first, _) = train("linear", "42", &card);
+    assert!(
+        first.contains("no champion yet") && first.contains("→ promoted"),
+        "{first}"
+    );
+    // 20,640 rows, 4,128 held out by seed 7, of which the seed-42 champion trained on ~80 %.
+    let (better, log) = train("lightgbm", "7", &["--idempotency-key", "k1"]);
     assert!(better.contains("→ promoted"), "{better}");
-    let worse = train("linear");
+    let rows = gate_rows(&better);
+    assert!((700..=950).contains(&rows), "{rows} rows: {better}");
+    assert!(
+        log.contains(&format!("gate: scoring on {rows} of 4128 held-out rows")),
+        "{log}"
+    );
+    let (worse, _) = train("linear", "11", &[]);
     assert!(worse.contains("→ not promoted"), "{worse}");
+    assert!((700..=950).contains(&gate_rows(&worse)), "{worse}");
+    // A rerun of the job that made the champion says so (not "no champion yet").
+    let (again, _) = train("lightgbm", "7", &["--idempotency-key", "k1"]);
+    assert!(
+        again.contains("this version is champion already"),
+        "{again}"
+    );
 
     let show = |alias: &str| {
         ok(&mlops(
@@ -501,32 +536,75 @@ fn gate_promotes_better_models_only() {
         ))
     };
     assert!(
-        show("champion").contains("\"version\": 2"),
+        show("champion").contains("\"version\": 3"),
         "{}",
         show("champion")
-    );
-    assert!(
-        show("challenger").contains("\"version\": 3"),
-        "{}",
-        show("challenger")
     );
     let audit = ok(&mlops(
         home.path(),
         &["registry", "audit", "california_housing"],
     ));
-    let lines: Vec<&str> = audit.lines().collect();
-    assert_eq!(lines.len(), 5, "{audit}"); // v1 challenger+champion, v2 challenger+champion, v3 challenger
+    let line = audit
+        .lines()
+        .find(|l| l.contains("v4") && l.contains("challenger"))
+        .unwrap_or_else(|| panic!("{audit}"));
     assert!(
-        lines[4].contains("challenger") && lines[4].contains("not promoted"),
+        line.contains("not promoted") && line.contains("vs champion"),
         "{audit}"
     );
-    assert!(lines[4].contains("vs champion"), "{audit}");
     // The worse model's score and the champion's are both recorded.
-    let rmse: Vec<f64> = lines[4]
+    let rmse: Vec<f64> = line
         .split_whitespace()
         .filter_map(|w| w.parse::<f64>().ok())
         .collect();
     assert!(rmse.len() >= 2 && rmse[0] > rmse[1], "{audit}");
+}
+
+/// Rows in "gate: … on N rows neither model trained on".
+fn gate_rows(out: &str) -> usize {
+    let at = out
+        .find(" rows neither model trained on")
+        .unwrap_or_else(|| panic!("no gate row count in {out}"));
+    out[..at].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The gate refuses when it cannot know which rows the champion trained on: here the champion's
+/// data file is gone and differs from the challenger's.
+#[test]
+fn gate_refuses_without_rows_outside_both_training_sets() {
+    let home = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(shared("california_housing.csv")).unwrap();
+    let trimmed = home.path().join("trimmed.csv");
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&trimmed, lines[..lines.len() - 100].join("\n") + "\n").unwrap();
+    let train = |data: &Path| {
+        mlops(
+            home.path(),
+            &[
+                "train",
+                "california_housing",
+                "--data",
+                data.to_str().unwrap(),
+                "--candidates",
+                "linear",
+                "--gate-margin",
+                "0",
+                "--intended-use",
+                "demo",
+                "--limitations",
+                "tests",
+            ],
+        )
+    };
+    ok(&train(&trimmed));
+    std::fs::remove_file(&trimmed).unwrap();
+    let err = fails(&train(&shared("california_housing.csv")));
+    assert!(err.contains("gate refused"), "{err}");
+    assert!(
+        err.contains("neither this run's data nor readable here"),
+        "{err}"
+    );
+    assert!(err.contains("--gate-data"), "{err}");
 }
 
 /// The training job from a spec: registers and gates; rerunning the same job id registers no
@@ -585,4 +663,120 @@ fn job_spec_runs_idempotently_and_bad_specs_are_named() {
         err.contains("bad.toml") && err.contains("candidtes"),
         "{err}"
     );
+}
+
+/// `mlops serve` running in the background; killed when dropped.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(home: &Path, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .arg("--home")
+            .arg(home)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("MLOPS_STORE")
+            .env_remove("MLOPS_API_KEYS_SECRET")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start mlops serve");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(format!("http://{addr}"));
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("serve did not start:\n{}", log.lock().unwrap()));
+        Server { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// GET `path` with an optional key: (status, body).
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let url = format!("{}{path}", self.url);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut request = reqwest::Client::new().get(url);
+            if let Some(k) = key {
+                request = request.header("x-api-key", k);
+            }
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serve started before any key exists refuses every request; a key created while it runs is
+/// enforced within the refresh interval, without a restart: no key → 401, wrong key → 403,
+/// the new key → 200. Health probes answer without a key.
+#[test]
+fn serve_requires_keys_created_after_it_started() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path(), &["--keys-refresh-seconds", "0.5"]);
+    assert!(server.log().contains("none exists yet"), "{}", server.log());
+    assert_eq!(server.get("/v1/models", None).0, 401);
+    assert_eq!(server.get("/health/live", None).0, 200);
+
+    let key = ok(&mlops(
+        home.path(),
+        &["keys", "create", "--name", "test", "--scope", "predict"],
+    ));
+    let key = key.trim();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert_eq!(server.get("/v1/models", None).0, 401);
+    let wrong = format!("{}0", &key[..key.len() - 1]);
+    let wrong = if wrong == key {
+        format!("{}1", &key[..key.len() - 1])
+    } else {
+        wrong
+    };
+    assert_eq!(server.get("/v1/models", Some(&wrong)).0, 403);
+    let (status, body) = server.get("/v1/models", Some(key));
+    assert_eq!(status, 200, "{body}");
+
+    // Revoking takes effect the same way.
+    let id = &key["mlk_".len().."mlk_".len() + 12];
+    ok(&mlops(home.path(), &["keys", "revoke", id]));
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert_eq!(server.get("/v1/models", Some(key)).0, 403);
+}
+
+/// `--no-auth` is the only way to turn keys off, and it says so at start and on readiness.
+#[test]
+fn serve_without_auth_says_so_loudly() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path(), &["--no-auth"]);
+    assert!(
+        server.log().contains("WARNING: API keys are OFF"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/v1/models", None).0, 200);
+    let (_, ready) = server.get("/health/ready", None);
+    assert!(ready.contains("\"auth\":\"off\""), "{ready}");
 }

@@ -94,6 +94,10 @@ pub struct Lineage {
     /// Tracking server or run-log location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_uri: Option<String>,
+    /// The training rows (how they were drawn, and their content digest), so a gate can score
+    /// only rows the model never saw; absent for versions registered before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::gate::SplitRecord>,
 }
 
 /// Size and hash of a file in the bundle.

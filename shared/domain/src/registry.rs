@@ -231,6 +231,38 @@ pub enum RegistryError {
     /// A traffic split that cannot be used.
     #[error("invalid traffic split: {0}")]
     InvalidTraffic(String),
+    /// Traffic may only reach versions whose card is approved.
+    #[error(
+        "alias '{alias}' of model '{model}' points at version {version}, whose model card is not approved: it may not receive traffic (run `mlops registry card {model} {version} --approve --by NAME` after review)"
+    )]
+    TrafficNotApproved {
+        /// Model.
+        model: String,
+        /// Alias in the split.
+        alias: String,
+        /// Version behind it.
+        version: u64,
+    },
+    /// A card cannot be approved while fields a reviewer must fill are empty.
+    #[error(
+        "model '{model}' version {version}: the card cannot be approved while {} empty (set them with `mlops registry card {model} {version} --intended-use \"…\" --limitations \"…\"`)",
+        describe_missing(missing)
+    )]
+    CardIncomplete {
+        /// Model.
+        model: String,
+        /// Version.
+        version: u64,
+        /// Empty fields, by name.
+        missing: Vec<&'static str>,
+    },
+}
+
+fn describe_missing(missing: &[&str]) -> String {
+    match missing {
+        [one] => format!("{one} is"),
+        many => format!("{} are", many.join(" and ")),
+    }
 }
 
 /// Options of [`Registry::register`].
@@ -728,10 +760,20 @@ impl Registry {
                 return Ok(last.clone());
             }
             self.version(model, to).await?;
-            if alias == CHAMPION && self.card(model, to).await?.approval.is_none() {
-                return Err(RegistryError::CardNotApproved {
-                    model: model.into(),
-                    version: to,
+            if (alias == CHAMPION || self.in_split(model, alias).await?)
+                && self.card(model, to).await?.approval.is_none()
+            {
+                return Err(if alias == CHAMPION {
+                    RegistryError::CardNotApproved {
+                        model: model.into(),
+                        version: to,
+                    }
+                } else {
+                    RegistryError::TrafficNotApproved {
+                        model: model.into(),
+                        alias: alias.into(),
+                        version: to,
+                    }
                 });
             }
             state.revision += 1;
@@ -813,6 +855,15 @@ impl Registry {
             },
         )
         .await
+    }
+
+    /// Whether an alias takes traffic in the model's split (a split of more than one arm; a
+    /// single-alias split is the served alias, checked like `champion`).
+    async fn in_split(&self, model: &str, alias: &str) -> Result<bool, RegistryError> {
+        Ok(self
+            .traffic(model)
+            .await?
+            .is_some_and(|t| t.variants.iter().any(|v| v.alias == alias)))
     }
 
     /// Applies a champion–challenger [`GateDecision`] to a registered version: it becomes
@@ -920,6 +971,22 @@ impl Registry {
         approver: &str,
         note: &str,
     ) -> Result<ModelCard, RegistryError> {
+        let card = self.card(model, version).await?;
+        let missing: Vec<&'static str> = [
+            ("intended_use", &card.intended_use),
+            ("limitations", &card.limitations),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.trim().is_empty())
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(RegistryError::CardIncomplete {
+                model: model.into(),
+                version,
+                missing,
+            });
+        }
         self.update_card(model, version, |card| {
             if card
                 .approval
@@ -967,13 +1034,21 @@ impl Registry {
     ) -> Result<TrafficSplit, RegistryError> {
         check_name("model", model)?;
         variants.check()?;
+        variants.check_percentages()?;
         let aliases = self.aliases(model).await?;
         for v in &variants.variants {
-            if !aliases.aliases.contains_key(&v.alias) {
+            let Some(&version) = aliases.aliases.get(&v.alias) else {
                 return Err(RegistryError::NotFound(format!(
                     "alias '{}' of model '{model}'",
                     v.alias
                 )));
+            };
+            if self.card(model, version).await?.approval.is_none() {
+                return Err(RegistryError::TrafficNotApproved {
+                    model: model.into(),
+                    alias: v.alias.clone(),
+                    version,
+                });
             }
         }
         let key = traffic_key(model);

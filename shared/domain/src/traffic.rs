@@ -77,7 +77,46 @@ impl TrafficSplit {
             ..Self::single("champion")
         };
         split.check()?;
+        split.check_percentages()?;
         Ok(split)
+    }
+
+    /// Checks that the weights are percentages: each 1 to 100, adding up to exactly 100 (a new
+    /// split must say what share each arm gets; splits stored before this rule are still read).
+    pub fn check_percentages(&self) -> Result<(), RegistryError> {
+        let total = self.total_weight();
+        if total != 100 || self.variants.iter().any(|v| v.weight > 100) {
+            let listed: Vec<String> = self
+                .variants
+                .iter()
+                .map(|v| format!("{}={}", v.alias, v.weight))
+                .collect();
+            return Err(RegistryError::InvalidTraffic(format!(
+                "weights are percentages and must add up to 100; {} add up to {total}",
+                listed.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Each arm's share of the traffic in percent (also for stored weights that are not
+    /// percentages).
+    pub fn percentages(&self) -> Vec<(String, f64)> {
+        let total = self.total_weight().max(1) as f64;
+        self.variants
+            .iter()
+            .map(|v| (v.alias.clone(), f64::from(v.weight) * 100.0 / total))
+            .collect()
+    }
+
+    /// The split as the traffic route takes it: `{"weights": {"champion": 90, ...}}`.
+    pub fn weights_json(&self) -> serde_json::Value {
+        let weights: serde_json::Map<String, serde_json::Value> = self
+            .variants
+            .iter()
+            .map(|v| (v.alias.clone(), serde_json::json!(v.weight)))
+            .collect();
+        serde_json::json!({ "weights": weights })
     }
 
     /// Checks the arms: 1 to [`MAX_VARIANTS`] distinct valid aliases, weights 1..=10,000 (drain
@@ -147,10 +186,40 @@ mod tests {
             "Bad Alias=3",
             "a=1,b=2,c=3,d=4,e=5,f=6,g=7,h=8,i=9",
             "champion=20000",
+            "champion=80,challenger=30",
+            "champion=90",
         ] {
             let e = TrafficSplit::parse(bad).unwrap_err().to_string();
             assert!(!e.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn weights_are_percentages() {
+        let e = TrafficSplit::parse("champion=80,challenger=30")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add up to 110"), "{e}");
+        let s = TrafficSplit::parse("champion=75,challenger=25").unwrap();
+        let json = s.weights_json();
+        assert_eq!(json["weights"]["champion"], 75);
+        assert_eq!(json["weights"]["challenger"], 25);
+        assert_eq!(json.as_object().unwrap().len(), 1);
+        let legacy = TrafficSplit {
+            variants: vec![
+                Variant {
+                    alias: "a".into(),
+                    weight: 3,
+                },
+                Variant {
+                    alias: "b".into(),
+                    weight: 1,
+                },
+            ],
+            ..TrafficSplit::single("a")
+        };
+        assert!(legacy.check().is_ok());
+        assert_eq!(legacy.percentages()[0].1, 75.0);
     }
 
     #[test]

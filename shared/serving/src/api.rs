@@ -185,7 +185,10 @@ impl From<mlops_domain::registry::RegistryError> for ApiError {
                 Self::bad_request("invalid_request", e.to_string())
             }
             R::NotFound(_) => Self::not_found(e.to_string()),
-            R::CardNotApproved { .. } | R::NothingToRollBack { .. } => {
+            R::CardNotApproved { .. }
+            | R::TrafficNotApproved { .. }
+            | R::CardIncomplete { .. }
+            | R::NothingToRollBack { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             other => Self::new(

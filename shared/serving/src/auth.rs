@@ -123,6 +123,19 @@ pub fn status_of(error: &KeyError) -> StatusCode {
     }
 }
 
+/// Routes a caller without a key may read (their handlers answer such a caller with less).
+fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/health/live"
+            | "/health/ready"
+            | "/openapi.json"
+            | "/docs"
+            | "/docs/explorer.js"
+            | "/docs/explorer.css"
+    )
+}
+
 /// axum middleware enforcing API keys (used by `mlops serve` when keys are configured; on AWS
 /// the authorizer function does this in front of the functions).
 pub async fn require_key(
@@ -137,11 +150,9 @@ pub async fn require_key(
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     // Load balancers and orchestrators probe health without credentials: liveness and a bare
-    // readiness status answer them (the handlers leave out models and errors).
-    if presented.is_none()
-        && method == "GET"
-        && matches!(path.as_str(), "/health/live" | "/health/ready")
-    {
+    // readiness status answer them (the handlers leave out models and errors). The API's
+    // generic contract and its explorer page are public too; the served models are not.
+    if presented.is_none() && method == "GET" && is_public(&path) {
         let mut request = request;
         request.extensions_mut().insert(AnonymousProbe);
         return next.run(request).await;

@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub prediction_log_max_age: Duration,
     /// Origins allowed by CORS (empty: no CORS headers).
     pub cors_allow_origins: Vec<String>,
+    /// API keys were turned off on purpose (`mlops serve --no-auth`): readiness says so.
+    pub auth_off: bool,
 }
 
 impl Default for ServeConfig {
@@ -56,6 +58,7 @@ impl Default for ServeConfig {
             prediction_log_max_bytes: 64 << 20,
             prediction_log_max_age: Duration::from_secs(60),
             cors_allow_origins: Vec::new(),
+            auth_off: false,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod config;
+pub mod docs;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
@@ -169,13 +170,19 @@ pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
             .route("/health/ready", get(routes::ready))
             .route(
                 "/openapi.json",
-                get(move |State(state): State<Arc<AppState>>| async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        openapi::render(&state, set),
-                    )
-                }),
-            );
+                get(
+                    move |State(state): State<Arc<AppState>>,
+                          anonymous: Option<axum::Extension<auth::AnonymousProbe>>| async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            openapi::render(&state, set, anonymous.is_none()),
+                        )
+                    },
+                ),
+            )
+            .route("/docs", get(docs::page))
+            .route("/docs/explorer.js", get(docs::script))
+            .route("/docs/explorer.css", get(docs::style));
     }
     if set.admin {
         app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));

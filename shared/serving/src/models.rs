@@ -239,6 +239,7 @@ impl ModelSet {
             tokio::join!(self.registry.traffic(name), self.registry.aliases(name));
         let split = split?.unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
         let aliases = aliases?;
+        let split = self.approved_arms(name, split, &aliases.aliases).await?;
         let mut by_alias = BTreeMap::new();
         for variant in &split.variants {
             let Some(&version) = aliases.aliases.get(&variant.alias) else {
@@ -286,6 +287,40 @@ impl ModelSet {
             by_alias,
             registry: view,
         })))
+    }
+
+    /// The arms of a split whose version has an approved card: traffic never reaches an
+    /// unreviewed version, even when an alias was moved after the split was set. A split of
+    /// one arm is the served alias itself (`champion` cannot point at an unapproved version).
+    async fn approved_arms(
+        &self,
+        name: &str,
+        split: TrafficSplit,
+        aliases: &BTreeMap<String, u64>,
+    ) -> anyhow::Result<TrafficSplit> {
+        if split.variants.len() < 2 {
+            return Ok(split);
+        }
+        let mut kept = Vec::new();
+        for arm in &split.variants {
+            let approved = match aliases.get(&arm.alias) {
+                Some(&version) => self.registry.card(name, version).await?.approval.is_some(),
+                None => true, // reported as an unset alias by the caller
+            };
+            if approved {
+                kept.push(arm.clone());
+            } else {
+                tracing::warn!(model = %name, alias = %arm.alias, "split arm left out: its version's card is not approved");
+            }
+        }
+        anyhow::ensure!(
+            !kept.is_empty(),
+            "no arm of the traffic split points at a version with an approved card"
+        );
+        Ok(TrafficSplit {
+            variants: kept,
+            ..split
+        })
     }
 
     /// The registry's view of a model: one listing, the records of new versions only, and the

@@ -76,7 +76,10 @@ pub fn record_schema(schema: &Schema) -> Value {
 }
 
 /// Renders the document for the mounted routes and the models served now.
-pub fn render(state: &AppState, set: RouteSet) -> String {
+///
+/// `with_models: false` (a caller without a key) leaves out the served models: the generic
+/// contract only, nothing about which models exist or their inputs.
+pub fn render(state: &AppState, set: RouteSet, with_models: bool) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc.to_string();
@@ -90,10 +93,14 @@ pub fn render(state: &AppState, set: RouteSet) -> String {
             set.models
         }
     });
-    let snapshot = state.models.snapshot();
+    let snapshot = if with_models {
+        state.models.snapshot()
+    } else {
+        Default::default()
+    };
     let names: Vec<Value> = snapshot.keys().map(|n| json!(n)).collect();
     // The templated predict path becomes one path per served model with its exact schema.
-    if let Some(template) = paths.remove("/v1/models/{name}/predict") {
+    if with_models && let Some(template) = paths.remove("/v1/models/{name}/predict") {
         for (name, routes) in snapshot.iter() {
             let Some(model) = routes.by_alias.values().next() else {
                 continue;
@@ -139,7 +146,7 @@ pub fn render(state: &AppState, set: RouteSet) -> String {
                 "minProperties": 1,
                 "maxProperties": mlops_domain::traffic::MAX_VARIANTS,
                 "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
-                "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 10000}
+                "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 100}
             }}
         });
     }
@@ -162,7 +169,7 @@ pub fn render(state: &AppState, set: RouteSet) -> String {
     }
     // Other model paths take a served model name.
     for (path, item) in paths.iter_mut() {
-        if !path.contains("{name}") {
+        if !with_models || !path.contains("{name}") {
             continue;
         }
         if let Some(ops) = item.as_object_mut() {

@@ -521,6 +521,10 @@ pub struct Ready {
     pub error: Option<String>,
     /// Last successful registry check.
     pub refreshed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `off` when API keys were turned off on purpose (`mlops serve --no-auth`); absent when
+    /// keys are enforced (by this server or, on AWS, by the authorizer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// Ready once the models are loaded; reports degraded health while refreshes fail.
@@ -570,6 +574,7 @@ pub async fn ready(
             .collect(),
         error,
         refreshed_at: refresh.refreshed_at,
+        auth: state.config.auth_off.then(|| "off".to_string()),
     };
     let code = if ready {
         StatusCode::OK

@@ -16,21 +16,13 @@ use crate::AppState;
 use crate::api::{ApiError, ErrorBody};
 use crate::routes::json_body;
 
-/// One arm of a split.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VariantIn {
-    /// Alias.
-    pub alias: String,
-    /// Relative weight.
-    pub weight: u32,
-}
-
 /// A new split: weight by alias.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"weights": {"champion": 90, "challenger": 10}}))]
 pub struct TrafficIn {
-    /// Relative weight (1–10000) of each alias (1 to 8 aliases); the heaviest is the primary.
+    /// Percentage of the traffic (1–100, adding up to 100) for each alias (1 to 8 aliases,
+    /// each pointing at a version with an approved card); the heaviest is the primary.
     #[schema(value_type = BTreeMap<String, u32>)]
     pub weights: BTreeMap<String, Weight>,
 }
@@ -39,11 +31,11 @@ pub struct TrafficIn {
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Weight(#[serde(deserialize_with = "crate::api::whole_number")] pub u32);
 
-/// The stored split.
+/// The stored split: the same `weights` the route takes, and its revision.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrafficOut {
-    /// Arms.
-    pub variants: Vec<VariantIn>,
+    /// Percentage of the traffic by alias (adding up to 100).
+    pub weights: BTreeMap<String, u32>,
     /// Revision (increases with every change).
     pub revision: u64,
 }
@@ -58,7 +50,8 @@ pub struct TrafficOut {
     request_body(content = TrafficIn, content_type = "application/json"),
     responses(
         (status = 200, description = "Stored split", body = TrafficOut),
-        (status = 400, description = "Invalid split", body = ErrorBody),
+        (status = 400, description = "Invalid split (weights not adding up to 100)", body = ErrorBody),
+        (status = 409, description = "An alias points at a version whose card is not approved", body = ErrorBody),
         (status = 404, description = "Unknown model or alias", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody)
@@ -91,13 +84,10 @@ pub async fn set_traffic(
         .await?;
     state.models.refresh().await;
     Ok(Json(TrafficOut {
-        variants: stored
+        weights: stored
             .variants
             .into_iter()
-            .map(|v| VariantIn {
-                alias: v.alias,
-                weight: v.weight,
-            })
+            .map(|v| (v.alias, v.weight))
             .collect(),
         revision: stored.revision,
     })

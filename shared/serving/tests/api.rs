@@ -12,7 +12,7 @@ use mlops_domain::apikeys::{ApiKeySet, KeyStore, Scope};
 use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
 use mlops_domain::data::{TargetPolicy, load_csv};
 use mlops_domain::features::{FeaturePipeline, PipelineOptions};
-use mlops_domain::registry::{RegisterOptions, Registry};
+use mlops_domain::registry::{CardEdit, RegisterOptions, Registry};
 use mlops_domain::schema::Schema;
 use mlops_domain::store::{ObjectStore, PutCondition};
 use mlops_serving::auth::{KeyCache, require_key};
@@ -74,11 +74,8 @@ fn bundle(name: &str, slope: f64) -> Bundle {
 }
 
 async fn publish(registry: &Registry, name: &str, slope: f64, alias: &str) -> u64 {
-    let v = registry
-        .register(name, &bundle(name, slope), RegisterOptions::default())
-        .await
-        .unwrap()
-        .version;
+    let v = register(registry, name, slope).await;
+    registry.edit_card(name, v, reviewed_card()).await.unwrap();
     registry
         .approve_card(name, v, "tester", "ok")
         .await
@@ -88,6 +85,23 @@ async fn publish(registry: &Registry, name: &str, slope: f64, alias: &str) -> u6
         .await
         .unwrap();
     v
+}
+
+async fn register(registry: &Registry, name: &str, slope: f64) -> u64 {
+    registry
+        .register(name, &bundle(name, slope), RegisterOptions::default())
+        .await
+        .unwrap()
+        .version
+}
+
+/// The card fields a reviewer must fill before approving.
+fn reviewed_card() -> CardEdit {
+    CardEdit {
+        intended_use: Some("tests".into()),
+        limitations: Some("synthetic".into()),
+        ..CardEdit::default()
+    }
 }
 
 struct Fixture {
@@ -498,7 +512,7 @@ async fn malformed_requests_get_a_4xx_naming_the_problem() {
             "traffic to unknown alias",
             Request::put("/v1/models/california_housing/traffic")
                 .header("content-type", "application/json")
-                .body(Body::from(r#"{"weights":{"ghost":1}}"#))
+                .body(Body::from(r#"{"weights":{"ghost":100}}"#))
                 .unwrap(),
             404,
             "ghost",
@@ -706,6 +720,58 @@ async fn swaps_versions_keeps_last_good_model_and_splits_traffic() {
             .unwrap_or(0)
             > 0
     );
+    assert_eq!(split["weights"], json!({"champion": 50, "challenger": 50}));
+
+    // Weights are percentages: a split that does not add up to 100 is refused.
+    let put = |body: &'static str| {
+        Request::put("/v1/models/california_housing/traffic")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, _, e) = call(&app, put(r#"{"weights":{"champion":80,"challenger":30}}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e.to_string().contains("add up to 110"), "{e}");
+
+    // An unapproved version can neither join a split nor be moved under an alias that has
+    // traffic.
+    let v3 = register(&state.models.registry().clone(), "california_housing", 0.5).await;
+    let registry = state.models.registry().clone();
+    let e = registry
+        .promote("california_housing", "challenger", v3, "tester", "t")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not approved"), "{e}");
+    registry
+        .promote("california_housing", "candidate", v3, "tester", "t")
+        .await
+        .unwrap();
+    let (status, _, e) = call(&app, put(r#"{"weights":{"champion":90,"candidate":10}}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert!(e.to_string().contains("candidate"), "{e}");
+
+    // A card edited after the split was set loses its approval: its arm gets no more traffic.
+    registry
+        .edit_card(
+            "california_housing",
+            2,
+            CardEdit {
+                limitations: Some("found a leak".into()),
+                ..CardEdit::default()
+            },
+        )
+        .await
+        .unwrap();
+    state.models.refresh().await;
+    for user in 0..200 {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .header("x-routing-key", format!("user-{user}"))
+            .body(Body::from(housing_record().to_string()))
+            .unwrap();
+        let (_, _, body) = call(&app, request).await;
+        assert_eq!(body["variant"], "champion", "{body}");
+    }
 }
 
 #[tokio::test]
@@ -732,7 +798,7 @@ async fn api_keys_401_403_and_scopes() {
             r = r.header("x-api-key", k);
         }
         let body = if method == "PUT" {
-            r#"{"weights":{"champion":1}}"#.to_string()
+            r#"{"weights":{"champion":100}}"#.to_string()
         } else {
             housing_record().to_string()
         };
@@ -797,6 +863,39 @@ async fn health_probes_need_no_key_and_learn_only_the_status() {
     for path in ["/v1/models", "/metrics", "/v1/models/california_housing"] {
         let (status, _, _) = call(&app, get(path, None)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The API's contract is public, without the served models; with a key it names them.
+    let (status, _, doc) = call(&app, get("/openapi.json", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["paths"].get("/v1/models/{name}/predict").is_some(),
+        "{doc}"
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(
+        !paths.keys().any(|p| p.contains("california_housing")),
+        "{doc}"
+    );
+    let (_, _, doc) = call(&app, get("/openapi.json", Some(&admin))).await;
+    assert!(
+        doc["paths"]
+            .get("/v1/models/california_housing/predict")
+            .is_some()
+    );
+    // The explorer page: embedded, no inline script, a strict CSP.
+    for (path, kind) in [
+        ("/docs", "text/html"),
+        ("/docs/explorer.js", "text/javascript"),
+        ("/docs/explorer.css", "text/css"),
+    ] {
+        let (status, headers, _) = call(&app, get(path, None)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
     }
 }
 

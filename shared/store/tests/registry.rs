@@ -91,6 +91,7 @@ async fn champion_needs_approval_and_rollback_walks_back() {
         RegistryError::CardNotApproved { version: 1, .. }
     ));
     for v in 1..=3 {
+        fill_card(&r, v).await;
         r.approve_card("m", v, "lead", "ok").await.unwrap();
     }
     r.promote("m", CHAMPION, 1, "me", "a").await.unwrap();
@@ -126,12 +127,57 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     ));
 }
 
+async fn fill_card(r: &Registry, version: u64) {
+    let edit = CardEdit {
+        intended_use: Some("tests".into()),
+        limitations: Some("synthetic".into()),
+        ..Default::default()
+    };
+    r.edit_card("m", version, edit).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_card_is_approved_only_with_intended_use_and_limitations() {
+    let (r, _dir) = registry();
+    r.register("m", &sample_bundle(), RegisterOptions::default())
+        .await
+        .unwrap();
+    let e = r.approve_card("m", 1, "lead", "").await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::CardIncomplete { missing, .. } if missing == &["intended_use", "limitations"]),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("intended_use and limitations are empty"),
+        "{e}"
+    );
+    let edit = CardEdit {
+        intended_use: Some("demo".into()),
+        limitations: Some("   ".into()),
+        ..Default::default()
+    };
+    r.edit_card("m", 1, edit).await.unwrap();
+    let e = r.approve_card("m", 1, "lead", "").await.unwrap_err();
+    assert!(e.to_string().contains("limitations is empty"), "{e}");
+    assert!(r.card("m", 1).await.unwrap().approval.is_none());
+    fill_card(&r, 1).await;
+    assert!(
+        r.approve_card("m", 1, "lead", "")
+            .await
+            .unwrap()
+            .approval
+            .is_some()
+    );
+}
+
 #[tokio::test]
 async fn editing_a_card_clears_its_approval() {
     let (r, _dir) = registry();
     r.register("m", &sample_bundle(), RegisterOptions::default())
         .await
         .unwrap();
+    fill_card(&r, 1).await;
     r.approve_card("m", 1, "lead", "").await.unwrap();
     let card = r
         .edit_card(

@@ -80,6 +80,13 @@ pub struct Promotion {
     /// Champion–challenger gate margin (primary-metric units); without it the version is only
     /// registered.
     pub gate_margin: Option<f64>,
+    /// Labelled rows the gate scores on instead of the run's held-out rows.
+    pub gate_data: Option<PathBuf>,
+    /// The new version's intended use, for its card (the gate approves only complete cards;
+    /// empty fields are carried over from the champion's card).
+    pub intended_use: Option<String>,
+    /// The new version's known limitations, for its card.
+    pub limitations: Option<String>,
 }
 
 fn default_candidates() -> Vec<String> {
@@ -209,6 +216,9 @@ pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
             idempotency_key: job_id,
             promote: None,
             gate_margin: spec.promotion.gate_margin,
+            gate_data: spec.promotion.gate_data.clone(),
+            intended_use: spec.promotion.intended_use.clone(),
+            limitations: spec.promotion.limitations.clone(),
             cloudwatch_namespace: spec
                 .cloudwatch_namespace
                 .clone()

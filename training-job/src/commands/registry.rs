@@ -235,7 +235,23 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
                 None => registry.traffic(&model).await?,
             };
             match current {
-                Some(t) => println!("{}", json(&t)),
+                Some(t) => {
+                    // stdout: exactly what `PUT /v1/models/{name}/traffic` takes.
+                    println!("{}", json(&t.weights_json()));
+                    let shares: Vec<String> = t
+                        .percentages()
+                        .iter()
+                        .map(|(alias, p)| format!("{alias} {p:.1}%"))
+                        .collect();
+                    eprintln!(
+                        "revision {}: {} (set by {}{})",
+                        t.revision,
+                        shares.join(", "),
+                        t.updated_by,
+                        t.updated_at
+                            .map_or(String::new(), |at| format!(" at {}", at.to_rfc3339()))
+                    );
+                }
                 None => println!(
                     "no traffic split: all traffic goes to the served alias (default {CHAMPION})"
                 ),

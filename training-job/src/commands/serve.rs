@@ -1,6 +1,8 @@
 //! `mlops serve`: the serving API on localhost, the same router the Lambda functions run, over
-//! the configured registry store; plus Prometheus `/metrics`. API keys are enforced when a key
-//! set exists (or with `--require-api-key`).
+//! the configured registry store; plus Prometheus `/metrics`. API keys are always required
+//! (no key set yet means every request is refused) and the key set is re-read every
+//! `--keys-refresh-seconds`, so keys created or revoked while serving take effect without a
+//! restart; only an explicit `--no-auth` turns them off, loudly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,10 +36,14 @@ pub struct ServeArgs {
     /// Secrets Manager secret with API keys (default: HOME/api-keys.json).
     #[arg(long, env = "MLOPS_API_KEYS_SECRET")]
     pub api_keys_secret: Option<String>,
-    /// Refuse requests without a valid key even when no key exists yet.
-    #[arg(long)]
+    /// Keys are always required now; kept so older scripts still start.
+    #[arg(long, hide = true)]
     pub require_api_key: bool,
-    /// Turn off API keys (local experiments only).
+    /// Re-read the key set at most this often (seconds), so new and revoked keys take effect.
+    #[arg(long, default_value_t = 10.0)]
+    pub keys_refresh_seconds: f64,
+    /// Turn off API keys: anyone who can reach the port may predict and change traffic (local
+    /// experiments only; said at start and on /health/ready).
     #[arg(long, conflicts_with = "require_api_key")]
     pub no_auth: bool,
     /// Print CloudWatch EMF metric lines to stdout.
@@ -68,6 +74,12 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         config.max_records = n.max(1);
     }
     config.emf |= args.emf;
+    config.auth_off = args.no_auth;
+    anyhow::ensure!(
+        (0.1..=3_600.0).contains(&args.keys_refresh_seconds),
+        "--keys-refresh-seconds {}: expected 0.1 to 3600",
+        args.keys_refresh_seconds
+    );
     let registry = settings.registry().await?;
     let state = AppState::start(registry, config, None).await;
     let set = RouteSet {
@@ -78,17 +90,36 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
     let mut app = router(Arc::clone(&state), set);
     let keys: Arc<dyn KeyStore> =
         crate::commands::keys::key_store(args.api_keys_secret.as_deref(), settings).await;
-    let has_keys = !keys.load().await?.keys.is_empty();
-    let auth = !args.no_auth && (args.require_api_key || has_keys);
-    if auth {
-        let cache = Arc::new(KeyCache::new(keys, Duration::from_secs(10)));
+    let key_note = if args.no_auth {
+        "OFF (--no-auth)".to_string()
+    } else {
+        let create = match &args.api_keys_secret {
+            Some(secret) => {
+                format!("mlops keys create --secret {secret} --name APP --scope predict")
+            }
+            None => format!(
+                "mlops --home {} keys create --name APP --scope predict",
+                settings.home.display()
+            ),
+        };
+        let note = key_set_note(keys.as_ref(), &create).await;
+        let ttl = Duration::from_secs_f64(args.keys_refresh_seconds);
+        let cache = Arc::new(KeyCache::new(keys, ttl));
         app = app.layer(axum::middleware::from_fn_with_state(cache, require_key));
-    }
+        note
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if args.no_auth {
+        eprintln!(
+            "WARNING: API keys are OFF (--no-auth): anyone who can reach http://{} can predict, \
+             read models and change traffic splits. /health/ready says \"auth\": \"off\".",
+            listener.local_addr()?
+        );
+    }
     eprintln!(
-        "serving {} from {} on http://{} (API keys {}; docs at /openapi.json{})",
+        "serving {} from {} on http://{} (API keys {key_note}; docs at /docs{})",
         if state.models.names().is_empty() {
             "no model yet".to_string()
         } else {
@@ -96,7 +127,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         },
         settings.store_uri(),
         listener.local_addr()?,
-        if auth { "required" } else { "off" },
         if args.no_metrics {
             ""
         } else {
@@ -118,4 +148,18 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         log.flush().await;
     }
     Ok(())
+}
+
+/// How the key set stands at start, for the start line: keys are required either way.
+async fn key_set_note(keys: &dyn KeyStore, create: &str) -> String {
+    match keys.load().await {
+        Ok(set) if set.keys.iter().any(|k| k.revoked_at.is_none()) => "required".into(),
+        Ok(_) => format!(
+            "required, and none exists yet: every request is refused until you run \
+             `{create}`"
+        ),
+        Err(e) => {
+            format!("required; the key set cannot be read yet ({e}), so requests are refused")
+        }
+    }
 }

@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest};
 use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
-use mlops_domain::gate::GateDecision;
+use mlops_domain::gate::{
+    GateDecision, GateRows, MIN_GATE_ROWS, RowSet, SPLIT_METHOD, SplitRecord,
+};
 use mlops_domain::hashing::DvcManifest;
 use mlops_domain::profile::profile;
 use mlops_domain::registry::{
-    CHALLENGER, CHAMPION, RegisterOptions, Registry, RegistryError, VersionRecord,
+    CHALLENGER, CHAMPION, CardEdit, RegisterOptions, Registry, RegistryError, VersionRecord,
 };
 use mlops_domain::schema::Schema;
 use mlops_domain::store::{PutCondition, StoreError};
@@ -85,6 +87,16 @@ pub struct TrainArgs {
     /// records both scores in the audit log and the tracker.
     #[arg(long, conflicts_with = "promote")]
     pub gate_margin: Option<f64>,
+    /// Gate on these labelled rows (a CSV in the data set's schema) instead of this run's
+    /// held-out rows; rows either model trained on are left out.
+    #[arg(long, requires = "gate_margin")]
+    pub gate_data: Option<PathBuf>,
+    /// The new version's intended use, for its model card (what it is for and not for).
+    #[arg(long)]
+    pub intended_use: Option<String>,
+    /// The new version's known limitations, for its model card.
+    #[arg(long)]
+    pub limitations: Option<String>,
     /// Who registers the model.
     #[arg(long, env = "USER", default_value = "mlops")]
     pub registered_by: String,
@@ -315,6 +327,9 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let selected_run = selected_run.expect("the best candidate has a run");
     let best = outcome.best();
 
+    let train_indices =
+        mlops_domain::split::train_test_split(data.len(), args.test_fraction, args.seed).train;
+    let train_row_set = RowSet::of(&data, &train_indices);
     let lineage = Lineage {
         data_source: data_path.display().to_string(),
         data_sha256: data.digest.sha256.clone(),
@@ -327,10 +342,13 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         test_rows: outcome.test_labels.len(),
         run_id: Some(selected_run.run_id.clone()),
         tracking_uri: Some(tracker.describe()),
+        split: Some(SplitRecord {
+            method: SPLIT_METHOD.into(),
+            rows: data.len(),
+            train_rows_sha256: train_row_set.digest(),
+        }),
     };
-    let train_data = data.subset(
-        &mlops_domain::split::train_test_split(data.len(), args.test_fraction, args.seed).train,
-    );
+    let train_data = data.subset(&train_indices);
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT,
         model_name: model_name.clone(),
@@ -398,6 +416,20 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         )
         .await?;
 
+    if args.intended_use.is_some() || args.limitations.is_some() {
+        registry
+            .edit_card(
+                &model_name,
+                version.version,
+                CardEdit {
+                    intended_use: args.intended_use.clone(),
+                    limitations: args.limitations.clone(),
+                    ..CardEdit::default()
+                },
+            )
+            .await?;
+    }
+
     let report_files = write_report(
         &artifact_dir.join("report"),
         &outcome,
@@ -442,8 +474,31 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let tracker_version = tracker
         .mirror_model_version(&model_name, version.version, run_id, &source)
         .await?;
+    let mut gate_note = None;
     if let Some(margin) = args.gate_margin {
-        let decision = gate(&registry, &model_name, version.version, &outcome, margin).await?;
+        let mut decision = gate(
+            &registry,
+            GateInput {
+                model: &model_name,
+                version: version.version,
+                outcome: &outcome,
+                data: &data,
+                train_rows: &train_row_set,
+                bundle: &bundle,
+                margin,
+                gate_data: args.gate_data.as_deref(),
+            },
+        )
+        .await?;
+        if decision.promote
+            && !decision.already_champion
+            && let Some(missing) = complete_card(&registry, &model_name, version.version).await?
+        {
+            decision = decision.hold_back(format!(
+                "its card has no {missing}; fill it, approve it and promote \
+                 (commands below)"
+            ));
+        }
         let note = decision.summary();
         registry
             .apply_gate(&model_name, version.version, &decision, &args.registered_by)
@@ -479,7 +534,7 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         }
         tracker.set_tags(&parent.run_id, &tags).await?;
         tracker.log_metrics(&parent.run_id, &scores, 0).await?;
-        println!("{note}");
+        gate_note = Some(note);
     }
     tracker
         .log_metrics(&parent.run_id, &test_metrics, 0)
@@ -529,6 +584,16 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         tracker.as_ref(),
         &selected_run.location,
     );
+    if let Some(note) = &gate_note {
+        println!("{note}");
+    }
+    let next = next_commands(&registry, &model_name, version.version, settings).await?;
+    if !next.is_empty() {
+        println!("\nnext:");
+        for line in next {
+            println!("  {line}");
+        }
+    }
     Ok(TrainSummary {
         version,
         artifact_dir,
@@ -603,45 +668,244 @@ async fn record_search_and_selection(
     Ok(())
 }
 
-/// Scores the current champion on this run's held-out rows and decides.
-async fn gate(
+/// The commands that take a new version on from where it stands: fill and approve its card,
+/// promote it, serve it — with the global flags this run was given.
+async fn next_commands(
     registry: &Registry,
     model: &str,
     version: u64,
-    outcome: &TrainingOutcome,
+    settings: &Settings,
+) -> Result<Vec<String>> {
+    let mlops = settings.command_prefix();
+    let card = registry.card(model, version).await?;
+    let aliases = registry.aliases(model).await?.aliases;
+    let mut next = Vec::new();
+    if aliases.get(CHAMPION) == Some(&version) {
+        next.push(format!(
+            "{mlops} serve                       # serve champion v{version}"
+        ));
+        return Ok(next);
+    }
+    if card.approval.is_none() {
+        if card.intended_use.trim().is_empty() || card.limitations.trim().is_empty() {
+            next.push(format!(
+                "{mlops} registry card {model} {version} --intended-use \"…\" --limitations \"…\""
+            ));
+        }
+        next.push(format!(
+            "{mlops} registry card {model} {version} --approve --by \"$USER\""
+        ));
+    }
+    next.push(format!(
+        "{mlops} registry promote {model} {version} --alias {CHAMPION} --reason \"…\""
+    ));
+    Ok(next)
+}
+
+/// Makes a gate winner's card approvable: empty intended use or limitations are carried over
+/// from the champion's card (a retrained model keeps its purpose). Returns the fields still
+/// empty, if any.
+async fn complete_card(registry: &Registry, model: &str, version: u64) -> Result<Option<String>> {
+    let card = registry.card(model, version).await?;
+    let empty = |c: &mlops_domain::registry::ModelCard| -> Vec<&'static str> {
+        [
+            ("intended use", &c.intended_use),
+            ("limitations", &c.limitations),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.trim().is_empty())
+        .map(|(n, _)| n)
+        .collect()
+    };
+    if empty(&card).is_empty() {
+        return Ok(None);
+    }
+    let card = match registry.resolve(model, CHAMPION).await {
+        Ok(champion) if champion != version => {
+            let from = registry.card(model, champion).await?;
+            let fill = |mine: &str, theirs: &str| {
+                (mine.trim().is_empty() && !theirs.trim().is_empty()).then(|| theirs.to_string())
+            };
+            let edit = CardEdit {
+                intended_use: fill(&card.intended_use, &from.intended_use),
+                limitations: fill(&card.limitations, &from.limitations),
+                ..CardEdit::default()
+            };
+            if edit.intended_use.is_some() || edit.limitations.is_some() {
+                eprintln!(
+                    "card: intended use and limitations carried over from champion v{champion}"
+                );
+                registry.edit_card(model, version, edit).await?
+            } else {
+                card
+            }
+        }
+        Ok(_) | Err(RegistryError::NotFound(_)) => card,
+        Err(e) => return Err(e.into()),
+    };
+    let missing = empty(&card);
+    Ok((!missing.is_empty()).then(|| missing.join(" or ")))
+}
+
+/// What the gate needs from this run.
+struct GateInput<'a> {
+    model: &'a str,
+    version: u64,
+    outcome: &'a TrainingOutcome,
+    /// The whole data set of this run and its training rows.
+    data: &'a Dataset,
+    train_rows: &'a RowSet,
+    /// The bundle just registered (the challenger).
+    bundle: &'a Bundle,
     margin: f64,
-) -> Result<GateDecision> {
+    /// Labelled rows to score on instead of this run's held-out rows (`--gate-data`).
+    gate_data: Option<&'a Path>,
+}
+
+/// Scores the challenger and the current champion on the same rows, none of which either model
+/// trained on, and decides. Refuses (an error naming why) when those rows cannot be known or
+/// are too few.
+async fn gate(registry: &Registry, input: GateInput<'_>) -> Result<GateDecision> {
+    let margin = input.margin;
     if !margin.is_finite() || margin < 0.0 {
         bail!("--gate-margin must be a non-negative number, got {margin}");
     }
-    let primary = outcome.primary;
-    let challenger = outcome.test_metrics[primary.name()];
+    let (model, primary) = (input.model, input.outcome.primary);
+    let challenger = Predictor::from_bundle(input.bundle)?;
     let champion = match registry.resolve(model, CHAMPION).await {
-        // A rerun of a job whose gate already promoted this version keeps it.
-        Ok(v) if v == version => None,
-        Ok(v) => Some(v),
-        Err(RegistryError::NotFound(_)) => None,
+        Ok(v) if v == input.version => {
+            let own = input.outcome.test_metrics[primary.name()];
+            return Ok(GateDecision::already_champion(primary, own, margin));
+        }
+        Ok(v) => v,
+        Err(RegistryError::NotFound(_)) => {
+            let own = input.outcome.test_metrics[primary.name()];
+            return Ok(GateDecision::decide(primary, own, None, margin)
+                .on_rows(input.outcome.test_labels.len()));
+        }
         Err(e) => return Err(e.into()),
     };
-    let champion_score = match champion {
-        Some(v) => {
-            let bundle = registry
-                .load_bundle(&registry.version(model, v).await?)
-                .await?;
-            let predictor = Predictor::from_bundle(&bundle)?;
-            let (predictions, _) = predictor
-                .predict(&outcome.test_data.rows)
-                .with_context(|| format!("cannot score champion v{v} on the held-out rows"))?;
-            Some(primary.compute(&outcome.test_labels, &predictions))
-        }
-        None => None,
+    let record = registry.version(model, champion).await?;
+    let champion_bundle = registry.load_bundle(&record).await?;
+    let champion_rows = training_rows_of(&record, &champion_bundle.manifest, input.data)
+        .with_context(|| {
+            format!(
+                "gate refused: no rows are known to be outside champion v{champion}'s training set. \
+                 Version {} is registered but not promoted; score both on labelled rows neither \
+                 trained on with --gate-data FILE, or review and promote by hand \
+                 (`mlops registry promote {model} champion {}`)",
+                input.version, input.version
+            )
+        })?;
+    let (held_out, source) = match input.gate_data {
+        Some(path) => (
+            load_csv(path, &input.data_schema(), TargetPolicy::Required)
+                .with_context(|| format!("cannot read --gate-data {}", path.display()))?
+                .0,
+            format!("--gate-data {}", path.display()),
+        ),
+        None => (
+            input.outcome.test_data.clone(),
+            "this run's held-out rows".to_string(),
+        ),
     };
-    Ok(GateDecision::decide(
-        primary,
-        challenger,
-        champion_score,
-        margin,
-    ))
+    let rows = GateRows::pick(&held_out, input.train_rows, &champion_rows);
+    eprintln!("gate: scoring on {} ({source})", rows.describe());
+    if rows.indices.len() < MIN_GATE_ROWS {
+        bail!(
+            "gate refused: only {} ({source}); the gate needs at least {MIN_GATE_ROWS}. \
+             Version {} is registered but not promoted; pass --gate-data FILE with labelled rows \
+             neither model trained on, or review and promote by hand (`mlops registry promote {model} champion {}`)",
+            rows.describe(),
+            input.version,
+            input.version
+        );
+    }
+    let scored = held_out.subset(&rows.indices);
+    let score = |predictor: &Predictor, who: &str| -> Result<f64> {
+        let (predictions, _) = predictor
+            .predict(&scored.rows)
+            .with_context(|| format!("cannot score {who} on the gate's rows"))?;
+        Ok(primary.compute(&scored.labels, &predictions))
+    };
+    let challenger_score = score(&challenger, "the new version")?;
+    let champion_score = score(
+        &Predictor::from_bundle(&champion_bundle)?,
+        &format!("champion v{champion}"),
+    )?;
+    Ok(
+        GateDecision::decide(primary, challenger_score, Some(champion_score), margin)
+            .on_rows(rows.indices.len()),
+    )
+}
+
+impl GateInput<'_> {
+    fn data_schema(&self) -> Schema {
+        self.bundle.manifest.schema.clone()
+    }
+}
+
+/// The rows a registered version trained on, rebuilt from its lineage: its data file (this
+/// run's when the hashes match, else the file its lineage names) split as recorded, and checked
+/// against the recorded digest of the training rows.
+fn training_rows_of(
+    record: &VersionRecord,
+    manifest: &Manifest,
+    current: &Dataset,
+) -> Result<RowSet> {
+    let l = &record.lineage;
+    let loaded;
+    let data = if l.data_sha256 == current.digest.sha256 {
+        current
+    } else {
+        let path = Path::new(&l.data_source);
+        anyhow::ensure!(
+            path.is_file(),
+            "v{} was trained on {} (sha256 {}), which is neither this run's data nor readable here",
+            record.version,
+            l.data_source,
+            short(&l.data_sha256)
+        );
+        loaded = load_csv(path, &manifest.schema, TargetPolicy::Required)?.0;
+        anyhow::ensure!(
+            loaded.digest.sha256 == l.data_sha256,
+            "{} has changed since v{} trained on it (sha256 {} now, {} then)",
+            l.data_source,
+            record.version,
+            short(&loaded.digest.sha256),
+            short(&l.data_sha256)
+        );
+        &loaded
+    };
+    let split = mlops_domain::split::train_test_split(data.len(), l.test_fraction, l.seed);
+    let rows = RowSet::of(data, &split.train);
+    match &l.split {
+        Some(recorded) => anyhow::ensure!(
+            recorded.method == SPLIT_METHOD
+                && recorded.rows == data.len()
+                && recorded.train_rows_sha256 == rows.digest(),
+            "v{}'s training rows cannot be rebuilt: its lineage records {} over {} rows with digest {}",
+            record.version,
+            recorded.method,
+            recorded.rows,
+            short(&recorded.train_rows_sha256)
+        ),
+        None => anyhow::ensure!(
+            l.train_rows == split.train.len() && l.test_rows == split.test.len(),
+            "v{}'s training rows cannot be rebuilt: its lineage says {} training and {} test rows, \
+             the split gives {} and {}",
+            record.version,
+            l.train_rows,
+            l.test_rows,
+            split.train.len(),
+            split.test.len()
+        ),
+    }
+    Ok(rows)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }
 
 fn print_summary(

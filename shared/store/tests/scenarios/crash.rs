@@ -16,7 +16,8 @@ use mlops_domain::gate::GateDecision;
 use mlops_domain::jobs::{BatchJob, JobQueue, JobState, input_key, job_key};
 use mlops_domain::metrics::Metric;
 use mlops_domain::registry::{
-    AliasAction, AliasState, CHALLENGER, CHAMPION, RegisterOptions, Registry, VersionRecord,
+    AliasAction, AliasState, CHALLENGER, CHAMPION, CardEdit, RegisterOptions, Registry,
+    VersionRecord,
 };
 use mlops_domain::schema::Task;
 use mlops_domain::store::{ObjectStore, PutCondition};
@@ -151,14 +152,22 @@ impl CrashScenario for Register {
     }
 }
 
-/// A registry with v1 champion (approved) and v2 registered.
+/// A registry with v1 champion (approved) and v2 registered; both cards are filled in (a card
+/// is approved only with its intended use and limitations).
 pub async fn two_versions() -> Disk {
     let d = disk().await;
     let r = Registry::new(Arc::clone(&d.store));
     for _ in 0..2 {
-        r.register(MODEL, &sample_bundle(), RegisterOptions::default())
+        let v = r
+            .register(MODEL, &sample_bundle(), RegisterOptions::default())
             .await
             .unwrap();
+        let filled = CardEdit {
+            intended_use: Some("tests".into()),
+            limitations: Some("synthetic data".into()),
+            ..CardEdit::default()
+        };
+        r.edit_card(MODEL, v.version, filled).await.unwrap();
     }
     r.approve_card(MODEL, 1, "alice", "ok").await.unwrap();
     r.promote(MODEL, CHAMPION, 1, "alice", "first")
