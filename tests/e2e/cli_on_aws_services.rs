@@ -216,7 +216,10 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
         &["predict", &model, "--json", rows.to_str().unwrap()],
     ));
     let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!(line["row"], "a");
+    assert_eq!(
+        (line["row"].as_u64(), line["id"].as_str()),
+        (Some(1), Some("a"))
+    );
     let p = line["prediction"].as_f64().unwrap();
     assert!(
         p > 0.5 && p < 1.0,

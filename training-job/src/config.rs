@@ -22,8 +22,9 @@ pub const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Global settings from flags and environment.
+/// Global settings from flags and environment (listed apart from a command's own options).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Settings {
     /// Working directory for the embedded default (local store, run log, artifacts, data cache).
     #[arg(long, global = true, env = "MLOPS_HOME", default_value = ".mlops")]

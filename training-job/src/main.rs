@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod device;
+mod exit;
 mod monitor;
 mod progress;
 
@@ -33,8 +34,7 @@ enum Command {
     /// Train candidates, select the best, register it.
     Train(Box<commands::train::TrainArgs>),
     /// Model registry: versions, aliases, cards, audit log.
-    #[command(subcommand)]
-    Registry(commands::registry::RegistryCommand),
+    Registry(commands::registry::RegistryArgs),
     /// Predict rows from CSV or JSON with a registered model.
     Predict(commands::predict::PredictArgs),
     /// Train on California Housing, register, promote and predict, on the local default.
@@ -47,6 +47,11 @@ enum Command {
     Job(commands::job::JobArgs),
     /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
     BatchPredict(commands::batch_predict::BatchPredictArgs),
+    /// Print a shell completion script (e.g. `mlops completions bash > /etc/bash_completion.d/mlops`).
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -68,12 +73,23 @@ async fn main() -> ExitCode {
         Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
         Command::Job(a) => commands::job::run(a, &cli.settings).await,
         Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "mlops", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<exit::ExitWith>() {
+            Some(status) => {
+                eprintln!("{status}");
+                ExitCode::from(status.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

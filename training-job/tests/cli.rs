@@ -234,8 +234,41 @@ fn train_register_promote_predict_and_rollback_locally() {
     );
 
     let list = ok(&mlops(h, &["registry", "list", "telco_churn"]));
-    assert_eq!(list.lines().count(), 2, "{list}");
-    assert!(list.lines().next().unwrap().contains("challenger"));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.starts_with("VERSION  KIND"), "{list}");
+    assert!(list.lines().nth(1).unwrap().contains("challenger"));
+    let listed: serde_json::Value = serde_json::from_str(&ok(&mlops(
+        h,
+        &["registry", "list", "telco_churn", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(listed[0]["aliases"], serde_json::json!(["challenger"]));
+    // The champion named by another alias.
+    let promoted: serde_json::Value = serde_json::from_str(&ok(&mlops(
+        h,
+        &[
+            "registry",
+            "--json",
+            "promote",
+            "telco_churn",
+            "challenger",
+            "--alias",
+            "candidate",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        (promoted["alias"].as_str(), promoted["to"].as_u64()),
+        (Some("candidate"), Some(1))
+    );
+    // Right after training, `show` says there is no champion and shows the latest version.
+    let shown = mlops(h, &["registry", "show", "telco_churn"]);
+    assert!(
+        stderr(&shown).contains("no champion yet"),
+        "{}",
+        stderr(&shown)
+    );
+    assert!(ok(&shown).contains("\"version\": 2"));
 
     for v in ["1", "2"] {
         ok(&mlops(
@@ -290,7 +323,67 @@ fn train_register_promote_predict_and_rollback_locally() {
     ));
     assert_eq!(out.lines().count(), 7043);
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!(first["row"], "7590-VHVEG");
+    // The API's shape: 1-based row, id, class name and probabilities.
+    assert_eq!(
+        (first["row"].as_u64(), first["id"].as_str()),
+        (Some(1), Some("7590-VHVEG"))
+    );
+    let label = first["label"].as_str().unwrap();
+    assert!(label == "Yes" || label == "No", "{first}");
+    let p = first["probabilities"].as_object().unwrap();
+    assert!((p["Yes"].as_f64().unwrap() + p["No"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    assert_eq!(p["Yes"], first["prediction"]);
+
+    // Every bad row is reported; with --skip-invalid the others are predicted (exit status 3),
+    // in CSV with batch prediction's columns, and the problems go to the errors file.
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines: Vec<String> = text.lines().take(6).map(str::to_string).collect();
+    lines[2] = lines[2]
+        .replacen("Female", "Robot", 1)
+        .replacen("Male", "Robot", 1);
+    lines[4] = lines[4].replacen(",No,", ",Maybe,", 1);
+    let mixed = h.join("mixed.csv");
+    std::fs::write(&mixed, lines.join("\n") + "\n").unwrap();
+    let err = fails(&mlops(
+        h,
+        &["predict", "telco_churn", "--csv", mixed.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains("2 invalid rows")
+            && err.contains("row 2 (line 3)")
+            && err.contains("row 4 (line 5)"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was predicted"), "{err}");
+    let errors = h.join("errors.csv");
+    let out = mlops(
+        h,
+        &[
+            "predict",
+            "telco_churn",
+            "--csv",
+            mixed.to_str().unwrap(),
+            "--skip-invalid",
+            "--errors",
+            errors.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let csv_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        csv_out.starts_with("row,id,prediction,label,probability_No,probability_Yes\n1,"),
+        "{csv_out}"
+    );
+    assert_eq!(csv_out.lines().count(), 4, "{csv_out}");
+    let listed = std::fs::read_to_string(&errors).unwrap();
+    assert!(
+        listed.starts_with("row,line,field,message\n2,3,gender,"),
+        "{listed}"
+    );
+    // A category outside the schema's list is a field error (not silently all zeros).
+    assert!(listed.contains("4,5,"), "{listed}");
 
     // Bad JSON records name every bad field.
     let rows = h.join("bad.json");
@@ -304,11 +397,10 @@ fn train_register_promote_predict_and_rollback_locally() {
         &["predict", "telco_churn", "--json", rows.to_str().unwrap()],
     ));
     for want in [
-        "record 1",
-        "field 'gender': expected a string, got a number",
-        "field 'tenure': expected a number",
-        "field 'colour': is not an input of this model",
-        "field 'Partner': is required",
+        "row 1: 'gender' expected a string, got a number",
+        "row 1: 'tenure' expected a number",
+        "row 1: 'colour' is not an input of this model",
+        "row 1: 'Partner' is required",
     ] {
         assert!(err.contains(want), "want {want:?} in {err}");
     }
@@ -371,10 +463,7 @@ fn bad_arguments_are_explained() {
         "{err}"
     );
     let err = fails(&mlops(home.path(), &["predict", "nothing", "--json", "-"]));
-    assert!(
-        err.contains("alias 'champion' of model 'nothing' not found"),
-        "{err}"
-    );
+    assert!(err.contains("no such model 'nothing'"), "{err}");
 }
 
 #[test]
@@ -395,11 +484,23 @@ fn quickstart_trains_registers_promotes_and_predicts() {
     assert!(rmse <= 0.45, "quickstart test RMSE {rmse}\n{out}");
     assert!(out.contains("champion → v1"), "{out}");
     assert!(out.contains("predicted"), "{out}");
+    let next = format!("mlops --home {} serve", home.path().display());
+    assert!(out.contains(&next), "the next steps keep --home: {out}");
     let list = ok(&mlops(home.path(), &["registry", "list"]));
-    assert!(
-        list.starts_with("california_housing  (1 versions)  champion→v1"),
+    assert_eq!(
+        list.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["california_housing", "1", "champion→v1"]),
         "{list}"
     );
+    let err = fails(&mlops(home.path(), &["registry", "show", "california"]));
+    assert!(
+        err.contains("no such model 'california' (known: california_housing)"),
+        "{err}"
+    );
+    let completions = ok(&mlops(home.path(), &["completions", "bash"]));
+    assert!(completions.contains("batch-predict") && completions.contains("--home"));
 }
 
 #[test]
@@ -441,29 +542,25 @@ fn predict_explains_with_contributions_that_sum_to_the_margin() {
         ],
     ));
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The API's explanation shape: margin, bias, [{feature, contribution}].
     let e = &line["explanation"];
+    let value = |c: &serde_json::Value| c["contribution"].as_f64().unwrap();
     let sum: f64 = e["contributions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c[1].as_f64().unwrap())
+        .map(value)
         .sum::<f64>()
         + e["bias"].as_f64().unwrap();
     assert!((sum - e["margin"].as_f64().unwrap()).abs() < 1e-9, "{e}");
-    assert_eq!(line["prediction"], e["prediction"]);
     let top = e["contributions"]
         .as_array()
         .unwrap()
         .iter()
-        .max_by(|a, b| {
-            a[1].as_f64()
-                .unwrap()
-                .abs()
-                .total_cmp(&b[1].as_f64().unwrap().abs())
-        })
+        .max_by(|a, b| value(a).abs().total_cmp(&value(b).abs()))
         .unwrap();
     assert_eq!(
-        top[0], "median_income",
+        top["feature"], "median_income",
         "a high income drives this prediction: {e}"
     );
 }

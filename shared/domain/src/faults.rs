@@ -196,6 +196,17 @@ impl ObjectStore for FaultyStore {
         self.inner.list(prefix).await
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.plan.step(format!("delete {key}")) {
+            Verdict::Run => self.inner.delete(key).await,
+            Verdict::RunThenFail => {
+                let _ = self.inner.delete(key).await;
+                Err(store_fault("delete", key))
+            }
+            Verdict::Refuse => Err(store_fault("delete", key)),
+        }
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

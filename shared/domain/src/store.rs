@@ -100,6 +100,8 @@ pub trait ObjectStore: Send + Sync {
     }
     /// Keys under a prefix (recursive), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes an object; removing one that is absent is not an error (so a retry converges).
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A human-readable location, e.g. `s3://bucket/prefix` or a directory path.
     fn describe(&self) -> String;
     /// The full URI of a key (for lineage and tracking links).

@@ -59,9 +59,55 @@ pub struct ExplanationOut {
     pub contributions: Vec<Contribution>,
 }
 
-/// One prediction.
+impl ExplanationOut {
+    /// The engine's explanation in the API's shape.
+    pub fn from_engine(e: mlops_engine::Explanation) -> Self {
+        Self {
+            margin: e.margin,
+            bias: e.bias,
+            contributions: e
+                .contributions
+                .into_iter()
+                .map(|(feature, contribution)| Contribution {
+                    feature,
+                    contribution,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A classifier's answer for one record: the class at threshold 0.5 and each class's
+/// probability by class name (in name order). The API, `mlops predict` and batch prediction all
+/// report classes this way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassOutcome {
+    /// The predicted class name.
+    pub label: String,
+    /// Probability of each class.
+    pub probabilities: BTreeMap<String, f64>,
+}
+
+impl ClassOutcome {
+    /// From the positive class's probability and the (positive, negative) class names.
+    pub fn of(positive_probability: f64, (positive, negative): &(String, String)) -> Self {
+        let p = positive_probability;
+        Self {
+            label: if p >= 0.5 { positive } else { negative }.clone(),
+            probabilities: BTreeMap::from([(positive.clone(), p), (negative.clone(), 1.0 - p)]),
+        }
+    }
+}
+
+/// One prediction: the same shape from the API, `mlops predict` and (flattened to CSV columns)
+/// batch prediction.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PredictionOut {
+    /// 1-based number of the record in the request (or of the data row in a file).
+    pub row: usize,
+    /// The record's id (the schema's id column), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Predicted value (regression, in the target's units) or probability of the positive class.
     pub prediction: f64,
     /// Class probabilities by class name (classification only).
@@ -73,6 +119,28 @@ pub struct PredictionOut {
     /// Explanation, with `?explain=true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<ExplanationOut>,
+}
+
+impl PredictionOut {
+    /// A prediction for record `row` (1-based); `classes` are the (positive, negative) class
+    /// names of a classifier.
+    pub fn new(
+        row: usize,
+        id: Option<String>,
+        prediction: f64,
+        classes: Option<&(String, String)>,
+        explanation: Option<ExplanationOut>,
+    ) -> Self {
+        let outcome = classes.map(|c| ClassOutcome::of(prediction, c));
+        Self {
+            row,
+            id,
+            prediction,
+            label: outcome.as_ref().map(|o| o.label.clone()),
+            probabilities: outcome.map(|o| o.probabilities),
+            explanation,
+        }
+    }
 }
 
 /// Predictions and what served them.
@@ -90,7 +158,8 @@ pub struct PredictResponse {
     pub task: String,
     /// One prediction per record, in order.
     pub predictions: Vec<PredictionOut>,
-    /// Per column, categorical values the model never saw in training (encoded as all zeros).
+    /// Per column, categories in the schema's list that the model never saw in training
+    /// (encoded as all zeros); a category outside the list is a field error instead.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unseen_categories: BTreeMap<String, u64>,
 }
@@ -98,7 +167,8 @@ pub struct PredictResponse {
 /// A problem with one field of one record.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FieldProblem {
-    /// 0-based index of the record in the request (0 for a single record).
+    /// 1-based number of the record in the request (1 for a single record), as `row` in
+    /// predictions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<usize>,
     /// Field name.

@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::api::{
-    ApiError, Contribution, ErrorBody, ExplanationOut, FieldProblem, PredictResponse,
-    PredictionOut, current_request_id,
+    ApiError, ErrorBody, ExplanationOut, FieldProblem, PredictResponse, PredictionOut,
+    current_request_id,
 };
 use crate::metrics::Served;
 use crate::predlog::LoggedPrediction;
@@ -229,7 +229,7 @@ pub async fn predict(
         match record_from_json(schema, record) {
             Ok(row) => rows.push(row),
             Err(errors) => problems.extend(errors.into_iter().map(|e| FieldProblem {
-                record: Some(i),
+                record: Some(i + 1),
                 field: e.field,
                 message: e.message,
             })),
@@ -243,7 +243,7 @@ pub async fn predict(
             "{total} invalid field{}{}: '{}' {}",
             if total == 1 { "" } else { "s" },
             if many {
-                format!(" (first in record {})", first.record.unwrap_or(0))
+                format!(" (first in record {})", first.record.unwrap_or(1))
             } else {
                 String::new()
             },
@@ -261,48 +261,33 @@ pub async fn predict(
         .map_err(|e| ApiError::bad_request("invalid_record", e.to_string()))?;
     let classification = model.manifest.task == Task::BinaryClassification;
     let classes = classification.then(|| model.manifest.schema.class_names());
+    let id_column = schema.id_column().map(|c| c.name.clone());
     let mut predictions = Vec::with_capacity(values.len());
-    for (row, &p) in rows.iter().zip(&values) {
+    for (i, (row, &p)) in rows.iter().zip(&values).enumerate() {
         let explanation = if explain {
             let e = model
                 .predictor
                 .explain(row)
                 .map_err(|e| ApiError::bad_request("cannot_explain", e.to_string()))?;
-            Some(ExplanationOut {
-                margin: e.margin,
-                bias: e.bias,
-                contributions: e
-                    .contributions
-                    .into_iter()
-                    .map(|(feature, contribution)| Contribution {
-                        feature,
-                        contribution,
-                    })
-                    .collect(),
-            })
+            Some(ExplanationOut::from_engine(e))
         } else {
             None
         };
-        let (probabilities, label) = match &classes {
-            Some((positive, negative)) => (
-                Some(BTreeMap::from([
-                    (positive.clone(), p),
-                    (negative.clone(), 1.0 - p),
-                ])),
-                Some(if p >= 0.5 {
-                    positive.clone()
-                } else {
-                    negative.clone()
-                }),
-            ),
-            None => (None, None),
-        };
-        predictions.push(PredictionOut {
-            prediction: p,
-            probabilities,
-            label,
+        let id = id_column
+            .as_ref()
+            .and_then(|c| records[i].get(c))
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| (!v.is_null()).then(|| v.to_string()))
+            });
+        predictions.push(PredictionOut::new(
+            i + 1,
+            id,
+            p,
+            classes.as_ref(),
             explanation,
-        });
+        ));
     }
     if let Some(log) = &state.predictions_log {
         let latency_us = started.elapsed().as_micros() as u64;

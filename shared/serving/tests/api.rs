@@ -534,13 +534,36 @@ async fn malformed_requests_get_a_4xx_naming_the_problem() {
             "{what}"
         );
     }
-    // All field problems of a record are listed, with the record index.
+    // All field problems of a record are listed, with the record's 1-based number (as `row` in
+    // predictions, `mlops predict` and batch prediction count).
     let bad = json!([housing_record(), {"longitude": "x", "latitude": true}]);
     let (status, _, body) = call(&app, post(path, bad.to_string())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let fields = body["error"]["fields"].as_array().unwrap();
     assert!(fields.len() >= 8, "{body}");
-    assert!(fields.iter().all(|f| f["record"] == 1));
+    assert!(fields.iter().all(|f| f["record"] == 2));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("first in record 2"),
+        "{body}"
+    );
+    let (_, _, ok) = call(
+        &app,
+        post(
+            path,
+            json!([housing_record(), housing_record()]).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            ok["predictions"][0]["row"].as_u64(),
+            ok["predictions"][1]["row"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
 }
 
 #[tokio::test]

@@ -197,6 +197,18 @@ impl ObjectStore for LocalStore {
             .map_err(|e| backend("list", prefix, e))
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let key_owned = key.to_string();
+        tokio::task::spawn_blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend("delete", &key_owned, e)),
+        })
+        .await
+        .map_err(|e| backend("delete", key, e))?
+    }
+
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
@@ -256,7 +268,7 @@ mod tests {
     async fn lists_by_prefix_without_temporary_files() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::new(dir.path());
-        for k in ["m/x/1.json", "m/x/2.json", "m/y/1.json", "n/1"] {
+        for k in ["m/x/1.json", "m/x/2.json", "m/y/1.json", "n/1", "gone"] {
             s.put(k, vec![], PutCondition::None).await.unwrap();
         }
         std::fs::write(dir.path().join("m/x/.2.json.tmp-abc"), b"").unwrap();
@@ -267,6 +279,9 @@ mod tests {
         assert_eq!(s.list("m/").await.unwrap().len(), 3);
         assert_eq!(s.list("m/x/1").await.unwrap(), vec!["m/x/1.json"]);
         assert!(s.list("zzz/").await.unwrap().is_empty());
+        s.delete("gone").await.unwrap();
+        s.delete("gone").await.unwrap();
+        assert!(s.get("gone").await.unwrap().is_none());
     }
 
     #[tokio::test]

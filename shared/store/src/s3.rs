@@ -321,6 +321,19 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        // S3 answers 204 whether or not the object existed.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| backend("delete", key, &e))?;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         self.uri("").trim_end_matches('/').to_string()
     }

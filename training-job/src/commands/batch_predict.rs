@@ -11,9 +11,18 @@
 //! still the latest, so two runs of one job (an AWS Batch retry beside a slow attempt) never move
 //! the checkpoint backwards: the older one stops, the newer one finishes.
 //!
-//! Output layout (under the output prefix): `part-NNNNN.csv` (`row,id,prediction[,label]`, the
-//! label being the class name the API reports), `errors-NNNNN.csv` (`row,line,field,message`)
-//! where a part had bad rows, and `_checkpoint.json` ([`Checkpoint`]).
+//! Output layout (under the output prefix): `part-NNNNN.csv` (`row,id[,copied columns],prediction`
+//! and, for classifiers, `label,probability_CLASS…` — the class names and probabilities the API
+//! reports), `errors-NNNNN.csv` (`row,line,field,message`) where a part had bad rows, and
+//! `_checkpoint.json` ([`Checkpoint`]).
+//!
+//! A quoted field left open (an unterminated quote) cannot swallow the rest of the input: a
+//! quoted field may span at most `--max-quoted-lines` lines, past which the job stops naming the
+//! line where the field began; a shorter one makes its row rejected with that line.
+//!
+//! Exit status: 0 every row predicted; 3 finished with rejected rows (listed in `errors-*.csv`;
+//! not with `--job`, where the checkpoint reports them); 4 more rows rejected than
+//! `--max-rejected` allows (the output so far is kept and resumable); 1 any other error.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -32,6 +41,7 @@ use tokio::runtime::Handle;
 
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
+use crate::exit::ExitWith;
 
 /// Arguments of `mlops batch-predict`.
 #[derive(Debug, clap::Args)]
@@ -62,6 +72,62 @@ pub struct BatchPredictArgs {
     /// MiB per ranged GET of an S3 input; two are held at once (one read, one fetched ahead).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub read_chunk_mib: u64,
+    /// Input columns to copy into the output beside each prediction (e.g. a customer id).
+    #[arg(long, value_delimiter = ',')]
+    pub copy_columns: Vec<String>,
+    /// Stop (exit status 4) once more rows than this are rejected: a count (`100`) or a share of
+    /// the rows read (`0.5%`, checked at the end).
+    #[arg(long, value_parser = MaxRejected::parse)]
+    pub max_rejected: Option<MaxRejected>,
+    /// Most lines one quoted field may span; past it the input is taken to have an unterminated
+    /// quote and the job stops naming the line where the field began.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_quoted_lines: u64,
+    /// Replace the output of an earlier job at the same place (its parts, errors files and
+    /// checkpoint) instead of refusing or resuming it.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `--max-rejected`: a number of rows or a percentage of the rows read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxRejected {
+    /// At most this many rows.
+    Rows(u64),
+    /// At most this share of the rows read, in percent.
+    Percent(f64),
+}
+
+impl MaxRejected {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(Self::Percent)
+                .ok_or_else(|| format!("'{text}' is not a percentage between 0% and 100%")),
+            None => text.trim().parse::<u64>().map(Self::Rows).map_err(|_| {
+                format!("'{text}' is not a row count (e.g. 100) or a percentage (e.g. 0.5%)")
+            }),
+        }
+    }
+
+    /// Whether `rejected` of `rows` is over the limit.
+    fn exceeded(self, rejected: u64, rows: u64) -> bool {
+        match self {
+            Self::Rows(n) => rejected > n,
+            Self::Percent(p) => rows > 0 && rejected as f64 * 100.0 / rows as f64 > p,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Rows(n) => format!("{n} rows"),
+            Self::Percent(p) => format!("{p}% of the rows"),
+        }
+    }
 }
 
 /// Where the output goes: a store and a key prefix in it.
@@ -154,8 +220,24 @@ impl Input {
         }
     }
 
-    /// A reader from byte `offset` to the end (call from a blocking thread).
-    fn reader(&self, offset: u64, chunk: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
+    /// A reader from byte `offset` (which starts line `line`) to the end, guarded against
+    /// quoted fields that span more than `max_quoted_lines` lines (call from a blocking thread).
+    fn reader(
+        &self,
+        offset: u64,
+        line: u64,
+        max_quoted_lines: u64,
+        chunk: u64,
+        handle: &Handle,
+    ) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(QuoteGuard::new(
+            self.raw_reader(offset, chunk, handle)?,
+            line,
+            max_quoted_lines,
+        )))
+    }
+
+    fn raw_reader(&self, offset: u64, chunk: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
             Self::File { path, .. } => {
                 let mut f = std::fs::File::open(path)
@@ -252,6 +334,98 @@ impl Read for RangeReader {
     }
 }
 
+/// Where the CSV scanner is within a record (RFC 4180, as the `csv` crate reads it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CsvState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    QuoteInQuoted,
+}
+
+/// Passes a CSV stream through, tracking quoting as the CSV reader will: a quoted field still
+/// open after `max_lines` newlines is an unterminated quote, reported (as an I/O error, after
+/// the bytes before it) with the line where the field began, instead of being read as one
+/// enormous row.
+struct QuoteGuard<R> {
+    inner: R,
+    state: CsvState,
+    line: u64,
+    opened_at: u64,
+    lines_open: u64,
+    max_lines: u64,
+    pending: Option<String>,
+}
+
+impl<R: Read> QuoteGuard<R> {
+    fn new(inner: R, first_line: u64, max_lines: u64) -> Self {
+        Self {
+            inner,
+            state: CsvState::FieldStart,
+            line: first_line,
+            opened_at: first_line,
+            lines_open: 0,
+            max_lines,
+            pending: None,
+        }
+    }
+
+    /// Scans `bytes`; returns how many may be passed on (all, or those before a violation).
+    fn scan(&mut self, bytes: &[u8]) -> usize {
+        use CsvState::*;
+        for (i, &b) in bytes.iter().enumerate() {
+            self.state = match (self.state, b) {
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, b'\n') => {
+                    self.line += 1;
+                    self.lines_open += 1;
+                    if self.lines_open > self.max_lines {
+                        self.pending = Some(format!(
+                            "line {}: a quoted field opened on this line is still open {} lines later \
+                             (an unterminated quote?); fix the quote, or raise --max-quoted-lines if \
+                             fields really span that many lines",
+                            self.opened_at, self.max_lines
+                        ));
+                        return i;
+                    }
+                    Quoted
+                }
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (FieldStart, b'"') => {
+                    self.opened_at = self.line;
+                    self.lines_open = 0;
+                    Quoted
+                }
+                (_, b'\n') => {
+                    self.line += 1;
+                    FieldStart
+                }
+                (_, b',') => FieldStart,
+                _ => Unquoted,
+            };
+        }
+        bytes.len()
+    }
+}
+
+impl<R: Read> Read for QuoteGuard<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(message) = &self.pending {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                message.clone(),
+            ));
+        }
+        let n = self.inner.read(out)?;
+        let passed = self.scan(&out[..n]);
+        if passed == 0 && n > 0 {
+            return self.read(out);
+        }
+        Ok(passed)
+    }
+}
+
 /// One run of a job: everything it needs, owned, so it can run on a blocking thread.
 pub(crate) struct JobRun {
     pub predictor: Predictor,
@@ -263,6 +437,10 @@ pub(crate) struct JobRun {
     pub part_bytes: u64,
     pub read_chunk: u64,
     pub fingerprint: String,
+    /// Input columns copied into the output.
+    pub copy_columns: Vec<String>,
+    pub max_quoted_lines: u64,
+    pub max_rejected: Option<MaxRejected>,
 }
 
 /// Runs the job.
@@ -312,6 +490,9 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
             )
         }
     };
+    if args.overwrite {
+        output.clear().await?;
+    }
     let started = Instant::now();
     let record = registry.version(&model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
@@ -319,11 +500,12 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let source = Input::open(&input, settings).await?;
     let fingerprint = sha256_hex(
         format!(
-            "{model}\n{version}\n{}\n{}\n{}\n{}",
+            "{model}\n{version}\n{}\n{}\n{}\n{}\n{}",
             bundle.digest(),
             source.identity(),
             args.part_rows,
-            args.part_mib
+            args.part_mib,
+            args.copy_columns.join(",")
         )
         .as_bytes(),
     );
@@ -337,31 +519,91 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         part_bytes: args.part_mib << 20,
         read_chunk: args.read_chunk_mib << 20,
         fingerprint,
+        copy_columns: args.copy_columns.clone(),
+        max_quoted_lines: args.max_quoted_lines,
+        max_rejected: args.max_rejected,
     };
+    let job_mode = args.job.is_some();
     let handle = Handle::current();
     let summary = tokio::task::spawn_blocking(move || job.run(&handle))
         .await
         .context("the batch-prediction thread panicked")??;
     let seconds = started.elapsed().as_secs_f64();
-    match summary {
-        Summary::AlreadyComplete(c) => eprintln!(
-            "already complete: {} rows, {} rejected, {} parts",
-            c.rows_done,
-            c.rows_rejected,
-            c.parts.len()
-        ),
+    let done = match summary {
+        Summary::AlreadyComplete(c) => {
+            eprintln!(
+                "already complete: {} rows, {} rejected, {} parts",
+                c.rows_done,
+                c.rows_rejected,
+                c.parts.len()
+            );
+            c
+        }
         Summary::Done {
             checkpoint: c,
             rows_this_run,
             location,
-        } => eprintln!(
-            "done: {} rows ({} rejected) with {model} v{version} in {seconds:.2} s ({:.0} rows/s this run) → {location}",
-            c.rows_done,
-            c.rows_rejected,
-            rows_this_run as f64 / seconds
-        ),
+        } => {
+            eprintln!(
+                "done: {} rows ({} rejected) with {model} v{version} in {seconds:.2} s ({:.0} rows/s this run) → {location}",
+                c.rows_done,
+                c.rows_rejected,
+                rows_this_run as f64 / seconds
+            );
+            c
+        }
+    };
+    if let Some(limit) = args.max_rejected
+        && limit.exceeded(done.rows_rejected, done.rows_done)
+    {
+        return Err(ExitWith {
+            code: 4,
+            message: format!(
+                "error: {} of {} rows rejected, more than --max-rejected {} (see the errors-*.csv files)",
+                done.rows_rejected,
+                done.rows_done,
+                limit.describe()
+            ),
+        }
+        .into());
+    }
+    if done.rows_rejected > 0 && !job_mode {
+        return Err(ExitWith {
+            code: 3,
+            message: format!(
+                "finished with {} rejected rows of {} (reasons in the errors-*.csv files): exit status 3",
+                done.rows_rejected, done.rows_done
+            ),
+        }
+        .into());
     }
     Ok(())
+}
+
+impl Output {
+    /// Removes an earlier job's output here: the checkpoint first (so a crash midway leaves no
+    /// checkpoint claiming parts that are gone), then its parts and errors files.
+    async fn clear(&self) -> Result<()> {
+        self.store.delete(&self.key(CHECKPOINT)).await?;
+        let mut removed = 0;
+        for key in self.store.list(&self.prefix).await? {
+            let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
+            let ours = (name.starts_with("part-") || name.starts_with("errors-"))
+                && name.ends_with(".csv")
+                && !name.contains('/');
+            if ours {
+                self.store.delete(&key).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            eprintln!(
+                "--overwrite: removed {removed} files of an earlier job from {}",
+                self.store.uri(&self.prefix)
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How a run ended.
@@ -470,10 +712,13 @@ impl JobRun {
         let mut header_reader =
             csv::ReaderBuilder::new()
                 .flexible(true)
-                .from_reader(
-                    self.input
-                        .reader(0, self.read_chunk.min(64 << 10), handle)?,
-                );
+                .from_reader(self.input.reader(
+                    0,
+                    1,
+                    self.max_quoted_lines,
+                    self.read_chunk.min(64 << 10),
+                    handle,
+                )?);
         let header = header_reader
             .headers()
             .with_context(|| format!("{name}: cannot read the header"))?
@@ -486,33 +731,40 @@ impl JobRun {
             checkpoint.input_lines = header_lines;
         }
         let parser = RowParser::new(&header, name, &self.schema)?;
+        let copied = copied_columns(&header, &self.copy_columns, name)?;
         let labels =
             (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(false)
-            .from_reader(
-                self.input
-                    .reader(checkpoint.input_offset, self.read_chunk, handle)?,
-            );
+            .from_reader(self.input.reader(
+                checkpoint.input_offset,
+                checkpoint.input_lines + 1,
+                self.max_quoted_lines,
+                self.read_chunk,
+                handle,
+            )?);
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
         let mut record = csv::StringRecord::new();
         loop {
             // Rows are validated as they are read: a part holds parsed values, not records.
             let first_row = checkpoint.rows_done;
             let index = checkpoint.parts.len();
-            let mut part = PartBuilder::new(&parser, first_row, base_lines)?;
+            let mut part = PartBuilder::new(&parser, first_row, base_lines, &copied)?;
             let part_start = reader.position().byte();
             while part.rows_read < self.part_rows
                 && reader.position().byte() - part_start < self.part_bytes
             {
                 match reader.read_record(&mut record) {
-                    Ok(true) => part.add(Ok(&record))?,
+                    Ok(true) => {
+                        let end_line = base_lines + reader.position().line();
+                        part.add(Ok(&record), end_line)?
+                    }
                     Ok(false) => break,
                     Err(e) if e.is_io_error() => {
                         return Err(anyhow::Error::new(e).context(format!("cannot read {name}")));
                     }
-                    Err(e) => part.add(Err(e))?,
+                    Err(e) => part.add(Err(e), 0)?,
                 }
             }
             if part.rows_read == 0 {
@@ -543,6 +795,21 @@ impl JobRun {
                 checkpoint.rows_done,
                 part.rejected
             );
+            if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
+                && limit.exceeded(checkpoint.rows_rejected, checkpoint.rows_done)
+            {
+                return Err(ExitWith {
+                    code: 4,
+                    message: format!(
+                        "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
+                         (the output so far is kept; rerun to resume)",
+                        checkpoint.rows_done,
+                        checkpoint.rows_rejected,
+                        limit.describe()
+                    ),
+                }
+                .into());
+            }
         }
         checkpoint.rows_total = Some(checkpoint.rows_done);
         checkpoint.complete = true;
@@ -566,22 +833,31 @@ struct Part {
 /// schema or the pipeline refuse go to the errors file.
 struct PartBuilder<'p> {
     parser: &'p RowParser<'p>,
+    /// Input column indices copied into the output, with their names.
+    copied: &'p [(usize, String)],
     first_row: u64,
     /// The input line just before the part's reader started.
     base_lines: u64,
     rows_read: u64,
     rows: Vec<Vec<Value>>,
-    keep: Vec<(u64, Option<String>)>,
+    /// Row number, id and copied values of each valid row.
+    keep: Vec<(u64, Option<String>, Vec<String>)>,
     errors: csv::Writer<Vec<u8>>,
     rejected: u64,
 }
 
 impl<'p> PartBuilder<'p> {
-    fn new(parser: &'p RowParser<'p>, first_row: u64, base_lines: u64) -> Result<Self> {
+    fn new(
+        parser: &'p RowParser<'p>,
+        first_row: u64,
+        base_lines: u64,
+        copied: &'p [(usize, String)],
+    ) -> Result<Self> {
         let mut errors = csv::Writer::from_writer(Vec::new());
         errors.write_record(["row", "line", "field", "message"])?;
         Ok(Self {
             parser,
+            copied,
             first_row,
             base_lines,
             rows_read: 0,
@@ -596,22 +872,41 @@ impl<'p> PartBuilder<'p> {
         p.map_or(0, |p| self.base_lines + p.line()).to_string()
     }
 
-    /// Validates one record (or records why it could not be read).
-    fn add(&mut self, record: Result<&csv::StringRecord, csv::Error>) -> Result<()> {
+    /// Validates one record (or records why it could not be read); `end_line` is the input
+    /// line the record ended on.
+    fn add(&mut self, record: Result<&csv::StringRecord, csv::Error>, end_line: u64) -> Result<()> {
         self.rows_read += 1;
         let row_number = (self.first_row + self.rows_read).to_string();
         match record {
             Ok(r) => match self.parser.parse(r) {
                 Ok(parsed) => {
                     self.rows.push(parsed.values);
-                    self.keep.push((self.first_row + self.rows_read, parsed.id));
+                    let copied = self
+                        .copied
+                        .iter()
+                        .map(|(i, _)| r.get(*i).unwrap_or("").to_string())
+                        .collect();
+                    self.keep
+                        .push((self.first_row + self.rows_read, parsed.id, copied));
                 }
                 Err(problems) => {
                     self.rejected += 1;
                     let line = self.line_of(r.position());
+                    // A bad row over several lines is most often an unterminated quote.
+                    let hint = line
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&start| end_line > start)
+                        .map(|start| {
+                            format!(
+                                " (this row runs from line {start} to line {end_line}: a quoted field opened on line {start} may be unterminated)"
+                            )
+                        })
+                        .unwrap_or_default();
                     for p in problems {
+                        let message = format!("{}{hint}", p.message);
                         self.errors
-                            .write_record([&row_number, &line, &p.field, &p.message])?;
+                            .write_record([&row_number, &line, &p.field, &message])?;
                     }
                 }
             },
@@ -629,12 +924,8 @@ impl<'p> PartBuilder<'p> {
     fn finish(mut self, predictor: &Predictor, labels: Option<&(String, String)>) -> Result<Part> {
         let predictions = predict_parallel(predictor, &self.rows)?;
         let mut body = Vec::with_capacity(self.keep.len() * 32);
-        body.extend_from_slice(if labels.is_some() {
-            b"row,id,prediction,label\n".as_slice()
-        } else {
-            b"row,id,prediction\n".as_slice()
-        });
-        for ((number, id), p) in self.keep.iter().zip(&predictions) {
+        body.extend_from_slice(output_header(self.copied, labels).as_bytes());
+        for ((number, id, copied), p) in self.keep.iter().zip(&predictions) {
             use std::io::Write;
             let p = match p {
                 Ok(p) => *p,
@@ -645,13 +936,20 @@ impl<'p> PartBuilder<'p> {
                     continue;
                 }
             };
-            let id = csv_field(id.as_deref().unwrap_or(""));
+            write!(body, "{number},{}", csv_field(id.as_deref().unwrap_or("")))?;
+            for value in copied {
+                write!(body, ",{}", csv_field(value))?;
+            }
             match labels {
-                Some((positive, negative)) => {
-                    let label = if p >= 0.5 { positive } else { negative };
-                    writeln!(body, "{number},{id},{p},{}", csv_field(label))?;
+                Some(classes) => {
+                    let outcome = mlops_serving::api::ClassOutcome::of(p, classes);
+                    write!(body, ",{p},{}", csv_field(&outcome.label))?;
+                    for probability in outcome.probabilities.values() {
+                        write!(body, ",{probability}")?;
+                    }
+                    writeln!(body)?;
                 }
-                None => writeln!(body, "{number},{id},{p}")?,
+                None => writeln!(body, ",{p}")?,
             }
         }
         let errors = self
@@ -664,6 +962,45 @@ impl<'p> PartBuilder<'p> {
             rejected: self.rejected,
         })
     }
+}
+
+/// The output header: `row,id`, the copied columns, `prediction`, and for classifiers `label`
+/// and one `probability_CLASS` column per class (in the order the API lists them).
+fn output_header(copied: &[(usize, String)], labels: Option<&(String, String)>) -> String {
+    let mut columns = vec!["row".to_string(), "id".to_string()];
+    columns.extend(copied.iter().map(|(_, name)| csv_field(name).into_owned()));
+    columns.push("prediction".into());
+    if let Some(classes) = labels {
+        columns.push("label".into());
+        for (class, _) in mlops_serving::api::ClassOutcome::of(0.5, classes).probabilities {
+            columns.push(csv_field(&format!("probability_{class}")).into_owned());
+        }
+    }
+    columns.join(",") + "\n"
+}
+
+/// Finds the `--copy-columns` in the input header.
+fn copied_columns(
+    header: &csv::StringRecord,
+    wanted: &[String],
+    input: &str,
+) -> Result<Vec<(usize, String)>> {
+    wanted
+        .iter()
+        .map(|name| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .map(|i| (i, name.clone()))
+                .with_context(|| {
+                    let columns: Vec<&str> = header.iter().collect();
+                    format!(
+                        "--copy-columns: {input} has no column '{name}' (its columns: {})",
+                        columns.join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
@@ -781,6 +1118,9 @@ mod tests {
             part_bytes: 1 << 30,
             read_chunk: 1 << 20,
             fingerprint: "fingerprint".into(),
+            copy_columns: Vec::new(),
+            max_quoted_lines: 100,
+            max_rejected: None,
         }
     }
 
@@ -959,6 +1299,130 @@ mod tests {
             format!("{e:#}").contains("changed while the job read it"),
             "{e:#}"
         );
+    }
+
+    /// A world whose input is `csv`.
+    fn world_of(csv: &str) -> World {
+        let w = world(0);
+        std::fs::write(w.dir.path().join("input.csv"), csv).unwrap();
+        w
+    }
+
+    fn error_text(e: &anyhow::Error) -> String {
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn the_quote_guard_passes_csv_and_stops_an_unterminated_quote() {
+        let read = |text: &str, max: u64| {
+            let mut out = String::new();
+            QuoteGuard::new(text.as_bytes(), 1, max)
+                .read_to_string(&mut out)
+                .map(|_| out)
+                .map_err(|e| e.to_string())
+        };
+        // Quoted commas, newlines within the limit, escaped quotes, and a stray quote inside an
+        // unquoted field all pass unchanged.
+        let fine = "a,b\n\"x,y\",\"two\nlines\"\n\"say \"\"hi\"\"\",5'11\"\n";
+        assert_eq!(read(fine, 1).unwrap(), fine);
+        let open = format!("a,b\n1,2\n3,\"open\n{}", "4,5\n".repeat(10));
+        let e = read(&open, 5).unwrap_err();
+        assert!(
+            e.starts_with("line 3: a quoted field opened on this line"),
+            "{e}"
+        );
+        assert!(read(&open, 50).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unterminated_quote_stops_the_job_naming_its_line() {
+        let w = world_of(&format!("x\n1.5\n\"2.5\n{}", "3\n".repeat(300)));
+        let e = run_job(job(&w, Arc::clone(&w.store), "out/", 50))
+            .await
+            .unwrap_err();
+        assert!(
+            error_text(&e).contains("line 3: a quoted field opened"),
+            "{e:#}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_unterminated_quote_rejects_one_row_naming_its_first_line() {
+        let w = world_of("x\n1.5\n\"2.5\n4\n5\n");
+        run_job(job(&w, Arc::clone(&w.store), "out/", 50))
+            .await
+            .unwrap();
+        let c = checkpoint(&w.store, "out/").await;
+        assert_eq!((c.rows_done, c.rows_rejected), (2, 1));
+        let errors = files(&w.store, "out/").await["errors-00000.csv"].clone();
+        let errors = String::from_utf8(errors).unwrap();
+        assert!(errors.contains("2,3,"), "{errors}");
+        assert!(errors.contains("runs from line 3 to line 6"), "{errors}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chosen_input_columns_are_copied_beside_the_prediction() {
+        let w = world_of("x,y\n1.5,\"a, b\"\n2.5,c\n");
+        let mut copying = job(&w, Arc::clone(&w.store), "out/", 50);
+        copying.copy_columns = vec!["y".into()];
+        run_job(copying).await.unwrap();
+        let part = files(&w.store, "out/").await["part-00000.csv"].clone();
+        let part = String::from_utf8(part).unwrap();
+        assert!(
+            part.starts_with("row,id,y,prediction\n1,,\"a, b\",1.5\n2,,c,2.5\n"),
+            "{part}"
+        );
+        let mut missing = job(&w, Arc::clone(&w.store), "other/", 50);
+        missing.copy_columns = vec!["customer".into()];
+        let e = run_job(missing).await.unwrap_err();
+        assert!(
+            error_text(&e).contains("no column 'customer' (its columns: x, y)"),
+            "{e:#}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_rejected_rows_than_allowed_stop_with_status_4() {
+        let w = world(10);
+        let mut strict = job(&w, Arc::clone(&w.store), "out/", 2);
+        strict.max_rejected = Some(MaxRejected::Rows(0));
+        let e = run_job(strict).await.unwrap_err();
+        let status = e.downcast_ref::<ExitWith>().expect("an exit status");
+        assert_eq!(status.code, 4, "{status}");
+        assert!(status.message.contains("stopped after row 4"), "{status}");
+        assert_eq!(MaxRejected::parse("0.5%"), Ok(MaxRejected::Percent(0.5)));
+        assert!(MaxRejected::Percent(5.0).exceeded(6, 100));
+        assert!(!MaxRejected::Percent(5.0).exceeded(5, 100));
+        assert!(
+            MaxRejected::parse("lots")
+                .unwrap_err()
+                .contains("not a row count")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overwrite_removes_an_earlier_jobs_output_only() {
+        let w = world(10);
+        run_job(job(&w, Arc::clone(&w.store), "out/", 3))
+            .await
+            .unwrap();
+        w.store
+            .put("out/notes.txt", b"mine".to_vec(), PutCondition::None)
+            .await
+            .unwrap();
+        let mut other = job(&w, Arc::clone(&w.store), "out/", 3);
+        other.fingerprint = "another job".into();
+        let e = run_job(other).await.unwrap_err();
+        assert!(error_text(&e).contains("belongs to another job"), "{e:#}");
+        let output = Output {
+            store: Arc::clone(&w.store),
+            prefix: "out/".into(),
+        };
+        output.clear().await.unwrap();
+        assert_eq!(w.store.list("out/").await.unwrap(), vec!["out/notes.txt"]);
+        let mut other = job(&w, Arc::clone(&w.store), "out/", 3);
+        other.fingerprint = "another job".into();
+        run_job(other).await.unwrap();
     }
 
     #[test]

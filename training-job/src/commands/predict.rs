@@ -1,18 +1,25 @@
 //! `mlops predict`: rows from CSV or JSON through a registered model, evaluated by the pure-Rust
-//! inference engine (no native library).
+//! inference engine (no native library). The output is the API's: one prediction per row with
+//! its 1-based `row`, `id`, `prediction` and, for classifiers, `label` and `probabilities`;
+//! every bad row is reported (row, line, field, message), as the API lists every bad field.
+//!
+//! Exit status: 0 every row predicted; 3 some rows skipped with `--skip-invalid`; 1 bad rows
+//! without `--skip-invalid` (nothing is predicted) or any other error.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use mlops_domain::artifact::Bundle;
-use mlops_domain::data::{TargetPolicy, Value, read_csv, record_from_json};
+use mlops_domain::data::{RowParser, Value, record_from_json};
 use mlops_domain::registry::CHAMPION;
 use mlops_domain::schema::Task;
 use mlops_engine::Predictor;
+use mlops_serving::api::{ExplanationOut, PredictionOut};
 
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
+use crate::exit::ExitWith;
 
 /// Arguments of `mlops predict`.
 #[derive(Debug, clap::Args)]
@@ -31,44 +38,82 @@ pub struct PredictArgs {
     /// Add per-feature contributions (TreeSHAP for trees, exact for linear models) to each row.
     #[arg(long)]
     pub explain: bool,
+    /// Predict the valid rows and skip the bad ones (listed on stderr or in --errors; exit
+    /// status 3) instead of stopping before predicting anything.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Write the bad rows' problems to this CSV file (row,line,field,message).
+    #[arg(long)]
+    pub errors: Option<PathBuf>,
+    /// Output format: json (one JSON object per line, the API's prediction shape), csv (batch
+    /// prediction's columns) or table.
+    #[arg(long, default_value = "json", value_parser = ["json", "csv", "table"])]
+    pub format: String,
+    /// Write the predictions to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
-/// One prediction.
-#[derive(Debug, serde::Serialize)]
-pub struct Prediction {
-    /// Row id (from the id column) or 1-based row number.
-    pub row: String,
-    /// Value (regression) or positive-class probability (classification).
-    pub prediction: f64,
-    /// Class at threshold 0.5 (classification).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<bool>,
-    /// Contributions in margin space, with the bias, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub explanation: Option<mlops_engine::Explanation>,
+/// One input row that could be read: its number, id and values.
+struct InputRow {
+    row: usize,
+    id: Option<String>,
+    values: Vec<Value>,
 }
 
-/// Parses rows from CSV or JSON against the bundle's schema.
-fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<Vec<Value>>, Vec<String>)> {
+/// One problem with one input row.
+struct RowProblem {
+    row: usize,
+    /// File line (CSV), when known.
+    line: Option<u64>,
+    field: String,
+    message: String,
+}
+
+/// Reads every row, keeping the valid ones and listing the problems of the others.
+fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<InputRow>, Vec<RowProblem>)> {
     let schema = &bundle.manifest.schema;
+    let (mut rows, mut problems) = (Vec::new(), Vec::new());
     if let Some(path) = &args.csv {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let (data, report) = read_csv(
-            file,
-            &path.display().to_string(),
-            schema,
-            TargetPolicy::Optional,
-        )?;
-        if !report.is_valid() {
-            bail!("{report}");
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?;
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+        let header = reader
+            .headers()
+            .with_context(|| format!("{name}: cannot read the header"))?
+            .clone();
+        let parser = RowParser::new(&header, &name, schema)?;
+        for (i, record) in reader.records().enumerate() {
+            let row = i + 1;
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    let line = e.position().map(|p| p.line());
+                    problems.push(RowProblem {
+                        row,
+                        line,
+                        field: "(row)".into(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let line = record.position().map(|p| p.line());
+            match parser.parse(&record) {
+                Ok(parsed) => rows.push(InputRow {
+                    row,
+                    id: parsed.id,
+                    values: parsed.values,
+                }),
+                Err(errors) => problems.extend(errors.into_iter().map(|e| RowProblem {
+                    row,
+                    line,
+                    field: e.field,
+                    message: e.message,
+                })),
+            }
         }
-        let ids = if data.ids.is_empty() {
-            data.lines.iter().map(|l| format!("line {l}")).collect()
-        } else {
-            data.ids
-        };
-        return Ok((data.rows, ids));
+        return Ok((rows, problems));
     }
     let (text, origin) = match args.json.as_deref() {
         Some(p) if p.as_os_str() == "-" => {
@@ -91,27 +136,36 @@ fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<Vec<Value>>, Ve
         obj @ serde_json::Value::Object(_) => vec![obj],
         _ => bail!("{origin}: expected an object or a list of objects"),
     };
-    let mut rows = Vec::with_capacity(records.len());
-    let mut ids = Vec::with_capacity(records.len());
+    let id_column = schema.id_column().map(|c| c.name.clone());
     for (i, record) in records.iter().enumerate() {
-        let obj = record
-            .as_object()
-            .with_context(|| format!("{origin}: record {} is not an object", i + 1))?;
+        let row = i + 1;
+        let Some(obj) = record.as_object() else {
+            problems.push(RowProblem {
+                row,
+                line: None,
+                field: "(record)".into(),
+                message: "not a JSON object".into(),
+            });
+            continue;
+        };
         match record_from_json(schema, obj) {
-            Ok(values) => rows.push(values),
-            Err(errors) => {
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                bail!("{origin}: record {}: {}", i + 1, list.join("; "));
-            }
+            Ok(values) => rows.push(InputRow {
+                row,
+                id: id_column
+                    .as_ref()
+                    .and_then(|c| obj.get(c))
+                    .and_then(|v| v.as_str().map(str::to_string)),
+                values,
+            }),
+            Err(errors) => problems.extend(errors.into_iter().map(|e| RowProblem {
+                row,
+                line: None,
+                field: e.field,
+                message: e.message,
+            })),
         }
-        let id = schema
-            .id_column()
-            .and_then(|c| obj.get(&c.name))
-            .and_then(|v| v.as_str())
-            .map_or_else(|| (i + 1).to_string(), str::to_string);
-        ids.push(id);
     }
-    Ok((rows, ids))
+    Ok((rows, problems))
 }
 
 /// Predicts raw rows with a bundle through the pure-Rust engine.
@@ -120,32 +174,196 @@ pub fn predict_rows(bundle: &Bundle, rows: &[Vec<Value>]) -> Result<Vec<f64>> {
     Ok(predictor.predict(rows)?.0)
 }
 
-/// Runs `mlops predict`, printing JSON lines.
+/// Writes the problems as CSV (`row,line,field,message`, batch prediction's errors file).
+fn write_problems(problems: &[RowProblem], out: impl Write) -> Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(["row", "line", "field", "message"])?;
+    for p in problems {
+        let line = p.line.map_or(String::new(), |l| l.to_string());
+        w.write_record([&p.row.to_string(), &line, &p.field, &p.message])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Lists problems for a person: at most 20 lines, then a count.
+fn describe_problems(problems: &[RowProblem]) -> String {
+    let mut rows: Vec<usize> = problems.iter().map(|p| p.row).collect();
+    rows.dedup();
+    let mut out = format!(
+        "{} invalid row{} ({} problem{}):",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems.iter().take(20) {
+        let line = p.line.map_or(String::new(), |l| format!(" (line {l})"));
+        out += &format!("\n  row {}{line}: '{}' {}", p.row, p.field, p.message);
+    }
+    if problems.len() > 20 {
+        out += &format!("\n  … and {} more", problems.len() - 20);
+    }
+    out
+}
+
+/// Renders predictions in the chosen format.
+fn render(
+    predictions: &[PredictionOut],
+    format: &str,
+    classes: Option<&(String, String)>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match format {
+        "json" => {
+            for p in predictions {
+                serde_json::to_writer(&mut *out, p)?;
+                writeln!(out)?;
+            }
+        }
+        "csv" => {
+            let mut w = csv::Writer::from_writer(out);
+            let mut header = vec!["row".to_string(), "id".into(), "prediction".into()];
+            if let Some(c) = classes {
+                header.push("label".into());
+                let names = mlops_serving::api::ClassOutcome::of(0.5, c).probabilities;
+                header.extend(names.keys().map(|k| format!("probability_{k}")));
+            }
+            w.write_record(&header)?;
+            for p in predictions {
+                let mut fields = vec![
+                    p.row.to_string(),
+                    p.id.clone().unwrap_or_default(),
+                    p.prediction.to_string(),
+                ];
+                if let (Some(label), Some(probabilities)) = (&p.label, &p.probabilities) {
+                    fields.push(label.clone());
+                    fields.extend(probabilities.values().map(f64::to_string));
+                }
+                w.write_record(&fields)?;
+            }
+            w.flush()?;
+        }
+        _ => {
+            let rows: Vec<Vec<String>> = predictions
+                .iter()
+                .map(|p| {
+                    let mut cells = vec![
+                        p.row.to_string(),
+                        p.id.clone().unwrap_or_default(),
+                        format!("{:.6}", p.prediction),
+                    ];
+                    if let Some(label) = &p.label {
+                        cells.push(label.clone());
+                    }
+                    cells
+                })
+                .collect();
+            let mut header = vec!["ROW", "ID", "PREDICTION"];
+            if classes.is_some() {
+                header.push("LABEL");
+            }
+            let text = crate::commands::registry::table(&header, &rows);
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `mlops predict`.
 pub async fn run(args: PredictArgs, settings: &Settings) -> Result<()> {
     let registry = settings.registry().await?;
     let version = resolve_version(&registry, &args.model, &args.version).await?;
     let record = registry.version(&args.model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
-    let (rows, ids) = read_rows(&bundle, &args)?;
+    let (rows, mut problems) = read_rows(&bundle, &args)?;
+    if !problems.is_empty() && !args.skip_invalid {
+        if let Some(path) = &args.errors {
+            write_problems(&problems, std::fs::File::create(path)?)?;
+        }
+        bail!(
+            "{}\nnothing was predicted; fix the rows, or pass --skip-invalid to predict the others",
+            describe_problems(&problems)
+        );
+    }
     let predictor = Predictor::from_bundle(&bundle)?;
-    let (predictions, _) = predictor.predict(&rows)?;
-    for ((id, p), row) in ids.into_iter().zip(predictions).zip(&rows) {
+    let classes = (bundle.manifest.task == Task::BinaryClassification)
+        .then(|| bundle.manifest.schema.class_names());
+    let mut predictions = Vec::with_capacity(rows.len());
+    for row in rows {
+        // Rows are predicted one by one so a row the pipeline refuses is reported, not fatal.
+        let p = match predictor.predict(std::slice::from_ref(&row.values)) {
+            Ok((p, _)) => p[0],
+            Err(e) => {
+                problems.push(RowProblem {
+                    row: row.row,
+                    line: None,
+                    field: "(features)".into(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
         let explanation = if args.explain {
-            Some(predictor.explain(row)?)
+            Some(ExplanationOut::from_engine(predictor.explain(&row.values)?))
         } else {
             None
         };
-        let out = Prediction {
-            row: id,
-            prediction: p,
-            label: (bundle.manifest.task == Task::BinaryClassification).then_some(p >= 0.5),
+        predictions.push(PredictionOut::new(
+            row.row,
+            row.id,
+            p,
+            classes.as_ref(),
             explanation,
-        };
-        println!("{}", serde_json::to_string(&out)?);
+        ));
+    }
+    match &args.output {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            );
+            render(&predictions, &args.format, classes.as_ref(), &mut file)?;
+            file.flush()?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            render(
+                &predictions,
+                &args.format,
+                classes.as_ref(),
+                &mut stdout.lock(),
+            )?;
+        }
     }
     eprintln!(
-        "model {} version {} ({})",
-        args.model, version, bundle.manifest.model_kind
+        "model {} version {} ({}): {} rows predicted",
+        args.model,
+        version,
+        bundle.manifest.model_kind,
+        predictions.len()
     );
-    Ok(())
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems.sort_by_key(|p| p.row);
+    match &args.errors {
+        Some(path) => write_problems(&problems, std::fs::File::create(path)?)?,
+        None => eprintln!("{}", describe_problems(&problems)),
+    }
+    Err(ExitWith {
+        code: 3,
+        message: format!(
+            "skipped {} invalid rows{}: exit status 3",
+            {
+                let mut rows: Vec<usize> = problems.iter().map(|p| p.row).collect();
+                rows.dedup();
+                rows.len()
+            },
+            args.errors
+                .as_ref()
+                .map_or(String::new(), |p| format!(" (listed in {})", p.display()))
+        ),
+    }
+    .into())
 }

@@ -164,9 +164,12 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
         log.flush().await;
     }
     anyhow::ensure!(status.is_success(), "the API answered {status}");
+    let mlops = settings.command_prefix();
     println!(
-        "\nDone. Next: `mlops serve` (API on http://127.0.0.1:8080, docs at /openapi.json), \
-         `mlops registry list {model}`, `mlops predict {model} --json rows.json`; report in {}",
+        "\nDone. Report: {}\nNext:\n  {mlops} keys create --name me --scope admin   # serve needs a key\n  \
+         {mlops} serve                                  # API on http://127.0.0.1:8080, explorer at /docs\n  \
+         {mlops} registry list {model}\n  \
+         {mlops} predict {model} --csv rows.csv",
         trained.artifact_dir.join("report/report.md").display()
     );
     Ok(())

@@ -1,9 +1,21 @@
-//! `mlops registry list|show|promote|rollback|card|audit`.
+//! `mlops registry list|show|promote|rollback|card|traffic|audit`. Collections print as text
+//! tables with a header, single records (`show`, `card`) as JSON documents; `--json` makes every
+//! command print JSON on stdout (what scripts and `jq` read), messages staying on stderr.
 
-use anyhow::Result;
-use mlops_domain::registry::{CHAMPION, CardEdit, Registry};
+use anyhow::{Result, bail};
+use mlops_domain::registry::{AliasEvent, CHAMPION, CardEdit, Registry, RegistryError};
 
 use crate::config::Settings;
+
+/// `mlops registry`: the command and the output format.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Print JSON on stdout (every registry command).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: RegistryCommand,
+}
 
 /// Registry commands.
 #[derive(Debug, clap::Subcommand)]
@@ -21,12 +33,13 @@ pub enum RegistryCommand {
         #[arg(default_value = CHAMPION)]
         version: String,
     },
-    /// Point an alias at a version.
+    /// Point an alias at a version (given by number or by another alias, e.g.
+    /// `promote MODEL challenger --alias champion`).
     Promote {
         /// Model name.
         model: String,
-        /// Version number.
-        version: u64,
+        /// Version number or alias.
+        version: String,
         /// Alias to move.
         #[arg(long, default_value = CHAMPION)]
         alias: String,
@@ -98,71 +111,119 @@ pub enum RegistryCommand {
     },
 }
 
-/// Resolves a version number or alias.
+/// Checks that a model exists, naming the known ones when it does not.
+pub async fn ensure_model(registry: &Registry, model: &str) -> Result<()> {
+    mlops_domain::registry::check_name("model", model)?;
+    let known = registry.models().await?;
+    if known.iter().any(|m| m == model) {
+        return Ok(());
+    }
+    if known.is_empty() {
+        bail!(
+            "no such model '{model}': no model is registered in {} yet (train one with `mlops train`)",
+            registry.store().describe()
+        );
+    }
+    bail!("no such model '{model}' (known: {})", known.join(", "))
+}
+
+/// Resolves a version number or alias of an existing model.
 pub async fn resolve_version(
     registry: &Registry,
     model: &str,
     version_or_alias: &str,
 ) -> Result<u64> {
-    Ok(match version_or_alias.parse::<u64>() {
-        Ok(v) => v,
-        Err(_) => registry.resolve(model, version_or_alias).await?,
-    })
+    ensure_model(registry, model).await?;
+    if let Ok(v) = version_or_alias.parse::<u64>() {
+        registry.version(model, v).await?;
+        return Ok(v);
+    }
+    match registry.resolve(model, version_or_alias).await {
+        Ok(v) => Ok(v),
+        Err(RegistryError::NotFound(_)) => {
+            let aliases = registry.aliases(model).await?.aliases;
+            let known: Vec<String> = aliases.iter().map(|(a, v)| format!("{a}→v{v}")).collect();
+            let versions = registry.version_numbers(model).await?;
+            bail!(
+                "model '{model}' has no alias '{version_or_alias}' ({}; versions {})",
+                if known.is_empty() {
+                    "no aliases yet".to_string()
+                } else {
+                    format!("aliases: {}", known.join(", "))
+                },
+                describe_range(&versions)
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn describe_range(versions: &[u64]) -> String {
+    match (versions.first(), versions.last()) {
+        (Some(a), Some(b)) if a == b => format!("v{a}"),
+        (Some(a), Some(b)) => format!("v{a}–v{b}"),
+        _ => "none".into(),
+    }
 }
 
 fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).expect("serializes")
 }
 
+/// Rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Prints [`table`].
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(header, rows));
+}
+
+fn alias_change(model: &str, e: &AliasEvent, as_json: bool) {
+    if as_json {
+        println!("{}", json(e));
+    } else {
+        println!(
+            "{model}: {} {:?} {} → v{} (revision {})",
+            e.alias,
+            e.action,
+            e.from.map_or("unset".into(), |f| format!("v{f}")),
+            e.to,
+            e.revision
+        );
+    }
+}
+
 /// Runs a registry command.
-pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
+pub async fn run(args: RegistryArgs, settings: &Settings) -> Result<()> {
     let registry = settings.registry().await?;
-    match command {
-        RegistryCommand::List { model: None } => {
-            let models = registry.models().await?;
-            if models.is_empty() {
-                println!("no models registered in {}", registry.store().describe());
-            }
-            for m in models {
-                let aliases = registry.aliases(&m).await?.aliases;
-                let n = registry.versions(&m).await?.len();
-                let aliases: Vec<String> =
-                    aliases.iter().map(|(a, v)| format!("{a}→v{v}")).collect();
-                println!("{m}  ({n} versions)  {}", aliases.join(" "));
-            }
-        }
+    let as_json = args.json;
+    match args.command {
+        RegistryCommand::List { model: None } => list_models(&registry, as_json).await?,
         RegistryCommand::List { model: Some(model) } => {
-            let aliases = registry.aliases(&model).await?.aliases;
-            for v in registry.versions(&model).await? {
-                let tags: Vec<&str> = aliases
-                    .iter()
-                    .filter(|(_, n)| **n == v.version)
-                    .map(|(a, _)| a.as_str())
-                    .collect();
-                let metrics: Vec<String> = v
-                    .metrics
-                    .iter()
-                    .map(|(k, x)| format!("{k}={x:.4}"))
-                    .collect();
-                println!(
-                    "v{:<4} {:<9} {}  {}  {}",
-                    v.version,
-                    v.model_kind.name(),
-                    v.registered_at.format("%Y-%m-%d %H:%M"),
-                    metrics.join(" "),
-                    tags.join(",")
-                );
-            }
+            ensure_model(&registry, &model).await?;
+            list_versions(&registry, &model, as_json).await?;
         }
-        RegistryCommand::Show { model, version } => {
-            let v = resolve_version(&registry, &model, &version).await?;
-            let record = registry.version(&model, v).await?;
-            let card = registry.card(&model, v).await?;
-            println!(
-                "{}",
-                json(&serde_json::json!({"version": record, "card": card}))
-            );
-        }
+        RegistryCommand::Show { model, version } => show(&registry, &model, &version).await?,
         RegistryCommand::Promote {
             model,
             version,
@@ -170,15 +231,11 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             by,
             reason,
         } => {
+            let version = resolve_version(&registry, &model, &version).await?;
             let e = registry
                 .promote(&model, &alias, version, &by, &reason)
                 .await?;
-            println!(
-                "{model}: {alias} {} → v{} (revision {})",
-                e.from.map_or("unset".into(), |f| format!("v{f}")),
-                e.to,
-                e.revision
-            );
+            alias_change(&model, &e, as_json);
         }
         RegistryCommand::Rollback {
             model,
@@ -187,15 +244,11 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             reason,
             request_id,
         } => {
+            ensure_model(&registry, &model).await?;
             let e = registry
                 .rollback(&model, &alias, &by, &reason, request_id.as_deref())
                 .await?;
-            println!(
-                "{model}: {alias} rolled back {} → v{} (revision {})",
-                e.from.map_or("unset".into(), |f| format!("v{f}")),
-                e.to,
-                e.revision
-            );
+            alias_change(&model, &e, as_json);
         }
         RegistryCommand::Card {
             model,
@@ -207,6 +260,7 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             by,
             note,
         } => {
+            ensure_model(&registry, &model).await?;
             let edit = CardEdit {
                 intended_use,
                 limitations,
@@ -227,51 +281,191 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> Result<()> {
             println!("{}", json(&card));
         }
         RegistryCommand::Traffic { model, split, by } => {
-            let current = match split {
-                Some(spec) => {
-                    let split = mlops_domain::traffic::TrafficSplit::parse(&spec)?;
-                    Some(registry.set_traffic(&model, &split, &by).await?)
-                }
-                None => registry.traffic(&model).await?,
-            };
-            match current {
-                Some(t) => {
-                    // stdout: exactly what `PUT /v1/models/{name}/traffic` takes.
-                    println!("{}", json(&t.weights_json()));
-                    let shares: Vec<String> = t
-                        .percentages()
-                        .iter()
-                        .map(|(alias, p)| format!("{alias} {p:.1}%"))
-                        .collect();
-                    eprintln!(
-                        "revision {}: {} (set by {}{})",
-                        t.revision,
-                        shares.join(", "),
-                        t.updated_by,
-                        t.updated_at
-                            .map_or(String::new(), |at| format!(" at {}", at.to_rfc3339()))
-                    );
-                }
-                None => println!(
-                    "no traffic split: all traffic goes to the served alias (default {CHAMPION})"
-                ),
-            }
+            ensure_model(&registry, &model).await?;
+            traffic(&registry, &model, split, &by, as_json).await?;
         }
         RegistryCommand::Audit { model } => {
-            for e in registry.aliases(&model).await?.history {
-                println!(
-                    "#{:<4} {}  {:<10} {:<8} {} → v{}  by {}  {}",
-                    e.revision,
-                    e.at.format("%Y-%m-%d %H:%M:%S"),
-                    e.alias,
-                    format!("{:?}", e.action).to_lowercase(),
-                    e.from.map_or("unset".into(), |f| format!("v{f}")),
-                    e.to,
-                    e.actor,
-                    e.reason
-                );
+            ensure_model(&registry, &model).await?;
+            let history = registry.aliases(&model).await?.history;
+            if as_json {
+                println!("{}", json(&history));
+                return Ok(());
             }
+            let rows: Vec<Vec<String>> = history
+                .iter()
+                .map(|e| {
+                    vec![
+                        format!("#{}", e.revision),
+                        e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        e.alias.clone(),
+                        format!("{:?}", e.action).to_lowercase(),
+                        e.from.map_or("unset".into(), |f| format!("v{f}")),
+                        format!("v{}", e.to),
+                        e.actor.clone(),
+                        e.reason.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "REV", "AT (UTC)", "ALIAS", "ACTION", "FROM", "TO", "BY", "REASON",
+                ],
+                &rows,
+            );
         }
     }
+    Ok(())
+}
+
+async fn list_models(registry: &Registry, as_json: bool) -> Result<()> {
+    let models = registry.models().await?;
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    for m in models {
+        let aliases = registry.aliases(&m).await?.aliases;
+        let n = registry.version_numbers(&m).await?.len();
+        let listed: Vec<String> = aliases.iter().map(|(a, v)| format!("{a}→v{v}")).collect();
+        rows.push(vec![m.clone(), n.to_string(), listed.join(" ")]);
+        docs.push(serde_json::json!({"model": m, "versions": n, "aliases": aliases}));
+    }
+    if as_json {
+        println!("{}", json(&docs));
+    } else if rows.is_empty() {
+        eprintln!("no models registered in {}", registry.store().describe());
+    } else {
+        print_table(&["MODEL", "VERSIONS", "ALIASES"], &rows);
+    }
+    Ok(())
+}
+
+async fn list_versions(registry: &Registry, model: &str, as_json: bool) -> Result<()> {
+    let aliases = registry.aliases(model).await?.aliases;
+    let versions = registry.versions(model).await?;
+    let tags_of = |version: u64| -> Vec<String> {
+        aliases
+            .iter()
+            .filter(|(_, n)| **n == version)
+            .map(|(a, _)| a.clone())
+            .collect()
+    };
+    if as_json {
+        let docs: Vec<serde_json::Value> = versions
+            .iter()
+            .map(|v| {
+                let mut doc = serde_json::to_value(v).expect("serializes");
+                doc["aliases"] = serde_json::json!(tags_of(v.version));
+                doc
+            })
+            .collect();
+        println!("{}", json(&docs));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let metrics: Vec<String> = v
+                .metrics
+                .iter()
+                .map(|(k, x)| format!("{k}={x:.4}"))
+                .collect();
+            vec![
+                format!("v{}", v.version),
+                v.model_kind.name().to_string(),
+                v.registered_at.format("%Y-%m-%d %H:%M").to_string(),
+                metrics.join(" "),
+                tags_of(v.version).join(","),
+            ]
+        })
+        .collect();
+    print_table(
+        &["VERSION", "KIND", "REGISTERED (UTC)", "METRICS", "ALIASES"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `registry show`: a version with its card and the aliases on it. Asked for the champion of a
+/// model that has none yet, it says so and shows the latest version.
+async fn show(registry: &Registry, model: &str, version: &str) -> Result<()> {
+    ensure_model(registry, model).await?;
+    let v = match resolve_version(registry, model, version).await {
+        Ok(v) => v,
+        Err(_) if version == CHAMPION => {
+            let latest = registry
+                .version_numbers(model)
+                .await?
+                .last()
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("model '{model}' has no versions"))?;
+            eprintln!(
+                "{model} has no champion yet; showing the latest version, v{latest} \
+                 (approve its card and promote it: `mlops registry promote {model} {latest}`)"
+            );
+            latest
+        }
+        Err(e) => return Err(e),
+    };
+    let record = registry.version(model, v).await?;
+    let card = registry.card(model, v).await?;
+    let aliases: Vec<String> = registry
+        .aliases(model)
+        .await?
+        .aliases
+        .into_iter()
+        .filter(|(_, n)| *n == v)
+        .map(|(a, _)| a)
+        .collect();
+    println!(
+        "{}",
+        json(&serde_json::json!({"version": record, "card": card, "aliases": aliases}))
+    );
+    Ok(())
+}
+
+async fn traffic(
+    registry: &Registry,
+    model: &str,
+    split: Option<String>,
+    by: &str,
+    as_json: bool,
+) -> Result<()> {
+    let current = match split {
+        Some(spec) => {
+            let split = mlops_domain::traffic::TrafficSplit::parse(&spec)?;
+            Some(registry.set_traffic(model, &split, by).await?)
+        }
+        None => registry.traffic(model).await?,
+    };
+    let Some(t) = current else {
+        if as_json {
+            println!("null");
+        }
+        eprintln!("no traffic split: all traffic goes to the served alias (default {CHAMPION})");
+        return Ok(());
+    };
+    if as_json {
+        // Exactly the body `PUT /v1/models/{name}/traffic` takes.
+        println!("{}", json(&t.weights_json()));
+        return Ok(());
+    }
+    let aliases = registry.aliases(model).await?.aliases;
+    let rows: Vec<Vec<String>> = t
+        .percentages()
+        .into_iter()
+        .map(|(alias, p)| {
+            let version = aliases
+                .get(&alias)
+                .map_or("unset".into(), |v| format!("v{v}"));
+            vec![alias, format!("{p:.1}%"), version]
+        })
+        .collect();
+    print_table(&["ALIAS", "TRAFFIC", "VERSION"], &rows);
+    eprintln!(
+        "revision {}, set by {}{}",
+        t.revision,
+        t.updated_by,
+        t.updated_at
+            .map_or(String::new(), |at| format!(" at {}", at.to_rfc3339()))
+    );
     Ok(())
 }
