@@ -125,8 +125,29 @@ pub fn load_schema(name_or_path: &str) -> Result<Schema> {
     )
 }
 
-/// Finds the data file of a schema: `--data`, else `../shared/data/FILE` (from the current
-/// directory or the repository root), else the download cache.
+/// Where data files are looked for, in order, all resolved when the command runs (nothing
+/// compiled into the binary): `MLOPS_DATA`, `../shared/data` beside the git checkout that holds
+/// the working directory, `../shared/data` from the working directory, then the download cache.
+pub fn data_dirs(settings: &Settings) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("MLOPS_DATA").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(checkout) = cwd.ancestors().find(|a| a.join(".git").exists()) {
+            dirs.push(checkout.join("../shared/data"));
+        }
+        let beside = cwd.join("../shared/data");
+        if !dirs.contains(&beside) {
+            dirs.push(beside);
+        }
+    }
+    dirs.push(settings.data_cache());
+    dirs
+}
+
+/// Finds the data file of a schema: `--data`, else the schema's file in the first of
+/// [`data_dirs`] that has it.
 pub fn locate_data(
     schema: &Schema,
     explicit: Option<&Path>,
@@ -144,19 +165,17 @@ pub fn locate_data(
             schema.name
         )
     })?;
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidates = [
-        PathBuf::from("../shared/data").join(&source.file),
-        repo_root.join("../shared/data").join(&source.file),
-        settings.data_cache().join(&source.file),
-    ];
+    let candidates: Vec<PathBuf> = data_dirs(settings)
+        .into_iter()
+        .map(|d| d.join(&source.file))
+        .collect();
     candidates
         .iter()
-        .find(|p| p.exists())
+        .find(|p| p.is_file())
         .cloned()
         .with_context(|| {
             format!(
-                "data set '{}' not found (looked in {}); run `mlops data fetch {}` or pass --data FILE",
+                "data set '{}' not found (looked in {}); run `mlops data fetch {}`, set MLOPS_DATA to its directory, or pass --data FILE",
                 schema.name,
                 candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                 schema.name

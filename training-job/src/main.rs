@@ -54,15 +54,40 @@ enum Command {
     },
 }
 
+/// Logs on stderr. `serve` writes one JSON object per event at `info` (a line per request with
+/// its id, route, status, latency, model, version and variant); other commands write warnings
+/// as text. `MLOPS_LOG_FORMAT=json|text` and `RUST_LOG` override; colour only on a terminal.
+fn init_logging(serving: bool) {
+    use std::io::IsTerminal;
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = match std::env::var("MLOPS_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => serving,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Data(c) => commands::data::run(c, &cli.settings).await,
         Command::Train(a) => commands::train::train(&a, &cli.settings).await.map(|_| ()),

@@ -876,4 +876,57 @@ fn serve_without_auth_says_so_loudly() {
     assert_eq!(server.get("/v1/models", None).0, 200);
     let (_, ready) = server.get("/health/ready", None);
     assert!(ready.contains("\"auth\":\"off\""), "{ready}");
+    // Request logs: one JSON object per request, no terminal colours in a pipe.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = server.log();
+    let request = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request" && v["route"] == "/v1/models")
+        .unwrap_or_else(|| panic!("no JSON request line in:\n{log}"));
+    assert_eq!(request["status"], 200, "{request}");
+    assert!(request["request_id"].is_string(), "{request}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a pipe:\n{log}");
+}
+
+/// The data directory is found when the command runs: a binary run outside any checkout does not
+/// read the checkout it was built in; `MLOPS_DATA` points it at a directory; inside a checkout,
+/// `../shared/data` beside the checkout is found from any subdirectory.
+#[test]
+fn the_data_directory_is_resolved_at_run_time() {
+    let home = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let run = |cwd: &Path, data: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mlops"));
+        command
+            .current_dir(cwd)
+            .arg("--home")
+            .arg(home.path())
+            .args(["data", "validate", "california_housing"])
+            .env_remove("MLOPS_DATA");
+        if let Some(d) = data {
+            command.env("MLOPS_DATA", d);
+        }
+        command.output().unwrap()
+    };
+    let err = fails(&run(outside.path(), None));
+    assert!(
+        err.contains("data set 'california_housing' not found"),
+        "{err}"
+    );
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    assert!(
+        !err.contains(&built_in.display().to_string()),
+        "a compiled-in path: {err}"
+    );
+    let data_dir = shared("california_housing.csv")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let out = run(outside.path(), Some(&data_dir));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // From a subdirectory of this checkout, ../shared/data beside it.
+    let deep = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
+    let out = run(&deep, None);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

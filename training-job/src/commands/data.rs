@@ -27,7 +27,7 @@ pub enum DataCommand {
     Validate {
         /// Data-set name or schema file.
         name: String,
-        /// Data file (default: ../shared/data or the cache).
+        /// Data file (default: found in MLOPS_DATA, ../shared/data beside the checkout or the working directory, or the download cache).
         #[arg(long)]
         data: Option<PathBuf>,
     },

@@ -25,7 +25,7 @@ pub struct JobArgs {
 pub struct JobSpec {
     /// Data-set name (a shipped schema) or schema file.
     pub dataset: String,
-    /// Data file: a path or s3://bucket/key (default: ../shared/data or the download cache).
+    /// Data file: a path or s3://bucket/key (default: found in MLOPS_DATA, ../shared/data beside the checkout or the working directory, or the download cache).
     pub data: Option<String>,
     /// Registry model name (default: the data-set name).
     pub model_name: Option<String>,

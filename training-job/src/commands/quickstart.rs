@@ -16,7 +16,7 @@ use crate::config::{Settings, load_schema, locate_data};
 /// Arguments of `mlops quickstart`.
 #[derive(Debug, clap::Args)]
 pub struct QuickstartArgs {
-    /// California Housing CSV (default: ../shared/data, else downloaded and verified).
+    /// California Housing CSV (default: found in MLOPS_DATA or ../shared/data, else downloaded and verified).
     #[arg(long)]
     pub data: Option<PathBuf>,
 }

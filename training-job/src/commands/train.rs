@@ -36,7 +36,7 @@ use crate::progress;
 pub struct TrainArgs {
     /// Data-set name (california_housing, telco_churn) or schema file.
     pub dataset: String,
-    /// Data file (default: ../shared/data or the download cache).
+    /// Data file (default: found in MLOPS_DATA, ../shared/data beside the checkout or the working directory, or the download cache).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Registry model name (default: the data-set name).
