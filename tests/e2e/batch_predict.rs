@@ -45,10 +45,12 @@ fn batch_predict(args: &[&str]) -> Command {
     c
 }
 
-fn run_to_end(mut command: Command) -> String {
+/// Runs a job to its end; `status` is the exit status it must end with (3: finished with
+/// rejected rows, which the inputs here have; 0 with `--job`, whose checkpoint reports them).
+fn run_to_end(mut command: Command, status: i32) -> String {
     let out = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "batch-predict failed: {stderr}");
+    assert_eq!(out.status.code(), Some(status), "batch-predict: {stderr}");
     stderr
 }
 
@@ -92,7 +94,8 @@ async fn killed_five_times_the_output_equals_an_uninterrupted_run() {
 
     // Uninterrupted.
     let started = Instant::now();
-    run_to_end(common(&format!("s3://{b}/out-a")));
+    let log = run_to_end(common(&format!("s3://{b}/out-a")), 3);
+    assert!(log.contains("finished with 4 rejected rows"), "{log}");
     let uninterrupted = started.elapsed();
     let per_part = uninterrupted / 11;
 
@@ -139,7 +142,7 @@ async fn killed_five_times_the_output_equals_an_uninterrupted_run() {
         5,
         "could not kill the job mid-run 5 times in {attempts} attempts"
     );
-    let log = run_to_end(common(&format!("s3://{b}/out-b")));
+    let log = run_to_end(common(&format!("s3://{b}/out-b")), 3);
     println!(
         "uninterrupted {uninterrupted:?}; killed after {kills:?} ({attempts} runs); last run: {log}"
     );
@@ -203,7 +206,7 @@ async fn killed_five_times_the_output_equals_an_uninterrupted_run() {
     );
 
     // A rerun of a complete job does nothing; another job cannot reuse the output.
-    assert!(run_to_end(common(&format!("s3://{b}/out-a"))).contains("already complete"));
+    assert!(run_to_end(common(&format!("s3://{b}/out-a")), 3).contains("already complete"));
     let mut other = batch_predict(&[
         "--model",
         "california_housing",
@@ -258,7 +261,7 @@ async fn runs_a_job_record_of_the_batch_function() {
         .unwrap();
     let mut c = batch_predict(&["--job", &format!("{store}/batch-jobs/{id}/job.json")]);
     c.args(["--home", &home.path().to_string_lossy(), "--store", &store]);
-    run_to_end(c);
+    run_to_end(c, 0);
     let checkpoint: Checkpoint = serde_json::from_slice(
         &bucket
             .get(&format!("batch-jobs/{id}/output/_checkpoint.json"))
