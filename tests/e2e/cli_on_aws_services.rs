@@ -230,7 +230,11 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
         &store_uri,
         &["registry", "audit", &model],
     ));
-    assert_eq!(audit.lines().count(), 3, "a header and two changes: {audit}");
+    assert_eq!(
+        audit.lines().count(),
+        3,
+        "a header and two changes: {audit}"
+    );
 
     // The champion–challenger gate: an AUC margin of 0.5 cannot be met, so the new version is
     // challenger only; the decision and both scores are in the audit log and in MLflow.

@@ -771,8 +771,13 @@ struct Server {
 
 impl Server {
     fn start(home: &Path, args: &[&str]) -> Server {
+        Self::start_with(home, args, &[])
+    }
+
+    fn start_with(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .envs(env.iter().copied())
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -929,4 +934,122 @@ fn the_data_directory_is_resolved_at_run_time() {
     let deep = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
     let out = run(&deep, None);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Slow clients cannot hold `mlops serve`: 200 connections trickling their headers a byte at a
+/// time are closed by the header timeout, bodies trickled in get 408 at the body timeout, and a
+/// normal request meanwhile is answered at once.
+#[test]
+fn slow_clients_are_cut_off_and_others_are_served() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        home.path(),
+        &["--no-auth", "--header-timeout-seconds", "1"],
+        &[("MLOPS_BODY_TIMEOUT_SECONDS", "1")],
+    );
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let trickle = |prefix: &'static [u8]| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            s.write_all(prefix).unwrap();
+            let mut answer = Vec::new();
+            // One byte every 200 ms, until the server answers or closes.
+            while started.elapsed() < Duration::from_secs(15) {
+                let mut buf = [0u8; 512];
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => break,
+                }
+                std::thread::sleep(Duration::from_millis(150));
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+            }
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            )
+        })
+    };
+    let headers: Vec<_> = (0..200)
+        .map(|_| trickle(b"GET /health/live HTTP/1.1\r\nHost: a\r\nX-Slow: "))
+        .collect();
+    let bodies: Vec<_> = (0..20)
+        .map(|_| {
+            trickle(
+                b"POST /v1/models/m/predict HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[",
+            )
+        })
+        .collect();
+    let idle: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                let _ = s.read(&mut [0u8; 16]);
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(server.get("/health/live", None).0, 200);
+    let normal = started.elapsed();
+    assert!(
+        normal < Duration::from_millis(500),
+        "a normal request took {normal:?}"
+    );
+    let mut closed: Vec<Duration> = headers.into_iter().map(|h| h.join().unwrap().0).collect();
+    closed.sort();
+    let worst = closed[closed.len() - 1];
+    assert!(
+        worst < Duration::from_secs(4),
+        "a trickling connection lived {worst:?}"
+    );
+    for i in idle {
+        let lived = i.join().unwrap();
+        assert!(
+            lived < Duration::from_secs(4),
+            "an idle connection lived {lived:?}"
+        );
+    }
+    // A keep-alive connection left idle after a request is closed at the header timeout.
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = kept.read_to_end(&mut answer);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let lived = started.elapsed();
+    assert!(
+        lived < Duration::from_secs(3),
+        "a kept-alive idle connection lived {lived:?}"
+    );
+    for b in bodies {
+        let (took, answer) = b.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("body_timeout") && took < Duration::from_secs(4),
+            "{took:?} {answer}"
+        );
+    }
+    eprintln!(
+        "200 trickling connections closed after {:?} (median) – {worst:?} (max); a normal request took {normal:?}",
+        closed[100]
+    );
 }

@@ -175,7 +175,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = json_body(&headers, body, 16 * 1024).await?;
+    let bytes = json_body(&headers, body, 16 * 1024, state.config.body_timeout).await?;
     let request: BatchJobRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("invalid batch job request: {e}"))
     })?;

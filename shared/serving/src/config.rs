@@ -38,6 +38,13 @@ pub struct ServeConfig {
     pub cors_allow_origins: Vec<String>,
     /// API keys were turned off on purpose (`mlops serve --no-auth`): readiness says so.
     pub auth_off: bool,
+    /// Most requests doing model work (predicting, explaining) at once, on the blocking pool.
+    pub model_concurrency: usize,
+    /// Longest a request may take, waiting for a model slot included; past it the answer is
+    /// 503 `request_timeout`.
+    pub request_timeout: Duration,
+    /// Longest the request body may take to arrive (a body trickled in slower is 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +66,9 @@ impl Default for ServeConfig {
             prediction_log_max_age: Duration::from_secs(60),
             cors_allow_origins: Vec::new(),
             auth_off: false,
+            model_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -103,7 +113,8 @@ impl ServeConfig {
     /// `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
     /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`,
     /// `MLOPS_PREDICTION_LOG_MAX_BYTES`, `MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS`,
-    /// `MLOPS_CORS_ORIGINS` over the defaults. EMF is on by default inside Lambda.
+    /// `MLOPS_CORS_ORIGINS`, `MLOPS_MODEL_CONCURRENCY`, `MLOPS_REQUEST_TIMEOUT_SECONDS`,
+    /// `MLOPS_BODY_TIMEOUT_SECONDS` over the defaults. EMF is on by default inside Lambda.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut c = Self {
             emf: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
@@ -182,6 +193,15 @@ impl ServeConfig {
         }
         if let Ok(o) = std::env::var("MLOPS_CORS_ORIGINS") {
             c.cors_allow_origins = list(&o);
+        }
+        if let Some(n) = parse_env::<usize>("MLOPS_MODEL_CONCURRENCY", "expected a whole number")? {
+            c.model_concurrency = n.max(1);
+        }
+        if let Some(s) = parse_env::<f64>("MLOPS_REQUEST_TIMEOUT_SECONDS", "expected seconds")? {
+            c.request_timeout = Duration::from_secs_f64(s.clamp(0.1, 900.0));
+        }
+        if let Some(s) = parse_env::<f64>("MLOPS_BODY_TIMEOUT_SECONDS", "expected seconds")? {
+            c.body_timeout = Duration::from_secs_f64(s.clamp(0.1, 900.0));
         }
         Ok(c)
     }

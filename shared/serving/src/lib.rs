@@ -49,6 +49,8 @@ pub struct AppState {
     pub predictions_log: Option<PredictionLog>,
     /// Batch jobs (submitted to the queue, when one is configured).
     pub batch_jobs: BatchJobs,
+    /// Slots for model work on the blocking pool ([`ServeConfig::model_concurrency`]).
+    pub model_work: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
         Arc::new(Self {
             metrics,
             models,
+            model_work: Arc::new(tokio::sync::Semaphore::new(config.model_concurrency)),
             config,
             predictions_log,
             batch_jobs: BatchJobs::new(Arc::clone(registry.store()), jobs),
@@ -199,6 +202,7 @@ pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
     let mut app = app
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), deadline))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(Arc::clone(&state));
     if !state.config.cors_allow_origins.is_empty() {
@@ -281,6 +285,32 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// Answers 503 `request_timeout` (with `Retry-After`) when a request takes longer than
+/// [`ServeConfig::request_timeout`], so no caller waits unbounded on a busy model pool.
+async fn deadline(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = api::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the request took longer than {:.1} s (MLOPS_REQUEST_TIMEOUT_SECONDS); retry later",
+                    limit.as_secs_f64()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            response
+        }
+    }
 }
 
 /// Resolves on SIGTERM (what Lambda, ECS and Kubernetes send before stopping a process) or

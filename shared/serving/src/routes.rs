@@ -26,7 +26,12 @@ use crate::predlog::LoggedPrediction;
 const MAX_FIELD_PROBLEMS: usize = 100;
 
 /// Reads a JSON request body: checks the content type (415) and the size limit (413).
-pub async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -56,8 +61,18 @@ pub async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {:.1} s (MLOPS_BODY_TIMEOUT_SECONDS)",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })?
         .map_err(|_| too_large())?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -185,7 +200,13 @@ pub async fn predict(
     let started = Instant::now();
     state.models.refresh_if_due();
     let explain = explain_flag(query.as_deref())?;
-    let bytes = json_body(&headers, body, state.config.max_body_bytes).await?;
+    let bytes = json_body(
+        &headers,
+        body,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await?;
     let routes = state.models.routes(&name).ok_or_else(|| {
         if state.models.names().is_empty() {
             ApiError::new(
@@ -255,40 +276,31 @@ pub async fn predict(
             ..ApiError::bad_request("invalid_fields", message)
         });
     }
-    let (values, stats) = model
-        .predictor
-        .predict(&rows)
-        .map_err(|e| ApiError::bad_request("invalid_record", e.to_string()))?;
-    let classification = model.manifest.task == Task::BinaryClassification;
-    let classes = classification.then(|| model.manifest.schema.class_names());
     let id_column = schema.id_column().map(|c| c.name.clone());
-    let mut predictions = Vec::with_capacity(values.len());
-    for (i, (row, &p)) in rows.iter().zip(&values).enumerate() {
-        let explanation = if explain {
-            let e = model
-                .predictor
-                .explain(row)
-                .map_err(|e| ApiError::bad_request("cannot_explain", e.to_string()))?;
-            Some(ExplanationOut::from_engine(e))
-        } else {
-            None
-        };
-        let id = id_column
-            .as_ref()
-            .and_then(|c| records[i].get(c))
-            .and_then(|v| {
+    let ids: Vec<Option<String>> = records
+        .iter()
+        .map(|r| {
+            id_column.as_ref().and_then(|c| r.get(c)).and_then(|v| {
                 v.as_str()
                     .map(str::to_string)
                     .or_else(|| (!v.is_null()).then(|| v.to_string()))
-            });
-        predictions.push(PredictionOut::new(
-            i + 1,
-            id,
-            p,
-            classes.as_ref(),
-            explanation,
-        ));
-    }
+            })
+        })
+        .collect();
+    // Model work (milliseconds for a large or explained request) runs on the blocking pool,
+    // at most `model_concurrency` at a time, so the async workers keep answering health
+    // probes and small requests; waiting for a slot counts against the request's deadline.
+    let permit = Arc::clone(&state.model_work)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the model pool is closed"))?;
+    let model_for_work = Arc::clone(model);
+    let (values, stats, predictions) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        score(&model_for_work, &rows, ids, explain)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("model work failed: {e}")))??;
     if let Some(log) = &state.predictions_log {
         let latency_us = started.elapsed().as_micros() as u64;
         let at = chrono::Utc::now();
@@ -330,6 +342,49 @@ pub async fn predict(
     }
     response.extensions_mut().insert(served);
     Ok(response)
+}
+
+/// Predicts (and explains) validated rows: the values, the pipeline's statistics and the
+/// predictions in the API's shape. Runs on a blocking thread.
+fn score(
+    model: &crate::models::LoadedModel,
+    rows: &[Vec<Value>],
+    ids: Vec<Option<String>>,
+    explain: bool,
+) -> Result<
+    (
+        Vec<f64>,
+        mlops_domain::features::TransformStats,
+        Vec<PredictionOut>,
+    ),
+    ApiError,
+> {
+    let (values, stats) = model
+        .predictor
+        .predict(rows)
+        .map_err(|e| ApiError::bad_request("invalid_record", e.to_string()))?;
+    let classes = (model.manifest.task == Task::BinaryClassification)
+        .then(|| model.manifest.schema.class_names());
+    let mut predictions = Vec::with_capacity(values.len());
+    for (i, ((row, &p), id)) in rows.iter().zip(&values).zip(ids).enumerate() {
+        let explanation = if explain {
+            let e = model
+                .predictor
+                .explain(row)
+                .map_err(|e| ApiError::bad_request("cannot_explain", e.to_string()))?;
+            Some(ExplanationOut::from_engine(e))
+        } else {
+            None
+        };
+        predictions.push(PredictionOut::new(
+            i + 1,
+            id,
+            p,
+            classes.as_ref(),
+            explanation,
+        ));
+    }
+    Ok((values, stats, predictions))
 }
 
 /// One served variant of a model.

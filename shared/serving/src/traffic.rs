@@ -63,7 +63,7 @@ pub async fn set_traffic(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = json_body(&headers, body, 64 * 1024).await?;
+    let bytes = json_body(&headers, body, 64 * 1024, state.config.body_timeout).await?;
     let input: TrafficIn = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("invalid traffic split: {e}"))
     })?;

@@ -1030,3 +1030,25 @@ async fn a_hanging_key_store_never_holds_requests() {
         started.elapsed()
     );
 }
+
+/// Model work runs on the blocking pool under a deadline: past `request_timeout` the caller
+/// gets 503 `request_timeout` with `Retry-After`, and liveness still answers.
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_503_and_liveness_answers() {
+    let f = fixture(ServeConfig {
+        request_timeout: Duration::ZERO,
+        model_concurrency: 1,
+        ..config()
+    })
+    .await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let path = "/v1/models/california_housing/predict";
+    let records = json!(vec![housing_record(); 500]).to_string();
+    let (status, headers, body) = call(&app, post(path, records)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert_eq!(headers["retry-after"], "1");
+    let live = Request::get("/health/live").body(Body::empty()).unwrap();
+    let (status, _, _) = call(&app, live).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Do not serve Prometheus metrics at /metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Close a connection whose first byte or request headers have not all arrived within this
+    /// many seconds (slow-loris clients, silent connections, idle keep-alive connections).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_seconds: f64,
+    /// Most open connections; past it new ones wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 /// Runs the server until Ctrl-C.
@@ -141,9 +148,20 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
             models.refresh_if_due();
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(mlops_serving::shutdown_signal())
-        .await?;
+    anyhow::ensure!(
+        (0.1..=3_600.0).contains(&args.header_timeout_seconds),
+        "--header-timeout-seconds {}: expected 0.1 to 3600",
+        args.header_timeout_seconds
+    );
+    serve_connections(
+        listener,
+        app,
+        ConnectionLimits {
+            header: Duration::from_secs_f64(args.header_timeout_seconds),
+            max_connections: args.max_connections as usize,
+        },
+    )
+    .await;
     if let Some(log) = &state.predictions_log {
         log.flush().await;
     }
@@ -160,6 +178,93 @@ async fn key_set_note(keys: &dyn KeyStore, create: &str) -> String {
         ),
         Err(e) => {
             format!("required; the key set cannot be read yet ({e}), so requests are refused")
+        }
+    }
+}
+
+/// What one client connection may hold.
+struct ConnectionLimits {
+    /// The first byte, and each request's headers (counted from the previous response on a
+    /// kept-alive connection), must arrive within it.
+    header: Duration,
+    /// Most connections open at once.
+    max_connections: usize,
+}
+
+/// Accepts connections until SIGTERM/Ctrl-C: at most `max_connections` open at once (further
+/// ones wait in the backlog); a connection is closed when its first byte or a request's headers
+/// take longer than `header` (hyper's HTTP/1 header-read timer, which also closes a kept-alive
+/// connection left idle). Request bodies and whole requests have their own deadlines in the router
+/// (`MLOPS_BODY_TIMEOUT_SECONDS`, `MLOPS_REQUEST_TIMEOUT_SECONDS`). In-flight requests finish
+/// before it returns (at most 10 s).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+) {
+    let ConnectionLimits {
+        header: header_timeout,
+        max_connections,
+    } = limits;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let shutdown = mlops_serving::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A client that connects and sends nothing is closed at the header timeout.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1..))
+            ) {
+                return;
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10 s; stopping anyway");
         }
     }
 }
