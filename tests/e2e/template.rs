@@ -107,3 +107,64 @@ fn the_authorizer_is_cached_per_key_and_route_throttled_capped_and_alarmed() {
         ]
     );
 }
+
+/// Every statement of a role's inline policies, as (actions, resources) in JSON text.
+fn statements(template: &Value, role: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for policy in template["Resources"][role]["Properties"]["Policies"]
+        .as_array()
+        .unwrap()
+    {
+        for s in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            out.push((s["Action"].to_string(), s["Resource"].to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn roles_reach_only_what_they_need_and_prediction_logs_expire() {
+    let t = transformed();
+    // The predict function reads models/ and nothing else (no managed read policy either).
+    let predict = statements(&t, "PredictFunctionRole");
+    for (action, resource) in &predict {
+        if action.contains("s3:GetObject") {
+            assert!(
+                resource.contains("/models/*") && !resource.contains("batch-jobs"),
+                "{resource}"
+            );
+        }
+    }
+    let managed =
+        t["Resources"]["PredictFunctionRole"]["Properties"]["ManagedPolicyArns"].to_string();
+    assert!(!managed.contains("RegistryReadPolicy"), "{managed}");
+    // SubmitJob names its queue and job definition.
+    let batch = statements(&t, "BatchFunctionRole");
+    let submit = batch
+        .iter()
+        .find(|(a, _)| a.contains("batch:SubmitJob"))
+        .expect("a SubmitJob statement");
+    assert!(
+        submit.1.contains("job-queue/${BatchJobQueue}"),
+        "{}",
+        submit.1
+    );
+    assert!(
+        submit.1.contains("job-definition/${BatchJobDefinition}"),
+        "{}",
+        submit.1
+    );
+    assert!(!submit.1.contains("\"*\""), "{}", submit.1);
+    // Prediction logs expire.
+    let rules = t["Resources"]["RegistryBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .unwrap();
+    let logs = rules
+        .iter()
+        .find(|r| r["Prefix"].to_string().contains("prediction-logs"))
+        .expect("a lifecycle rule for prediction logs");
+    assert!(
+        logs["ExpirationInDays"].is_object() || logs["ExpirationInDays"].is_number(),
+        "{logs}"
+    );
+}

@@ -866,6 +866,20 @@ fn serve_requires_keys_created_after_it_started() {
     ok(&mlops(home.path(), &["keys", "revoke", id]));
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     assert_eq!(server.get("/v1/models", Some(key)).0, 403);
+    // Refused requests are logged like any other (and counted in the metrics).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = server.log();
+    let statuses: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request" && v["route"] == "/v1/models")
+        .filter_map(|v| v["status"].as_u64())
+        .collect();
+    assert!(
+        statuses.contains(&401) && statuses.contains(&403),
+        "{statuses:?}\n{log}"
+    );
+    assert!(!log.contains(key), "the key must never be logged");
 }
 
 /// `--no-auth` is the only way to turn keys off, and it says so at start and on readiness.

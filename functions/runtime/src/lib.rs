@@ -13,11 +13,30 @@ use mlops_domain::apikeys::KeyStore;
 use mlops_domain::jobs::JobQueue;
 use mlops_domain::registry::Registry;
 
+/// The log filter: `RUST_LOG` (default `info`), with the Lambda runtime's own crates held at
+/// `info` whatever it says — at `debug`/`trace` they log raw events, API keys included.
+pub fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let runtime = ["lambda_runtime", "lambda_runtime_api_client", "lambda_http"];
+    let base: Vec<&str> = rust_log
+        .unwrap_or("info")
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !runtime.iter().any(|t| d.starts_with(t)))
+        .collect();
+    let base = if base.is_empty() {
+        "info".to_string()
+    } else {
+        base.join(",")
+    };
+    let pinned = runtime.map(|target| format!("{target}=info")).join(",");
+    tracing_subscriber::EnvFilter::try_new(format!("{base},{pinned}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{pinned}")))
+}
+
 /// JSON log lines (one object per event, with the request's fields) on stdout, as CloudWatch
 /// Logs Insights reads them.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -80,5 +99,43 @@ pub fn seconds(name: &str, default: f64) -> Result<std::time::Duration> {
             Ok(std::time::Duration::from_secs_f64(s))
         }
         _ => Ok(std::time::Duration::from_secs_f64(default)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_trace_never_opens_the_runtime_logs() {
+        for setting in [
+            Some("trace"),
+            Some("lambda_runtime=trace,trace"),
+            Some("debug"),
+            None,
+        ] {
+            let subscriber = tracing_subscriber::registry().with(log_filter(setting));
+            tracing::subscriber::with_default(subscriber, || {
+                assert!(
+                    !tracing::enabled!(target: "lambda_runtime", Level::DEBUG),
+                    "{setting:?}"
+                );
+                assert!(
+                    !tracing::enabled!(target: "lambda_runtime::layers", Level::TRACE),
+                    "{setting:?}"
+                );
+                assert!(
+                    tracing::enabled!(target: "lambda_runtime", Level::INFO),
+                    "{setting:?}"
+                );
+            });
+        }
+        let subscriber = tracing_subscriber::registry().with(log_filter(Some("trace")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "mlops_serving", Level::TRACE));
+        });
     }
 }

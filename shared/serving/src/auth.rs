@@ -24,6 +24,8 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 const RELOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest a stale key set is used while reloads fail; after that, requests are refused.
 const MAX_STALE: Duration = Duration::from_secs(15 * 60);
+/// Longest a key set is cached (a revoked key stops working within it, whatever is configured).
+pub const MAX_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// A key set cached for a TTL. Readers never wait on the key store while a cached set exists:
 /// one caller reloads (with a deadline) while the others use the cached set; no lock is held
@@ -36,11 +38,18 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    /// Caches `store` for `ttl`.
+    /// Caches `store` for `ttl`, at most [`MAX_TTL`].
     pub fn new(store: Arc<dyn KeyStore>, ttl: Duration) -> Self {
+        if ttl > MAX_TTL {
+            tracing::warn!(
+                configured_s = ttl.as_secs_f64(),
+                max_s = MAX_TTL.as_secs_f64(),
+                "API-key cache TTL capped"
+            );
+        }
         Self {
             store,
-            ttl,
+            ttl: ttl.min(MAX_TTL),
             cached: ArcSwapOption::empty(),
             reloading: tokio::sync::Mutex::new(()),
         }
@@ -96,6 +105,11 @@ impl KeyCache {
                 None => Err(e),
             },
         }
+    }
+
+    /// The TTL in effect.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Checks a presented key for a route.

@@ -163,6 +163,17 @@ impl RouteSet {
 
 /// The router over a state.
 pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
+    router_with_keys(state, set, None)
+}
+
+/// The router, checking API keys with `keys` when given (`mlops serve`; on AWS the authorizer
+/// does it). The check sits inside the request log and metrics, so refused requests (401/403)
+/// are logged and counted like any other.
+pub fn router_with_keys(
+    state: Arc<AppState>,
+    set: RouteSet,
+    keys: Option<Arc<auth::KeyCache>>,
+) -> Router {
     let mut app = Router::new();
     if set.models {
         app = app
@@ -202,7 +213,11 @@ pub fn router(state: Arc<AppState>, set: RouteSet) -> Router {
     let mut app = app
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), deadline))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), deadline));
+    if let Some(keys) = keys {
+        app = app.layer(middleware::from_fn_with_state(keys, auth::require_key));
+    }
+    let mut app = app
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(Arc::clone(&state));
     if !state.config.cors_allow_origins.is_empty() {

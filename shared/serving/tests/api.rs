@@ -1052,3 +1052,11 @@ async fn a_request_past_its_deadline_gets_503_and_liveness_answers() {
     let (status, _, _) = call(&app, live).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[test]
+fn the_key_cache_ttl_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(FileKeyStore::new(&dir.path().join("api-keys.json")));
+    let cache = KeyCache::new(keys, Duration::from_secs(24 * 3600));
+    assert_eq!(cache.ttl(), mlops_serving::auth::MAX_TTL);
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mlops_domain::apikeys::KeyStore;
-use mlops_serving::auth::{KeyCache, require_key};
-use mlops_serving::{AppState, RouteSet, ServeConfig, router};
+use mlops_serving::auth::KeyCache;
+use mlops_serving::{AppState, RouteSet, ServeConfig, router_with_keys};
 
 use crate::config::Settings;
 
@@ -94,11 +94,10 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         metrics: !args.no_metrics,
         ..RouteSet::ALL
     };
-    let mut app = router(Arc::clone(&state), set);
     let keys: Arc<dyn KeyStore> =
         crate::commands::keys::key_store(args.api_keys_secret.as_deref(), settings).await;
-    let key_note = if args.no_auth {
-        "OFF (--no-auth)".to_string()
+    let (key_note, cache) = if args.no_auth {
+        ("OFF (--no-auth)".to_string(), None)
     } else {
         let create = match &args.api_keys_secret {
             Some(secret) => {
@@ -111,10 +110,9 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         };
         let note = key_set_note(keys.as_ref(), &create).await;
         let ttl = Duration::from_secs_f64(args.keys_refresh_seconds);
-        let cache = Arc::new(KeyCache::new(keys, ttl));
-        app = app.layer(axum::middleware::from_fn_with_state(cache, require_key));
-        note
+        (note, Some(Arc::new(KeyCache::new(keys, ttl))))
     };
+    let app = router_with_keys(Arc::clone(&state), set, cache);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
