@@ -295,15 +295,34 @@ async fn functions_under_the_lambda_emulator_against_moto() {
         (200, Some(id.as_str())),
         "a retry does not submit twice"
     );
+    let other_input = format!("s3://{}/inputs/other.csv", bucket.bucket());
     let conflicting = ev(
         "batch-create.json",
         &[
-            ("INPUT_URI", "s3://other/x.csv"),
+            ("INPUT_URI", &other_input),
             ("IDEMPOTENCY_KEY", &idempotency),
         ],
     );
     let (status, _) = http(&watch.invoke("batch", &conflicting));
     assert_eq!(status, 409);
+    // Inputs stay in the allowed buckets (default: the registry's own).
+    let elsewhere = ev(
+        "batch-create.json",
+        &[
+            ("INPUT_URI", "s3://someone-elses-bucket/x.csv"),
+            ("IDEMPOTENCY_KEY", &unique("idem")),
+        ],
+    );
+    let (status, refused) = http(&watch.invoke("batch", &elsewhere));
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "input_not_allowed");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("s3://{}/", bucket.bucket())),
+        "{refused}"
+    );
     let (status, view) = http(&watch.invoke("batch", &ev("batch-status.json", &[("JOB_ID", &id)])));
     assert_eq!(status, 200, "{view}");
     assert!(view["queue_state"].is_string(), "{view}");
@@ -346,13 +365,24 @@ async fn functions_under_the_lambda_emulator_against_moto() {
         http(&watch.invoke("batch", &ev("batch-start.json", &[("JOB_ID", &upload_id)])));
     assert_eq!(status, 409, "nothing uploaded yet");
     let url = job["upload_url"].as_str().unwrap();
+    assert_eq!(job["upload_headers"]["If-None-Match"], "*", "{job}");
     let put = client
         .put(url)
+        .header("If-None-Match", "*")
         .body("longitude,latitude\n")
         .send()
         .await
         .unwrap();
     assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    // The URL uploads once: a second PUT through it cannot replace the input.
+    let again = client
+        .put(url)
+        .header("If-None-Match", "*")
+        .body("something else\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 412, "{}", again.text().await.unwrap());
     let (status, started) =
         http(&watch.invoke("batch", &ev("batch-start.json", &[("JOB_ID", &upload_id)])));
     assert_eq!(status, 202, "{started}");

@@ -292,6 +292,38 @@ fn train_register_promote_predict_and_rollback_locally() {
             &["registry", "promote", "telco_churn", v, "--by", "lead"],
         ));
     }
+    // Traffic: percentages that add up to 100, approved versions only, and `--json` prints
+    // exactly the body `PUT /v1/models/{name}/traffic` takes.
+    let err = fails(&mlops(
+        h,
+        &[
+            "registry",
+            "traffic",
+            "telco_churn",
+            "champion=80,challenger=30",
+        ],
+    ));
+    assert!(err.contains("add up to 110"), "{err}");
+    let split = ok(&mlops(
+        h,
+        &[
+            "registry",
+            "traffic",
+            "telco_churn",
+            "champion=75,challenger=25",
+            "--json",
+        ],
+    ));
+    let split: serde_json::Value = serde_json::from_str(&split).unwrap();
+    assert_eq!(
+        split,
+        serde_json::json!({"weights": {"champion": 75, "challenger": 25}})
+    );
+    let table = ok(&mlops(h, &["registry", "traffic", "telco_churn"]));
+    assert!(
+        table.starts_with("ALIAS") && table.contains("75.0%"),
+        "{table}"
+    );
     let rolled = ok(&mlops(
         h,
         &[

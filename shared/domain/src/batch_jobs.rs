@@ -31,8 +31,8 @@ use crate::jobs::{
 };
 use crate::store::{ETag, ObjectStore, PutCondition, StoreError};
 
-/// How long a presigned upload URL is valid by default.
-pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a presigned upload URL is valid by default (short: it is a bearer credential).
+pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
 /// A record in `submitting` this long without a change belongs to a request that died (the
 /// Lambda timeout is far shorter), so another request may settle it.
 pub const SUBMIT_TAKEOVER: TimeDelta = TimeDelta::seconds(60);
@@ -51,6 +51,14 @@ pub enum BatchJobError {
     /// The idempotency key was used for another request.
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyConflict,
+    /// An input outside the allowed buckets and prefixes: nothing was written.
+    #[error("input_uri {uri} is outside the allowed inputs ({}); set MLOPS_BATCH_INPUT_PREFIXES to allow more", allowed.join(", "))]
+    InputNotAllowed {
+        /// The refused URI.
+        uri: String,
+        /// The allowed prefixes.
+        allowed: Vec<String>,
+    },
     /// No such job.
     #[error("batch job '{0}' not found")]
     NotFound(String),
@@ -123,10 +131,20 @@ pub struct BatchJobs {
     queue: Option<Arc<dyn JobQueue>>,
     takeover: TimeDelta,
     upload_ttl: Duration,
+    input_prefixes: Vec<String>,
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec_pretty(v).expect("records serialize")
+}
+
+/// The registry's bucket (`s3://bucket/`), or its directory for a local store.
+fn default_input_prefix(store: &dyn ObjectStore) -> String {
+    let root = store.uri("");
+    match root.strip_prefix("s3://") {
+        Some(rest) => format!("s3://{}/", rest.split('/').next().unwrap_or_default()),
+        None => format!("{}/", root.trim_end_matches('/')),
+    }
 }
 
 /// The job id an idempotency key addresses (hashed: the key may hold anything).
@@ -142,11 +160,46 @@ pub fn queue_job_name(id: &str) -> String {
 impl BatchJobs {
     /// A service over a store and, when configured, a queue.
     pub fn new(store: Arc<dyn ObjectStore>, queue: Option<Arc<dyn JobQueue>>) -> Self {
+        let input_prefixes = vec![default_input_prefix(store.as_ref())];
         Self {
             store,
             queue,
             takeover: SUBMIT_TAKEOVER,
             upload_ttl: UPLOAD_URL_TTL,
+            input_prefixes,
+        }
+    }
+
+    /// Allows inputs under these prefixes only (`s3://bucket/` or `s3://bucket/some/prefix/`);
+    /// the default is the registry's own bucket. Each prefix is taken to end at a `/`, so
+    /// `s3://data` never allows `s3://data-other/…`.
+    pub fn with_input_prefixes(mut self, prefixes: Vec<String>) -> Self {
+        if !prefixes.is_empty() {
+            self.input_prefixes = prefixes
+                .into_iter()
+                .map(|p| if p.ends_with('/') { p } else { format!("{p}/") })
+                .collect();
+        }
+        self
+    }
+
+    /// The allowed input prefixes.
+    pub fn input_prefixes(&self) -> &[String] {
+        &self.input_prefixes
+    }
+
+    fn check_input(&self, uri: &str) -> Result<(), BatchJobError> {
+        if self
+            .input_prefixes
+            .iter()
+            .any(|p| uri.starts_with(p.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(BatchJobError::InputNotAllowed {
+                uri: uri.chars().take(256).collect(),
+                allowed: self.input_prefixes.clone(),
+            })
         }
     }
 
@@ -183,6 +236,9 @@ impl BatchJobs {
         idempotency_key: Option<&str>,
     ) -> Result<Created, BatchJobError> {
         self.queue()?;
+        if let Some(uri) = &new.input_uri {
+            self.check_input(uri)?;
+        }
         let mut id = idempotency_key.map_or_else(random_job_id, job_id_for_key);
         if let Some(key) = idempotency_key
             && let Some(earlier) = self.legacy_claim(key).await?

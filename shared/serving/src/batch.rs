@@ -8,6 +8,7 @@
 //! addresses the same job and finishes its submission; the same key with a different body is
 //! refused (409).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -87,9 +88,15 @@ pub struct BatchJobOut {
     pub input_uri: String,
     /// Output prefix.
     pub output_uri: String,
-    /// Presigned PUT URL for the input (only in the response that created the job).
+    /// Presigned PUT URL for the input (only in the response that created the job; valid for
+    /// 5 minutes and for one upload: send it with `upload_headers`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_url: Option<String>,
+    /// Headers the upload must carry (signed into the URL): `If-None-Match: *`, so the URL
+    /// creates the input once and cannot replace it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub upload_headers: Option<BTreeMap<String, String>>,
     /// Progress, once the job has written a checkpoint.
     pub progress: Option<Progress>,
     /// Where the results are, once complete.
@@ -116,6 +123,9 @@ impl From<BatchJobError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_job_queue", message)
             }
             BatchJobError::NoUploads(_) => ApiError::bad_request("no_uploads", message),
+            BatchJobError::InputNotAllowed { .. } => {
+                ApiError::bad_request("input_not_allowed", message)
+            }
             BatchJobError::IdempotencyConflict => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
             }
@@ -330,6 +340,9 @@ fn out(view: JobView, upload_url: Option<String>) -> BatchJobOut {
         reason: job.reason,
         input_uri: job.input_uri,
         output_uri: job.output_uri,
+        upload_headers: upload_url
+            .is_some()
+            .then(|| BTreeMap::from([("If-None-Match".to_string(), "*".to_string())])),
         upload_url,
         progress,
         created_at: job.created_at,

@@ -38,13 +38,19 @@ pub struct ServeConfig {
     pub cors_allow_origins: Vec<String>,
     /// API keys were turned off on purpose (`mlops serve --no-auth`): readiness says so.
     pub auth_off: bool,
-    /// Most requests doing model work (predicting, explaining) at once, on the blocking pool.
+    /// Most large plain predict requests scored at once on the blocking pool.
     pub model_concurrency: usize,
+    /// Most `?explain=true` requests scored at once (their own pool, so plain predictions never
+    /// wait behind them).
+    pub explain_concurrency: usize,
     /// Longest a request may take, waiting for a model slot included; past it the answer is
     /// 503 `request_timeout`.
     pub request_timeout: Duration,
     /// Longest the request body may take to arrive (a body trickled in slower is 408).
     pub body_timeout: Duration,
+    /// Where batch-job inputs may come from (`s3://bucket/prefix/`); empty: the registry's
+    /// own bucket.
+    pub batch_input_prefixes: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -67,8 +73,11 @@ impl Default for ServeConfig {
             cors_allow_origins: Vec::new(),
             auth_off: false,
             model_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            explain_concurrency: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
             request_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            batch_input_prefixes: Vec::new(),
         }
     }
 }
@@ -113,8 +122,8 @@ impl ServeConfig {
     /// `MLOPS_EMF`, `MLOPS_METRICS_NAMESPACE`, `MLOPS_PREDICTION_LOG`,
     /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`,
     /// `MLOPS_PREDICTION_LOG_MAX_BYTES`, `MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS`,
-    /// `MLOPS_CORS_ORIGINS`, `MLOPS_MODEL_CONCURRENCY`, `MLOPS_REQUEST_TIMEOUT_SECONDS`,
-    /// `MLOPS_BODY_TIMEOUT_SECONDS` over the defaults. EMF is on by default inside Lambda.
+    /// `MLOPS_CORS_ORIGINS`, `MLOPS_MODEL_CONCURRENCY`, `MLOPS_EXPLAIN_CONCURRENCY`, `MLOPS_REQUEST_TIMEOUT_SECONDS`,
+    /// `MLOPS_BODY_TIMEOUT_SECONDS`, `MLOPS_BATCH_INPUT_PREFIXES` over the defaults. EMF is on by default inside Lambda.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut c = Self {
             emf: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
@@ -197,11 +206,18 @@ impl ServeConfig {
         if let Some(n) = parse_env::<usize>("MLOPS_MODEL_CONCURRENCY", "expected a whole number")? {
             c.model_concurrency = n.max(1);
         }
+        if let Some(n) = parse_env::<usize>("MLOPS_EXPLAIN_CONCURRENCY", "expected a whole number")?
+        {
+            c.explain_concurrency = n.max(1);
+        }
         if let Some(s) = parse_env::<f64>("MLOPS_REQUEST_TIMEOUT_SECONDS", "expected seconds")? {
             c.request_timeout = Duration::from_secs_f64(s.clamp(0.1, 900.0));
         }
         if let Some(s) = parse_env::<f64>("MLOPS_BODY_TIMEOUT_SECONDS", "expected seconds")? {
             c.body_timeout = Duration::from_secs_f64(s.clamp(0.1, 900.0));
+        }
+        if let Ok(p) = std::env::var("MLOPS_BATCH_INPUT_PREFIXES") {
+            c.batch_input_prefixes = list(&p);
         }
         Ok(c)
     }

@@ -49,8 +49,10 @@ pub struct AppState {
     pub predictions_log: Option<PredictionLog>,
     /// Batch jobs (submitted to the queue, when one is configured).
     pub batch_jobs: BatchJobs,
-    /// Slots for model work on the blocking pool ([`ServeConfig::model_concurrency`]).
+    /// Slots for large plain predictions on the blocking pool ([`ServeConfig::model_concurrency`]).
     pub model_work: Arc<tokio::sync::Semaphore>,
+    /// Slots for explanations ([`ServeConfig::explain_concurrency`]).
+    pub explain_work: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -89,13 +91,16 @@ impl AppState {
             errors = ?errors,
             "serving state ready"
         );
+        let batch_jobs = BatchJobs::new(Arc::clone(registry.store()), jobs)
+            .with_input_prefixes(config.batch_input_prefixes.clone());
         Arc::new(Self {
             metrics,
             models,
             model_work: Arc::new(tokio::sync::Semaphore::new(config.model_concurrency)),
+            explain_work: Arc::new(tokio::sync::Semaphore::new(config.explain_concurrency)),
             config,
             predictions_log,
-            batch_jobs: BatchJobs::new(Arc::clone(registry.store()), jobs),
+            batch_jobs,
         })
     }
 }

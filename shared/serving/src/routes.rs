@@ -287,20 +287,30 @@ pub async fn predict(
             })
         })
         .collect();
-    // Model work (milliseconds for a large or explained request) runs on the blocking pool,
-    // at most `model_concurrency` at a time, so the async workers keep answering health
-    // probes and small requests; waiting for a slot counts against the request's deadline.
-    let permit = Arc::clone(&state.model_work)
-        .acquire_owned()
+    // A small plain request (microseconds) is scored in place. Larger ones and explanations
+    // (milliseconds) run on the blocking pool, explanations in their own smaller pool, so the
+    // async workers keep answering probes and plain predictions never queue behind
+    // explanations; waiting for a slot counts against the request's deadline.
+    let (values, stats, predictions) = if !explain && rows.len() <= INLINE_RECORDS {
+        score(model, &rows, ids, false)?
+    } else {
+        let pool = if explain {
+            &state.explain_work
+        } else {
+            &state.model_work
+        };
+        let permit = Arc::clone(pool)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the model pool is closed"))?;
+        let model_for_work = Arc::clone(model);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            score(&model_for_work, &rows, ids, explain)
+        })
         .await
-        .map_err(|_| ApiError::internal("the model pool is closed"))?;
-    let model_for_work = Arc::clone(model);
-    let (values, stats, predictions) = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        score(&model_for_work, &rows, ids, explain)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("model work failed: {e}")))??;
+        .map_err(|e| ApiError::internal(format!("model work failed: {e}")))??
+    };
     if let Some(log) = &state.predictions_log {
         let latency_us = started.elapsed().as_micros() as u64;
         let at = chrono::Utc::now();
@@ -343,6 +353,10 @@ pub async fn predict(
     response.extensions_mut().insert(served);
     Ok(response)
 }
+
+/// Plain requests of at most this many records are scored on the async worker (tens of
+/// microseconds); larger ones go to the blocking pool.
+const INLINE_RECORDS: usize = 64;
 
 /// Predicts (and explains) validated rows: the values, the pipeline's statistics and the
 /// predictions in the API's shape. Runs on a blocking thread.

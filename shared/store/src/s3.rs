@@ -360,11 +360,14 @@ impl ObjectStore for S3Store {
                     message: e.to_string(),
                 }
             })?;
+        // `If-None-Match: *` is signed into the URL: it creates the object once, and a second PUT
+        // through the same URL fails (412) instead of replacing the input of a job.
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
+            .if_none_match("*")
             .presigned(config)
             .await
             .map_err(|e| backend("presign", key, &e))?;

@@ -112,9 +112,45 @@ async fn batch_job_create_and_start_converge_at_every_crash_point() {
 }
 
 #[tokio::test]
+async fn inputs_outside_the_allowed_prefixes_are_refused_before_anything_is_written() {
+    let w = jobs_world().await;
+    let queue: Arc<dyn JobQueue> = w.queue.clone();
+    let jobs = BatchJobs::new(Arc::clone(&w.disk.store), Some(queue))
+        .with_input_prefixes(vec!["s3://data/in".into()]);
+    for uri in [
+        "s3://data-other/in/x.csv",
+        "s3://data/elsewhere.csv",
+        "/etc/passwd",
+    ] {
+        let job = NewJob {
+            input_uri: Some(uri.into()),
+            ..new_job()
+        };
+        let e = jobs.create(job, None).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("outside the allowed inputs (s3://data/in/)"),
+            "{e}"
+        );
+    }
+    assert!(w.disk.store.list("batch-jobs/").await.unwrap().is_empty());
+    let job = NewJob {
+        input_uri: Some("s3://data/in/x.csv".into()),
+        ..new_job()
+    };
+    assert!(jobs.create(job, None).await.is_ok());
+    // Without a list, the registry's own location is the only one allowed.
+    let default = BatchJobs::new(Arc::clone(&w.disk.store), Some(w.queue.clone()));
+    assert_eq!(
+        default.input_prefixes(),
+        [format!("{}/", w.disk.store.uri("").trim_end_matches('/'))]
+    );
+}
+
+#[tokio::test]
 async fn nothing_is_claimed_without_a_queue() {
     let w = jobs_world().await;
-    let jobs = BatchJobs::new(Arc::clone(&w.disk.store), None);
+    let jobs = BatchJobs::new(Arc::clone(&w.disk.store), None).with_input_prefixes(inputs());
     let e = jobs.create(new_job(), Some("k")).await.unwrap_err();
     assert!(e.to_string().contains("MLOPS_BATCH_QUEUE"), "{e}");
     assert!(w.disk.store.list("batch-jobs/").await.unwrap().is_empty());
@@ -133,10 +169,12 @@ async fn a_fresh_submitting_record_is_not_taken_over() {
         crashed.store(Arc::clone(&w.disk.store)),
         Some(crashed.queue(queue.clone())),
     )
+    .with_input_prefixes(inputs())
     .create(new_job(), Some("k"))
     .await
     .unwrap_err();
-    let patient = BatchJobs::new(Arc::clone(&w.disk.store), Some(queue));
+    let patient =
+        BatchJobs::new(Arc::clone(&w.disk.store), Some(queue)).with_input_prefixes(inputs());
     let again = patient.create(new_job(), Some("k")).await.unwrap();
     assert_eq!(again.job.state, JobState::Submitting);
     assert!(w.queue.submissions().is_empty());

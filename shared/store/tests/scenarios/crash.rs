@@ -333,9 +333,16 @@ pub async fn jobs_world() -> Jobs {
     }
 }
 
+/// The input bucket these jobs may read ([`new_job`]'s input is in it).
+pub fn inputs() -> Vec<String> {
+    vec!["s3://inputs/".into()]
+}
+
 pub fn service(store: Arc<dyn ObjectStore>, queue: Arc<dyn JobQueue>) -> BatchJobs {
     // Takeover at once: the retry in these tests comes after the crashed request is gone.
-    BatchJobs::new(store, Some(queue)).with_takeover(TimeDelta::zero())
+    BatchJobs::new(store, Some(queue))
+        .with_takeover(TimeDelta::zero())
+        .with_input_prefixes(inputs())
 }
 
 pub fn faulty(w: &Jobs, plan: &FaultPlan) -> BatchJobs {
