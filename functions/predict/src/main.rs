@@ -10,22 +10,35 @@ use axum::middleware::Next;
 use axum::response::Response;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
-use mlops_serving::auth::AnonymousProbe;
+use mlops_serving::auth::{AnonymousProbe, Caller};
 use mlops_serving::{AppState, PlatformRequestId, RouteSet, ServeConfig, router};
 
 /// Carries API Gateway's request id (or the Lambda invocation's) into the router, and marks a
-/// request that reached a health route without the authorizer (the routes API Gateway leaves
-/// open to probes) so that it learns only the status.
+/// request that reached a public route without the authorizer (probes, the API's contract) so
+/// that it learns only what anonymous callers may, and an authorized one with its key's scope.
 async fn platform_request_id(mut request: Request) -> Request {
-    let (id, authorized) = match request.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(c)) => (c.request_id.clone(), c.authorizer.is_some()),
-        _ => (None, true),
+    let (id, authorized, admin) = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => (
+            c.request_id.clone(),
+            c.authorizer.is_some(),
+            c.authorizer.as_ref().is_some_and(|a| {
+                a.fields
+                    .get("scopes")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| s.split(',').any(|x| x == "admin"))
+            }),
+        ),
+        _ => (None, true, true),
     };
     let id = id.or_else(|| request.lambda_context_ref().map(|c| c.request_id.clone()));
     if let Some(id) = id {
         request.extensions_mut().insert(PlatformRequestId(id));
     }
-    if !authorized && request.uri().path().starts_with("/health/") {
+    // Only the public routes (probes, the API's contract and explorer) arrive without the
+    // authorizer: such a caller gets the answers meant for anonymous callers.
+    if authorized {
+        request.extensions_mut().insert(Caller { admin });
+    } else {
         request.extensions_mut().insert(AnonymousProbe);
     }
     request

@@ -17,6 +17,14 @@ use crate::api::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct AnonymousProbe;
 
+/// The key a request was authorized with (by `mlops serve`'s check or the Lambda authorizer):
+/// handlers give admins more detail.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The key has the admin scope.
+    pub admin: bool,
+}
+
 /// Header that carries the key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -174,6 +182,10 @@ pub async fn require_key(
     match cache.authorize(presented, &method, &path).await {
         Ok(record) => {
             tracing::debug!(key_id = %record.id, "authorized");
+            let mut request = request;
+            request.extensions_mut().insert(Caller {
+                admin: record.scopes.contains(&mlops_domain::apikeys::Scope::Admin),
+            });
             next.run(request).await
         }
         Err(e) => {

@@ -354,6 +354,23 @@ pub async fn predict(
     Ok(response)
 }
 
+/// A version as a `predict` key sees it: no data paths, tracking locations or bundle prefixes
+/// (an admin key sees the whole record).
+fn public_version(
+    record: &mlops_domain::registry::VersionRecord,
+) -> mlops_domain::registry::VersionRecord {
+    let mut public = record.clone();
+    public.bundle_prefix = String::new();
+    public.idempotency_key = None;
+    let l = &mut public.lineage;
+    l.data_source = std::path::Path::new(&l.data_source)
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    l.run_id = None;
+    l.tracking_uri = None;
+    public
+}
+
 /// Plain requests of at most this many records are scored on the async worker (tens of
 /// microseconds); larger ones go to the blocking pool.
 const INLINE_RECORDS: usize = 64;
@@ -461,6 +478,7 @@ pub struct ModelInfo {
 pub async fn model_info(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Result<Response, ApiError> {
     state.models.refresh_if_due();
     let routes = state.models.routes(&name).ok_or_else(|| {
@@ -499,7 +517,11 @@ pub async fn model_info(
         task: first.manifest.task.to_string(),
         served,
         aliases: view.aliases.clone().into_iter().collect(),
-        versions: view.versions.clone(),
+        versions: if state.config.auth_off || caller.is_some_and(|c| c.admin) {
+            view.versions.clone()
+        } else {
+            view.versions.iter().map(public_version).collect()
+        },
         card: view.card.clone(),
         input_schema: first.manifest.schema.clone(),
         features: first.manifest.feature_names.clone(),

@@ -854,6 +854,23 @@ async fn api_keys_401_403_and_scopes() {
             }
         }
     }
+    // Model info: a predict key gets the public view (no bundle prefixes, data paths or tracking
+    // locations); an admin key the whole records.
+    let info = "/v1/models/california_housing";
+    let (_, _, public) = call(&app, request(Some(predict.as_str()), "GET", info)).await;
+    let (_, _, full) = call(&app, request(Some(admin.as_str()), "GET", info)).await;
+    let versions = |v: &Value| v["versions"].as_array().unwrap().clone();
+    assert!(!versions(&public).is_empty());
+    for v in versions(&public) {
+        assert_eq!(v["bundle_prefix"], "", "{v}");
+        assert!(v["lineage"].get("tracking_uri").is_none(), "{v}");
+    }
+    for v in versions(&full) {
+        assert!(
+            v["bundle_prefix"].as_str().unwrap().starts_with("models/"),
+            "{v}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -87,6 +87,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         "--keys-refresh-seconds {}: expected 0.1 to 3600",
         args.keys_refresh_seconds
     );
+    anyhow::ensure!(
+        (0.1..=3_600.0).contains(&args.header_timeout_seconds),
+        "--header-timeout-seconds {}: expected 0.1 to 3600",
+        args.header_timeout_seconds
+    );
     let registry = settings.registry().await?;
     let state = AppState::start(registry, config, None).await;
     let set = RouteSet {
@@ -146,11 +151,6 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
             models.refresh_if_due();
         }
     });
-    anyhow::ensure!(
-        (0.1..=3_600.0).contains(&args.header_timeout_seconds),
-        "--header-timeout-seconds {}: expected 0.1 to 3600",
-        args.header_timeout_seconds
-    );
     serve_connections(
         listener,
         app,
