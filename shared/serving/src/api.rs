@@ -234,6 +234,19 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 503 for a store that failed: the store's own message (bucket, key, backend error) is
+    /// logged, never sent.
+    pub fn unavailable(code: &'static str, what: &str, detail: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %detail, code, "store unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!(
+                "{what} cannot be read or written right now; retry later (details in the server log for this request id)"
+            ),
+        )
+    }
+
     /// 500 (the message is logged, not sent).
     pub fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!(error = %message, "internal error");
@@ -261,11 +274,7 @@ impl From<mlops_domain::registry::RegistryError> for ApiError {
             | R::NothingToRollBack { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            other => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "registry_unavailable",
-                other.to_string(),
-            ),
+            other => Self::unavailable("registry_unavailable", "the model registry", other),
         }
     }
 }

@@ -108,11 +108,7 @@ pub struct BatchJobOut {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        e.to_string(),
-    )
+    ApiError::unavailable("store_unavailable", "the job store", e)
 }
 
 impl From<BatchJobError> for ApiError {

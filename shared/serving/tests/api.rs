@@ -694,6 +694,19 @@ async fn swaps_versions_keeps_last_good_model_and_splits_traffic() {
         ready["error"].as_str().unwrap().contains("aliases.json"),
         "{ready}"
     );
+    // A request that needs the broken record gets 503 without the store's own words.
+    let put = Request::put("/v1/models/california_housing/traffic")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"weights":{"champion":100}}"#))
+        .unwrap();
+    let (status, _, e) = call(&app, put).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    assert_eq!(e["error"]["code"], "registry_unavailable");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("aliases.json") && !message.contains(&*f._dir.path().to_string_lossy()),
+        "{message}"
+    );
 
     // Repaired: v2 champion, v3 challenger, 50/50 split by routing key, sticky.
     let fresh = tempfile::tempdir().unwrap();
@@ -1076,4 +1089,43 @@ fn the_key_cache_ttl_is_capped() {
     let keys = Arc::new(FileKeyStore::new(&dir.path().join("api-keys.json")));
     let cache = KeyCache::new(keys, Duration::from_secs(24 * 3600));
     assert_eq!(cache.ttl(), mlops_serving::auth::MAX_TTL);
+}
+
+/// A browser's CORS preflight carries no key: it is answered (for an allowed origin) before
+/// the key check, which then applies to the real request.
+#[tokio::test]
+async fn cors_preflight_is_answered_before_the_key_check() {
+    let f = fixture(ServeConfig {
+        cors_allow_origins: vec!["https://app.example".into()],
+        ..config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FileKeyStore::new(&dir.path().join("api-keys.json"));
+    let mut set = ApiKeySet::default();
+    set.create("app", &[Scope::Predict]).unwrap();
+    keys.save(&set).await.unwrap();
+    let cache = Arc::new(KeyCache::new(Arc::new(keys), Duration::from_secs(60)));
+    let app = mlops_serving::router_with_keys(Arc::clone(&f.state), RouteSet::ALL, Some(cache));
+    let preflight = Request::options("/v1/models/california_housing/predict")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-api-key")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = call(&app, preflight).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let (status, _, _) = call(
+        &app,
+        post(
+            "/v1/models/california_housing/predict",
+            housing_record().to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
