@@ -97,6 +97,20 @@ pub struct ModelCard {
     pub approval: Option<Approval>,
 }
 
+impl ModelCard {
+    /// Fields a reviewer must fill before the card can be approved, by name, when empty.
+    pub fn missing_for_approval(&self) -> Vec<&'static str> {
+        [
+            ("intended_use", &self.intended_use),
+            ("limitations", &self.limitations),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.trim().is_empty())
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
 /// Editable card fields; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct CardEdit {
@@ -971,15 +985,7 @@ impl Registry {
         approver: &str,
         note: &str,
     ) -> Result<ModelCard, RegistryError> {
-        let card = self.card(model, version).await?;
-        let missing: Vec<&'static str> = [
-            ("intended_use", &card.intended_use),
-            ("limitations", &card.limitations),
-        ]
-        .into_iter()
-        .filter(|(_, value)| value.trim().is_empty())
-        .map(|(name, _)| name)
-        .collect();
+        let missing = self.card(model, version).await?.missing_for_approval();
         if !missing.is_empty() {
             return Err(RegistryError::CardIncomplete {
                 model: model.into(),

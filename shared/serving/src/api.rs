@@ -89,6 +89,16 @@ pub struct ClassOutcome {
 }
 
 impl ClassOutcome {
+    /// The CSV column of each class's probability, in the order [`ClassOutcome::probabilities`]
+    /// lists them: `probability_CLASS`.
+    pub fn probability_columns(classes: &(String, String)) -> Vec<String> {
+        Self::of(0.5, classes)
+            .probabilities
+            .into_keys()
+            .map(|class| format!("probability_{class}"))
+            .collect()
+    }
+
     /// From the positive class's probability and the (positive, negative) class names.
     pub fn of(positive_probability: f64, (positive, negative): &(String, String)) -> Self {
         let p = positive_probability;

@@ -972,8 +972,8 @@ fn output_header(copied: &[(usize, String)], labels: Option<&(String, String)>) 
     columns.push("prediction".into());
     if let Some(classes) = labels {
         columns.push("label".into());
-        for (class, _) in mlops_serving::api::ClassOutcome::of(0.5, classes).probabilities {
-            columns.push(csv_field(&format!("probability_{class}")).into_owned());
+        for column in mlops_serving::api::ClassOutcome::probability_columns(classes) {
+            columns.push(csv_field(&column).into_owned());
         }
     }
     columns.join(",") + "\n"

@@ -226,8 +226,7 @@ fn render(
             let mut header = vec!["row".to_string(), "id".into(), "prediction".into()];
             if let Some(c) = classes {
                 header.push("label".into());
-                let names = mlops_serving::api::ClassOutcome::of(0.5, c).probabilities;
-                header.extend(names.keys().map(|k| format!("probability_{k}")));
+                header.extend(mlops_serving::api::ClassOutcome::probability_columns(c));
             }
             w.write_record(&header)?;
             for p in predictions {

@@ -388,9 +388,11 @@ async fn list_versions(registry: &Registry, model: &str, as_json: bool) -> Resul
 /// model that has none yet, it says so and shows the latest version.
 async fn show(registry: &Registry, model: &str, version: &str) -> Result<()> {
     ensure_model(registry, model).await?;
-    let v = match resolve_version(registry, model, version).await {
-        Ok(v) => v,
-        Err(_) if version == CHAMPION => {
+    let aliases = registry.aliases(model).await?.aliases;
+    let v = match (version.parse::<u64>(), aliases.get(version)) {
+        (Ok(n), _) => n,
+        (_, Some(&n)) => n,
+        _ if version == CHAMPION => {
             let latest = registry
                 .version_numbers(model)
                 .await?
@@ -403,21 +405,19 @@ async fn show(registry: &Registry, model: &str, version: &str) -> Result<()> {
             );
             latest
         }
-        Err(e) => return Err(e),
+        // An unknown alias: the same message as every other command gives.
+        _ => resolve_version(registry, model, version).await?,
     };
     let record = registry.version(model, v).await?;
     let card = registry.card(model, v).await?;
-    let aliases: Vec<String> = registry
-        .aliases(model)
-        .await?
-        .aliases
-        .into_iter()
-        .filter(|(_, n)| *n == v)
+    let on_version: Vec<&String> = aliases
+        .iter()
+        .filter(|(_, n)| **n == v)
         .map(|(a, _)| a)
         .collect();
     println!(
         "{}",
-        json(&serde_json::json!({"version": record, "card": card, "aliases": aliases}))
+        json(&serde_json::json!({"version": record, "card": card, "aliases": on_version}))
     );
     Ok(())
 }

@@ -707,17 +707,7 @@ async fn next_commands(
 /// empty, if any.
 async fn complete_card(registry: &Registry, model: &str, version: u64) -> Result<Option<String>> {
     let card = registry.card(model, version).await?;
-    let empty = |c: &mlops_domain::registry::ModelCard| -> Vec<&'static str> {
-        [
-            ("intended use", &c.intended_use),
-            ("limitations", &c.limitations),
-        ]
-        .into_iter()
-        .filter(|(_, v)| v.trim().is_empty())
-        .map(|(n, _)| n)
-        .collect()
-    };
-    if empty(&card).is_empty() {
+    if card.missing_for_approval().is_empty() {
         return Ok(None);
     }
     let card = match registry.resolve(model, CHAMPION).await {
@@ -743,7 +733,11 @@ async fn complete_card(registry: &Registry, model: &str, version: u64) -> Result
         Ok(_) | Err(RegistryError::NotFound(_)) => card,
         Err(e) => return Err(e.into()),
     };
-    let missing = empty(&card);
+    let missing: Vec<String> = card
+        .missing_for_approval()
+        .iter()
+        .map(|field| field.replace('_', " "))
+        .collect();
     Ok((!missing.is_empty()).then(|| missing.join(" or ")))
 }
 
@@ -771,7 +765,6 @@ async fn gate(registry: &Registry, input: GateInput<'_>) -> Result<GateDecision>
         bail!("--gate-margin must be a non-negative number, got {margin}");
     }
     let (model, primary) = (input.model, input.outcome.primary);
-    let challenger = Predictor::from_bundle(input.bundle)?;
     let champion = match registry.resolve(model, CHAMPION).await {
         Ok(v) if v == input.version => {
             let own = input.outcome.test_metrics[primary.name()];
@@ -828,7 +821,7 @@ async fn gate(registry: &Registry, input: GateInput<'_>) -> Result<GateDecision>
             .with_context(|| format!("cannot score {who} on the gate's rows"))?;
         Ok(primary.compute(&scored.labels, &predictions))
     };
-    let challenger_score = score(&challenger, "the new version")?;
+    let challenger_score = score(&Predictor::from_bundle(input.bundle)?, "the new version")?;
     let champion_score = score(
         &Predictor::from_bundle(&champion_bundle)?,
         &format!("champion v{champion}"),
