@@ -1014,7 +1014,7 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 /// Predicts rows in one pass: on a row the pipeline refuses, the rows before it are predicted,
 /// that row gets its reason, and prediction goes on after it (k bad rows cost k + 1 calls over
 /// disjoint ranges, not k passes over the part).
-fn predict_each(
+pub(crate) fn predict_each(
     predictor: &Predictor,
     rows: &[Vec<Value>],
 ) -> Result<Vec<Result<f64, String>>, EngineError> {

@@ -17,6 +17,7 @@ use mlops_domain::schema::Task;
 use mlops_engine::Predictor;
 use mlops_serving::api::{ExplanationOut, PredictionOut};
 
+use crate::commands::batch_predict::predict_each;
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
 use crate::exit::ExitWith;
@@ -288,29 +289,32 @@ pub async fn run(args: PredictArgs, settings: &Settings) -> Result<()> {
     let predictor = Predictor::from_bundle(&bundle)?;
     let classes = (bundle.manifest.task == Task::BinaryClassification)
         .then(|| bundle.manifest.schema.class_names());
-    let mut predictions = Vec::with_capacity(rows.len());
-    for row in rows {
-        // Rows are predicted one by one so a row the pipeline refuses is reported, not fatal.
-        let p = match predictor.predict(std::slice::from_ref(&row.values)) {
-            Ok((p, _)) => p[0],
-            Err(e) => {
+    let (numbered, values): (Vec<_>, Vec<_>) =
+        rows.into_iter().map(|r| ((r.row, r.id), r.values)).unzip();
+    // One pass, as batch prediction does: a row the pipeline refuses is reported, not fatal.
+    let scored = predict_each(&predictor, &values)?;
+    let mut predictions = Vec::with_capacity(values.len());
+    for (((row, id), values), p) in numbered.into_iter().zip(&values).zip(scored) {
+        let p = match p {
+            Ok(p) => p,
+            Err(message) => {
                 problems.push(RowProblem {
-                    row: row.row,
+                    row,
                     line: None,
                     field: "(features)".into(),
-                    message: e.to_string(),
+                    message,
                 });
                 continue;
             }
         };
         let explanation = if args.explain {
-            Some(ExplanationOut::from_engine(predictor.explain(&row.values)?))
+            Some(ExplanationOut::from_engine(predictor.explain(values)?))
         } else {
             None
         };
         predictions.push(PredictionOut::new(
-            row.row,
-            row.id,
+            row,
+            id,
             p,
             classes.as_ref(),
             explanation,
