@@ -150,7 +150,24 @@ impl Drop for ProcessGroup {
 /// Runs `mlops --home HOME --store STORE --s3-endpoint ENDPOINT ARGS…` (AWS clients pointed at
 /// the same endpoint) and returns its stdout; fails the test on a non-zero exit.
 pub fn mlops_cli(home: &Path, store: &str, endpoint: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(mlops_bin())
+    let out = mlops_cli_output(home, store, endpoint, args);
+    assert!(
+        out.status.success(),
+        "mlops {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `mlops` as [`mlops_cli`] runs it, whatever its exit status.
+pub fn mlops_cli_output(
+    home: &Path,
+    store: &str,
+    endpoint: &str,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(mlops_bin())
         .args([
             "--home",
             &home.to_string_lossy(),
@@ -164,14 +181,7 @@ pub fn mlops_cli(home: &Path, store: &str, endpoint: &str, args: &[&str]) -> Str
         .env("AWS_REGION", "us-east-1")
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("run mlops");
-    assert!(
-        out.status.success(),
-        "mlops {args:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("run mlops")
 }
 
 /// Trains a linear California Housing model with `seed` into the registry on `store`, approves

@@ -243,6 +243,7 @@ async fn runs_a_job_record_of_the_batch_function() {
         version: 1,
         alias: Some("champion".into()),
         input_uri: format!("s3://{}/in.csv", root.bucket()),
+        input_version: None,
         output_uri: format!("{store}/batch-jobs/{id}/output/"),
         state: JobState::Queued,
         queue_job_id: Some(unique("batch")),

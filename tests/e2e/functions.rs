@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{
-    ProcessGroup, free_port, mlops_cli, moto_endpoint, publish_housing, python, repo, s3_store,
-    unique,
+    ProcessGroup, free_port, mlops_cli, mlops_cli_output, moto_endpoint, publish_housing, python,
+    repo, s3_store, shared_data, unique,
 };
 use serde_json::{Value, json};
 
@@ -357,7 +357,8 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     assert_eq!(view["progress"]["rows_done"], 500);
     assert_eq!(view["progress"]["fraction"], 0.25);
 
-    // Upload flow: a presigned PUT, then start.
+    // Upload flow: a presigned PUT, then start. The bucket keeps versions (as the template's does).
+    set_versioning(&bucket, true).await;
     let (status, job) = http(&watch.invoke("batch", &ev("batch-upload.json", &[])));
     assert_eq!(status, 201, "{job}");
     let upload_id = job["id"].as_str().unwrap().to_owned();
@@ -369,7 +370,7 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     let put = client
         .put(url)
         .header("If-None-Match", "*")
-        .body("longitude,latitude\n")
+        .body(housing_rows(3))
         .send()
         .await
         .unwrap();
@@ -390,4 +391,100 @@ async fn functions_under_the_lambda_emulator_against_moto() {
         submitted.contains(&started["state"].as_str().unwrap()),
         "{started}"
     );
+    // The started job reads the uploaded version, even after the object is replaced.
+    let input_key = format!("registry/batch-jobs/{upload_id}/input.csv");
+    replace_object(&bucket, &input_key, housing_rows(1)).await;
+    let job_uri = format!("{store}/batch-jobs/{upload_id}/job.json");
+    mlops(&home, &store, &["batch-predict", "--job", &job_uri]);
+    let checkpoint = read_json(
+        &bucket,
+        &format!("registry/batch-jobs/{upload_id}/output/_checkpoint.json"),
+    )
+    .await;
+    assert_eq!(checkpoint["rows_done"], 3, "{checkpoint}");
+
+    // Without versions, a replaced input fails the job with a reason instead of mixing inputs.
+    set_versioning(&bucket, false).await;
+    let (_, job) = http(&watch.invoke("batch", &ev("batch-upload.json", &[])));
+    let unversioned = job["id"].as_str().unwrap().to_owned();
+    let put = client
+        .put(job["upload_url"].as_str().unwrap())
+        .header("If-None-Match", "*")
+        .body(housing_rows(3))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let (status, _) = http(&watch.invoke(
+        "batch",
+        &ev("batch-start.json", &[("JOB_ID", &unversioned)]),
+    ));
+    assert_eq!(status, 202);
+    replace_object(
+        &bucket,
+        &format!("registry/batch-jobs/{unversioned}/input.csv"),
+        housing_rows(1),
+    )
+    .await;
+    let job_uri = format!("{store}/batch-jobs/{unversioned}/job.json");
+    let out = mlops_cli_output(
+        &home,
+        &store,
+        &moto_endpoint(),
+        &["batch-predict", "--job", &job_uri],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was replaced after the job was started"),
+        "{stderr}"
+    );
+}
+
+/// The California Housing header and its first `n` rows.
+fn housing_rows(n: usize) -> String {
+    let text = std::fs::read_to_string(shared_data("california_housing.csv")).unwrap();
+    text.lines().take(n + 1).map(|l| format!("{l}\n")).collect()
+}
+
+async fn set_versioning(bucket: &mlops_store::S3Store, on: bool) {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let status = if on {
+        BucketVersioningStatus::Enabled
+    } else {
+        BucketVersioningStatus::Suspended
+    };
+    bucket
+        .client()
+        .put_bucket_versioning()
+        .bucket(bucket.bucket())
+        .versioning_configuration(VersioningConfiguration::builder().status(status).build())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Replaces an object with the bucket owner's credentials (not through an upload URL).
+async fn replace_object(bucket: &mlops_store::S3Store, key: &str, body: String) {
+    bucket
+        .client()
+        .put_object()
+        .bucket(bucket.bucket())
+        .key(key)
+        .body(body.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn read_json(bucket: &mlops_store::S3Store, key: &str) -> Value {
+    let out = bucket
+        .client()
+        .get_object()
+        .bucket(bucket.bucket())
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).unwrap()
 }

@@ -260,6 +260,7 @@ impl BatchJobs {
             input_uri: new
                 .input_uri
                 .unwrap_or_else(|| self.store.uri(&input_key(&id))),
+            input_version: None,
             output_uri: self.store.uri(&output_prefix(&id)),
             state: if upload {
                 JobState::AwaitingUpload
@@ -336,15 +337,15 @@ impl BatchJobs {
             .ok_or_else(|| BatchJobError::NoUploads(self.store.describe()))
     }
 
-    /// Submits a job whose input was uploaded; a retry of a failed or abandoned submission
-    /// submits it again (after looking for the earlier one).
+    /// Submits a job whose input was uploaded, pinned to the uploaded version; a retry of a
+    /// failed or abandoned submission submits it again (after looking for the earlier one).
     pub async fn start(&self, id: &str) -> Result<BatchJob, BatchJobError> {
-        let (job, etag) = self.read_existing(id).await?;
+        let (mut job, etag) = self.read_existing(id).await?;
         if job.state == JobState::AwaitingUpload {
-            let uploaded = self.store.list(&input_key(id)).await?;
-            if !uploaded.iter().any(|k| *k == input_key(id)) {
+            let Some(uploaded) = self.store.head_version(&input_key(id)).await? else {
                 return Err(BatchJobError::InputMissing(job.input_uri));
-            }
+            };
+            job.input_version = Some(uploaded);
             return self.submit(job, etag).await;
         }
         if self.may_resubmit(&job) {

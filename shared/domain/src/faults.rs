@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::jobs::{JobQueue, JobSubmission, QueueError, QueueStatus};
-use crate::store::{ETag, ObjectStore, PutCondition, StoreError, StoredObject};
+use crate::store::{ETag, ObjectStore, ObjectVersion, PutCondition, StoreError, StoredObject};
 
 /// What happens at the step a plan is aimed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +187,26 @@ impl ObjectStore for FaultyStore {
             return Err(store_fault("get", key));
         }
         self.inner.get_range(key, start, end, etag).await
+    }
+
+    async fn head_version(&self, key: &str) -> Result<Option<ObjectVersion>, StoreError> {
+        if !self.plan.read() {
+            return Err(store_fault("head", key));
+        }
+        self.inner.head_version(key).await
+    }
+
+    async fn get_range_version(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        version: &ObjectVersion,
+    ) -> Result<Vec<u8>, StoreError> {
+        if !self.plan.read() {
+            return Err(store_fault("get", key));
+        }
+        self.inner.get_range_version(key, start, end, version).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

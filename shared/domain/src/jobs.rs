@@ -73,6 +73,10 @@ pub struct BatchJob {
     pub alias: Option<String>,
     /// Input CSV URI.
     pub input_uri: String,
+    /// The uploaded input as it was when the job was started: the job reads exactly this
+    /// version (by its S3 version id; else only while its tag is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_version: Option<crate::store::ObjectVersion>,
     /// Output prefix URI.
     pub output_uri: String,
     /// State.

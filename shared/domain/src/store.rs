@@ -18,6 +18,20 @@ pub struct StoredObject {
     pub etag: ETag,
 }
 
+/// One stored version of an object, as [`ObjectStore::head_version`] saw it: enough to read
+/// exactly these bytes later ([`ObjectStore::get_range_version`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectVersion {
+    /// Size in bytes.
+    pub size: u64,
+    /// Its tag ([`ETag`]'s text).
+    pub etag: String,
+    /// The backend's id of this version, where it keeps versions (an S3 bucket with versioning):
+    /// these bytes stay readable after the object is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
 /// When a put may happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutCondition {
@@ -75,6 +89,27 @@ pub trait ObjectStore: Send + Sync {
     /// Size and tag of an object; `None` if absent.
     async fn head(&self, key: &str) -> Result<Option<(u64, ETag)>, StoreError> {
         Ok(self.get(key).await?.map(|o| (o.bytes.len() as u64, o.etag)))
+    }
+    /// Size, tag and (where the backend keeps versions) version id of an object; `None` if absent.
+    async fn head_version(&self, key: &str) -> Result<Option<ObjectVersion>, StoreError> {
+        Ok(self.head(key).await?.map(|(size, etag)| ObjectVersion {
+            size,
+            etag: etag.0,
+            version_id: None,
+        }))
+    }
+    /// Bytes `start..end` of exactly this version: by its version id where it has one (readable
+    /// after the object is replaced), else only while the object's tag is unchanged
+    /// ([`StoreError::PreconditionFailed`] otherwise).
+    async fn get_range_version(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        version: &ObjectVersion,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.get_range(key, start, end, &ETag(version.etag.clone()))
+            .await
     }
     /// Bytes `start..end` of an object, only while its tag is still `etag` (a changed object is
     /// [`StoreError::PreconditionFailed`]). Lets a reader stream a large object in bounded memory.

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError, StoredObject, check_key};
+use mlops_domain::store::{
+    ETag, ObjectStore, ObjectVersion, PutCondition, StoreError, StoredObject, check_key,
+};
 
 /// Connection settings of an S3 store.
 #[derive(Debug, Clone, Default)]
@@ -160,6 +162,45 @@ impl S3Store {
             format!("{}/{key}", self.prefix)
         })
     }
+
+    /// A ranged GET of the version with this tag (and id, when pinned to one).
+    async fn ranged_get(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        etag: &str,
+        version_id: Option<&str>,
+    ) -> Result<Vec<u8>, StoreError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes={start}-{}", end - 1))
+            .if_match(etag)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| match http_status(&e) {
+                Some(412) | Some(404) => StoreError::PreconditionFailed {
+                    key: key.into(),
+                    exists: http_status(&e) == Some(412),
+                },
+                _ => backend("get", key, &e),
+            })?;
+        let bytes = out.body.collect().await.map_err(|e| StoreError::Backend {
+            operation: "get",
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        // One copy from the received segments (into_bytes would make a second).
+        Ok(bytes.to_vec())
+    }
 }
 
 #[async_trait]
@@ -215,6 +256,27 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn head_version(&self, key: &str) -> Result<Option<ObjectVersion>, StoreError> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectVersion {
+                size: out.content_length().unwrap_or_default().max(0) as u64,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+                // "null" is the id of an object written while versioning was off: not pinnable.
+                version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
+            })),
+            Err(e) if http_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend("head", key, &e)),
+        }
+    }
+
     async fn get_range(
         &self,
         key: &str,
@@ -222,33 +284,24 @@ impl ObjectStore for S3Store {
         end: u64,
         etag: &ETag,
     ) -> Result<Vec<u8>, StoreError> {
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        let full = self.full_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .range(format!("bytes={start}-{}", end - 1))
-            .if_match(&etag.0)
-            .send()
-            .await
-            .map_err(|e| match http_status(&e) {
-                Some(412) | Some(404) => StoreError::PreconditionFailed {
-                    key: key.into(),
-                    exists: http_status(&e) == Some(412),
-                },
-                _ => backend("get", key, &e),
-            })?;
-        let bytes = out.body.collect().await.map_err(|e| StoreError::Backend {
-            operation: "get",
-            key: key.into(),
-            message: e.to_string(),
-        })?;
-        // One copy from the received segments (into_bytes would make a second).
-        Ok(bytes.to_vec())
+        self.ranged_get(key, start, end, &etag.0, None).await
+    }
+
+    async fn get_range_version(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        version: &ObjectVersion,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.ranged_get(
+            key,
+            start,
+            end,
+            &version.etag,
+            version.version_id.as_deref(),
+        )
+        .await
     }
 
     async fn put(

@@ -35,7 +35,7 @@ use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{BatchJob, Checkpoint, checkpoint_key, job_key, output_prefix};
 use mlops_domain::registry::CHAMPION;
 use mlops_domain::schema::{Schema, Task};
-use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
+use mlops_domain::store::{ETag, ObjectStore, ObjectVersion, PutCondition, StoreError};
 use mlops_engine::{EngineError, Predictor};
 use tokio::runtime::Handle;
 
@@ -145,7 +145,8 @@ impl Output {
     }
 }
 
-/// The input: a local file, or an S3 object read in ranges pinned to the ETag it had at start.
+/// The input: a local file, or an S3 object read in ranges pinned to the version it had when
+/// the job was started (or, without a job record, when this run started).
 pub(crate) enum Input {
     File {
         path: PathBuf,
@@ -156,35 +157,42 @@ pub(crate) enum Input {
         store: Arc<dyn ObjectStore>,
         key: String,
         uri: String,
-        etag: ETag,
-        size: u64,
+        version: ObjectVersion,
     },
 }
 
 impl Input {
-    async fn open(uri: &str, settings: &Settings) -> Result<Self> {
-        if let Some(rest) = uri.strip_prefix("s3://") {
-            let (bucket, key) = rest
-                .split_once('/')
-                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-                .with_context(|| format!("input '{uri}' is not s3://bucket/key"))?;
-            let store =
-                mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
-                    .await?;
-            let (size, etag) = store
-                .head(key)
-                .await?
-                .with_context(|| format!("input {uri} does not exist"))?;
-            Ok(Self::Object {
-                store,
-                key: key.into(),
-                uri: uri.into(),
-                etag,
-                size,
-            })
-        } else {
-            Self::file(uri)
-        }
+    /// Opens the input; `pinned` is the version a job record names (an uploaded input, as it
+    /// was when the job was started).
+    async fn open(uri: &str, pinned: Option<ObjectVersion>, settings: &Settings) -> Result<Self> {
+        let Some(rest) = uri.strip_prefix("s3://") else {
+            return Self::file(uri);
+        };
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .with_context(|| format!("input '{uri}' is not s3://bucket/key"))?;
+        let store =
+            mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
+                .await?;
+        let current = store.head_version(key).await?;
+        let version = match (pinned, current) {
+            // A pinned version id reads the started bytes even if the object was replaced since.
+            (Some(pinned), _) if pinned.version_id.is_some() => pinned,
+            (Some(pinned), Some(now)) if now.etag != pinned.etag => bail!(
+                "input {uri} was replaced after the job was started (tag {} then, {} now) and its bucket keeps no versions: submit a new job",
+                pinned.etag,
+                now.etag
+            ),
+            (_, Some(now)) => now,
+            (_, None) => bail!("input {uri} does not exist"),
+        };
+        Ok(Self::Object {
+            store,
+            key: key.into(),
+            uri: uri.into(),
+            version,
+        })
     }
 
     fn file(path: &str) -> Result<Self> {
@@ -208,15 +216,14 @@ impl Input {
                 size,
                 modified,
             } => format!("{} {size} {modified}", path.display()),
-            Self::Object {
-                uri, etag, size, ..
-            } => format!("{uri} {} {size}", etag.0),
+            Self::Object { uri, version, .. } => format!("{uri} {} {}", version.etag, version.size),
         }
     }
 
     fn size(&self) -> u64 {
         match self {
-            Self::File { size, .. } | Self::Object { size, .. } => *size,
+            Self::File { size, .. } => *size,
+            Self::Object { version, .. } => version.size,
         }
     }
 
@@ -248,15 +255,14 @@ impl Input {
             Self::Object {
                 store,
                 key,
-                etag,
-                size,
+                version,
                 ..
             } => Box::new(RangeReader {
                 store: Arc::clone(store),
                 key: key.clone(),
-                etag: etag.clone(),
+                version: version.clone(),
                 next: offset,
-                end: *size,
+                end: version.size,
                 chunk_size: chunk,
                 chunk: Vec::new(),
                 at: 0,
@@ -267,13 +273,13 @@ impl Input {
     }
 }
 
-/// Reads an object in ranged GETs of `chunk_size` bytes, each pinned to its ETag (an object
-/// replaced mid-job fails the job instead of mixing two inputs). The next range is fetched while
-/// the current one is parsed.
+/// Reads an object in ranged GETs of `chunk_size` bytes, each pinned to one version (an object
+/// replaced mid-job is still read by its version id, or fails the job, never mixing two inputs).
+/// The next range is fetched while the current one is parsed.
 struct RangeReader {
     store: Arc<dyn ObjectStore>,
     key: String,
-    etag: ETag,
+    version: ObjectVersion,
     next: u64,
     end: u64,
     chunk_size: u64,
@@ -290,15 +296,15 @@ impl RangeReader {
             return;
         }
         let to = (self.next + self.chunk_size).min(self.end);
-        let (store, key, etag, from) = (
+        let (store, key, version, from) = (
             Arc::clone(&self.store),
             self.key.clone(),
-            self.etag.clone(),
+            self.version.clone(),
             self.next,
         );
         self.ahead = Some(
             self.handle
-                .spawn(async move { store.get_range(&key, from, to, &etag).await }),
+                .spawn(async move { store.get_range_version(&key, from, to, &version).await }),
         );
         self.next = to;
     }
@@ -446,7 +452,7 @@ pub(crate) struct JobRun {
 /// Runs the job.
 pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let registry = settings.registry().await?;
-    let (model, version, input, output) = match &args.job {
+    let (model, version, input, pinned, output) = match &args.job {
         Some(uri) => {
             let id = uri
                 .strip_suffix("/job.json")
@@ -470,7 +476,13 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 prefix: output_prefix(id),
             };
             debug_assert_eq!(output.key(CHECKPOINT), checkpoint_key(id));
-            (job.model, job.version, job.input_uri, output)
+            (
+                job.model,
+                job.version,
+                job.input_uri,
+                job.input_version,
+                output,
+            )
         }
         None => {
             let model = args.model.clone().unwrap_or_default();
@@ -483,6 +495,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 model,
                 version,
                 args.input.clone().unwrap_or_default(),
+                None,
                 Output {
                     store,
                     prefix: String::new(),
@@ -497,7 +510,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let record = registry.version(&model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
     let predictor = Predictor::from_bundle(&bundle)?;
-    let source = Input::open(&input, settings).await?;
+    let source = Input::open(&input, pinned, settings).await?;
     let fingerprint = sha256_hex(
         format!(
             "{model}\n{version}\n{}\n{}\n{}\n{}\n{}",
@@ -1267,7 +1280,7 @@ mod tests {
             .put("in/input.csv", bytes, PutCondition::None)
             .await
             .unwrap();
-        let (size, etag) = w.store.head("in/input.csv").await.unwrap().unwrap();
+        let version = w.store.head_version("in/input.csv").await.unwrap().unwrap();
         for chunk in [1, 5, 64] {
             let prefix = format!("ranges-{chunk}/");
             let mut ranged = job(&w, Arc::clone(&w.store), &prefix, 6);
@@ -1276,8 +1289,7 @@ mod tests {
                 store: Arc::clone(&w.store),
                 key: "in/input.csv".into(),
                 uri: "in/input.csv".into(),
-                etag: etag.clone(),
-                size,
+                version: version.clone(),
             };
             run_job(ranged).await.unwrap();
             assert_eq!(
@@ -1291,8 +1303,10 @@ mod tests {
             store: Arc::clone(&w.store),
             key: "in/input.csv".into(),
             uri: "in/input.csv".into(),
-            etag: ETag("not-the-current-tag".into()),
-            size,
+            version: ObjectVersion {
+                etag: "not-the-current-tag".into(),
+                ..version
+            },
         };
         let e = run_job(stale).await.unwrap_err();
         assert!(

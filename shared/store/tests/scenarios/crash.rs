@@ -489,6 +489,7 @@ impl CrashScenario for Start {
             version: 1,
             alias: None,
             input_uri: w.disk.store.uri(&input_key(UPLOADED)),
+            input_version: None,
             output_uri: "out".into(),
             state: JobState::AwaitingUpload,
             queue_job_id: None,
@@ -517,9 +518,17 @@ impl CrashScenario for Start {
     }
     async fn recover(&self, w: &Jobs) -> Result<(), String> {
         let job = plain(w).start(UPLOADED).await.map_err(|e| e.to_string())?;
-        (job.state == JobState::Queued)
-            .then_some(())
-            .ok_or(format!("the retry left the job {:?}", job.state))
+        if job.state != JobState::Queued {
+            return Err(format!("the retry left the job {:?}", job.state));
+        }
+        // The job reads the input as it was uploaded, whatever happens to the object later.
+        let uploaded = w.disk.store.head_version(&input_key(UPLOADED)).await;
+        match (&job.input_version, uploaded) {
+            (Some(pinned), Ok(Some(now))) if *pinned == now => Ok(()),
+            (pinned, now) => Err(format!(
+                "the job is pinned to {pinned:?}, the upload is {now:?}"
+            )),
+        }
     }
     async fn check(&self, w: &Jobs) -> Result<(), String> {
         jobs_invariants(w, 1).await
