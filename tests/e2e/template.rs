@@ -1,11 +1,13 @@
 //! `template.yaml` as CloudFormation receives it (transformed offline by aws-sam-translator):
 //! the authorizer cannot be flooded — its decisions are cached per key *and route*, the stage
 //! throttles every route, the authorizer's concurrency is reserved and capped, refused keys are
-//! alarmed — and only the health, contract and explorer routes skip it.
+//! alarmed — and only the health, contract and explorer routes skip it. Each role reaches only
+//! what it needs; the batch job role's read scope is checked on the stack moto's CloudFormation
+//! creates from the transformed template (intrinsics resolved).
 
 use std::process::Command;
 
-use mlops_e2e::{python, repo};
+use mlops_e2e::{moto_endpoint, python, repo};
 use serde_json::Value;
 
 fn transformed() -> Value {
@@ -166,5 +168,106 @@ fn roles_reach_only_what_they_need_and_prediction_logs_expire() {
     assert!(
         logs["ExpirationInDays"].is_object() || logs["ExpirationInDays"].is_number(),
         "{logs}"
+    );
+}
+
+/// The stack moto's CloudFormation creates from the transformed template, with overrides.
+fn stack_in_moto(overrides: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(repo().join("tests/python/stack_in_moto.py"))
+        .arg(moto_endpoint())
+        .args(overrides)
+        .output()
+        .expect("run the stack script");
+    assert!(
+        out.status.success(),
+        "stack creation failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stack: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(stack["status"], "CREATE_COMPLETE", "{}", stack["reason"]);
+    stack
+}
+
+/// The resources a role's statements grant `action` on.
+fn granted(stack: &Value, role: &str, action: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for document in stack["roles"][role]
+        .as_array()
+        .expect("the role's policies")
+    {
+        for s in document["Statement"].as_array().unwrap() {
+            let actions = match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                list => serde_json::from_value(list.clone()).unwrap(),
+            };
+            if actions.iter().any(|a| a == action) {
+                match &s["Resource"] {
+                    Value::String(r) => out.push(r.clone()),
+                    list => {
+                        out.extend(serde_json::from_value::<Vec<String>>(list.clone()).unwrap())
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_batch_job_role_reads_the_allowed_inputs_and_nothing_else() {
+    // By default: the registry's bucket, as the batch function's allow-list.
+    let stack = stack_in_moto(&[]);
+    let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
+    let bucket = store["s3://".len()..].split('/').next().unwrap();
+    let registry = format!("arn:aws:s3:::{bucket}/registry");
+    assert_eq!(
+        granted(&stack, "BatchJobRole", "s3:GetObject"),
+        [
+            format!("arn:aws:s3:::{bucket}/*"),
+            format!("{registry}/batch-jobs/*"),
+            format!("{registry}/models/*"),
+        ]
+    );
+    assert_eq!(
+        stack["environments"]["BatchFunction"]["MLOPS_BATCH_INPUT_PREFIXES"],
+        format!("s3://{bucket}/")
+    );
+    assert!(
+        stack["outputs"]["BatchJobRoleArn"].is_string(),
+        "{}",
+        stack["outputs"]
+    );
+
+    // With input locations: exactly those (and the job's own files), in the role and the check.
+    let stack = stack_in_moto(&["BatchInputLocations=data-lake/exports/,scores-in/"]);
+    let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
+    let bucket = store["s3://".len()..].split('/').next().unwrap();
+    let registry = format!("arn:aws:s3:::{bucket}/registry");
+    assert_eq!(
+        granted(&stack, "BatchJobRole", "s3:GetObject"),
+        [
+            "arn:aws:s3:::data-lake/exports/*".to_owned(),
+            format!("{registry}/batch-jobs/*"),
+            format!("{registry}/models/*"),
+            "arn:aws:s3:::scores-in/*".to_owned(),
+        ]
+    );
+    assert_eq!(
+        granted(&stack, "BatchJobRole", "s3:GetObjectVersion"),
+        [
+            "arn:aws:s3:::data-lake/exports/*".to_owned(),
+            format!("{registry}/batch-jobs/*"),
+            "arn:aws:s3:::scores-in/*".to_owned(),
+        ]
+    );
+    assert_eq!(
+        granted(&stack, "BatchJobRole", "s3:PutObject"),
+        [format!("{registry}/batch-jobs/*")]
+    );
+    assert_eq!(
+        stack["environments"]["BatchFunction"]["MLOPS_BATCH_INPUT_PREFIXES"],
+        "s3://data-lake/exports/,s3://scores-in/"
     );
 }
