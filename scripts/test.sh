@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what it needs (scripts/setup.sh --test), starts a moto
-# server and an MLflow server on 127.0.0.1, checks formatting, lints the SAM template, runs every test of the
+# server and an MLflow server on 127.0.0.1, checks formatting, lints the SAM template and the
+# Dockerfile, audits the dependencies (scripts/audit.sh: cargo-deny), runs every test of the
 # workspace (unit, property, real-data, end-to-end), and stops the servers whatever happens.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -72,6 +73,7 @@ fi
 cargo fmt --all -- --check
 cfn-lint template.yaml
 hadolint infra/docker/Dockerfile
+"$ROOT/scripts/audit.sh"
 cargo build --workspace --all-targets --locked --features mlops/torch
 cargo test --workspace --locked --features mlops/torch "$@"
 
