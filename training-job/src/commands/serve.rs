@@ -61,6 +61,22 @@ pub struct ServeArgs {
     pub max_connections: u32,
 }
 
+/// Connections the kernel may queue before they are accepted (capped by `net.core.somaxconn`).
+/// tokio's `bind` asks for 128: a burst of a few hundred connections then overflowed the queue,
+/// and the dropped handshakes came back a second later or, for a client that never sends, never.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs the server until Ctrl-C.
 pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
     let mut config = ServeConfig::from_env()?;
@@ -118,9 +134,8 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         (note, Some(Arc::new(KeyCache::new(keys, ttl))))
     };
     let app = router_with_keys(Arc::clone(&state), set, cache);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     if args.no_auth {
         eprintln!(
             "WARNING: API keys are OFF (--no-auth): anyone who can reach http://{} can predict, \
