@@ -15,9 +15,15 @@ compile() { # INPUT OUTPUT PYTHON
 compile build.in build.txt 3.11
 compile test.in test.txt 3.11
 compile torch.in torch.txt 3.11
-# Only the shared library is taken from this wheel (no dependencies); it declares Python >= 3.12.
-echo 'xgboost-cpu==3.4.1' >"$tool/xgb.in"
-"$tool/bin/uv" pip compile -q --generate-hashes --no-emit-index-url --no-header --no-deps \
-  --python-version 3.12 --python-platform x86_64-manylinux_2_28 "$tool/xgb.in" -o "$tool/xgb.txt"
-grep -v '^ *#' "$tool/xgb.txt" >xgboost-cpu.txt
-echo "lock-python: wrote $here/{build,test,torch,xgboost-cpu}.txt" >&2
+# The training image (infra/docker/Dockerfile): Ubuntu 24.04's Python 3.12.
+compile image.in image.txt 3.12
+# Only the shared library is taken from these wheels (no dependencies); they declare Python >= 3.12.
+wheel() { # REQUIREMENT OUTPUT
+  echo "$1" >"$tool/wheel.in"
+  "$tool/bin/uv" pip compile -q --generate-hashes --no-emit-index-url --no-header --no-deps \
+    --python-version 3.12 --python-platform x86_64-manylinux_2_28 "$tool/wheel.in" -o "$tool/wheel.txt"
+  grep -v '^ *#' "$tool/wheel.txt" >"$2"
+}
+wheel 'xgboost-cpu==3.4.1' xgboost-cpu.txt
+wheel 'xgboost==3.4.1' xgboost-cuda.txt
+echo "lock-python: wrote $here/{build,test,torch,image,xgboost-cpu,xgboost-cuda}.txt" >&2
