@@ -8,6 +8,7 @@ pub mod apikeys;
 pub mod artifact;
 pub mod batch_jobs;
 pub mod data;
+pub mod drift;
 #[cfg(any(test, feature = "test-support"))]
 pub mod faults;
 pub mod features;

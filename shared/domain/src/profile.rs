@@ -6,8 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Value};
 
-/// Number of quantile bins of a numeric profile.
-pub const PROFILE_BINS: usize = 10;
+/// Number of quantile bins of a numeric profile (percentiles: drift tests compare distributions
+/// on these bins, so they are fine enough for a Wasserstein distance and a KS statistic).
+pub const PROFILE_BINS: usize = 100;
+/// Numeric columns with at most this many distinct values also keep their value counts (drift
+/// tests treat columns with few values as categories).
+pub const PROFILE_MAX_VALUES: usize = 16;
 
 /// The distribution of one raw input column in the training data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +27,16 @@ pub enum FeatureProfile {
         counts: Vec<u64>,
         /// Missing values.
         missing: u64,
+        /// Mean of the values (profiles written before drift monitoring lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mean: Option<f64>,
+        /// Population standard deviation of the values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        std: Option<f64>,
+        /// Rows per value (by its shortest decimal form), for a column with at most
+        /// [`PROFILE_MAX_VALUES`] distinct values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        values: Option<BTreeMap<String, u64>>,
     },
     /// Category frequencies.
     Categorical {
@@ -52,11 +66,15 @@ pub fn profile(data: &Dataset) -> Vec<FeatureProfile> {
                 }
                 xs.sort_by(f64::total_cmp);
                 let (edges, counts) = quantile_histogram(&xs, PROFILE_BINS);
+                let (mean, std) = moments(&xs);
                 FeatureProfile::Numeric {
                     name: col.name.clone(),
                     edges,
                     counts,
                     missing,
+                    mean,
+                    std,
+                    values: value_counts(&xs),
                 }
             } else {
                 let mut counts = BTreeMap::new();
@@ -74,6 +92,40 @@ pub fn profile(data: &Dataset) -> Vec<FeatureProfile> {
             }
         })
         .collect()
+}
+
+/// Mean and population standard deviation; `None` without values.
+fn moments(xs: &[f64]) -> (Option<f64>, Option<f64>) {
+    if xs.is_empty() {
+        return (None, None);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (Some(mean), Some(var.sqrt()))
+}
+
+/// Counts per distinct value of sorted values, when there are at most [`PROFILE_MAX_VALUES`].
+fn value_counts(sorted: &[f64]) -> Option<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    let mut distinct = 0;
+    let mut previous = None;
+    for &x in sorted {
+        if previous != Some(x) {
+            distinct += 1;
+            if distinct > PROFILE_MAX_VALUES {
+                return None;
+            }
+            previous = Some(x);
+        }
+        *counts.entry(number_key(x)).or_default() += 1;
+    }
+    Some(counts)
+}
+
+/// The key of a number among a column's values: its shortest round-trip decimal form.
+pub fn number_key(x: f64) -> String {
+    format!("{x}")
 }
 
 /// Quantile edges of sorted values and the count of values per bin (edges deduplicated).
