@@ -47,6 +47,8 @@ enum Command {
     Job(commands::job::JobArgs),
     /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
     BatchPredict(commands::batch_predict::BatchPredictArgs),
+    /// Drift of the logged inputs over a window, per served version, against its training data.
+    Monitor(commands::monitor::MonitorArgs),
     /// Print a shell completion script (e.g. `mlops completions bash > /etc/bash_completion.d/mlops`).
     Completions {
         /// Shell.
@@ -98,6 +100,7 @@ async fn main() -> ExitCode {
         Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
         Command::Job(a) => commands::job::run(a, &cli.settings).await,
         Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
+        Command::Monitor(a) => commands::monitor::run(a, &cli.settings).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "mlops", &mut std::io::stdout());

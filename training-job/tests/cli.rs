@@ -1153,3 +1153,188 @@ fn slow_clients_are_cut_off_and_others_are_served() {
         p99(&during)
     );
 }
+
+/// California Housing rows as JSON records (no target), every `step`-th row.
+fn housing_records(step: usize) -> Vec<serde_json::Value> {
+    let mut reader = csv::Reader::from_path(shared("california_housing.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .step_by(step)
+        .map(|r| {
+            let r = r.unwrap();
+            let mut record = serde_json::Map::new();
+            for (name, value) in headers.iter().zip(r.iter()) {
+                let v = match (name, value.parse::<f64>()) {
+                    ("median_house_value", _) => continue,
+                    (_, Ok(x)) => serde_json::json!(x),
+                    (_, Err(_)) if value.is_empty() => serde_json::Value::Null,
+                    _ => serde_json::json!(value),
+                };
+                record.insert(name.to_owned(), v);
+            }
+            serde_json::Value::Object(record)
+        })
+        .collect()
+}
+
+/// `mlops monitor` over what `mlops serve` logged: a window of inputs like the training data
+/// shows no drift; a later window with higher incomes and older houses flags those two features
+/// and no other.
+#[test]
+fn monitor_flags_the_features_shifted_in_served_traffic() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = shared("california_housing.csv");
+    ok(&mlops(
+        h,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            data.to_str().unwrap(),
+            "--candidates",
+            "linear",
+        ],
+    ));
+    ok(&mlops(
+        h,
+        &[
+            "registry",
+            "card",
+            "california_housing",
+            "1",
+            "--intended-use",
+            "tests",
+            "--limitations",
+            "test data only",
+            "--approve",
+            "--by",
+            "tests",
+        ],
+    ));
+    ok(&mlops(
+        h,
+        &["registry", "promote", "california_housing", "1"],
+    ));
+    let server = Server::start_with(
+        h,
+        &["--no-auth"],
+        &[("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "0.2")],
+    );
+    let post = |records: &[serde_json::Value]| {
+        let url = format!("{}/v1/models/california_housing/predict", server.url);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            for chunk in records.chunks(500) {
+                let r = reqwest::Client::new()
+                    .post(&url)
+                    .json(&chunk)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            }
+        })
+    };
+    let records = housing_records(9);
+    let start = chrono::Utc::now() - chrono::Duration::seconds(1);
+    post(&records);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let middle = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let shifted: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r["median_income"] =
+                serde_json::json!(r["median_income"].as_f64().unwrap() * 1.6 + 1.0);
+            r["housing_median_age"] =
+                serde_json::json!(r["housing_median_age"].as_f64().unwrap() + 20.0);
+            r
+        })
+        .collect();
+    post(&shifted);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let end = chrono::Utc::now();
+    let window = |from: chrono::DateTime<chrono::Utc>, until: chrono::DateTime<chrono::Utc>| {
+        let out = ok(&mlops(
+            h,
+            &[
+                "monitor",
+                "--model",
+                "california_housing",
+                "--since",
+                &from.to_rfc3339(),
+                "--until",
+                &until.to_rfc3339(),
+                "--json",
+            ],
+        ));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let drifted = |report: &serde_json::Value| -> Vec<String> {
+        report["versions"][0]["drift"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["drifted"] == true)
+            .map(|f| f["feature"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = window(start, middle);
+    assert_eq!(before["records"], records.len(), "{before}");
+    assert_eq!(before["versions"][0]["version"], 1);
+    assert!(drifted(&before).is_empty(), "{before}");
+    let after = window(middle, end);
+    assert_eq!(after["records"], records.len(), "{after}");
+    assert_eq!(
+        drifted(&after),
+        ["housing_median_age", "median_income"],
+        "{after}"
+    );
+    assert_eq!(
+        after["versions"][0]["drift"]["drifted"], false,
+        "2 of 9 features"
+    );
+    // The table names the verdict; --fail-on-drift turns a drifted data set into exit status 5.
+    let table = ok(&mlops(
+        h,
+        &[
+            "monitor",
+            "--model",
+            "california_housing",
+            "--since",
+            &middle.to_rfc3339(),
+            "--until",
+            &end.to_rfc3339(),
+        ],
+    ));
+    assert!(
+        table.contains("2 of 9 features drifted") && table.contains("median_income"),
+        "{table}"
+    );
+    let strict = mlops(
+        h,
+        &[
+            "monitor",
+            "--model",
+            "california_housing",
+            "--since",
+            &middle.to_rfc3339(),
+            "--until",
+            &end.to_rfc3339(),
+            "--drift-share",
+            "0.2",
+            "--fail-on-drift",
+        ],
+    );
+    assert_eq!(strict.status.code(), Some(5), "{}", stderr(&strict));
+    let reports = std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        reports, 2,
+        "one report per window, rewritten when run again"
+    );
+    drop(server);
+}

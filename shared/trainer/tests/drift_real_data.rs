@@ -43,7 +43,9 @@ fn drift(data: &Dataset, reference: &[usize], current: &[usize]) -> DatasetDrift
             .collect();
         reference_profile.add(&mut sketch, &record);
     }
-    DriftRule::default().check(&reference_profile, &sketch).unwrap()
+    DriftRule::default()
+        .check(&reference_profile, &sketch)
+        .unwrap()
 }
 
 #[test]
@@ -84,7 +86,10 @@ fn inland_rows_drift_from_coastal_ones_and_random_splits_do_not() {
     // Inland districts lie east (longitude), are cheaper to live in and earn less; the category
     // itself is new to a coastal reference.
     for expected in ["longitude", "median_income", "ocean_proximity"] {
-        assert!(flagged.contains(&expected), "{expected} not flagged: {flagged:?}");
+        assert!(
+            flagged.contains(&expected),
+            "{expected} not flagged: {flagged:?}"
+        );
     }
     assert!(shifted.drifted, "{flagged:?}");
 

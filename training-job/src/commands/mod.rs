@@ -4,6 +4,7 @@ pub mod batch_predict;
 pub mod data;
 pub mod job;
 pub mod keys;
+pub mod monitor;
 pub mod predict;
 pub mod quickstart;
 pub mod registry;
