@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use clap::Args;
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
 use mlops_domain::registry::Registry;
@@ -73,6 +73,10 @@ pub struct MonitorReport {
     pub records: u64,
     /// Records that could not be read (not JSON, or no input object).
     pub unreadable: u64,
+    /// Whole hours merged from their kept sketches.
+    pub hours_from_cache: u32,
+    /// Whole hours sketched from their logs (and kept) by this run.
+    pub hours_sketched: u32,
     /// Per version served in the window.
     pub versions: Vec<VersionDrift>,
 }
@@ -146,7 +150,9 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
 }
 
 /// Sketches every logged record of `model` in `[from, until)`, per version, and tests each
-/// version's window against its reference.
+/// version's window against its reference. Whole hours that ended more than [`WRITE_LAG`] ago
+/// are sketched once and kept on the store (`monitoring/MODEL/sketches/`); a later window
+/// merges them instead of reading their logs again.
 pub async fn monitor(
     registry: &Registry,
     model: &str,
@@ -154,9 +160,177 @@ pub async fn monitor(
     until: DateTime<Utc>,
     rule: &DriftRule,
 ) -> Result<MonitorReport> {
+    let mut references = References::default();
+    let mut window = Sketches::default();
+    let (mut cached_hours, mut scanned_hours) = (0u32, 0u32);
+    for (start, end) in segments(from, until) {
+        let whole_hour = end - start == Duration::hours(1);
+        let complete = whole_hour && end + WRITE_LAG <= Utc::now();
+        let key = hour_key(model, start);
+        let cached = if complete {
+            read_hour(
+                registry.store().as_ref(),
+                &key,
+                &mut references,
+                registry,
+                model,
+            )
+            .await?
+        } else {
+            None
+        };
+        let part = match cached {
+            Some(part) => {
+                cached_hours += 1;
+                part
+            }
+            None => {
+                let part = scan(registry, model, start, end, &mut references).await?;
+                if complete {
+                    scanned_hours += 1;
+                    let bytes = serde_json::to_vec(&part)?;
+                    registry
+                        .store()
+                        .put(&key, bytes, PutCondition::None)
+                        .await?;
+                }
+                part
+            }
+        };
+        window.merge(&part)?;
+    }
+    let versions = window
+        .versions
+        .iter()
+        .map(|(&version, sketch)| {
+            let reference = references.get(version);
+            Ok(VersionDrift {
+                version,
+                drift: rule.check(
+                    reference.expect("sketched versions have references"),
+                    sketch,
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MonitorReport {
+        model: model.into(),
+        from,
+        until,
+        records: window.records,
+        unreadable: window.unreadable,
+        hours_from_cache: cached_hours,
+        hours_sketched: scanned_hours,
+        versions,
+    })
+}
+
+/// `[from, until)` cut at the hours: a leading part, whole hours, a trailing part.
+fn segments(from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    let mut start = from;
+    while start < until {
+        let next_hour = start
+            .duration_trunc(Duration::hours(1))
+            .expect("hours truncate")
+            + Duration::hours(1);
+        let end = next_hour.min(until);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+fn hour_key(model: &str, hour: DateTime<Utc>) -> String {
+    format!(
+        "monitoring/{model}/sketches/date={}/hour={}.json",
+        hour.format("%Y-%m-%d"),
+        hour.format("%H")
+    )
+}
+
+/// The references of the versions met so far.
+#[derive(Default)]
+struct References(BTreeMap<u64, Reference>);
+
+impl References {
+    async fn load(&mut self, registry: &Registry, model: &str, version: u64) -> Result<&Reference> {
+        Ok(match self.0.entry(version) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(reference_of(registry, model, version).await?)
+            }
+        })
+    }
+
+    fn get(&self, version: u64) -> Option<&Reference> {
+        self.0.get(&version)
+    }
+}
+
+/// Per-version sketches of some stretch of logs, as kept for a whole hour.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Sketches {
+    records: u64,
+    unreadable: u64,
+    versions: BTreeMap<u64, WindowSketch>,
+}
+
+impl Sketches {
+    fn merge(&mut self, other: &Sketches) -> Result<()> {
+        self.records += other.records;
+        self.unreadable += other.unreadable;
+        for (version, sketch) in &other.versions {
+            match self.versions.get_mut(version) {
+                Some(mine) => mine.merge(sketch)?,
+                None => {
+                    self.versions.insert(*version, sketch.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A kept hour, if there is one and it is in the bins of today's references.
+async fn read_hour(
+    store: &dyn ObjectStore,
+    key: &str,
+    references: &mut References,
+    registry: &Registry,
+    model: &str,
+) -> Result<Option<Sketches>> {
+    let Some(object) = store.get(key).await? else {
+        return Ok(None);
+    };
+    let Ok(hour) = serde_json::from_slice::<Sketches>(&object.bytes) else {
+        tracing::warn!(key, "unreadable hour sketch; sketching the hour again");
+        return Ok(None);
+    };
+    for (&version, sketch) in &hour.versions {
+        if references
+            .load(registry, model, version)
+            .await?
+            .sketch()
+            .reference
+            != sketch.reference
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(hour))
+}
+
+/// Reads the logs of `[from, until)`, one object at a time, into per-version sketches.
+async fn scan(
+    registry: &Registry,
+    model: &str,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    references: &mut References,
+) -> Result<Sketches> {
     let store = registry.store();
-    let mut sketches: BTreeMap<u64, (Reference, WindowSketch)> = BTreeMap::new();
-    let (mut records, mut unreadable) = (0u64, 0u64);
+    let mut out = Sketches::default();
     for key in log_objects(store.as_ref(), model, from, until).await? {
         let Some(object) = store.get(&key).await? else {
             continue; // expired between the listing and the read
@@ -167,41 +341,22 @@ pub async fn monitor(
             .filter(|l| !l.is_empty())
         {
             let Ok(logged) = serde_json::from_slice::<LoggedInput>(line) else {
-                unreadable += 1;
+                out.unreadable += 1;
                 continue;
             };
             if logged.at < from || logged.at >= until {
                 continue;
             }
-            let (reference, sketch) = match sketches.entry(logged.version) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let reference = reference_of(registry, model, logged.version).await?;
-                    let sketch = reference.sketch();
-                    e.insert((reference, sketch))
-                }
-            };
+            let reference = references.load(registry, model, logged.version).await?;
+            let sketch = out
+                .versions
+                .entry(logged.version)
+                .or_insert_with(|| reference.sketch());
             reference.add(sketch, &logged.input);
-            records += 1;
+            out.records += 1;
         }
     }
-    let versions = sketches
-        .into_iter()
-        .map(|(version, (reference, sketch))| {
-            Ok(VersionDrift {
-                version,
-                drift: rule.check(&reference, &sketch)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(MonitorReport {
-        model: model.into(),
-        from,
-        until,
-        records,
-        unreadable,
-        versions,
-    })
+    Ok(out)
 }
 
 async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<Reference> {
@@ -302,4 +457,124 @@ fn table(report: &MonitorReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mlops_domain::registry::RegisterOptions;
+    use mlops_domain::testing::sample_bundle;
+    use mlops_store::LocalStore;
+
+    use super::*;
+
+    /// Writes one log object at `written` holding `n` records of `x` served at `at`.
+    async fn log(
+        store: &dyn ObjectStore,
+        written: DateTime<Utc>,
+        at: DateTime<Utc>,
+        n: usize,
+        x: f64,
+    ) {
+        let lines: String = (0..n)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"at": at, "request_id": format!("r{i}"), "model": "m", "version": 1,
+                        "variant": "champion", "input": {"x": x}, "output": 0.0, "latency_us": 10})
+                )
+            })
+            .collect();
+        let key = format!(
+            "{LOG_PREFIX}/m/date={}/{}-{}.jsonl",
+            written.format("%Y-%m-%d"),
+            written.format("%H%M%S"),
+            at.timestamp_nanos_opt().unwrap() ^ n as i64
+        );
+        store
+            .put(&key, lines.into_bytes(), PutCondition::IfAbsent)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn whole_past_hours_are_sketched_once_then_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+        let registry = Registry::new(Arc::clone(&store));
+        let options = RegisterOptions {
+            idempotency_key: None,
+            registered_by: "test".into(),
+        };
+        registry
+            .register("m", &sample_bundle(), options)
+            .await
+            .unwrap();
+        let first = (Utc::now() - Duration::hours(5))
+            .duration_trunc(Duration::hours(1))
+            .unwrap();
+        let minute = Duration::minutes(1);
+        let s = store.as_ref();
+        log(s, first + minute * 10, first + minute * 9, 40, 1.0).await;
+        // Written in the next hour, served in this one: it counts here.
+        log(s, first + minute * 61, first + minute * 59, 10, 3.0).await;
+        log(s, first + minute * 70, first + minute * 70, 50, 3.0).await;
+        let rule = DriftRule::default();
+        let until = first + Duration::hours(2);
+        let sketched = monitor(&registry, "m", first, until, &rule).await.unwrap();
+        assert_eq!(
+            (
+                sketched.records,
+                sketched.hours_sketched,
+                sketched.hours_from_cache
+            ),
+            (100, 2, 0)
+        );
+        let merged = monitor(&registry, "m", first, until, &rule).await.unwrap();
+        assert_eq!(
+            (
+                merged.records,
+                merged.hours_sketched,
+                merged.hours_from_cache
+            ),
+            (100, 0, 2)
+        );
+        assert_eq!(
+            serde_json::to_value(&merged.versions).unwrap(),
+            serde_json::to_value(&sketched.versions).unwrap()
+        );
+        // A third hour is the only one read; a window that starts mid-hour reads that part.
+        log(s, first + minute * 130, first + minute * 130, 30, 1.0).await;
+        let three = monitor(&registry, "m", first, first + Duration::hours(3), &rule)
+            .await
+            .unwrap();
+        assert_eq!(
+            (three.records, three.hours_sketched, three.hours_from_cache),
+            (130, 1, 2)
+        );
+        let late = monitor(
+            &registry,
+            "m",
+            first + minute * 60,
+            first + Duration::hours(3),
+            &rule,
+        )
+        .await
+        .unwrap();
+        assert_eq!((late.records, late.hours_from_cache), (80, 2));
+        let part = monitor(
+            &registry,
+            "m",
+            first + minute * 30,
+            first + minute * 90,
+            &rule,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (part.records, part.hours_from_cache, part.hours_sketched),
+            (60, 0, 0)
+        );
+    }
 }
