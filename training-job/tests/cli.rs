@@ -1256,6 +1256,16 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
     post(&shifted);
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let end = chrono::Utc::now();
+    let (since, until) = (middle.to_rfc3339(), end.to_rfc3339());
+    let shifted_window = |extra: &[&str]| {
+        let args = [
+            &["monitor", "--model", "california_housing"][..],
+            &["--since", &since, "--until", &until],
+            extra,
+        ]
+        .concat();
+        mlops(h, &args)
+    };
     let window = |from: chrono::DateTime<chrono::Utc>, until: chrono::DateTime<chrono::Utc>| {
         let out = ok(&mlops(
             h,
@@ -1297,37 +1307,12 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
         "2 of 9 features"
     );
     // The table names the verdict; --fail-on-drift turns a drifted data set into exit status 5.
-    let table = ok(&mlops(
-        h,
-        &[
-            "monitor",
-            "--model",
-            "california_housing",
-            "--since",
-            &middle.to_rfc3339(),
-            "--until",
-            &end.to_rfc3339(),
-        ],
-    ));
+    let table = ok(&shifted_window(&[]));
     assert!(
         table.contains("2 of 9 features drifted") && table.contains("median_income"),
         "{table}"
     );
-    let strict = mlops(
-        h,
-        &[
-            "monitor",
-            "--model",
-            "california_housing",
-            "--since",
-            &middle.to_rfc3339(),
-            "--until",
-            &end.to_rfc3339(),
-            "--drift-share",
-            "0.2",
-            "--fail-on-drift",
-        ],
-    );
+    let strict = shifted_window(&["--drift-share", "0.2", "--fail-on-drift"]);
     assert_eq!(strict.status.code(), Some(5), "{}", stderr(&strict));
     let reports = std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
         .unwrap()

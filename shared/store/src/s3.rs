@@ -238,22 +238,10 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<(u64, ETag)>, StoreError> {
-        let full = self.full_key(key)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some((
-                out.content_length().unwrap_or_default().max(0) as u64,
-                ETag(out.e_tag().unwrap_or_default().to_string()),
-            ))),
-            Err(e) if http_status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(backend("head", key, &e)),
-        }
+        Ok(self
+            .head_version(key)
+            .await?
+            .map(|v| (v.size, ETag(v.etag))))
     }
 
     async fn head_version(&self, key: &str) -> Result<Option<ObjectVersion>, StoreError> {

@@ -321,6 +321,32 @@ async fn read_hour(
     Ok(Some(hour))
 }
 
+/// The records of a log object (`None` for a line that does not parse), parsed on every core.
+fn parse_lines(bytes: &[u8]) -> Vec<Option<LoggedInput>> {
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = lines.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = lines
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|l| serde_json::from_slice::<LoggedInput>(l).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("parsing does not panic"))
+            .collect()
+    })
+}
+
 /// Reads the logs of `[from, until)`, one object at a time, into per-version sketches.
 async fn scan(
     registry: &Registry,
@@ -335,12 +361,11 @@ async fn scan(
         let Some(object) = store.get(&key).await? else {
             continue; // expired between the listing and the read
         };
-        for line in object
-            .bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
-            let Ok(logged) = serde_json::from_slice::<LoggedInput>(line) else {
+        let parsed = tokio::task::spawn_blocking(move || parse_lines(&object.bytes))
+            .await
+            .context("the log parser panicked")?;
+        for logged in parsed {
+            let Some(logged) = logged else {
                 out.unreadable += 1;
                 continue;
             };
