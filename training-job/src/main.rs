@@ -1,5 +1,6 @@
 //! `mlops`: data validation, training, registry and local prediction for tabular models.
 
+mod alerts;
 mod commands;
 mod config;
 mod device;

@@ -1314,6 +1314,75 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
     );
     let strict = shifted_window(&["--drift-share", "0.2", "--fail-on-drift"]);
     assert_eq!(strict.status.code(), Some(5), "{}", stderr(&strict));
+
+    // Alerts go to a webhook, signed; it fails twice, so the first alert lands on the third try.
+    let receiver = Receiver::start(2);
+    let secret = "a-webhook-secret-of-some-length";
+    let alerting = || {
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .arg("--home")
+            .arg(h)
+            .args([
+                "monitor",
+                "--model",
+                "california_housing",
+                "--since",
+                &since,
+            ])
+            .args(["--until", &until, "--drift-share", "0.2", "--json"])
+            .args(["--alert-webhook", &receiver.url])
+            .env("MLOPS_ALERT_WEBHOOK_SECRET", secret)
+            .env_remove("MLOPS_STORE")
+            .output()
+            .unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_str(&ok(&alerting())).unwrap();
+    let rules: Vec<&str> = report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["drift", "data_quality"], "{report}");
+    let delivered = receiver.accepted();
+    assert_eq!(delivered.len(), 2, "one delivery per alert");
+    assert_eq!(receiver.refused(), 2);
+    for (headers, body) in &delivered {
+        let signed = mlops_signature(secret, body);
+        assert!(
+            headers.contains(&format!("x-mlops-signature: {signed}")),
+            "{headers}"
+        );
+        let alert: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(headers.contains(&format!(
+            "x-mlops-alert-id: {}",
+            alert["id"].as_str().unwrap()
+        )));
+    }
+    let drift_alert: serde_json::Value = serde_json::from_str(&delivered[0].1).unwrap();
+    let features: Vec<&str> = drift_alert["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["feature"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        features,
+        ["housing_median_age", "median_income"],
+        "{drift_alert}"
+    );
+    assert!(drift_alert["features"][0]["threshold"].is_number());
+    // Run again: nothing new is sent.
+    let again: serde_json::Value = serde_json::from_str(&ok(&alerting())).unwrap();
+    assert!(
+        again["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "already_sent"),
+        "{again}"
+    );
+    assert_eq!(receiver.accepted().len(), 2);
     let reports = std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
         .unwrap()
         .count();
@@ -1322,4 +1391,74 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
         "one report per window, rewritten when run again"
     );
     drop(server);
+}
+
+fn mlops_signature(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook receiver on localhost that answers 503 to its first `failures` requests, then 200.
+struct Receiver {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, String, String)>>>,
+}
+
+impl Receiver {
+    fn start(failures: usize) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    headers.push_str(&lower);
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let mut seen = log.lock().unwrap();
+                let status = if seen.len() < failures { 503 } else { 200 };
+                seen.push((status, headers, String::from_utf8(body).unwrap()));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { url, seen }
+    }
+
+    /// (headers, body) of the requests answered 200.
+    fn accepted(&self) -> Vec<(String, String)> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(s, _, _)| *s == 200)
+            .map(|(_, h, b)| (h.clone(), b.clone()))
+            .collect()
+    }
+
+    fn refused(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _, _)| *s != 200)
+            .count()
+    }
 }

@@ -4,6 +4,7 @@
 //! This crate knows nothing of AWS, Lambda or native ML libraries. It defines the ports
 //! ([`store::ObjectStore`], [`tracking::Tracker`]) that adapters in other crates implement.
 
+pub mod alerts;
 pub mod apikeys;
 pub mod artifact;
 pub mod batch_jobs;

@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use clap::Args;
+use mlops_domain::alerts::{Alert, Delivery, QualityLimits, alerts, deliver};
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
 use mlops_domain::registry::Registry;
 use mlops_domain::store::{ObjectStore, PutCondition};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::WebhookSink;
 use crate::commands::registry::ensure_model;
 use crate::config::Settings;
 use crate::exit::ExitWith;
@@ -58,6 +60,16 @@ pub struct MonitorArgs {
     /// Exit with status 5 when the data set drifted for any version.
     #[arg(long)]
     pub fail_on_drift: bool,
+    /// POST each alert (drift, data quality) to this URL, signed with HMAC-SHA256 under
+    /// MLOPS_ALERT_WEBHOOK_SECRET; an alert already delivered for the window is not sent again.
+    #[arg(long, env = "MLOPS_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// Data-quality alert: rise of a feature's missing share over training's.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_missing_rise: f64,
+    /// Data-quality alert: share of a feature's values outside training's range or unseen.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_outside_share: f64,
 }
 
 /// The report of one run.
@@ -79,6 +91,12 @@ pub struct MonitorReport {
     pub hours_sketched: u32,
     /// Per version served in the window.
     pub versions: Vec<VersionDrift>,
+    /// Alerts the window raised.
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
+    /// What became of them, with a webhook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<Delivery>,
 }
 
 /// One version's drift in the window.
@@ -117,7 +135,28 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         distance: args.distance,
         drift_share: args.drift_share,
     };
-    let report = monitor(&registry, &args.model, from, until, &rule).await?;
+    let sink = match &args.alert_webhook {
+        Some(url) => {
+            let secret = std::env::var("MLOPS_ALERT_WEBHOOK_SECRET").map_err(|_| {
+                anyhow::anyhow!("--alert-webhook needs MLOPS_ALERT_WEBHOOK_SECRET (the HMAC key)")
+            })?;
+            Some(WebhookSink::new(url, &secret)?)
+        }
+        None => None,
+    };
+    let mut report = monitor(&registry, &args.model, from, until, &rule).await?;
+    let limits = QualityLimits {
+        missing_rise: args.max_missing_rise,
+        outside_share: args.max_outside_share,
+    };
+    report.alerts = report
+        .versions
+        .iter()
+        .flat_map(|v| alerts(&args.model, v.version, from, until, &v.drift, &limits))
+        .collect();
+    if let Some(sink) = &sink {
+        report.deliveries = deliver(registry.store().as_ref(), sink, &report.alerts).await?;
+    }
     let key = format!(
         "monitoring/{}/reports/{}-{}.json",
         args.model,
@@ -137,7 +176,19 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&report));
+        for alert in &report.alerts {
+            println!("ALERT {:?}: {}", alert.rule, alert.summary);
+        }
         eprintln!("report: {}", registry.store().uri(&key));
+    }
+    for failed in report.deliveries.iter().filter_map(|d| match d {
+        Delivery::Failed { id, error } => Some((id, error)),
+        _ => None,
+    }) {
+        eprintln!(
+            "warning: alert {} was not delivered: {}",
+            failed.0, failed.1
+        );
     }
     if args.fail_on_drift && report.versions.iter().any(|v| v.drift.drifted) {
         return Err(ExitWith {
@@ -222,6 +273,8 @@ pub async fn monitor(
         hours_from_cache: cached_hours,
         hours_sketched: scanned_hours,
         versions,
+        alerts: Vec::new(),
+        deliveries: Vec::new(),
     })
 }
 
