@@ -128,6 +128,7 @@ mod tests {
             drifted_share: 1.0,
             drift_share: 0.5,
             drifted: true,
+            prediction: None,
         }
     }
 

@@ -1180,7 +1180,7 @@ fn housing_records(step: usize) -> Vec<serde_json::Value> {
 
 /// `mlops monitor` over what `mlops serve` logged: a window of inputs like the training data
 /// shows no drift; a later window with higher incomes and older houses flags those two features
-/// and no other.
+/// and no other, and the predictions they raise; its alerts reach a webhook, signed, once.
 #[test]
 fn monitor_flags_the_features_shifted_in_served_traffic() {
     let home = tempfile::tempdir().unwrap();
@@ -1306,6 +1306,10 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
         after["versions"][0]["drift"]["drifted"], false,
         "2 of 9 features"
     );
+    // Higher incomes raise the predictions: their distribution drifts from training's.
+    let prediction = |r: &serde_json::Value| r["versions"][0]["drift"]["prediction"].clone();
+    assert_eq!(prediction(&before)["drifted"], false, "{before}");
+    assert_eq!(prediction(&after)["drifted"], true, "{after}");
     // The table names the verdict; --fail-on-drift turns a drifted data set into exit status 5.
     let table = ok(&shifted_window(&[]));
     assert!(
@@ -1343,9 +1347,13 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
         .iter()
         .map(|a| a["rule"].as_str().unwrap())
         .collect();
-    assert_eq!(rules, ["drift", "data_quality"], "{report}");
+    assert_eq!(
+        rules,
+        ["drift", "prediction_drift", "data_quality"],
+        "{report}"
+    );
     let delivered = receiver.accepted();
-    assert_eq!(delivered.len(), 2, "one delivery per alert");
+    assert_eq!(delivered.len(), 3, "one delivery per alert");
     assert_eq!(receiver.refused(), 2);
     for (headers, body) in &delivered {
         let signed = mlops_signature(secret, body);
@@ -1382,7 +1390,7 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
             .all(|d| d["status"] == "already_sent"),
         "{again}"
     );
-    assert_eq!(receiver.accepted().len(), 2);
+    assert_eq!(receiver.accepted().len(), 3);
     let reports = std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
         .unwrap()
         .count();

@@ -23,6 +23,8 @@ pub enum AlertRule {
     Drift,
     /// Values went missing, out of the training range or unseen beyond the limits.
     DataQuality,
+    /// The model's outputs drifted from its predictions on the training rows.
+    PredictionDrift,
 }
 
 /// Limits of the data-quality rule.
@@ -105,6 +107,19 @@ pub fn alerts(
                 drift.rows
             ),
             drifted,
+        ));
+    }
+    if let Some(p) = drift.prediction.as_ref().filter(|p| p.drifted) {
+        out.push(alert(
+            AlertRule::PredictionDrift,
+            format!(
+                "{model} v{version}: predictions drifted from training ({:?} {:.4}, threshold {}) over {} rows",
+                p.test,
+                p.score.unwrap_or_default(),
+                p.threshold,
+                p.current_rows
+            ),
+            vec![p.clone()],
         ));
     }
     let poor: Vec<FeatureDrift> = drift
@@ -233,6 +248,7 @@ mod tests {
             drift_share: 0.5,
             drifted,
             features,
+            prediction: None,
         }
     }
 

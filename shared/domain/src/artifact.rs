@@ -143,6 +143,10 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
     /// Training-data profiles for drift checks.
     pub reference_profile: Vec<FeatureProfile>,
+    /// The model's predictions on its training rows (the positive class's probability for a
+    /// classifier), for prediction-drift checks; absent in bundles written before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_profile: Option<FeatureProfile>,
     /// Every other file in the bundle, with its hash.
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,

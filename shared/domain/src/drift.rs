@@ -79,6 +79,7 @@ impl FeatureReference {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reference {
     features: Vec<FeatureReference>,
+    prediction: Option<FeatureReference>,
     digest: String,
 }
 
@@ -92,6 +93,9 @@ pub struct WindowSketch {
     pub rows: u64,
     /// One per reference feature, in order.
     pub features: Vec<FeatureSketch>,
+    /// The model's outputs, when the reference has their profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<FeatureSketch>,
 }
 
 /// One feature of a [`WindowSketch`].
@@ -129,11 +133,19 @@ pub enum FeatureSketch {
 pub struct MergeError(String, String);
 
 impl Reference {
-    /// The reference of an artifact's profiles.
+    /// The reference of an artifact's input profiles.
     pub fn from_profiles(profiles: &[FeatureProfile]) -> Self {
+        Self::new(profiles, None)
+    }
+
+    /// The reference of an artifact's input profiles and, when it has one, the profile of its
+    /// predictions on the training rows.
+    pub fn new(profiles: &[FeatureProfile], prediction: Option<&FeatureProfile>) -> Self {
         let features: Vec<FeatureReference> = profiles.iter().map(feature_reference).collect();
+        let prediction = prediction.map(feature_reference);
         let layout: Vec<String> = features
             .iter()
+            .chain(&prediction)
             .map(|f| match &f.shape {
                 Shape::Continuous { edges, .. } => format!("{}:c:{edges:?}", f.name),
                 Shape::Discrete { counts, numeric } => {
@@ -146,7 +158,11 @@ impl Reference {
             })
             .collect();
         let digest = sha256_hex(layout.join("\n").as_bytes())[..16].to_owned();
-        Self { features, digest }
+        Self {
+            features,
+            prediction,
+            digest,
+        }
     }
 
     /// The features, in order.
@@ -159,23 +175,16 @@ impl Reference {
         WindowSketch {
             reference: self.digest.clone(),
             rows: 0,
-            features: self
-                .features
-                .iter()
-                .map(|f| match &f.shape {
-                    Shape::Continuous { counts, .. } => FeatureSketch::Continuous {
-                        counts: vec![0; counts.len() + 2],
-                        below_distance: 0.0,
-                        above_distance: 0.0,
-                        missing: 0,
-                    },
-                    Shape::Discrete { .. } => FeatureSketch::Discrete {
-                        counts: BTreeMap::new(),
-                        unseen: BTreeMap::new(),
-                        missing: 0,
-                    },
-                })
-                .collect(),
+            features: self.features.iter().map(empty_sketch).collect(),
+            prediction: self.prediction.as_ref().map(empty_sketch),
+        }
+    }
+
+    /// Adds one logged prediction's output to a sketch of this reference (nothing when the
+    /// reference has no prediction profile).
+    pub fn add_prediction(&self, sketch: &mut WindowSketch, output: f64) {
+        if let (Some(reference), Some(feature)) = (&self.prediction, &mut sketch.prediction) {
+            add_value(reference, feature, Some(&serde_json::json!(output)));
         }
     }
 
@@ -190,6 +199,22 @@ impl Reference {
         for (reference, feature) in self.features.iter().zip(&mut sketch.features) {
             add_value(reference, feature, record.get(&reference.name));
         }
+    }
+}
+
+fn empty_sketch(reference: &FeatureReference) -> FeatureSketch {
+    match &reference.shape {
+        Shape::Continuous { counts, .. } => FeatureSketch::Continuous {
+            counts: vec![0; counts.len() + 2],
+            below_distance: 0.0,
+            above_distance: 0.0,
+            missing: 0,
+        },
+        Shape::Discrete { .. } => FeatureSketch::Discrete {
+            counts: BTreeMap::new(),
+            unseen: BTreeMap::new(),
+            missing: 0,
+        },
     }
 }
 
@@ -367,58 +392,70 @@ fn bin_of(edges: &[f64], x: f64) -> usize {
 impl WindowSketch {
     /// Adds another window's sketch of the same reference.
     pub fn merge(&mut self, other: &WindowSketch) -> Result<(), MergeError> {
-        let mismatch = || MergeError(self.reference.clone(), other.reference.clone());
+        let (mine, theirs) = (self.reference.clone(), other.reference.clone());
+        let mismatch = || MergeError(mine.clone(), theirs.clone());
         if self.reference != other.reference || self.features.len() != other.features.len() {
             return Err(mismatch());
         }
         for (mine, theirs) in self.features.iter_mut().zip(&other.features) {
-            match (mine, theirs) {
-                (
-                    FeatureSketch::Continuous {
-                        counts,
-                        below_distance,
-                        above_distance,
-                        missing,
-                    },
-                    FeatureSketch::Continuous {
-                        counts: c,
-                        below_distance: b,
-                        above_distance: a,
-                        missing: m,
-                    },
-                ) if counts.len() == c.len() => {
-                    counts.iter_mut().zip(c).for_each(|(x, y)| *x += y);
-                    *below_distance += b;
-                    *above_distance += a;
-                    *missing += m;
-                }
-                (
-                    FeatureSketch::Discrete {
-                        counts,
-                        unseen,
-                        missing,
-                    },
-                    FeatureSketch::Discrete {
-                        counts: c,
-                        unseen: u,
-                        missing: m,
-                    },
-                ) => {
-                    for (k, v) in c {
-                        *counts.entry(k.clone()).or_default() += v;
-                    }
-                    for (k, v) in u {
-                        *unseen.entry(k.clone()).or_default() += v;
-                    }
-                    pool_unseen(unseen);
-                    *missing += m;
-                }
-                _ => return Err(mismatch()),
-            }
+            merge_feature(mine, theirs).map_err(|()| mismatch())?;
+        }
+        match (&mut self.prediction, &other.prediction) {
+            (Some(mine), Some(theirs)) => merge_feature(mine, theirs).map_err(|()| mismatch())?,
+            (None, None) => {}
+            _ => return Err(mismatch()),
         }
         self.rows += other.rows;
         Ok(())
     }
+}
+
+/// Adds `theirs` into `mine`; `Err` when their shapes differ.
+fn merge_feature(mine: &mut FeatureSketch, theirs: &FeatureSketch) -> Result<(), ()> {
+    match (mine, theirs) {
+        (
+            FeatureSketch::Continuous {
+                counts,
+                below_distance,
+                above_distance,
+                missing,
+            },
+            FeatureSketch::Continuous {
+                counts: c,
+                below_distance: b,
+                above_distance: a,
+                missing: m,
+            },
+        ) if counts.len() == c.len() => {
+            counts.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+            *below_distance += b;
+            *above_distance += a;
+            *missing += m;
+        }
+        (
+            FeatureSketch::Discrete {
+                counts,
+                unseen,
+                missing,
+            },
+            FeatureSketch::Discrete {
+                counts: c,
+                unseen: u,
+                missing: m,
+            },
+        ) => {
+            for (k, v) in c {
+                *counts.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in u {
+                *unseen.entry(k.clone()).or_default() += v;
+            }
+            pool_unseen(unseen);
+            *missing += m;
+        }
+        _ => return Err(()),
+    }
+    Ok(())
 }
 
 /// The test behind a feature's verdict.
@@ -517,6 +554,10 @@ pub struct DatasetDrift {
     pub drift_share: f64,
     /// Whether it does.
     pub drifted: bool,
+    /// Drift of the model's outputs against its predictions on the training rows (not counted
+    /// in the drifted share); absent for models registered before those were profiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<FeatureDrift>,
 }
 
 /// The thresholds (Evidently's defaults unless configured).
@@ -567,7 +608,15 @@ impl DriftRule {
         } else {
             drifted_features as f64 / features.len() as f64
         };
+        let prediction = match (&reference.prediction, &window.prediction) {
+            (Some(r), Some(w)) => Some(
+                self.feature(r, w)
+                    .map_err(|()| MergeError(reference.digest.clone(), window.reference.clone()))?,
+            ),
+            _ => None,
+        };
         Ok(DatasetDrift {
+            prediction,
             rows: window.rows,
             drifted: !features.is_empty() && drifted_share >= self.drift_share,
             features,
@@ -928,7 +977,11 @@ mod tests {
     use serde_json::json;
 
     fn reference_of(columns: &[(&str, bool)], rows: &[Vec<Value>]) -> Reference {
-        let data = Dataset {
+        Reference::from_profiles(&crate::profile::profile(&dataset(columns, rows)))
+    }
+
+    fn dataset(columns: &[(&str, bool)], rows: &[Vec<Value>]) -> Dataset {
+        Dataset {
             feature_columns: columns
                 .iter()
                 .map(|(name, numeric)| ColumnSpec {
@@ -952,8 +1005,7 @@ mod tests {
             lines: Vec::new(),
             digest: Default::default(),
             source: "test".into(),
-        };
-        Reference::from_profiles(&crate::profile::profile(&data))
+        }
     }
 
     fn numbers(xs: &[f64]) -> Vec<Vec<Value>> {
@@ -1252,6 +1304,49 @@ mod tests {
             ..DriftRule::default()
         };
         assert!(strict.check(&reference, &sketch).unwrap().drifted);
+    }
+
+    #[test]
+    fn predictions_drift_against_the_training_predictions_apart_from_the_inputs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let inputs = normal_sample(&mut rng, 3000, 0.0, 1.0);
+        let trained = normal_sample(&mut rng, 3000, 2.0, 0.5);
+        let prediction = crate::profile::profile_values("prediction", &trained);
+        let profiles = crate::profile::profile(&dataset(&[("x", true)], &numbers(&inputs)));
+        let reference = Reference::new(&profiles, Some(&prediction));
+        assert_ne!(
+            reference,
+            Reference::from_profiles(&profiles),
+            "the layout differs"
+        );
+        let served = |shift: f64, rng: &mut ChaCha8Rng| {
+            let mut sketch = reference.sketch();
+            for (x, p) in normal_sample(rng, 1000, 0.0, 1.0)
+                .into_iter()
+                .zip(normal_sample(rng, 1000, 2.0 + shift, 0.5))
+            {
+                reference.add(&mut sketch, json!({"x": x}).as_object().unwrap());
+                reference.add_prediction(&mut sketch, p);
+            }
+            sketch
+        };
+        let (mut same, shifted) = (served(0.0, &mut rng), served(0.3, &mut rng));
+        let rule = DriftRule::default();
+        let a = rule.check(&reference, &same).unwrap();
+        let b = rule.check(&reference, &shifted).unwrap();
+        assert!(!a.prediction.as_ref().unwrap().drifted && !a.drifted);
+        let p = b.prediction.as_ref().unwrap();
+        assert!(p.drifted && (p.score.unwrap() - 0.6).abs() < 0.06, "{p:?}");
+        assert_eq!(
+            (b.drifted_features, b.drifted),
+            (0, false),
+            "inputs did not move"
+        );
+        same.merge(&shifted).unwrap();
+        assert!(
+            same.merge(&Reference::from_profiles(&profiles).sketch())
+                .is_err()
+        );
     }
 
     #[test]

@@ -94,6 +94,24 @@ pub fn profile(data: &Dataset) -> Vec<FeatureProfile> {
         .collect()
 }
 
+/// Profiles a numeric column given as values (NaN and infinities count as missing).
+pub fn profile_values(name: &str, values: &[f64]) -> FeatureProfile {
+    let mut xs: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let missing = (values.len() - xs.len()) as u64;
+    xs.sort_by(f64::total_cmp);
+    let (edges, counts) = quantile_histogram(&xs, PROFILE_BINS);
+    let (mean, std) = moments(&xs);
+    FeatureProfile::Numeric {
+        name: name.into(),
+        edges,
+        counts,
+        missing,
+        mean,
+        std,
+        values: value_counts(&xs),
+    }
+}
+
 /// Mean and population standard deviation; `None` without values.
 fn moments(xs: &[f64]) -> (Option<f64>, Option<f64>) {
     if xs.is_empty() {

@@ -114,6 +114,8 @@ struct LoggedInput {
     at: DateTime<Utc>,
     version: u64,
     input: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    output: Option<f64>,
 }
 
 /// Runs the command.
@@ -431,6 +433,9 @@ async fn scan(
                 .entry(logged.version)
                 .or_insert_with(|| reference.sketch());
             reference.add(sketch, &logged.input);
+            if let Some(output) = logged.output {
+                reference.add_prediction(sketch, output);
+            }
             out.records += 1;
         }
     }
@@ -443,7 +448,11 @@ async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<
         .await
         .with_context(|| format!("logged predictions name {model} v{version}"))?;
     let bundle = registry.load_bundle(&record).await?;
-    Ok(Reference::from_profiles(&bundle.manifest.reference_profile))
+    let manifest = &bundle.manifest;
+    Ok(Reference::new(
+        &manifest.reference_profile,
+        manifest.prediction_profile.as_ref(),
+    ))
 }
 
 /// The log objects that may hold records of `[from, until)`: written in the window or up to
@@ -512,7 +521,7 @@ fn table(report: &MonitorReport) -> String {
             "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>8} {:>8}",
             "feature", "test", "score", "threshold", "drifted", "psi", "band", "missing", "new/out"
         );
-        for f in &d.features {
+        for f in d.features.iter().chain(&d.prediction) {
             let _ = writeln!(
                 out,
                 "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>7.1}% {:>7.1}%",

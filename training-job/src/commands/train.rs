@@ -365,12 +365,11 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         lineage,
         created_at: chrono::Utc::now(),
         reference_profile: profile(&train_data),
+        prediction_profile: None,
         files: BTreeMap::new(),
     };
-    let bundle = Bundle::new(
-        manifest,
-        BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]),
-    )?;
+    let files = BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]);
+    let bundle = with_prediction_profile(Bundle::new(manifest, files)?, &train_data)?;
     let digest = bundle.digest();
     let artifact_dir = args.out.clone().unwrap_or_else(|| {
         settings
@@ -933,4 +932,23 @@ fn print_summary(
     println!("\nregistered {} version {}", version.model, version.version);
     println!("bundle and report: {}", dir.display());
     println!("tracking ({}): {run}", tracker.describe());
+}
+
+/// The bundle with the profile of its model's predictions on the training rows (as the pure-Rust
+/// engine serves them), the reference of prediction drift.
+fn with_prediction_profile(bundle: Bundle, train_data: &Dataset) -> Result<Bundle> {
+    let predictor = Predictor::from_bundle(&bundle)
+        .context("the engine cannot load the model it just trained")?;
+    let (predictions, _) = predictor
+        .predict(&train_data.rows)
+        .context("the engine cannot score the training rows")?;
+    let Bundle {
+        mut manifest,
+        files,
+    } = bundle;
+    manifest.prediction_profile = Some(mlops_domain::profile::profile_values(
+        "prediction",
+        &predictions,
+    ));
+    Ok(Bundle::new(manifest, files)?)
 }
