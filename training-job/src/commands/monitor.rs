@@ -1,10 +1,12 @@
-//! `mlops monitor`: drift of the served inputs over a window of prediction logs, per version,
-//! against the training reference each version's artifact carries.
+//! `mlops monitor`: drift of the served inputs and outputs over a window of prediction logs, per
+//! version, against the training reference each version's artifact carries, and the alerts it
+//! raises.
 //!
 //! The logs are read one object at a time into mergeable sketches ([`mlops_domain::drift`]), so
-//! memory grows with the number of features, not with the rows in the window. The report is
-//! printed (a table, or JSON with `--json`) and written to the store under
-//! `monitoring/MODEL/reports/`.
+//! memory grows with the number of features, not with the rows in the window; whole past hours
+//! are kept as sketches and merged by later runs. The report is printed (a table, or JSON with
+//! `--json`) and written to the store under `monitoring/MODEL/reports/`; alerts go to a webhook
+//! once per window and rule ([`mlops_domain::alerts`]).
 
 use std::collections::BTreeMap;
 
@@ -60,7 +62,7 @@ pub struct MonitorArgs {
     /// Exit with status 5 when the data set drifted for any version.
     #[arg(long)]
     pub fail_on_drift: bool,
-    /// POST each alert (drift, data quality) to this URL, signed with HMAC-SHA256 under
+    /// POST each alert (drift, prediction drift, data quality) to this URL, signed with HMAC-SHA256 under
     /// MLOPS_ALERT_WEBHOOK_SECRET; an alert already delivered for the window is not sent again.
     #[arg(long, env = "MLOPS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
@@ -120,8 +122,14 @@ struct LoggedInput {
 
 /// Runs the command.
 pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.drift_share) || args.drift_share == 0.0 {
+    if !(args.drift_share > 0.0 && args.drift_share <= 1.0) {
         bail!("--drift-share {} must be in (0, 1]", args.drift_share);
+    }
+    if !(args.p_value > 0.0 && args.p_value < 1.0) {
+        bail!("--p-value {} must be in (0, 1)", args.p_value);
+    }
+    if !(args.distance > 0.0) {
+        bail!("--distance {} must be above 0", args.distance);
     }
     let registry = settings.registry().await?;
     ensure_model(&registry, &args.model).await?;
