@@ -408,3 +408,129 @@ async fn every_search_trial_is_a_child_run_in_mlflow() {
         "{parent}"
     );
 }
+
+/// `mlops monitor` with the registry on moto S3: an hour of logs written as serving writes them
+/// (incomes raised) is read from S3, kept there as a sketch and merged on the next run, and the
+/// scores land in CloudWatch by model, version and feature.
+#[tokio::test]
+async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    let bucket = s3_store("").await;
+    let store = format!("s3://{}/registry", bucket.bucket());
+    let home = tempfile::tempdir().unwrap();
+    mlops_e2e::publish_housing(home.path(), &store, &moto_endpoint(), 42, true);
+    let hour = (Utc::now() - TimeDelta::hours(3))
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap();
+    let text = std::fs::read_to_string(shared_data("california_housing.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let logged: String = lines
+        .step_by(10)
+        .enumerate()
+        .map(|(i, line)| {
+            let mut input = serde_json::Map::new();
+            for (name, value) in header.iter().zip(line.split(',')) {
+                let v = match (*name, value.parse::<f64>()) {
+                    ("median_house_value", _) => continue,
+                    ("median_income", Ok(x)) => serde_json::json!(x * 1.8 + 1.0),
+                    (_, Ok(x)) => serde_json::json!(x),
+                    (_, Err(_)) if value.is_empty() => serde_json::Value::Null,
+                    _ => serde_json::json!(value),
+                };
+                input.insert((*name).to_owned(), v);
+            }
+            let at = hour + TimeDelta::seconds(i as i64);
+            format!(
+                "{}\n",
+                serde_json::json!({"at": at, "request_id": format!("r{i}"), "model": "california_housing",
+                    "version": 1, "variant": "champion", "input": input, "output": 2.0, "latency_us": 300})
+            )
+        })
+        .collect();
+    let key = format!(
+        "registry/prediction-logs/california_housing/date={}/{}-e2e.jsonl",
+        hour.format("%Y-%m-%d"),
+        (hour + TimeDelta::minutes(45)).format("%H%M%S")
+    );
+    bucket
+        .client()
+        .put_object()
+        .bucket(bucket.bucket())
+        .key(&key)
+        .body(logged.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let namespace = unique("mlops-monitor");
+    let (since, until) = (hour.to_rfc3339(), (hour + TimeDelta::hours(1)).to_rfc3339());
+    let monitor = || {
+        let out = ok(&mlops(
+            home.path(),
+            &store,
+            &[
+                "monitor",
+                "--model",
+                "california_housing",
+                "--since",
+                &since,
+                "--until",
+                &until,
+                "--json",
+                "--cloudwatch-namespace",
+                &namespace,
+            ],
+        ));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let first = monitor();
+    assert_eq!(
+        (&first["records"], &first["hours_sketched"]),
+        (&serde_json::json!(2064), &serde_json::json!(1)),
+        "{first}"
+    );
+    let drifted: Vec<&str> = first["versions"][0]["drift"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["drifted"] == true)
+        .map(|f| f["feature"].as_str().unwrap())
+        .collect();
+    assert_eq!(drifted, ["median_income"], "{first}");
+    let again = monitor();
+    assert_eq!(
+        again["hours_from_cache"], 1,
+        "the hour's sketch is kept on S3"
+    );
+    assert_eq!(again["versions"], first["versions"]);
+
+    let listed = Command::new(python())
+        .args([
+            "-c",
+            "import boto3, json, sys; cw = boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1'); \
+             print(json.dumps([[m['MetricName'], {d['Name']: d['Value'] for d in m['Dimensions']}] for m in cw.list_metrics(Namespace=sys.argv[2])['Metrics']]))",
+            &moto_endpoint(),
+            &namespace,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let metrics: Vec<(String, std::collections::BTreeMap<String, String>)> =
+        serde_json::from_slice(&listed.stdout).unwrap();
+    let has = |name: &str, feature: Option<&str>| {
+        metrics.iter().any(|(n, d)| {
+            n == name
+                && d.get("Model").map(String::as_str) == Some("california_housing")
+                && d.get("Version").map(String::as_str) == Some("1")
+                && d.get("Feature").map(String::as_str) == feature
+        })
+    };
+    assert!(has("drifted_share", None), "{metrics:?}");
+    assert!(has("prediction_drift_score", None), "{metrics:?}");
+    assert!(has("drift_score", Some("median_income")), "{metrics:?}");
+    assert!(has("psi", Some("longitude")), "{metrics:?}");
+}

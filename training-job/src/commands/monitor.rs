@@ -66,6 +66,10 @@ pub struct MonitorArgs {
     /// MLOPS_ALERT_WEBHOOK_SECRET; an alert already delivered for the window is not sent again.
     #[arg(long, env = "MLOPS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
+    /// Put the scores in this CloudWatch namespace: per version (dimensions Model, Version) and
+    /// per feature (Model, Version, Feature).
+    #[arg(long, env = "MLOPS_CLOUDWATCH_NAMESPACE")]
+    pub cloudwatch_namespace: Option<String>,
     /// Data-quality alert: rise of a feature's missing share over training's.
     #[arg(long, default_value_t = 0.1)]
     pub max_missing_rise: f64,
@@ -166,6 +170,10 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         .collect();
     if let Some(sink) = &sink {
         report.deliveries = deliver(registry.store().as_ref(), sink, &report.alerts).await?;
+    }
+    if let Some(namespace) = &args.cloudwatch_namespace {
+        let sent = put_metrics(namespace, &report).await?;
+        eprintln!("{sent} metrics put to CloudWatch namespace {namespace}");
     }
     let key = format!(
         "monitoring/{}/reports/{}-{}.json",
@@ -491,6 +499,62 @@ async fn log_objects(
         day = day.succ_opt().context("date out of range")?;
     }
     Ok(keys)
+}
+
+/// The report's scores as CloudWatch metrics.
+async fn put_metrics(namespace: &str, report: &MonitorReport) -> Result<usize> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+    let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+    let cloudwatch = mlops_aws::CloudWatchMetrics::new(&config, namespace);
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let mut sent = 0;
+    for v in &report.versions {
+        let (d, version) = (&v.drift, v.version.to_string());
+        let alerts = report
+            .alerts
+            .iter()
+            .filter(|a| a.version == v.version)
+            .count();
+        let mut values = vec![
+            ("rows".to_owned(), d.rows as f64),
+            ("drifted_features".to_owned(), d.drifted_features as f64),
+            ("drifted_share".to_owned(), d.drifted_share),
+            ("dataset_drift".to_owned(), flag(d.drifted)),
+            ("alerts".to_owned(), alerts as f64),
+        ];
+        if let Some(p) = &d.prediction {
+            values.push(("prediction_drift_score".into(), p.score.unwrap_or(f64::NAN)));
+            values.push(("prediction_drifted".into(), flag(p.drifted)));
+        }
+        let model = report.model.as_str();
+        let dimensions = [("Model", model), ("Version", version.as_str())];
+        sent += cloudwatch
+            .put(&values, &dimensions)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for f in &d.features {
+            let values = [
+                ("drift_score".to_owned(), f.score.unwrap_or(f64::NAN)),
+                ("drifted".to_owned(), flag(f.drifted)),
+                ("psi".to_owned(), f.psi.unwrap_or(f64::NAN)),
+                ("missing_share".to_owned(), f.missing_share),
+                (
+                    "outside_share".to_owned(),
+                    f.out_of_range_share.or(f.unseen_share).unwrap_or(0.0),
+                ),
+            ];
+            let dimensions = [
+                ("Model", model),
+                ("Version", version.as_str()),
+                ("Feature", f.feature.as_str()),
+            ];
+            sent += cloudwatch
+                .put(&values, &dimensions)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(sent)
 }
 
 /// The report as a table.
