@@ -126,13 +126,14 @@ struct LoggedInput {
 
 /// Runs the command.
 pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
-    if !(args.drift_share > 0.0 && args.drift_share <= 1.0) {
+    let within = |x: f64, low: f64, high: f64| x > low && x <= high;
+    if !within(args.drift_share, 0.0, 1.0) {
         bail!("--drift-share {} must be in (0, 1]", args.drift_share);
     }
-    if !(args.p_value > 0.0 && args.p_value < 1.0) {
+    if !within(args.p_value, 0.0, 1.0) || args.p_value == 1.0 {
         bail!("--p-value {} must be in (0, 1)", args.p_value);
     }
-    if !(args.distance > 0.0) {
+    if !within(args.distance, 0.0, f64::INFINITY) {
         bail!("--distance {} must be above 0", args.distance);
     }
     let registry = settings.registry().await?;
