@@ -5,8 +5,8 @@ only writes the model and the logs)
 
 Trains a linear California Housing model into WORKDIR/home (approved, champion), writes RECORDS
 prediction-log lines (real California Housing rows, cycled, with a slight shift in the second
-half of the month) as `mlops serve` writes them — objects of 1,000 lines under
-prediction-logs/MODEL/date=…/ — for the 720 hours ending two hours ago, then runs:
+half of the month) as `mlops serve` writes them — gzip objects of 1,000 JSON lines under
+prediction-logs/model=MODEL/date=…/hour=…/ — for the 720 hours ending two hours ago, then runs:
   1. `mlops monitor` over the whole month (every hour read from its logs and its sketch kept);
   2. the same month again (every hour merged from its kept sketch);
   3. the month plus one new hour of logs (one hour read, the rest merged);
@@ -15,6 +15,7 @@ each under /usr/bin/time -v: wall time and peak RSS. Prints a JSON summary.
 
 import csv
 import datetime as dt
+import gzip
 import json
 import os
 import random
@@ -28,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "shared", "data", "california_housing.csv")
 MODEL = "california_housing"
 HOURS = 720
+SIZES = [0]  # JSON bytes written (before gzip)
 
 
 def mlops(binary, home, *args, timed=False):
@@ -72,8 +74,8 @@ def rows():
 
 
 def write_hour(store, hour, records, data, rng, shifted):
-    day_dir = os.path.join(store, "prediction-logs", MODEL, f"date={hour:%Y-%m-%d}")
-    os.makedirs(day_dir, exist_ok=True)
+    hour_dir = os.path.join(store, "prediction-logs", f"model={MODEL}", f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")
+    os.makedirs(hour_dir, exist_ok=True)
     for start in range(0, records, 1000):
         n = min(1000, records - start)
         written = hour + dt.timedelta(seconds=int(3600 * (start + n) / max(records, 1)) - 1)
@@ -98,9 +100,11 @@ def write_hour(store, hour, records, data, rng, shifted):
                     separators=(",", ":"),
                 )
             )
-        name = f"{written:%H%M%S}-{uuid.uuid4().hex}.jsonl"
-        with open(os.path.join(day_dir, name), "w") as f:
-            f.write("\n".join(lines) + "\n")
+        name = f"{written:%H%M%S}-{uuid.uuid4().hex}.jsonl.gz"
+        body = ("\n".join(lines) + "\n").encode()
+        with open(os.path.join(hour_dir, name), "wb") as f:
+            f.write(gzip.compress(body, compresslevel=1))  # serving writes with the fast level
+        SIZES[0] += len(body)
 
 
 def main():
@@ -132,10 +136,16 @@ def main():
             f.write(first.isoformat())
         print(f"generated {per_hour * HOURS} records in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if sys.argv[4:] == ["generate"]:
+        if SIZES[0]:
+            print(f"JSON {SIZES[0] / 2**20:.1f} MiB", file=sys.stderr)
         return
     window = ["monitor", "--model", MODEL, "--json", "--since", f"{first:%Y-%m-%dT%H:%M:%SZ}"]
     month = [*window, "--until", f"{end:%Y-%m-%dT%H:%M:%SZ}"]
-    summary = {"records_per_hour": per_hour, "hours": HOURS}
+    log_dir = os.path.join(store, "prediction-logs")
+    stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(log_dir) for f in fs)
+    summary = {"records_per_hour": per_hour, "hours": HOURS, "stored_mb": round(stored / 2**20, 1)}
+    if SIZES[0]:
+        summary["json_mb"] = round(SIZES[0] / 2**20, 1)
     summary["first_run"] = measured(binary, home, *month)
     summary["again"] = measured(binary, home, *month)
     write_hour(store, end, per_hour, data, rng, shifted=True)

@@ -457,8 +457,8 @@ async fn prediction_logs_survive_a_shutdown_mid_stream() {
     let mut stored = 0u64;
     for key in s3.list("prediction-logs/").await.unwrap() {
         let object = s3.get(&key).await.unwrap().unwrap();
-        stored += object
-            .bytes
+        stored += mlops_domain::predlog::decode(&key, object.bytes)
+            .unwrap()
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .count() as u64;

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod hashing;
 pub mod jobs;
 pub mod metrics;
+pub mod predlog;
 pub mod profile;
 pub mod registry;
 pub mod schema;

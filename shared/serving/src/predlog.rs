@@ -1,7 +1,7 @@
 //! Prediction logs: every prediction (inputs, outputs, version, variant, latency) is queued and
-//! written in compact JSON-lines batches to the store under
-//! `prediction-logs/MODEL/date=YYYY-MM-DD/HHMMSS-UUID.jsonl` (S3 on AWS, files locally), where
-//! drift checks read them.
+//! written in gzip-compressed JSON-lines batches to the store under
+//! `prediction-logs/model=MODEL/date=YYYY-MM-DD/hour=HH/HHMMSS-UUID.jsonl.gz` (S3 on AWS, files
+//! locally; the layout is [`mlops_domain::predlog`]), where `mlops monitor` reads them.
 //!
 //! Requests never wait for the store. What is queued or waiting for a retry is bounded in bytes
 //! (`MLOPS_PREDICTION_LOG_MAX_BYTES`); past the bound new records are dropped and counted
@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 /// Prefix of the logs in the store.
-pub const PREFIX: &str = "prediction-logs";
+pub use mlops_domain::predlog::PREFIX;
 
 /// One logged prediction.
 #[derive(Debug, Clone, Serialize)]
@@ -236,13 +236,9 @@ async fn write(store: &dyn ObjectStore, pending: &mut Vec<Line>, log: &Predictio
         for l in &lines {
             body.extend_from_slice(&l.bytes);
         }
-        let now = Utc::now();
-        let key = format!(
-            "{PREFIX}/{model}/date={}/{}-{}.jsonl",
-            now.format("%Y-%m-%d"),
-            now.format("%H%M%S"),
-            uuid::Uuid::new_v4().simple()
-        );
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let key = mlops_domain::predlog::object_key(&model, Utc::now(), &id);
+        let body = mlops_domain::predlog::encode(&body);
         match store.put(&key, body, PutCondition::IfAbsent).await {
             Ok(_) => {
                 log.written.inc_by(lines.len() as u64);

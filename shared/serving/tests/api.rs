@@ -250,11 +250,12 @@ async fn predicts_single_and_batch_and_explains() {
     }
     let logs = f
         .store
-        .list("prediction-logs/california_housing/")
+        .list("prediction-logs/model=california_housing/")
         .await
         .unwrap();
     assert!(!logs.is_empty());
-    let text = String::from_utf8(f.store.get(&logs[0]).await.unwrap().unwrap().bytes).unwrap();
+    let body = f.store.get(&logs[0]).await.unwrap().unwrap().bytes;
+    let text = String::from_utf8(mlops_domain::predlog::decode(&logs[0], body).unwrap()).unwrap();
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["version"], 1);
     assert_eq!(first["variant"], "champion");

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use clap::Args;
 use mlops_domain::alerts::{Alert, Delivery, QualityLimits, alerts, deliver};
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
+use mlops_domain::predlog;
 use mlops_domain::registry::Registry;
 use mlops_domain::store::{ObjectStore, PutCondition};
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,6 @@ use crate::commands::registry::ensure_model;
 use crate::config::Settings;
 use crate::exit::ExitWith;
 
-/// Where the prediction logs are (the serving side writes them, `mlops_serving::predlog`).
-const LOG_PREFIX: &str = "prediction-logs";
 /// Longest a logged record waits before its object is written (the writer flushes far sooner;
 /// this bounds which objects written after the window can still hold its records).
 const WRITE_LAG: Duration = Duration::hours(1);
@@ -433,7 +432,9 @@ async fn scan(
         let Some(object) = store.get(&key).await? else {
             continue; // expired between the listing and the read
         };
-        let parsed = tokio::task::spawn_blocking(move || parse_lines(&object.bytes))
+        let lines = predlog::decode(&key, object.bytes)
+            .with_context(|| format!("log object {} is not gzip", store.uri(&key)))?;
+        let parsed = tokio::task::spawn_blocking(move || parse_lines(&lines))
             .await
             .context("the log parser panicked")?;
         for logged in parsed {
@@ -473,7 +474,8 @@ async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<
 }
 
 /// The log objects that may hold records of `[from, until)`: written in the window or up to
-/// [`WRITE_LAG`] after it (an object holds records from before it was written), in time order.
+/// [`WRITE_LAG`] after it (an object holds records from before it was written), in both layouts
+/// (hour partitions, and the day folders of earlier builds).
 async fn log_objects(
     store: &dyn ObjectStore,
     model: &str,
@@ -481,23 +483,27 @@ async fn log_objects(
     until: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let last = until + WRITE_LAG;
-    let mut keys = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut hour = from.duration_trunc(Duration::hours(1))?;
+    while hour <= last {
+        prefixes.push(predlog::hour_prefix(model, hour));
+        hour += Duration::hours(1);
+    }
     let mut day: NaiveDate = from.date_naive();
     while day <= last.date_naive() {
-        let prefix = format!("{LOG_PREFIX}/{model}/date={}/", day.format("%Y-%m-%d"));
+        prefixes.push(predlog::legacy_day_prefix(model, day));
+        day = day.succ_opt().context("date out of range")?;
+    }
+    let mut keys = Vec::new();
+    for prefix in prefixes {
         for key in store.list(&prefix).await? {
-            let written = key[prefix.len()..]
-                .get(..6)
-                .and_then(|hms| chrono::NaiveTime::parse_from_str(hms, "%H%M%S").ok())
-                .map(|t| day.and_time(t).and_utc());
             // Names carry the second an object was written in: it holds records from before
             // the end of that second only.
-            match written {
+            match predlog::written_at(&key) {
                 Some(t) if t + Duration::seconds(1) <= from || t > last => {}
                 _ => keys.push(key),
             }
         }
-        day = day.succ_opt().context("date out of range")?;
     }
     Ok(keys)
 }
@@ -646,16 +652,20 @@ mod tests {
                 )
             })
             .collect();
-        let key = format!(
-            "{LOG_PREFIX}/m/date={}/{}-{}.jsonl",
-            written.format("%Y-%m-%d"),
-            written.format("%H%M%S"),
-            at.timestamp_nanos_opt().unwrap() ^ n as i64
-        );
-        store
-            .put(&key, lines.into_bytes(), PutCondition::IfAbsent)
-            .await
-            .unwrap();
+        let id = (at.timestamp_nanos_opt().unwrap() ^ n as i64).to_string();
+        // One object in the layout of earlier builds: both are read.
+        let (key, body) = if x == 3.0 && n == 10 {
+            let key = format!(
+                "{}{}-{id}.jsonl",
+                predlog::legacy_day_prefix("m", written.date_naive()),
+                written.format("%H%M%S")
+            );
+            (key, lines.into_bytes())
+        } else {
+            let key = predlog::object_key("m", written, &id);
+            (key, predlog::encode(lines.as_bytes()))
+        };
+        store.put(&key, body, PutCondition::IfAbsent).await.unwrap();
     }
 
     #[tokio::test]
