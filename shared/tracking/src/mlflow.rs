@@ -36,6 +36,10 @@ impl MlflowClient {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
+                // MLflow's server closes idle keep-alive connections after a few seconds (2 s
+                // under gunicorn): a request sent on one it is closing fails with "error sending
+                // request". Drop idle connections first.
+                .pool_idle_timeout(std::time::Duration::from_secs(1))
                 .build()
                 .expect("HTTP client builds"),
         }
