@@ -9,6 +9,7 @@
 //! once per window and rule ([`mlops_domain::alerts`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
@@ -418,7 +419,29 @@ fn parse_lines(bytes: &[u8]) -> Vec<Option<LoggedInput>> {
     })
 }
 
-/// Reads the logs of `[from, until)`, one object at a time, into per-version sketches.
+/// Log objects read ahead of the one being sketched.
+const LOOKAHEAD: usize = 2;
+
+/// The records of one log object, fetched, decompressed and parsed off the async threads;
+/// `None` when it is gone.
+async fn read_object(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+) -> Result<Option<Vec<Option<LoggedInput>>>> {
+    let Some(object) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let uri = store.uri(&key);
+    let parsed = tokio::task::spawn_blocking(move || {
+        predlog::decode(&key, object.bytes).map(|lines| parse_lines(&lines))
+    })
+    .await
+    .context("the log parser panicked")?
+    .with_context(|| format!("log object {uri} is not gzip"))?;
+    Ok(Some(parsed))
+}
+
+/// Reads the logs of `[from, until)` into per-version sketches.
 async fn scan(
     registry: &Registry,
     model: &str,
@@ -428,15 +451,21 @@ async fn scan(
 ) -> Result<Sketches> {
     let store = registry.store();
     let mut out = Sketches::default();
-    for key in log_objects(store.as_ref(), model, from, until).await? {
-        let Some(object) = store.get(&key).await? else {
+    // Objects are fetched, decompressed and parsed ahead (two at a time) while the one before
+    // is added to the sketches.
+    let mut ahead = std::collections::VecDeque::new();
+    let mut keys = log_objects(store.as_ref(), model, from, until)
+        .await?
+        .into_iter();
+    loop {
+        while ahead.len() < LOOKAHEAD {
+            let Some(key) = keys.next() else { break };
+            ahead.push_back(tokio::spawn(read_object(Arc::clone(store), key)));
+        }
+        let Some(next) = ahead.pop_front() else { break };
+        let Some(parsed) = next.await.context("the log reader panicked")?? else {
             continue; // expired between the listing and the read
         };
-        let lines = predlog::decode(&key, object.bytes)
-            .with_context(|| format!("log object {} is not gzip", store.uri(&key)))?;
-        let parsed = tokio::task::spawn_blocking(move || parse_lines(&lines))
-            .await
-            .context("the log parser panicked")?;
         for logged in parsed {
             let Some(logged) = logged else {
                 out.unreadable += 1;
