@@ -164,11 +164,7 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         missing_rise: args.max_missing_rise,
         outside_share: args.max_outside_share,
     };
-    report.alerts = report
-        .versions
-        .iter()
-        .flat_map(|v| alerts(&args.model, v.version, from, until, &v.drift, &limits))
-        .collect();
+    report.alerts = alerts_of(&report, &limits);
     if let Some(sink) = &sink {
         report.deliveries = deliver(registry.store().as_ref(), sink, &report.alerts).await?;
     }
@@ -217,6 +213,24 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The alerts each version's window raises.
+fn alerts_of(report: &MonitorReport, limits: &QualityLimits) -> Vec<Alert> {
+    report
+        .versions
+        .iter()
+        .flat_map(|v| {
+            alerts(
+                &report.model,
+                v.version,
+                report.from,
+                report.until,
+                &v.drift,
+                limits,
+            )
+        })
+        .collect()
 }
 
 /// Sketches every logged record of `model` in `[from, until)`, per version, and tests each
@@ -697,21 +711,28 @@ mod tests {
         store.put(&key, body, PutCondition::IfAbsent).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn whole_past_hours_are_sketched_once_then_merged() {
+    /// A local store with model `m` registered and two whole past hours of logs.
+    struct Logged {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    fn five_hours_ago() -> DateTime<Utc> {
+        (Utc::now() - Duration::hours(5))
+            .duration_trunc(Duration::hours(1))
+            .unwrap()
+    }
+
+    async fn logged(first: DateTime<Utc>) -> Logged {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
-        let registry = Registry::new(Arc::clone(&store));
         let options = RegisterOptions {
             idempotency_key: None,
             registered_by: "test".into(),
         };
-        registry
+        Registry::new(Arc::clone(&store))
             .register("m", &sample_bundle(), options)
             .await
-            .unwrap();
-        let first = (Utc::now() - Duration::hours(5))
-            .duration_trunc(Duration::hours(1))
             .unwrap();
         let minute = Duration::minutes(1);
         let s = store.as_ref();
@@ -719,6 +740,16 @@ mod tests {
         // Written in the next hour, served in this one: it counts here.
         log(s, first + minute * 61, first + minute * 59, 10, 3.0).await;
         log(s, first + minute * 70, first + minute * 70, 50, 3.0).await;
+        Logged { _dir: dir, store }
+    }
+
+    #[tokio::test]
+    async fn whole_past_hours_are_sketched_once_then_merged() {
+        let first = five_hours_ago();
+        let Logged { _dir, store } = logged(first).await;
+        let registry = Registry::new(Arc::clone(&store));
+        let minute = Duration::minutes(1);
+        let s = store.as_ref();
         let rule = DriftRule::default();
         let until = first + Duration::hours(2);
         let sketched = monitor(&registry, "m", first, until, &rule).await.unwrap();
@@ -775,5 +806,112 @@ mod tests {
             (part.records, part.hours_from_cache, part.hours_sketched),
             (60, 0, 0)
         );
+    }
+
+    /// Records the alerts it is sent.
+    #[derive(Default)]
+    struct Inbox(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl mlops_domain::alerts::AlertSink for Inbox {
+        async fn send(&self, alert: &Alert) -> Result<(), String> {
+            self.0.lock().unwrap().push(alert.id.clone());
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "inbox".into()
+        }
+    }
+
+    /// A monitor run with alerts over two whole past hours: hour sketches, then alert records.
+    struct MonitorRun {
+        first: DateTime<Utc>,
+    }
+
+    struct World {
+        logged: Logged,
+        inbox: Inbox,
+    }
+
+    impl MonitorRun {
+        /// Two hours of logs with a value training never saw (a data-quality alert).
+        async fn logs(&self) -> Logged {
+            let logged = logged(self.first).await;
+            let at = self.first + Duration::minutes(20);
+            log(logged.store.as_ref(), at, at, 20, 7.0).await;
+            logged
+        }
+
+        async fn run(&self, w: &World, store: Arc<dyn ObjectStore>) -> Result<MonitorReport> {
+            let registry = Registry::new(Arc::clone(&store));
+            let until = self.first + Duration::hours(2);
+            let rule = DriftRule::default();
+            let mut report = monitor(&registry, "m", self.first, until, &rule).await?;
+            report.alerts = alerts_of(&report, &QualityLimits::default());
+            report.deliveries = deliver(store.as_ref(), &w.inbox, &report.alerts).await?;
+            Ok(report)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl mlops_domain::faults::CrashScenario for MonitorRun {
+        type World = World;
+        async fn world(&self) -> World {
+            World {
+                logged: self.logs().await,
+                inbox: Inbox::default(),
+            }
+        }
+        async fn run(
+            &self,
+            w: &World,
+            plan: &mlops_domain::faults::FaultPlan,
+        ) -> Result<(), String> {
+            let store = plan.store(Arc::clone(&w.logged.store));
+            let report = MonitorRun::run(self, w, store).await;
+            report.map(drop).map_err(|e| format!("{e:#}"))
+        }
+        async fn check(&self, w: &World) -> Result<(), String> {
+            // Another run over what was kept gives the verdict of a run over the logs alone,
+            // and finds every alert delivered and recorded.
+            let store = Arc::clone(&w.logged.store);
+            let kept = MonitorRun::run(self, w, store)
+                .await
+                .map_err(|e| e.to_string())?;
+            let fresh = self.world().await;
+            let store = Arc::clone(&fresh.logged.store);
+            let expected = MonitorRun::run(self, &fresh, store).await.unwrap();
+            let verdicts = |r: &MonitorReport| serde_json::to_value(&r.versions).unwrap();
+            if verdicts(&kept) != verdicts(&expected) || kept.alerts != expected.alerts {
+                return Err(format!(
+                    "kept hours give another verdict: {:?}",
+                    kept.versions
+                ));
+            }
+            if kept.alerts.is_empty() {
+                return Err("the window raised no alert".into());
+            }
+            let inbox = w.inbox.0.lock().unwrap();
+            if let Some(lost) = kept.alerts.iter().find(|a| !inbox.contains(&a.id)) {
+                return Err(format!("alert {} was never delivered", lost.id));
+            }
+            match kept
+                .deliveries
+                .iter()
+                .find(|d| !matches!(d, Delivery::AlreadySent { .. }))
+            {
+                Some(d) => Err(format!("an alert was not recorded as delivered: {d:?}")),
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_monitor_run_converges_at_every_crash_point() {
+        let scenario = MonitorRun {
+            first: five_hours_ago(),
+        };
+        let report = mlops_domain::faults::explore(&scenario).await.unwrap();
+        println!("monitor with alerts: {report}");
     }
 }
