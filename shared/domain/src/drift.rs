@@ -58,7 +58,7 @@ enum Shape {
 
 /// One feature's reference.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FeatureReference {
+struct FeatureReference {
     /// Column.
     pub name: String,
     shape: Shape,
@@ -165,9 +165,9 @@ impl Reference {
         }
     }
 
-    /// The features, in order.
-    pub fn features(&self) -> &[FeatureReference] {
-        &self.features
+    /// The digest of its layout, which its sketches carry ([`WindowSketch::reference`]).
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// An empty sketch in this reference's bins.

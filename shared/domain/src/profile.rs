@@ -55,29 +55,18 @@ pub fn profile(data: &Dataset) -> Vec<FeatureProfile> {
         .iter()
         .enumerate()
         .map(|(j, col)| {
-            let mut missing = 0;
             if col.is_numeric() {
-                let mut xs: Vec<f64> = Vec::with_capacity(data.len());
-                for r in &data.rows {
-                    match r[j] {
-                        Value::Number(x) if x.is_finite() => xs.push(x),
-                        _ => missing += 1,
-                    }
-                }
-                xs.sort_by(f64::total_cmp);
-                let (edges, counts) = quantile_histogram(&xs, PROFILE_BINS);
-                let (mean, std) = moments(&xs);
-                FeatureProfile::Numeric {
-                    name: col.name.clone(),
-                    edges,
-                    counts,
-                    missing,
-                    mean,
-                    std,
-                    values: value_counts(&xs),
-                }
+                let values: Vec<f64> = data
+                    .rows
+                    .iter()
+                    .map(|r| match r[j] {
+                        Value::Number(x) => x,
+                        _ => f64::NAN,
+                    })
+                    .collect();
+                profile_values(&col.name, &values)
             } else {
-                let mut counts = BTreeMap::new();
+                let (mut counts, mut missing) = (BTreeMap::new(), 0);
                 for r in &data.rows {
                     match &r[j] {
                         Value::Category(c) => *counts.entry(c.clone()).or_default() += 1,

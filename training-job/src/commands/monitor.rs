@@ -394,13 +394,7 @@ async fn read_hour(
         return Ok(None);
     };
     for (&version, sketch) in &hour.versions {
-        if references
-            .load(registry, model, version)
-            .await?
-            .sketch()
-            .reference
-            != sketch.reference
-        {
+        if references.load(registry, model, version).await?.digest() != sketch.reference {
             return Ok(None);
         }
     }
