@@ -33,6 +33,28 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The metrics in a CloudWatch namespace on moto: name and dimensions of each.
+fn cloudwatch_metrics(
+    namespace: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+    let listed = Command::new(python())
+        .args([
+            "-c",
+            "import boto3, json, sys; cw = boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1'); \
+             print(json.dumps([[m['MetricName'], {d['Name']: d['Value'] for d in m['Dimensions']}] for m in cw.list_metrics(Namespace=sys.argv[2])['Metrics']]))",
+            &moto_endpoint(),
+            namespace,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    serde_json::from_slice(&listed.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn train_registers_on_s3_and_tracks_in_mlflow() {
     let bucket_store = s3_store("").await;
@@ -63,22 +85,10 @@ async fn train_registers_on_s3_and_tracks_in_mlflow() {
         ],
     ));
     // The final scores are in CloudWatch (moto), by model and model kind.
-    let listed = Command::new(python())
-        .args([
-            "-c",
-            "import boto3, json, sys; cw = boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1'); \
-             print(json.dumps(sorted(m['MetricName'] for m in cw.list_metrics(Namespace=sys.argv[2])['Metrics'])))",
-            &moto_endpoint(),
-            &namespace,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let names: Vec<String> = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<String> = cloudwatch_metrics(&namespace)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     for expected in [
         "test_roc_auc",
         "test_log_loss",
@@ -504,23 +514,7 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
     );
     assert_eq!(again["versions"], first["versions"]);
 
-    let listed = Command::new(python())
-        .args([
-            "-c",
-            "import boto3, json, sys; cw = boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1'); \
-             print(json.dumps([[m['MetricName'], {d['Name']: d['Value'] for d in m['Dimensions']}] for m in cw.list_metrics(Namespace=sys.argv[2])['Metrics']]))",
-            &moto_endpoint(),
-            &namespace,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let metrics: Vec<(String, std::collections::BTreeMap<String, String>)> =
-        serde_json::from_slice(&listed.stdout).unwrap();
+    let metrics = cloudwatch_metrics(&namespace);
     let has = |name: &str, feature: Option<&str>| {
         metrics.iter().any(|(n, d)| {
             n == name

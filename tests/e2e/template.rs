@@ -10,18 +10,24 @@ use std::process::Command;
 use mlops_e2e::{moto_endpoint, python, repo};
 use serde_json::Value;
 
-fn transformed() -> Value {
+/// The JSON a script in `tests/python/` prints.
+fn script_json(script: &str, args: &[String]) -> Value {
     let out = Command::new(python())
-        .arg(repo().join("tests/python/transform_template.py"))
-        .arg(repo().join("template.yaml"))
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
         .output()
-        .expect("run the SAM transform");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     assert!(
         out.status.success(),
-        "transform failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn transformed() -> Value {
+    let template = repo().join("template.yaml").display().to_string();
+    script_json("transform_template.py", &[template])
 }
 
 fn default_of(template: &Value, parameter: &Value) -> f64 {
@@ -173,18 +179,10 @@ fn roles_reach_only_what_they_need_and_prediction_logs_expire() {
 
 /// The stack moto's CloudFormation creates from the transformed template, with overrides.
 fn stack_in_moto(overrides: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(repo().join("tests/python/stack_in_moto.py"))
-        .arg(moto_endpoint())
-        .args(overrides)
-        .output()
-        .expect("run the stack script");
-    assert!(
-        out.status.success(),
-        "stack creation failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stack: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let args: Vec<String> = std::iter::once(moto_endpoint())
+        .chain(overrides.iter().map(|o| o.to_string()))
+        .collect();
+    let stack = script_json("stack_in_moto.py", &args);
     assert_eq!(stack["status"], "CREATE_COMPLETE", "{}", stack["reason"]);
     stack
 }
