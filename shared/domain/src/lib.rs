@@ -4,6 +4,7 @@
 //! This crate knows nothing of AWS, Lambda or native ML libraries. It defines the ports
 //! ([`store::ObjectStore`], [`tracking::Tracker`]) that adapters in other crates implement.
 
+pub mod ab;
 pub mod alerts;
 pub mod apikeys;
 pub mod artifact;
@@ -13,12 +14,14 @@ pub mod drift;
 #[cfg(any(test, feature = "test-support"))]
 pub mod faults;
 pub mod features;
+pub mod feedback;
 pub mod gate;
 pub mod hashing;
 pub mod jobs;
 pub mod metrics;
 pub mod predlog;
 pub mod profile;
+pub mod quality;
 pub mod registry;
 pub mod schema;
 pub mod split;

@@ -16,18 +16,28 @@ pub const PREFIX: &str = "prediction-logs";
 
 /// The key of a log object written at `written`.
 pub fn object_key(model: &str, written: DateTime<Utc>, id: &str) -> String {
-    format!(
-        "{PREFIX}/model={model}/date={}/hour={}/{}-{id}.jsonl.gz",
-        written.format("%Y-%m-%d"),
-        written.format("%H"),
-        written.format("%H%M%S")
-    )
+    object_key_under(PREFIX, model, written, id)
 }
 
 /// The prefix of one hour's objects (written during that hour).
 pub fn hour_prefix(model: &str, hour: DateTime<Utc>) -> String {
+    hour_prefix_under(PREFIX, model, hour)
+}
+
+/// The key of an object written at `written` in the Hive layout under `root` (prediction logs,
+/// feedback).
+pub fn object_key_under(root: &str, model: &str, written: DateTime<Utc>, id: &str) -> String {
     format!(
-        "{PREFIX}/model={model}/date={}/hour={}/",
+        "{}{}-{id}.jsonl.gz",
+        hour_prefix_under(root, model, written),
+        written.format("%H%M%S")
+    )
+}
+
+/// The prefix of one hour's objects in the Hive layout under `root`.
+pub fn hour_prefix_under(root: &str, model: &str, hour: DateTime<Utc>) -> String {
+    format!(
+        "{root}/model={model}/date={}/hour={}/",
         hour.format("%Y-%m-%d"),
         hour.format("%H")
     )
@@ -61,12 +71,27 @@ pub fn decode(key: &str, body: Vec<u8>) -> std::io::Result<Vec<u8>> {
 /// The second an object was written in, from its key in either layout.
 pub fn written_at(key: &str) -> Option<DateTime<Utc>> {
     let (dir, name) = key.rsplit_once('/')?;
-    let day = dir
-        .split('/')
-        .find_map(|part| part.strip_prefix("date="))
-        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())?;
+    let day = partition_day(dir)?;
     let time = chrono::NaiveTime::parse_from_str(name.get(..6)?, "%H%M%S").ok()?;
     Some(day.and_time(time).and_utc())
+}
+
+/// The start of the hour partition an object sits in (`date=…/hour=…`), whatever its name.
+pub fn partition_hour(key: &str) -> Option<DateTime<Utc>> {
+    let (dir, _) = key.rsplit_once('/')?;
+    let day = partition_day(dir)?;
+    let hour: u32 = dir
+        .split('/')
+        .find_map(|part| part.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    Some(day.and_hms_opt(hour, 0, 0)?.and_utc())
+}
+
+fn partition_day(dir: &str) -> Option<NaiveDate> {
+    dir.split('/')
+        .find_map(|part| part.strip_prefix("date="))
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
 }
 
 #[cfg(test)]
@@ -85,6 +110,10 @@ mod tests {
         );
         assert!(key.starts_with(&hour_prefix("m", t)));
         assert_eq!(written_at(&key), Some(t));
+        assert_eq!(
+            partition_hour(&key).map(|h| h.to_rfc3339()),
+            Some("2026-12-01T07:00:00+00:00".into())
+        );
         let legacy = format!("{}070509-x.jsonl", legacy_day_prefix("m", t.date_naive()));
         assert_eq!(written_at(&legacy), Some(t));
         let lines = b"{\"a\":1}\n{\"a\":2}\n".repeat(100);
