@@ -233,7 +233,10 @@ mod tests {
             "A/B, 9.75 % lower MSE: promoted in 20 of 20, rows needed (both variants) min {} median {} max {}; A/A: {false_verdicts} verdicts in 200 tests looked at 48 times",
             rows[0], rows[10], rows[19]
         );
-        assert!(false_verdicts <= 10, "{false_verdicts} of 200 A/A tests reached a verdict");
+        assert!(
+            false_verdicts <= 10,
+            "{false_verdicts} of 200 A/A tests reached a verdict"
+        );
     }
 
     #[test]

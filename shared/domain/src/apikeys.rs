@@ -42,12 +42,12 @@ impl Scope {
     }
 }
 
-/// The scope a route needs: predictions, model information, health and API documents need
+/// The scope a route needs: predictions, feedback, model information, health and API documents need
 /// `predict`; everything else (batch jobs, traffic splits, metrics) needs `admin`.
 pub fn required_scope(method: &str, path: &str) -> Scope {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let read_or_predict = match parts.as_slice() {
-        ["", "v1", "models", _, "predict"] => method == "POST",
+        ["", "v1", "models", _, "predict" | "feedback"] => method == "POST",
         ["", "v1", "models"] | ["", "v1", "models", _] => method == "GET",
         ["", "health", _] | ["", "openapi.json"] => method == "GET",
         _ => false,
@@ -296,6 +296,10 @@ mod tests {
             Scope::Predict
         );
         assert_eq!(required_scope("GET", "/v1/models/m"), Scope::Predict);
+        assert_eq!(
+            required_scope("POST", "/v1/models/m/feedback"),
+            Scope::Predict
+        );
         assert_eq!(required_scope("GET", "/v1/models"), Scope::Predict);
         assert_eq!(required_scope("GET", "/health/ready"), Scope::Predict);
         assert_eq!(required_scope("POST", "/v1/batch-jobs"), Scope::Admin);

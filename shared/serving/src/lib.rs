@@ -1,7 +1,7 @@
 //! The serving API as one axum [`Router`]: the Lambda functions run it with `lambda_http`, and
 //! `mlops serve` runs the same router on localhost.
 //!
-//! Routes: `POST /v1/models/{name}/predict`, `GET /v1/models`, `GET /v1/models/{name}`,
+//! Routes: `POST /v1/models/{name}/predict`, `POST /v1/models/{name}/feedback`, `GET /v1/models`, `GET /v1/models/{name}`,
 //! `PUT /v1/models/{name}/traffic`, `POST /v1/batch-jobs`, `GET /v1/batch-jobs/{id}`,
 //! `POST /v1/batch-jobs/{id}/start`, `GET /health/live`, `GET /health/ready`, `GET /metrics`,
 //! `GET /openapi.json`. Every response carries `x-request-id`; every request is logged as one
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod docs;
+pub mod feedback;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
@@ -115,6 +116,7 @@ impl AppState {
     ),
     paths(
         routes::predict,
+        feedback::post_feedback,
         routes::list_models,
         routes::model_info,
         traffic::set_traffic,
@@ -124,7 +126,7 @@ impl AppState {
         routes::live,
         routes::ready
     ),
-    components(schemas(api::PredictRequest, api::Record, api::ErrorBody)),
+    components(schemas(api::PredictRequest, api::Record, api::ErrorBody, feedback::FeedbackIn)),
     modifiers(&ApiKeyScheme),
     security(("api_key" = []))
 )]
@@ -185,6 +187,7 @@ pub fn router_with_keys(
             .route("/v1/models", get(routes::list_models))
             .route("/v1/models/{name}", get(routes::model_info))
             .route("/v1/models/{name}/predict", post(routes::predict))
+            .route("/v1/models/{name}/feedback", post(feedback::post_feedback))
             .route("/health/live", get(routes::live))
             .route("/health/ready", get(routes::ready))
             .route(

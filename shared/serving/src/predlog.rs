@@ -32,6 +32,8 @@ pub struct LoggedPrediction {
     pub at: DateTime<Utc>,
     /// Request id.
     pub request_id: String,
+    /// 1-based number of the record in the request (feedback names it with the request id).
+    pub record: u32,
     /// Model.
     pub model: String,
     /// Version.

@@ -108,7 +108,7 @@ fn explain_flag(query: Option<&str>) -> Result<bool, ApiError> {
 }
 
 /// Splits a JSON body into records.
-fn records(
+pub(crate) fn records(
     bytes: &[u8],
     limit: usize,
 ) -> Result<(Vec<serde_json::Map<String, serde_json::Value>>, bool), ApiError> {
@@ -207,21 +207,7 @@ pub async fn predict(
         state.config.body_timeout,
     )
     .await?;
-    let routes = state.models.routes(&name).ok_or_else(|| {
-        if state.models.names().is_empty() {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "no model is loaded yet",
-            )
-        } else {
-            ApiError::not_found(format!(
-                "model '{}' is not served here (served: {})",
-                name.chars().take(64).collect::<String>(),
-                state.models.names().join(", ")
-            ))
-        }
-    })?;
+    let routes = served_routes(&state, &name)?;
     let (records, _single) = records(&bytes, state.config.max_records)?;
     if explain && records.len() > state.config.max_explain_records {
         return Err(ApiError::bad_request(
@@ -257,24 +243,7 @@ pub async fn predict(
         }
     }
     if !problems.is_empty() {
-        let total = problems.len();
-        problems.truncate(MAX_FIELD_PROBLEMS);
-        let first = &problems[0];
-        let message = format!(
-            "{total} invalid field{}{}: '{}' {}",
-            if total == 1 { "" } else { "s" },
-            if many {
-                format!(" (first in record {})", first.record.unwrap_or(1))
-            } else {
-                String::new()
-            },
-            first.field,
-            first.message
-        );
-        return Err(ApiError {
-            fields: problems,
-            ..ApiError::bad_request("invalid_fields", message)
-        });
+        return Err(invalid_fields(problems, many));
     }
     let id_column = schema.id_column().map(|c| c.name.clone());
     let ids: Vec<Option<String>> = records
@@ -314,10 +283,11 @@ pub async fn predict(
     if let Some(log) = &state.predictions_log {
         let latency_us = started.elapsed().as_micros() as u64;
         let at = chrono::Utc::now();
-        for (record, &p) in records.into_iter().zip(&values) {
+        for (i, (record, &p)) in records.into_iter().zip(&values).enumerate() {
             log.log(LoggedPrediction {
                 at,
                 request_id: request_id.clone(),
+                record: u32::try_from(i + 1).unwrap_or(u32::MAX),
                 model: name.clone(),
                 version: model.version,
                 variant: variant.alias.clone(),
@@ -352,6 +322,51 @@ pub async fn predict(
     }
     response.extensions_mut().insert(served);
     Ok(response)
+}
+
+/// The 400 for records with invalid fields: the first problem in the message, at most
+/// [`MAX_FIELD_PROBLEMS`] listed.
+pub(crate) fn invalid_fields(mut problems: Vec<FieldProblem>, many: bool) -> ApiError {
+    let total = problems.len();
+    problems.truncate(MAX_FIELD_PROBLEMS);
+    let first = &problems[0];
+    let message = format!(
+        "{total} invalid field{}{}: '{}' {}",
+        if total == 1 { "" } else { "s" },
+        if many {
+            format!(" (first in record {})", first.record.unwrap_or(1))
+        } else {
+            String::new()
+        },
+        first.field,
+        first.message
+    );
+    ApiError {
+        fields: problems,
+        ..ApiError::bad_request("invalid_fields", message)
+    }
+}
+
+/// The routes of a served model: 404 when it is not served, 503 before any model loaded.
+pub(crate) fn served_routes(
+    state: &AppState,
+    name: &str,
+) -> Result<Arc<crate::models::ModelRoutes>, ApiError> {
+    state.models.routes(name).ok_or_else(|| {
+        if state.models.names().is_empty() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "no model is loaded yet",
+            )
+        } else {
+            ApiError::not_found(format!(
+                "model '{}' is not served here (served: {})",
+                name.chars().take(64).collect::<String>(),
+                state.models.names().join(", ")
+            ))
+        }
+    })
 }
 
 /// A version as a `predict` key sees it: no data paths, tracking locations or bundle prefixes

@@ -259,6 +259,7 @@ async fn predicts_single_and_batch_and_explains() {
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["version"], 1);
     assert_eq!(first["variant"], "champion");
+    assert_eq!(first["record"], 1);
     assert_eq!(first["input"]["ocean_proximity"], "NEAR BAY");
 
     // Metrics count what happened.
@@ -1130,4 +1131,98 @@ async fn cors_preflight_is_answered_before_the_key_check() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn feedback_is_validated_like_predict_and_stored_for_the_monitor() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let path = "/v1/models/telco_churn/feedback";
+    let (status, headers, body) = call(
+        &app,
+        post(
+            path,
+            json!([
+                {"request_id": "req-1", "actual": "Yes"},
+                {"request_id": "req-1", "record": 2, "actual": false, "observed_at": "2026-12-01T07:00:00Z"}
+            ])
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    let keys = f.store.list("feedback/model=telco_churn/").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        mlops_domain::predlog::partition_hour(&keys[0]).is_some(),
+        "{}",
+        keys[0]
+    );
+    let object = f.store.get(&keys[0]).await.unwrap().unwrap();
+    let schema = f
+        .registry
+        .load_bundle(&f.registry.version("telco_churn", 1).await.unwrap())
+        .await
+        .unwrap()
+        .manifest
+        .schema;
+    let (labels, unreadable) =
+        mlops_domain::feedback::read_object(&schema, &keys[0], object.bytes, chrono::Utc::now())
+            .unwrap();
+    assert_eq!(unreadable, 0);
+    assert_eq!(
+        labels
+            .iter()
+            .map(|l| (l.request_id.as_str(), l.record, l.actual))
+            .collect::<Vec<_>>(),
+        [("req-1", 1, 1.0), ("req-1", 2, 0.0)]
+    );
+
+    // Every field problem is named with its item, and nothing is stored.
+    let (status, _, body) = call(
+        &app,
+        post(
+            path,
+            json!([{"request_id": "ok", "actual": 1}, {"actual": "Maybe", "record": 0}])
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_fields");
+    let fields: Vec<(u64, &str)> = body["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["record"].as_u64().unwrap(), p["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields, [(2, "request_id"), (2, "record"), (2, "actual")]);
+    let (status, _, _) = call(
+        &app,
+        post(
+            "/v1/models/nope/feedback",
+            json!({"request_id": "r", "actual": 1}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let regression = post(
+        "/v1/models/california_housing/feedback",
+        json!({"request_id": "r", "actual": "high"}).to_string(),
+    );
+    let (status, _, body) = call(&app, regression).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be a number"),
+        "{body}"
+    );
+    assert_eq!(f.store.list("feedback/").await.unwrap().len(), 1);
 }
