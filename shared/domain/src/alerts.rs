@@ -25,6 +25,31 @@ pub enum AlertRule {
     DataQuality,
     /// The model's outputs drifted from its predictions on the training rows.
     PredictionDrift,
+    /// The live metric from feedback is worse than the test metric beyond the limit, its whole
+    /// 95 % interval.
+    LiveQuality,
+    /// The metric estimated without labels (CBPE) is worse than the test metric beyond the
+    /// limit.
+    EstimatedQuality,
+}
+
+/// One metric compared with the version's test metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricCheck {
+    /// Variant (alias) served.
+    pub variant: String,
+    /// Metric.
+    pub metric: String,
+    /// Live value (realized, or estimated).
+    pub value: f64,
+    /// The end of its 95 % interval nearest the reference (the value for an estimate).
+    pub bound: f64,
+    /// The version's metric on its test split.
+    pub reference: f64,
+    /// Worse than this alerts.
+    pub threshold: f64,
+    /// Rows behind the value.
+    pub rows: u64,
 }
 
 /// Limits of the data-quality rule.
@@ -65,6 +90,99 @@ pub struct Alert {
     pub summary: String,
     /// The features behind it, with their tests, scores and thresholds.
     pub features: Vec<FeatureDrift>,
+    /// The metrics behind a quality alert, with their references and thresholds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricCheck>,
+}
+
+fn alert_id(
+    model: &str,
+    version: u64,
+    rule: AlertRule,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> String {
+    sha256_hex(format!("{model}\n{version}\n{rule:?}\n{from:?}\n{until:?}").as_bytes())[..32]
+        .to_owned()
+}
+
+/// The quality alerts of a version's window: per variant, the primary metric realized from
+/// feedback (its whole interval worse than the test metric by more than `degradation`, a
+/// relative share, over at least `min_rows` labels) and the one estimated without labels.
+#[allow(clippy::too_many_arguments)]
+pub fn quality_alerts(
+    model: &str,
+    version: u64,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    primary: crate::metrics::Metric,
+    reference: Option<f64>,
+    quality: &std::collections::BTreeMap<String, crate::quality::LiveQuality>,
+    degradation: f64,
+    min_rows: u64,
+) -> Vec<Alert> {
+    let Some(reference) = reference else {
+        return Vec::new();
+    };
+    let higher = primary.higher_is_better();
+    let threshold = if higher {
+        reference * (1.0 - degradation)
+    } else {
+        reference * (1.0 + degradation)
+    };
+    let worse = |x: f64| if higher { x < threshold } else { x > threshold };
+    let name = primary.name();
+    let (mut live, mut estimated) = (Vec::new(), Vec::new());
+    for (variant, q) in quality {
+        let check = |value, bound, rows| MetricCheck {
+            variant: variant.clone(),
+            metric: name.into(),
+            value,
+            bound,
+            reference,
+            threshold,
+            rows,
+        };
+        if let Some(e) = q.metrics.get(name).filter(|_| q.labelled >= min_rows) {
+            let bound = if higher { e.high } else { e.low };
+            if worse(bound) {
+                live.push(check(e.value, bound, q.labelled));
+            }
+        }
+        if let Some(&e) = q.estimated.get(name).filter(|_| q.rows >= min_rows)
+            && worse(e)
+        {
+            estimated.push(check(e, e, q.rows));
+        }
+    }
+    let mut out = Vec::new();
+    for (rule, checks, what) in [
+        (AlertRule::LiveQuality, live, "live"),
+        (AlertRule::EstimatedQuality, estimated, "estimated"),
+    ] {
+        if checks.is_empty() {
+            continue;
+        }
+        let worst = checks
+            .iter()
+            .map(|c| format!("{} {name} {:.4} ({} rows)", c.variant, c.value, c.rows))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(Alert {
+            id: alert_id(model, version, rule, from, until),
+            rule,
+            model: model.into(),
+            version,
+            from,
+            until,
+            summary: format!(
+                "{model} v{version}: {what} {name} worse than {threshold:.4} (test {reference:.4}): {worst}"
+            ),
+            features: Vec::new(),
+            metrics: checks,
+        });
+    }
+    out
 }
 
 /// The alerts a version's window raises.
@@ -77,9 +195,7 @@ pub fn alerts(
     limits: &QualityLimits,
 ) -> Vec<Alert> {
     let alert = |rule: AlertRule, summary: String, features: Vec<FeatureDrift>| Alert {
-        id: sha256_hex(format!("{model}\n{version}\n{rule:?}\n{from:?}\n{until:?}").as_bytes())
-            [..32]
-            .to_owned(),
+        id: alert_id(model, version, rule, from, until),
         rule,
         model: model.into(),
         version,
@@ -87,6 +203,7 @@ pub fn alerts(
         until,
         summary,
         features,
+        metrics: Vec::new(),
     };
     let mut out = Vec::new();
     if drift.drifted {

@@ -147,6 +147,10 @@ pub struct Manifest {
     /// classifier), for prediction-drift checks; absent in bundles written before them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction_profile: Option<FeatureProfile>,
+    /// A classifier's probabilities mapped to observed rates on the test split, for estimating
+    /// live quality without labels; absent for regression and in earlier bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::quality::Calibration>,
     /// Every other file in the bundle, with its hash.
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,

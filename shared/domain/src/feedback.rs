@@ -283,26 +283,47 @@ fn csv_item(
 
 /// Labels by (request id, record): one each, the latest observed (ties: the larger value), so
 /// duplicates and re-sent feedback count once and the result does not depend on read order.
+/// Each remembers when it was first received, so a label counts only within the label delay.
 #[derive(Debug, Default)]
-pub struct Labels(HashMap<(String, u32), (DateTime<Utc>, f64)>);
+pub struct Labels(HashMap<(String, u32), Label>);
+
+#[derive(Debug)]
+struct Label {
+    observed_at: DateTime<Utc>,
+    actual: f64,
+    received: DateTime<Utc>,
+}
 
 impl Labels {
-    /// Adds a label.
-    pub fn insert(&mut self, f: Feedback) {
-        let entry = self
-            .0
-            .entry((f.request_id, f.record))
-            .or_insert((f.observed_at, f.actual));
-        if (f.observed_at, f.actual.to_bits()) > (entry.0, entry.1.to_bits()) {
-            *entry = (f.observed_at, f.actual);
+    /// Adds a label received at `received`.
+    pub fn insert(&mut self, f: Feedback, received: DateTime<Utc>) {
+        let new = Label {
+            observed_at: f.observed_at,
+            actual: f.actual,
+            received,
+        };
+        let rank = |l: &Label| (l.observed_at, l.actual.to_bits());
+        match self.0.entry((f.request_id, f.record)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(new);
+            }
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let old = e.get_mut();
+                if rank(&new) > rank(old) {
+                    *old = new;
+                } else if rank(&new) == rank(old) {
+                    old.received = old.received.min(received);
+                }
+            }
         }
     }
 
-    /// The label of a record.
-    pub fn get(&self, request_id: &str, record: u32) -> Option<f64> {
+    /// The label of a record, if it was received by `deadline`.
+    pub fn get(&self, request_id: &str, record: u32, deadline: DateTime<Utc>) -> Option<f64> {
         self.0
             .get(&(request_id.to_string(), record))
-            .map(|&(_, actual)| actual)
+            .filter(|l| l.received <= deadline)
+            .map(|l| l.actual)
     }
 
     /// Labelled records.
@@ -411,16 +432,25 @@ mod tests {
         assert_eq!((again, bad), (labels.clone(), 0));
 
         let mut joined = Labels::default();
-        for f in labels.iter().chain(&labels).cloned() {
-            joined.insert(f);
+        let hour = chrono::Duration::hours(1);
+        for f in labels.iter().cloned() {
+            joined.insert(f, now + hour);
+        }
+        for f in labels.iter().cloned() {
+            joined.insert(f, now);
         }
         let mut later = labels[0].clone();
         later.actual = 0.0;
         later.observed_at = now;
-        joined.insert(later);
+        joined.insert(later, now + hour);
         assert_eq!(joined.len(), 2);
-        assert_eq!(joined.get("r1", 1), Some(0.0));
-        assert_eq!(joined.get("r1", 2), Some(0.0));
-        assert_eq!(joined.get("r2", 1), None);
+        assert_eq!(joined.get("r1", 1, now + hour), Some(0.0));
+        assert_eq!(
+            joined.get("r1", 1, now),
+            None,
+            "received after the deadline"
+        );
+        assert_eq!(joined.get("r1", 2, now), Some(0.0), "first received counts");
+        assert_eq!(joined.get("r2", 1, now), None);
     }
 }

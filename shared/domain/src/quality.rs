@@ -266,13 +266,13 @@ impl QualitySketch {
                     let neg: Vec<f64> = s.negatives.iter().map(|&c| c as f64).collect();
                     if let Some(auc) = binned_auc(&pos, &neg) {
                         let p: f64 = pos.iter().sum();
-                        metrics.insert("auc".into(), hanley_mcneil(auc, p, n - p));
+                        metrics.insert("roc_auc".into(), hanley_mcneil(auc, p, n - p));
                     }
                 }
                 if rows > 0 {
                     let (pos, neg) = expected_classes(s, calibration);
                     if let Some(auc) = binned_auc(&pos, &neg) {
-                        estimated.insert("auc".into(), auc);
+                        estimated.insert("roc_auc".into(), auc);
                     }
                     let correct: f64 =
                         pos[BINS / 2..].iter().sum::<f64>() + neg[..BINS / 2].iter().sum::<f64>();
@@ -397,10 +397,10 @@ pub struct LiveQuality {
     /// Predictions with a label.
     pub labelled: u64,
     /// Realized metrics on the labelled rows, with 95 % intervals: `rmse`, `mae`, `r2`, or
-    /// `auc`, `log_loss`, `accuracy`.
+    /// `roc_auc`, `log_loss`, `accuracy`.
     pub metrics: BTreeMap<String, Estimate>,
     /// Metrics estimated without labels from the calibrated probabilities of every row
-    /// (classification): `auc`, `accuracy`.
+    /// (classification): `roc_auc`, `accuracy`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub estimated: BTreeMap<String, f64>,
 }
@@ -448,7 +448,7 @@ mod tests {
         let q = sketch.report(None);
         assert_eq!((q.rows, q.labelled), (4001, 4000));
         for (name, exact, tolerance) in [
-            ("auc", metrics::roc_auc(&labels, &probs), 2e-3),
+            ("roc_auc", metrics::roc_auc(&labels, &probs), 2e-3),
             ("log_loss", metrics::log_loss(&labels, &probs), 1e-9),
             ("accuracy", metrics::accuracy(&labels, &probs), 1e-9),
         ] {
@@ -484,15 +484,18 @@ mod tests {
             sketch.add(s, Some(l));
         }
         let q = sketch.report(Some(&calibration));
-        let realized = q.metrics["auc"].value;
-        assert!((q.estimated["auc"] - realized).abs() < 0.01, "{q:?}");
+        let realized = q.metrics["roc_auc"].value;
+        assert!((q.estimated["roc_auc"] - realized).abs() < 0.01, "{q:?}");
         assert!(
             (q.estimated["accuracy"] - q.metrics["accuracy"].value).abs() < 0.01,
             "{q:?}"
         );
         // Uncalibrated, the estimate is off: the calibration is what makes it right.
         let raw = sketch.report(None);
-        assert!((raw.estimated["auc"] - realized).abs() > 0.03, "{raw:?}");
+        assert!(
+            (raw.estimated["roc_auc"] - realized).abs() > 0.03,
+            "{raw:?}"
+        );
         assert!(Calibration::fit(&[0.1, 0.2], &[1.0, 1.0]).is_none());
     }
 }

@@ -43,6 +43,7 @@ pub fn sample_bundle() -> Bundle {
         created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("valid timestamp"),
         reference_profile: crate::profile::profile(&data),
         prediction_profile: None,
+        calibration: None,
         files: BTreeMap::new(),
     };
     Bundle::new(

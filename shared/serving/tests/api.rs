@@ -65,6 +65,7 @@ fn bundle(name: &str, slope: f64) -> Bundle {
         created_at: chrono::Utc::now(),
         reference_profile: mlops_domain::profile::profile(&data),
         prediction_profile: None,
+        calibration: None,
         files: BTreeMap::new(),
     };
     Bundle::new(

@@ -14,10 +14,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use clap::Args;
-use mlops_domain::alerts::{Alert, Delivery, QualityLimits, alerts, deliver};
+use mlops_domain::ab::{Arm, SequentialTest, Verdict};
+use mlops_domain::alerts::{Alert, Delivery, QualityLimits, alerts, deliver, quality_alerts};
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
+use mlops_domain::feedback::{self, Labels};
+use mlops_domain::metrics::Metric;
 use mlops_domain::predlog;
+use mlops_domain::quality::{Calibration, LiveQuality, QualitySketch};
 use mlops_domain::registry::Registry;
+use mlops_domain::schema::Task;
 use mlops_domain::store::{ObjectStore, PutCondition};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +34,9 @@ use crate::exit::ExitWith;
 /// Longest a logged record waits before its object is written (the writer flushes far sooner;
 /// this bounds which objects written after the window can still hold its records).
 const WRITE_LAG: Duration = Duration::hours(1);
+/// Longest between the time a feedback object is named after and the moment it can be listed
+/// (the feedback route names it, then writes it within its request deadline).
+const FEEDBACK_PUT_LAG: Duration = Duration::minutes(5);
 /// Exit status when `--fail-on-drift` is given and the data set drifted.
 const EXIT_DRIFT: u8 = 5;
 
@@ -76,6 +84,19 @@ pub struct MonitorArgs {
     /// Data-quality alert: share of a feature's values outside training's range or unseen.
     #[arg(long, default_value_t = 0.05)]
     pub max_outside_share: f64,
+    /// Longest a label (feedback) may arrive after its prediction and still count, in hours.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(0..=24 * 90))]
+    pub label_delay_hours: u32,
+    /// Quality alerts: relative worsening of the primary metric (live, or estimated without
+    /// labels) against the version's test metric.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_metric_degradation: f64,
+    /// Quality alerts: labelled rows (or rows, for estimates) a variant needs first.
+    #[arg(long, default_value_t = 100)]
+    pub min_quality_rows: u64,
+    /// A/B verdicts compare every other variant with this one.
+    #[arg(long, default_value = "champion")]
+    pub champion: String,
 }
 
 /// The report of one run.
@@ -97,6 +118,12 @@ pub struct MonitorReport {
     pub hours_sketched: u32,
     /// Per version served in the window.
     pub versions: Vec<VersionDrift>,
+    /// Labels found for predictions in the window (within the label delay).
+    #[serde(default)]
+    pub labelled: u64,
+    /// Per variant other than the champion with labels: the sequential A/B verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ab: Vec<AbVerdict>,
     /// Alerts the window raised.
     #[serde(default)]
     pub alerts: Vec<Alert>,
@@ -105,23 +132,59 @@ pub struct MonitorReport {
     pub deliveries: Vec<Delivery>,
 }
 
-/// One version's drift in the window.
+/// One version's drift and quality in the window.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionDrift {
     /// Version.
     pub version: u64,
     /// Its verdict.
     pub drift: DatasetDrift,
+    /// Its task.
+    #[serde(default)]
+    pub task: Option<Task>,
+    /// Its metrics on the test split (what live quality is compared with).
+    #[serde(default)]
+    pub test_metrics: BTreeMap<String, f64>,
+    /// Live quality per variant that served it: realized from feedback, and estimated.
+    #[serde(default)]
+    pub quality: BTreeMap<String, LiveQuality>,
+}
+
+/// A challenger variant against the champion over the window.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AbVerdict {
+    /// The champion variant.
+    pub champion: String,
+    /// The challenger variant.
+    pub challenger: String,
+    /// The per-row loss compared (squared error, log loss).
+    pub loss: String,
+    /// Labelled rows of the champion and the challenger.
+    pub rows: (u64, u64),
+    /// Mean loss of the champion and the challenger.
+    pub mean_loss: (f64, f64),
+    /// The verdict.
+    pub verdict: Verdict,
 }
 
 /// The fields of a logged prediction the monitor reads.
 #[derive(Deserialize)]
 struct LoggedInput {
     at: DateTime<Utc>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default = "first_record")]
+    record: u32,
+    #[serde(default)]
+    variant: String,
     version: u64,
     input: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     output: Option<f64>,
+}
+
+fn first_record() -> u32 {
+    1
 }
 
 /// Runs the command.
@@ -159,10 +222,26 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         }
         None => None,
     };
-    let mut report = monitor(&registry, &args.model, from, until, &rule).await?;
-    let limits = QualityLimits {
-        missing_rise: args.max_missing_rise,
-        outside_share: args.max_outside_share,
+    if !within(args.max_metric_degradation, 0.0, 1.0) {
+        bail!(
+            "--max-metric-degradation {} must be in (0, 1]",
+            args.max_metric_degradation
+        );
+    }
+    let window = Window {
+        from,
+        until,
+        label_delay: Duration::hours(i64::from(args.label_delay_hours)),
+        champion: args.champion.clone(),
+    };
+    let mut report = monitor(&registry, &args.model, window, &rule).await?;
+    let limits = Limits {
+        data: QualityLimits {
+            missing_rise: args.max_missing_rise,
+            outside_share: args.max_outside_share,
+        },
+        degradation: args.max_metric_degradation,
+        min_quality_rows: args.min_quality_rows,
     };
     report.alerts = alerts_of(&report, &limits);
     if let Some(sink) = &sink {
@@ -215,51 +294,99 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// When alerts fire.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    data: QualityLimits,
+    /// Relative worsening of the primary metric against the test metric.
+    degradation: f64,
+    /// Rows a variant needs before a quality alert.
+    min_quality_rows: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            data: QualityLimits::default(),
+            degradation: 0.1,
+            min_quality_rows: 100,
+        }
+    }
+}
+
 /// The alerts each version's window raises.
-fn alerts_of(report: &MonitorReport, limits: &QualityLimits) -> Vec<Alert> {
+fn alerts_of(report: &MonitorReport, limits: &Limits) -> Vec<Alert> {
+    let (model, from, until) = (report.model.as_str(), report.from, report.until);
     report
         .versions
         .iter()
         .flat_map(|v| {
-            alerts(
-                &report.model,
-                v.version,
-                report.from,
-                report.until,
-                &v.drift,
-                limits,
-            )
+            let mut out = alerts(model, v.version, from, until, &v.drift, &limits.data);
+            if let Some(task) = v.task {
+                let primary = Metric::primary(task);
+                out.extend(quality_alerts(
+                    model,
+                    v.version,
+                    from,
+                    until,
+                    primary,
+                    v.test_metrics.get(primary.name()).copied(),
+                    &v.quality,
+                    limits.degradation,
+                    limits.min_quality_rows,
+                ));
+            }
+            out
         })
         .collect()
 }
 
-/// Sketches every logged record of `model` in `[from, until)`, per version, and tests each
-/// version's window against its reference. Whole hours that ended more than [`WRITE_LAG`] ago
-/// are sketched once and kept on the store (`monitoring/MODEL/sketches/`); a later window
-/// merges them instead of reading their logs again.
+/// What a monitor run covers.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub until: DateTime<Utc>,
+    /// Longest a label may arrive after its prediction and still count.
+    pub label_delay: Duration,
+    /// The variant A/B verdicts compare the others with.
+    pub champion: String,
+}
+
+/// Sketches every logged record of `model` in the window, per version, joined to the labels
+/// received within the label delay, and tests each version's window against its reference.
+/// Whole hours that ended more than [`WRITE_LAG`] ago are sketched once and kept on the store
+/// (`monitoring/MODEL/sketches/`); a later window merges them instead of reading their logs
+/// again, unless labels for them arrived since.
 pub async fn monitor(
     registry: &Registry,
     model: &str,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
+    window: Window,
     rule: &DriftRule,
 ) -> Result<MonitorReport> {
+    let Window {
+        from,
+        until,
+        label_delay,
+        champion,
+    } = window;
+    let now = Utc::now();
     let mut references = References::default();
+    let mut labels = FeedbackIndex::list(registry, model, from, until + label_delay).await?;
     let mut window = Sketches::default();
     let (mut cached_hours, mut scanned_hours) = (0u32, 0u32);
     for (start, end) in segments(from, until) {
         let whole_hour = end - start == Duration::hours(1);
-        let complete = whole_hour && end + WRITE_LAG <= Utc::now();
+        let complete = whole_hour && end + WRITE_LAG <= now;
         let key = hour_key(model, start);
         let cached = if complete {
-            read_hour(
-                registry.store().as_ref(),
-                &key,
-                &mut references,
-                registry,
-                model,
-            )
-            .await?
+            read_hour(registry, &key, &mut references, model)
+                .await?
+                .filter(|hour| {
+                    hour.label_delay_seconds == label_delay.num_seconds()
+                        && labels.settled(hour.labels_through, end + label_delay)
+                })
         } else {
             None
         };
@@ -269,9 +396,17 @@ pub async fn monitor(
                 part
             }
             None => {
-                let part = scan(registry, model, start, end, &mut references).await?;
+                let labelled = labels.read(registry, model).await?;
+                let span = Span {
+                    from: start,
+                    until: end,
+                    label_delay,
+                };
+                let mut part = scan(registry, model, span, &mut references, labelled).await?;
                 if complete {
                     scanned_hours += 1;
+                    part.labels_through = Some(now.min(end + label_delay));
+                    part.label_delay_seconds = label_delay.num_seconds();
                     let bytes = serde_json::to_vec(&part)?;
                     registry
                         .store()
@@ -283,20 +418,26 @@ pub async fn monitor(
         };
         window.merge(&part)?;
     }
-    let versions = window
-        .versions
-        .iter()
-        .map(|(&version, sketch)| {
-            let reference = references.get(version);
-            Ok(VersionDrift {
-                version,
-                drift: rule.check(
-                    reference.expect("sketched versions have references"),
-                    sketch,
-                )?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut versions = Vec::new();
+    for (&version, sketch) in &window.versions {
+        let r = references
+            .get(version)
+            .expect("sketched versions have references");
+        let quality = window
+            .quality
+            .get(&version)
+            .into_iter()
+            .flatten()
+            .map(|(variant, q)| (variant.clone(), q.report(r.calibration.as_ref())))
+            .collect();
+        versions.push(VersionDrift {
+            version,
+            drift: rule.check(&r.reference, sketch)?,
+            quality,
+            task: Some(r.task),
+            test_metrics: r.test_metrics.clone(),
+        });
+    }
     Ok(MonitorReport {
         model: model.into(),
         from,
@@ -305,10 +446,151 @@ pub async fn monitor(
         unreadable: window.unreadable,
         hours_from_cache: cached_hours,
         hours_sketched: scanned_hours,
+        labelled: window
+            .quality
+            .values()
+            .flatten()
+            .map(|(_, q)| q.labelled())
+            .sum(),
+        ab: ab_verdicts(&window, &SequentialTest::default(), &champion),
         versions,
         alerts: Vec::new(),
         deliveries: Vec::new(),
     })
+}
+
+/// Every variant with labels against `champion`, over all versions they served.
+fn ab_verdicts(window: &Sketches, test: &SequentialTest, champion: &str) -> Vec<AbVerdict> {
+    let mut by_variant: BTreeMap<&str, QualitySketch> = BTreeMap::new();
+    for (variant, sketch) in window.quality.values().flatten() {
+        match by_variant.get_mut(variant.as_str()) {
+            Some(mine) => {
+                if mine.merge(sketch).is_err() {
+                    return Vec::new(); // versions of different tasks: no comparison
+                }
+            }
+            None => {
+                by_variant.insert(variant, sketch.clone());
+            }
+        }
+    }
+    let arm = |s: &QualitySketch| {
+        s.loss_moments().map(|(rows, mean, variance)| Arm {
+            rows,
+            mean,
+            variance,
+        })
+    };
+    let Some(base) = by_variant.get(champion).and_then(arm) else {
+        return Vec::new();
+    };
+    by_variant
+        .iter()
+        .filter(|(name, _)| **name != champion)
+        .filter_map(|(name, sketch)| {
+            let other = arm(sketch)?;
+            Some(AbVerdict {
+                champion: champion.into(),
+                challenger: (*name).into(),
+                loss: match sketch {
+                    QualitySketch::Regression(_) => "squared_error",
+                    QualitySketch::BinaryClassification(_) => "log_loss",
+                }
+                .into(),
+                rows: (base.rows, other.rows),
+                mean_loss: (base.mean, other.mean),
+                verdict: test.verdict(base, other),
+            })
+        })
+        .collect()
+}
+
+/// The feedback objects that may hold labels for a window, read only when an hour has to be
+/// sketched.
+struct FeedbackIndex {
+    /// Each object and the latest it can have been received.
+    objects: Vec<(String, DateTime<Utc>)>,
+    labels: Option<Labels>,
+}
+
+impl FeedbackIndex {
+    async fn list(
+        registry: &Registry,
+        model: &str,
+        from: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<Self> {
+        let mut objects = Vec::new();
+        let mut hour = from.duration_trunc(Duration::hours(1))?;
+        while hour <= last {
+            let prefix = predlog::hour_prefix_under(feedback::PREFIX, model, hour);
+            for key in registry.store().list(&prefix).await? {
+                if let Some(t) = received_at(&key) {
+                    objects.push((key, t));
+                }
+            }
+            hour += Duration::hours(1);
+        }
+        Ok(Self {
+            objects,
+            labels: None,
+        })
+    }
+
+    /// Whether an hour sketched with the labels received by `through` still has them all:
+    /// its labels were final then, or none arrived since.
+    fn settled(&self, through: Option<DateTime<Utc>>, final_at: DateTime<Utc>) -> bool {
+        let Some(through) = through else {
+            return self.objects.is_empty();
+        };
+        through >= final_at
+            || !self
+                .objects
+                .iter()
+                .any(|(_, t)| *t + FEEDBACK_PUT_LAG >= through && *t <= final_at)
+    }
+
+    /// The labels of every listed object (read once).
+    async fn read(&mut self, registry: &Registry, model: &str) -> Result<&Labels> {
+        if self.labels.is_none() {
+            let mut labels = Labels::default();
+            if !self.objects.is_empty() {
+                let schema = latest_schema(registry, model).await?;
+                for (key, received) in &self.objects {
+                    let Some(object) = registry.store().get(key).await? else {
+                        continue;
+                    };
+                    let uri = registry.store().uri(key);
+                    let (read, unreadable) =
+                        feedback::read_object(&schema, key, object.bytes, *received)
+                            .with_context(|| format!("feedback object {uri}"))?;
+                    if unreadable > 0 {
+                        tracing::warn!(%uri, unreadable, "feedback rows skipped");
+                    }
+                    for label in read {
+                        labels.insert(label, *received);
+                    }
+                }
+            }
+            self.labels = Some(labels);
+        }
+        Ok(self.labels.as_ref().expect("just read"))
+    }
+}
+
+/// When a feedback object was received: the second in its name, or (a dropped file) the start
+/// of its hour partition.
+fn received_at(key: &str) -> Option<DateTime<Utc>> {
+    predlog::written_at(key).or_else(|| predlog::partition_hour(key))
+}
+
+async fn latest_schema(registry: &Registry, model: &str) -> Result<mlops_domain::schema::Schema> {
+    let record = registry
+        .versions(model)
+        .await?
+        .pop()
+        .with_context(|| format!("model {model} has no versions"))?;
+    Ok(registry.load_bundle(&record).await?.manifest.schema)
 }
 
 /// `[from, until)` cut at the hours: a leading part, whole hours, a trailing part.
@@ -335,12 +617,25 @@ fn hour_key(model: &str, hour: DateTime<Utc>) -> String {
     )
 }
 
+/// What the monitor needs of a version's bundle.
+struct VersionReference {
+    reference: Reference,
+    task: Task,
+    calibration: Option<Calibration>,
+    test_metrics: BTreeMap<String, f64>,
+}
+
 /// The references of the versions met so far.
 #[derive(Default)]
-struct References(BTreeMap<u64, Reference>);
+struct References(BTreeMap<u64, VersionReference>);
 
 impl References {
-    async fn load(&mut self, registry: &Registry, model: &str, version: u64) -> Result<&Reference> {
+    async fn load(
+        &mut self,
+        registry: &Registry,
+        model: &str,
+        version: u64,
+    ) -> Result<&VersionReference> {
         Ok(match self.0.entry(version) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -349,7 +644,7 @@ impl References {
         })
     }
 
-    fn get(&self, version: u64) -> Option<&Reference> {
+    fn get(&self, version: u64) -> Option<&VersionReference> {
         self.0.get(&version)
     }
 }
@@ -360,6 +655,15 @@ struct Sketches {
     records: u64,
     unreadable: u64,
     versions: BTreeMap<u64, WindowSketch>,
+    /// Per version and variant.
+    #[serde(default)]
+    quality: BTreeMap<u64, BTreeMap<String, QualitySketch>>,
+    /// Labels received by then are in `quality` (kept hours only).
+    #[serde(default)]
+    labels_through: Option<DateTime<Utc>>,
+    /// The label delay they were joined with, in seconds (kept hours only).
+    #[serde(default)]
+    label_delay_seconds: i64,
 }
 
 impl Sketches {
@@ -374,27 +678,46 @@ impl Sketches {
                 }
             }
         }
+        for (version, variants) in &other.quality {
+            let mine = self.quality.entry(*version).or_default();
+            for (variant, sketch) in variants {
+                match mine.get_mut(variant) {
+                    Some(m) => m.merge(sketch).map_err(anyhow::Error::msg)?,
+                    None => {
+                        mine.insert(variant.clone(), sketch.clone());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
 
 /// A kept hour, if there is one and it is in the bins of today's references.
 async fn read_hour(
-    store: &dyn ObjectStore,
+    registry: &Registry,
     key: &str,
     references: &mut References,
-    registry: &Registry,
     model: &str,
 ) -> Result<Option<Sketches>> {
-    let Some(object) = store.get(key).await? else {
+    let Some(object) = registry.store().get(key).await? else {
         return Ok(None);
     };
-    let Ok(hour) = serde_json::from_slice::<Sketches>(&object.bytes) else {
-        tracing::warn!(key, "unreadable hour sketch; sketching the hour again");
-        return Ok(None);
+    let hour = match serde_json::from_slice::<Sketches>(&object.bytes) {
+        Ok(hour) => hour,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "unreadable hour sketch; sketching the hour again");
+            return Ok(None);
+        }
     };
     for (&version, sketch) in &hour.versions {
-        if references.load(registry, model, version).await?.digest() != sketch.reference {
+        if references
+            .load(registry, model, version)
+            .await?
+            .reference
+            .digest()
+            != sketch.reference
+        {
             return Ok(None);
         }
     }
@@ -449,14 +772,27 @@ async fn read_object(
     Ok(Some(parsed))
 }
 
-/// Reads the logs of `[from, until)` into per-version sketches.
+/// A stretch of logs to sketch.
+#[derive(Clone, Copy)]
+struct Span {
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    label_delay: Duration,
+}
+
+/// Reads the logs of a span into per-version sketches, joining each record to its label.
 async fn scan(
     registry: &Registry,
     model: &str,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
+    span: Span,
     references: &mut References,
+    labels: &Labels,
 ) -> Result<Sketches> {
+    let Span {
+        from,
+        until,
+        label_delay,
+    } = span;
     let store = registry.store();
     let mut out = Sketches::default();
     // Objects are fetched, decompressed and parsed ahead (two at a time) while the one before
@@ -482,7 +818,8 @@ async fn scan(
             if logged.at < from || logged.at >= until {
                 continue;
             }
-            let reference = references.load(registry, model, logged.version).await?;
+            let r = references.load(registry, model, logged.version).await?;
+            let reference = &r.reference;
             let sketch = out
                 .versions
                 .entry(logged.version)
@@ -490,6 +827,16 @@ async fn scan(
             reference.add(sketch, &logged.input);
             if let Some(output) = logged.output {
                 reference.add_prediction(sketch, output);
+                let actual = logged
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| labels.get(id, logged.record, logged.at + label_delay));
+                out.quality
+                    .entry(logged.version)
+                    .or_default()
+                    .entry(logged.variant)
+                    .or_insert_with(|| QualitySketch::new(r.task))
+                    .add(output, actual);
             }
             out.records += 1;
         }
@@ -497,17 +844,21 @@ async fn scan(
     Ok(out)
 }
 
-async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<Reference> {
+async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<VersionReference> {
     let record = registry
         .version(model, version)
         .await
         .with_context(|| format!("logged predictions name {model} v{version}"))?;
-    let bundle = registry.load_bundle(&record).await?;
-    let manifest = &bundle.manifest;
-    Ok(Reference::new(
-        &manifest.reference_profile,
-        manifest.prediction_profile.as_ref(),
-    ))
+    let manifest = registry.load_bundle(&record).await?.manifest;
+    Ok(VersionReference {
+        reference: Reference::new(
+            &manifest.reference_profile,
+            manifest.prediction_profile.as_ref(),
+        ),
+        task: manifest.task,
+        calibration: manifest.calibration,
+        test_metrics: manifest.metrics,
+    })
 }
 
 /// The log objects that may hold records of `[from, until)`: written in the window or up to
@@ -658,6 +1009,48 @@ fn table(report: &MonitorReport) -> String {
                 f.unseen_share.or(f.out_of_range_share).unwrap_or(0.0) * 100.0
             );
         }
+        for (variant, q) in &v.quality {
+            let metrics: Vec<String> = q
+                .metrics
+                .iter()
+                .map(|(name, e)| format!("{name} {:.4} [{:.4}, {:.4}]", e.value, e.low, e.high))
+                .chain(
+                    q.estimated
+                        .iter()
+                        .map(|(name, e)| format!("estimated {name} {e:.4}")),
+                )
+                .collect();
+            let _ = writeln!(
+                out,
+                "  quality of {variant}: {} labelled of {} rows{}{}",
+                q.labelled,
+                q.rows,
+                if metrics.is_empty() { "" } else { "; " },
+                metrics.join(", ")
+            );
+        }
+    }
+    for ab in &report.ab {
+        let v = &ab.verdict;
+        let _ = writeln!(
+            out,
+            "\nA/B {} vs {} ({} rows vs {}; mean {} {:.4} vs {:.4}): {}{}",
+            ab.challenger,
+            ab.champion,
+            ab.rows.1,
+            ab.rows.0,
+            ab.loss,
+            ab.mean_loss.1,
+            ab.mean_loss.0,
+            serde_json::to_value(v.decision)
+                .ok()
+                .and_then(|d| d.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            match v.rows_still_needed {
+                Some(n) => format!(" (about {n} more labelled rows a variant)"),
+                None => format!(" (always-valid p {:.4})", v.p_value),
+            }
+        );
     }
     out
 }
@@ -666,30 +1059,34 @@ fn table(report: &MonitorReport) -> String {
 mod tests {
     use std::sync::Arc;
 
+    use mlops_domain::alerts::AlertRule;
     use mlops_domain::registry::RegisterOptions;
     use mlops_domain::testing::sample_bundle;
     use mlops_store::LocalStore;
 
     use super::*;
 
-    /// Writes one log object at `written` holding `n` records of `x` served at `at`.
+    /// Writes one log object at `written` holding `n` records of `x` served at `at`; their
+    /// request ids.
     async fn log(
         store: &dyn ObjectStore,
         written: DateTime<Utc>,
         at: DateTime<Utc>,
         n: usize,
         x: f64,
-    ) {
-        let lines: String = (0..n)
-            .map(|i| {
+    ) -> Vec<String> {
+        let id = (at.timestamp_nanos_opt().unwrap() ^ n as i64).to_string();
+        let ids: Vec<String> = (0..n).map(|i| format!("{id}-{i}")).collect();
+        let lines: String = ids
+            .iter()
+            .map(|request_id| {
                 format!(
                     "{}\n",
-                    serde_json::json!({"at": at, "request_id": format!("r{i}"), "model": "m", "version": 1,
+                    serde_json::json!({"at": at, "request_id": request_id, "record": 1, "model": "m", "version": 1,
                         "variant": "champion", "input": {"x": x}, "output": 0.0, "latency_us": 10})
                 )
             })
             .collect();
-        let id = (at.timestamp_nanos_opt().unwrap() ^ n as i64).to_string();
         // One object in the layout of earlier builds: both are read.
         let (key, body) = if x == 3.0 && n == 10 {
             let key = format!(
@@ -703,6 +1100,37 @@ mod tests {
             (key, predlog::encode(lines.as_bytes()))
         };
         store.put(&key, body, PutCondition::IfAbsent).await.unwrap();
+        ids
+    }
+
+    /// Writes feedback received at `received`: `actual` for each request id.
+    async fn feedback(
+        store: &dyn ObjectStore,
+        received: DateTime<Utc>,
+        ids: &[String],
+        actual: f64,
+    ) {
+        let labels: Vec<feedback::Feedback> = ids
+            .iter()
+            .map(|id| feedback::Feedback {
+                request_id: id.clone(),
+                record: 1,
+                actual,
+                observed_at: received,
+            })
+            .collect();
+        let key = predlog::object_key_under(feedback::PREFIX, "m", received, &ids[0]);
+        let body = predlog::encode(&feedback::to_lines(&labels));
+        store.put(&key, body, PutCondition::None).await.unwrap();
+    }
+
+    fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> Window {
+        Window {
+            from,
+            until,
+            label_delay: Duration::hours(24),
+            champion: "champion".into(),
+        }
     }
 
     /// A local store with model `m` registered and two whole past hours of logs.
@@ -718,6 +1146,11 @@ mod tests {
     }
 
     async fn logged(first: DateTime<Utc>) -> Logged {
+        logged_with_ids(first).await.0
+    }
+
+    /// [`logged`], and the request ids of the first hour's first object and of the second hour.
+    async fn logged_with_ids(first: DateTime<Utc>) -> (Logged, Vec<String>, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
         let options = RegisterOptions {
@@ -730,11 +1163,55 @@ mod tests {
             .unwrap();
         let minute = Duration::minutes(1);
         let s = store.as_ref();
-        log(s, first + minute * 10, first + minute * 9, 40, 1.0).await;
+        let early = log(s, first + minute * 10, first + minute * 9, 40, 1.0).await;
         // Written in the next hour, served in this one: it counts here.
         log(s, first + minute * 61, first + minute * 59, 10, 3.0).await;
-        log(s, first + minute * 70, first + minute * 70, 50, 3.0).await;
-        Logged { _dir: dir, store }
+        let later = log(s, first + minute * 70, first + minute * 70, 50, 3.0).await;
+        (Logged { _dir: dir, store }, early, later)
+    }
+
+    #[tokio::test]
+    async fn labels_join_within_the_delay_and_new_ones_reopen_kept_hours() {
+        let first = five_hours_ago();
+        let (Logged { _dir, store }, early, later) = logged_with_ids(first).await;
+        let registry = Registry::new(Arc::clone(&store));
+        let rule = DriftRule::default();
+        let until = first + Duration::hours(2);
+        // Labels for the first 40 records, received 30 minutes after them.
+        feedback(store.as_ref(), first + Duration::minutes(39), &early, 1.0).await;
+        let run = |w: Window| {
+            let registry = registry.clone();
+            async move { monitor(&registry, "m", w, &rule).await.unwrap() }
+        };
+        let one = run(window(first, until)).await;
+        let q = &one.versions[0].quality["champion"];
+        assert_eq!((one.labelled, q.labelled, q.rows), (40, 40, 40));
+        // Predictions 0.0 against labels 1.0.
+        assert!((q.metrics["rmse"].value - 1.0).abs() < 1e-12, "{q:?}");
+        assert!((q.metrics["mae"].value - 1.0).abs() < 1e-12);
+        let again = run(window(first, until)).await;
+        assert_eq!((again.hours_from_cache, again.labelled), (2, 40));
+        // Labels for 20 records of the second hour arrive (named as received before the last run
+        // but stored after it, as a slow write may be): kept hours are read again.
+        let received = Utc::now() - FEEDBACK_PUT_LAG + Duration::seconds(5);
+        feedback(store.as_ref(), received, &later[..20], 3.0).await;
+        let more = run(window(first, until)).await;
+        assert_eq!((more.hours_sketched, more.labelled), (2, 60));
+        let q = &more.versions[0].quality["champion"];
+        let expected = ((40.0 + 20.0 * 9.0) / 60.0f64).sqrt();
+        assert!((q.metrics["rmse"].value - expected).abs() < 1e-12, "{q:?}");
+        // Until the feedback is older than the write lag, a run cannot know it saw it all.
+        assert_eq!(run(window(first, until)).await.hours_sketched, 2);
+        // With a one-hour label delay the labels received hours later do not count.
+        let strict = Window {
+            label_delay: Duration::hours(1),
+            ..window(first, until)
+        };
+        let strict = run(strict).await;
+        assert_eq!((strict.labelled, strict.hours_sketched), (40, 2));
+        // Feedback on a window fresh from the logs and from kept hours agree.
+        let part = run(window(first, first + Duration::minutes(90))).await;
+        assert_eq!(part.labelled, 60);
     }
 
     #[tokio::test]
@@ -746,7 +1223,9 @@ mod tests {
         let s = store.as_ref();
         let rule = DriftRule::default();
         let until = first + Duration::hours(2);
-        let sketched = monitor(&registry, "m", first, until, &rule).await.unwrap();
+        let sketched = monitor(&registry, "m", window(first, until), &rule)
+            .await
+            .unwrap();
         assert_eq!(
             (
                 sketched.records,
@@ -755,7 +1234,9 @@ mod tests {
             ),
             (100, 2, 0)
         );
-        let merged = monitor(&registry, "m", first, until, &rule).await.unwrap();
+        let merged = monitor(&registry, "m", window(first, until), &rule)
+            .await
+            .unwrap();
         assert_eq!(
             (
                 merged.records,
@@ -770,9 +1251,14 @@ mod tests {
         );
         // A third hour is the only one read; a window that starts mid-hour reads that part.
         log(s, first + minute * 130, first + minute * 130, 30, 1.0).await;
-        let three = monitor(&registry, "m", first, first + Duration::hours(3), &rule)
-            .await
-            .unwrap();
+        let three = monitor(
+            &registry,
+            "m",
+            window(first, first + Duration::hours(3)),
+            &rule,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (three.records, three.hours_sketched, three.hours_from_cache),
             (130, 1, 2)
@@ -780,8 +1266,7 @@ mod tests {
         let late = monitor(
             &registry,
             "m",
-            first + minute * 60,
-            first + Duration::hours(3),
+            window(first + minute * 60, first + Duration::hours(3)),
             &rule,
         )
         .await
@@ -790,8 +1275,7 @@ mod tests {
         let part = monitor(
             &registry,
             "m",
-            first + minute * 30,
-            first + minute * 90,
+            window(first + minute * 30, first + minute * 90),
             &rule,
         )
         .await
@@ -828,11 +1312,13 @@ mod tests {
     }
 
     impl MonitorRun {
-        /// Two hours of logs with a value training never saw (a data-quality alert).
+        /// Two hours of logs with a value training never saw (a data-quality alert) and labels
+        /// far from the predictions (a live-quality alert).
         async fn logs(&self) -> Logged {
-            let logged = logged(self.first).await;
+            let (logged, early, _) = logged_with_ids(self.first).await;
             let at = self.first + Duration::minutes(20);
             log(logged.store.as_ref(), at, at, 20, 7.0).await;
+            feedback(logged.store.as_ref(), at, &early, 1.0).await;
             logged
         }
 
@@ -840,8 +1326,12 @@ mod tests {
             let registry = Registry::new(Arc::clone(&store));
             let until = self.first + Duration::hours(2);
             let rule = DriftRule::default();
-            let mut report = monitor(&registry, "m", self.first, until, &rule).await?;
-            report.alerts = alerts_of(&report, &QualityLimits::default());
+            let mut report = monitor(&registry, "m", window(self.first, until), &rule).await?;
+            let limits = Limits {
+                min_quality_rows: 10,
+                ..Limits::default()
+            };
+            report.alerts = alerts_of(&report, &limits);
             report.deliveries = deliver(store.as_ref(), &w.inbox, &report.alerts).await?;
             Ok(report)
         }
@@ -882,8 +1372,9 @@ mod tests {
                     kept.versions
                 ));
             }
-            if kept.alerts.is_empty() {
-                return Err("the window raised no alert".into());
+            let rules: Vec<AlertRule> = kept.alerts.iter().map(|a| a.rule).collect();
+            if rules != [AlertRule::DataQuality, AlertRule::LiveQuality] {
+                return Err(format!("the window raised {rules:?}"));
             }
             let inbox = w.inbox.0.lock().unwrap();
             if let Some(lost) = kept.alerts.iter().find(|a| !inbox.contains(&a.id)) {

@@ -14,6 +14,7 @@ use mlops_domain::gate::{
 };
 use mlops_domain::hashing::DvcManifest;
 use mlops_domain::profile::profile;
+use mlops_domain::quality::Calibration;
 use mlops_domain::registry::{
     CHALLENGER, CHAMPION, CardEdit, RegisterOptions, Registry, RegistryError, VersionRecord,
 };
@@ -366,6 +367,9 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         created_at: chrono::Utc::now(),
         reference_profile: profile(&train_data),
         prediction_profile: None,
+        calibration: (schema.task == mlops_domain::schema::Task::BinaryClassification)
+            .then(|| Calibration::fit(&outcome.test_predictions, &outcome.test_labels))
+            .flatten(),
         files: BTreeMap::new(),
     };
     let files = BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]);
