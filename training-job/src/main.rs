@@ -48,8 +48,13 @@ enum Command {
     Job(commands::job::JobArgs),
     /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
     BatchPredict(commands::batch_predict::BatchPredictArgs),
-    /// Drift of the logged inputs over a window, per served version, against its training data.
+    /// Drift, live quality and alerts over a window of logged predictions and their feedback,
+    /// per served version, against its training data.
     Monitor(commands::monitor::MonitorArgs),
+    /// Ground-truth labels for served predictions: import a file of them.
+    Feedback(commands::feedback::FeedbackArgs),
+    /// A/B tests between served variants: `mlops ab report`.
+    Ab(commands::monitor::AbArgs),
     /// Print a shell completion script (e.g. `mlops completions bash > /etc/bash_completion.d/mlops`).
     Completions {
         /// Shell.
@@ -102,6 +107,8 @@ async fn main() -> ExitCode {
         Command::Job(a) => commands::job::run(a, &cli.settings).await,
         Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
         Command::Monitor(a) => commands::monitor::run(a, &cli.settings).await,
+        Command::Feedback(a) => commands::feedback::run(a, &cli.settings).await,
+        Command::Ab(a) => commands::monitor::run_ab(a, &cli.settings).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "mlops", &mut std::io::stdout());

@@ -1470,3 +1470,195 @@ impl Receiver {
             .count()
     }
 }
+
+/// California Housing rows as JSON records and their targets, every `step`-th row.
+fn housing_records_with_targets(step: usize) -> Vec<(serde_json::Value, f64)> {
+    let mut reader = csv::Reader::from_path(shared("california_housing.csv")).unwrap();
+    let target = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "median_house_value")
+        .unwrap();
+    let targets: Vec<f64> = reader
+        .records()
+        .step_by(step)
+        .map(|r| r.unwrap()[target].parse().unwrap())
+        .collect();
+    housing_records(step).into_iter().zip(targets).collect()
+}
+
+/// Feedback through the API and `mlops feedback import` is joined to what `mlops serve` logged:
+/// `mlops monitor` reports live quality per variant with intervals, and `mlops ab report` finds
+/// the LightGBM challenger better than the linear champion with a sequential test.
+#[test]
+fn feedback_gives_live_quality_and_an_ab_verdict() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = shared("california_housing.csv");
+    let model = "california_housing";
+    for (candidate, alias) in [("linear", "champion"), ("lightgbm", "challenger")] {
+        ok(&mlops(
+            h,
+            &[
+                "train",
+                model,
+                "--data",
+                data.to_str().unwrap(),
+                "--candidates",
+                candidate,
+            ],
+        ));
+        let v = if alias == "champion" { "1" } else { "2" };
+        ok(&mlops(
+            h,
+            &[
+                "registry",
+                "card",
+                model,
+                v,
+                "--intended-use",
+                "tests",
+                "--limitations",
+                "test data only",
+                "--approve",
+                "--by",
+                "tests",
+            ],
+        ));
+        ok(&mlops(
+            h,
+            &["registry", "promote", model, v, "--alias", alias],
+        ));
+    }
+    ok(&mlops(
+        h,
+        &["registry", "traffic", model, "champion=50,challenger=50"],
+    ));
+    let server = Server::start_with(
+        h,
+        &["--no-auth"],
+        &[("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "0.2")],
+    );
+    let start = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let rows = housing_records_with_targets(5);
+    let client = reqwest::Client::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Requests of 10 records, each routed by its request id; the label of each record.
+    let labels: Vec<serde_json::Value> = runtime.block_on(async {
+        let mut labels = Vec::new();
+        for chunk in rows.chunks(10) {
+            let records: Vec<&serde_json::Value> = chunk.iter().map(|(r, _)| r).collect();
+            let r = client
+                .post(format!("{}/v1/models/{model}/predict", server.url))
+                .json(&records)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body: serde_json::Value = r.json().await.unwrap();
+            for (p, (_, actual)) in body["predictions"].as_array().unwrap().iter().zip(chunk) {
+                labels.push(serde_json::json!({
+                    "request_id": body["request_id"], "record": p["row"], "actual": actual
+                }));
+            }
+        }
+        labels
+    });
+    // Half the labels through the API (twice: counted once), half from a file.
+    let (sent, filed) = labels.split_at(labels.len() / 2);
+    runtime.block_on(async {
+        for chunk in sent.chunks(1000).chain(sent.chunks(1000)) {
+            let r = client
+                .post(format!("{}/v1/models/{model}/feedback", server.url))
+                .json(&chunk)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        }
+    });
+    let file = h.join("labels.csv");
+    let mut csv = String::from("request_id,record,actual\n");
+    for l in filed {
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            l["request_id"].as_str().unwrap(),
+            l["record"],
+            l["actual"]
+        ));
+    }
+    std::fs::write(&file, &csv).unwrap();
+    let bad = h.join("bad.csv");
+    std::fs::write(&bad, "request_id,actual\nr1,high\n,2\n").unwrap();
+    let err = fails(&mlops(
+        h,
+        &[
+            "feedback",
+            "import",
+            "--model",
+            model,
+            bad.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("2 invalid rows")
+            && err.contains("row 1: 'actual'")
+            && err.contains("row 2: 'request_id'"),
+        "{err}"
+    );
+    let out = ok(&mlops(
+        h,
+        &[
+            "feedback",
+            "import",
+            "--model",
+            model,
+            file.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains(&format!("{} labels", filed.len())), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let since = start.to_rfc3339();
+    let report: serde_json::Value = serde_json::from_str(&ok(&mlops(
+        h,
+        &["monitor", "--model", model, "--since", &since, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(report["labelled"], rows.len(), "{report}");
+    let live_rmse = |version: usize, variant: &str| {
+        report["versions"][version]["quality"][variant]["metrics"]["rmse"].clone()
+    };
+    let (linear, lightgbm) = (live_rmse(0, "champion"), live_rmse(1, "challenger"));
+    for (live, v) in [(&linear, 0), (&lightgbm, 1)] {
+        let test = report["versions"][v]["test_metrics"]["rmse"]
+            .as_f64()
+            .unwrap();
+        let (low, high) = (
+            live["low"].as_f64().unwrap(),
+            live["high"].as_f64().unwrap(),
+        );
+        // Served rows include training rows, so live error is at most a little above test's.
+        assert!(low < high && low < test * 1.1, "{live} vs test {test}");
+    }
+    assert!(
+        lightgbm["value"].as_f64() < linear["value"].as_f64(),
+        "{report}"
+    );
+    assert_eq!(report["ab"][0]["challenger"], "challenger");
+    assert_eq!(
+        report["ab"][0]["verdict"]["decision"], "promote",
+        "{report}"
+    );
+    let table = ok(&mlops(
+        h,
+        &["ab", "report", "--model", model, "--since", &since],
+    ));
+    println!("{table}");
+    assert!(
+        table.contains("A/B challenger vs champion") && table.contains("promote"),
+        "{table}"
+    );
+    assert!(table.contains("quality of challenger"), "{table}");
+    drop(server);
+}

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::data::FieldError;
 use crate::schema::{Schema, Task};
@@ -23,21 +23,28 @@ pub const PREFIX: &str = "feedback";
 pub const MAX_REQUEST_ID: usize = 128;
 
 /// One label for one served record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Feedback {
     /// The request id of the prediction (its `request_id`, or the `x-request-id` header).
     pub request_id: String,
     /// 1-based number of the record in that request.
-    #[serde(default = "first_record")]
     pub record: u32,
-    /// The true value: the target in its units, or 1 / 0 for the positive / negative class.
+    /// `actual` as sent (what is stored, so reading applies the same rules as receiving).
+    pub sent: serde_json::Value,
+    /// The true value as a training label (the target column's value times the schema's
+    /// `target.scale`), or 1 / 0 for the positive / negative class.
     pub actual: f64,
     /// When the outcome was observed.
     pub observed_at: DateTime<Utc>,
 }
 
-fn first_record() -> u32 {
-    1
+/// A label as stored: `actual` as it was sent.
+#[derive(Serialize)]
+struct Stored<'a> {
+    request_id: &'a str,
+    record: u32,
+    actual: &'a serde_json::Value,
+    observed_at: DateTime<Utc>,
 }
 
 fn problem(field: &str, message: impl Into<String>) -> FieldError {
@@ -47,14 +54,16 @@ fn problem(field: &str, message: impl Into<String>) -> FieldError {
     }
 }
 
-/// The numeric value of a sent `actual`: a finite number for regression; for classification a
-/// class name of the target, `true`/`false`, or `1`/`0`.
+/// The label of a sent `actual`, as training labels are made: for regression the target
+/// column's value as in the data, times the schema's `target.scale`; for classification a class
+/// name of the target, `true`/`false`, or `1`/`0`.
 pub fn actual_value(schema: &Schema, value: &serde_json::Value) -> Result<f64, String> {
     use serde_json::Value as J;
     match schema.task {
         Task::Regression => match value {
             J::Number(n) => n
                 .as_f64()
+                .map(|x| x * schema.target.scale)
                 .filter(|x| x.is_finite())
                 .ok_or_else(|| "must be a finite number".to_string()),
             other => Err(format!(
@@ -169,6 +178,7 @@ pub fn from_json(
             }
         },
     };
+    let sent = item.get("actual").cloned().unwrap_or_default();
     let actual = match item.get("actual") {
         Some(v) => actual_value(schema, v).unwrap_or_else(|message| {
             errors.push(problem("actual", message));
@@ -207,6 +217,7 @@ pub fn from_json(
         Ok(Feedback {
             request_id,
             record,
+            sent,
             actual,
             observed_at,
         })
@@ -215,11 +226,17 @@ pub fn from_json(
     }
 }
 
-/// The JSON lines of validated feedback.
+/// The JSON lines of validated feedback, as stored (read back with [`read_object`]).
 pub fn to_lines(items: &[Feedback]) -> Vec<u8> {
     let mut out = Vec::with_capacity(items.len() * 96);
-    for item in items {
-        serde_json::to_writer(&mut out, item).expect("feedback serializes");
+    for f in items {
+        let stored = Stored {
+            request_id: &f.request_id,
+            record: f.record,
+            actual: &f.sent,
+            observed_at: f.observed_at,
+        };
+        serde_json::to_writer(&mut out, &stored).expect("feedback serializes");
         out.push(b'\n');
     }
     out
@@ -234,29 +251,38 @@ pub fn read_object(
     body: Vec<u8>,
     received: DateTime<Utc>,
 ) -> std::io::Result<(Vec<Feedback>, u64)> {
-    let bytes = crate::predlog::decode(key, body)?;
-    let name = key.trim_end_matches(".gz");
     let (mut labels, mut unreadable) = (Vec::new(), 0);
-    let mut take = |item: Option<serde_json::Map<String, serde_json::Value>>| match item
-        .map(|i| from_json(schema, &i, received))
-    {
-        Some(Ok(f)) => labels.push(f),
-        _ => unreadable += 1,
-    };
-    if name.ends_with(".csv") {
+    for item in items(key, body)? {
+        match item.map(|i| from_json(schema, &i, received)) {
+            Some(Ok(f)) => labels.push(f),
+            _ => unreadable += 1,
+        }
+    }
+    Ok((labels, unreadable))
+}
+
+/// A feedback file's rows (CSV with a header, or JSON lines; `.gz` decompressed) as JSON
+/// objects, `None` for a row that is not one.
+pub fn items(
+    name: &str,
+    body: Vec<u8>,
+) -> std::io::Result<Vec<Option<serde_json::Map<String, serde_json::Value>>>> {
+    let bytes = crate::predlog::decode(name, body)?;
+    let mut out = Vec::new();
+    if name.trim_end_matches(".gz").ends_with(".csv") {
         let mut reader = csv::Reader::from_reader(&bytes[..]);
         let headers = reader.headers()?.clone();
         for row in reader.records() {
-            take(row.ok().map(|row| csv_item(&headers, &row)));
+            out.push(row.ok().map(|row| csv_item(&headers, &row)));
         }
     } else {
         for line in bytes.split(|&b| b == b'\n') {
             if !line.iter().all(u8::is_ascii_whitespace) {
-                take(serde_json::from_slice(line).ok());
+                out.push(serde_json::from_slice(line).ok());
             }
         }
     }
-    Ok((labels, unreadable))
+    Ok(out)
 }
 
 /// A CSV row as the JSON item it stands for (`record` and numeric `actual` as numbers, empty
@@ -357,7 +383,7 @@ mod tests {
         let housing = schema("california_housing");
         let f = from_json(
             &housing,
-            &item(json!({"request_id": "r1", "actual": 2.5})),
+            &item(json!({"request_id": "r1", "actual": 250000})),
             now,
         )
         .unwrap();

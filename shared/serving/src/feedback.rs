@@ -21,14 +21,14 @@ use crate::routes::{invalid_fields, json_body, records, served_routes};
 
 /// One label.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"request_id": "6f1c2d0e-7a9b-4c1e-9d55-0b7f3a2e8c41", "record": 1, "actual": 2.5, "observed_at": "2026-12-01T07:00:00Z"}))]
+#[schema(example = json!({"request_id": "6f1c2d0e-7a9b-4c1e-9d55-0b7f3a2e8c41", "record": 1, "actual": 452600, "observed_at": "2026-12-01T07:00:00Z"}))]
 pub struct FeedbackIn {
     /// The `request_id` of the prediction.
     pub request_id: String,
     /// 1-based number of the record in that request (default 1).
     pub record: Option<u32>,
-    /// The true outcome: a number for regression; for classification a class name of the
-    /// target, true/false or 1/0.
+    /// The true outcome: for regression the target column's value as in the training data;
+    /// for classification a class name of the target, true/false or 1/0.
     #[schema(value_type = Object)]
     pub actual: serde_json::Value,
     /// When the outcome was observed (RFC 3339; default: when received).

@@ -269,6 +269,7 @@ mod tests {
         LoggedPrediction {
             at: Utc::now(),
             request_id: format!("r{i}"),
+            record: 1,
             model: "m".into(),
             version: 1,
             variant: "champion".into(),

@@ -233,6 +233,7 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         until,
         label_delay: Duration::hours(i64::from(args.label_delay_hours)),
         champion: args.champion.clone(),
+        ab_test: SequentialTest::default(),
     };
     let mut report = monitor(&registry, &args.model, window, &rule).await?;
     let limits = Limits {
@@ -294,6 +295,117 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// `mlops ab`.
+#[derive(Args, Debug)]
+pub struct AbArgs {
+    #[command(subcommand)]
+    command: AbCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AbCommand {
+    /// Per-variant live metrics from the logs and feedback since the test began, and the
+    /// sequential verdict of each challenger against the champion: promote, keep, or need more
+    /// data (with about how many more labelled rows). Valid however often it is run.
+    Report(AbReportArgs),
+}
+
+/// `mlops ab report`.
+#[derive(Args, Debug)]
+pub struct AbReportArgs {
+    /// Model under test.
+    #[arg(long)]
+    pub model: String,
+    /// When the test began (RFC 3339): the verdict covers everything since.
+    #[arg(long)]
+    pub since: DateTime<Utc>,
+    /// End of the window (RFC 3339); default now.
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+    /// The variant the others are compared with.
+    #[arg(long, default_value = "champion")]
+    pub champion: String,
+    /// Longest a label may arrive after its prediction and still count, in hours.
+    #[arg(long, default_value_t = 24)]
+    pub label_delay_hours: u32,
+    /// Chance of a verdict between equal variants, over every look.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// The difference the test is most sensitive to, in standard deviations of the loss.
+    #[arg(long, default_value_t = 0.1)]
+    pub effect: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `mlops ab`.
+pub async fn run_ab(args: AbArgs, settings: &Settings) -> Result<()> {
+    let AbCommand::Report(args) = args.command;
+    if !(args.alpha > 0.0 && args.alpha < 1.0) {
+        bail!("--alpha {} must be in (0, 1)", args.alpha);
+    }
+    if !(args.effect > 0.0 && args.effect.is_finite()) {
+        bail!("--effect {} must be above 0", args.effect);
+    }
+    let registry = settings.registry().await?;
+    ensure_model(&registry, &args.model).await?;
+    let until = args.until.unwrap_or_else(Utc::now);
+    if args.since >= until {
+        bail!(
+            "the window is empty: --since {} is not before {until}",
+            args.since
+        );
+    }
+    let window = Window {
+        from: args.since,
+        until,
+        label_delay: Duration::hours(i64::from(args.label_delay_hours)),
+        champion: args.champion.clone(),
+        ab_test: SequentialTest {
+            alpha: args.alpha,
+            effect: args.effect,
+            ..SequentialTest::default()
+        },
+    };
+    let report = monitor(&registry, &args.model, window, &DriftRule::default()).await?;
+    if args.json {
+        let out = serde_json::json!({
+            "model": report.model, "from": report.from, "until": report.until,
+            "labelled": report.labelled,
+            "quality": report.versions.iter().map(|v| (v.version, &v.quality)).collect::<BTreeMap<_, _>>(),
+            "verdicts": report.ab,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let seen: std::collections::BTreeSet<&str> = report
+        .versions
+        .iter()
+        .flat_map(|v| v.quality.keys().map(String::as_str))
+        .collect();
+    if !seen.contains(args.champion.as_str()) {
+        bail!(
+            "no predictions of variant '{}' of {} logged since {} (variants seen: {})",
+            args.champion,
+            args.model,
+            args.since,
+            seen.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut out = header(&report);
+    for v in &report.versions {
+        out.push_str(&format!("v{}:\n", v.version));
+        out.push_str(&quality_lines(v));
+    }
+    out.push_str(&ab_lines(&report));
+    if report.ab.is_empty() {
+        out.push_str("no challenger with labelled predictions yet\n");
+    }
+    print!("{out}");
+    Ok(())
+}
+
 /// When alerts fire.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -352,6 +464,8 @@ pub struct Window {
     pub label_delay: Duration,
     /// The variant A/B verdicts compare the others with.
     pub champion: String,
+    /// The A/B test.
+    pub ab_test: SequentialTest,
 }
 
 /// Sketches every logged record of `model` in the window, per version, joined to the labels
@@ -370,6 +484,7 @@ pub async fn monitor(
         until,
         label_delay,
         champion,
+        ab_test,
     } = window;
     let now = Utc::now();
     let mut references = References::default();
@@ -452,7 +567,7 @@ pub async fn monitor(
             .flatten()
             .map(|(_, q)| q.labelled())
             .sum(),
-        ab: ab_verdicts(&window, &SequentialTest::default(), &champion),
+        ab: ab_verdicts(&window, &ab_test, &champion),
         versions,
         alerts: Vec::new(),
         deliveries: Vec::new(),
@@ -954,82 +1069,107 @@ async fn put_metrics(namespace: &str, report: &MonitorReport) -> Result<usize> {
 
 /// The report as a table.
 fn table(report: &MonitorReport) -> String {
-    use std::fmt::Write;
-    let mut out = format!(
-        "{} from {} to {}: {} logged predictions{}\n",
+    let mut out = header(report);
+    if report.versions.is_empty() {
+        out.push_str("no predictions logged in the window\n");
+    }
+    for v in &report.versions {
+        out.push_str(&drift_table(v));
+        out.push_str(&quality_lines(v));
+    }
+    out.push_str(&ab_lines(report));
+    out
+}
+
+fn header(report: &MonitorReport) -> String {
+    format!(
+        "{} from {} to {}: {} logged predictions, {} with labels{}\n",
         report.model,
         report.from.format("%Y-%m-%d %H:%M"),
         report.until.format("%Y-%m-%d %H:%M"),
         report.records,
+        report.labelled,
         if report.unreadable > 0 {
             format!(" ({} unreadable lines skipped)", report.unreadable)
         } else {
             String::new()
         }
+    )
+}
+
+fn drift_table(v: &VersionDrift) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let d = &v.drift;
+    let _ = writeln!(
+        out,
+        "\nv{}: {} rows; {} of {} features drifted ({:.0}%, data-set drift at {:.0}%): {}",
+        v.version,
+        d.rows,
+        d.drifted_features,
+        d.features.len(),
+        d.drifted_share * 100.0,
+        d.drift_share * 100.0,
+        if d.drifted { "DRIFT" } else { "no drift" }
     );
-    if report.versions.is_empty() {
-        out.push_str("no predictions logged in the window\n");
-    }
-    for v in &report.versions {
-        let d = &v.drift;
+    let _ = writeln!(
+        out,
+        "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>8} {:>8}",
+        "feature", "test", "score", "threshold", "drifted", "psi", "band", "missing", "new/out"
+    );
+    for f in d.features.iter().chain(&d.prediction) {
         let _ = writeln!(
             out,
-            "\nv{}: {} rows; {} of {} features drifted ({:.0}%, data-set drift at {:.0}%): {}",
-            v.version,
-            d.rows,
-            d.drifted_features,
-            d.features.len(),
-            d.drifted_share * 100.0,
-            d.drift_share * 100.0,
-            if d.drifted { "DRIFT" } else { "no drift" }
+            "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>7.1}% {:>7.1}%",
+            f.feature,
+            serde_json::to_value(f.test)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            f.score.map_or("-".into(), |s| format!("{s:.4}")),
+            f.threshold,
+            if f.drifted { "yes" } else { "no" },
+            f.psi.map_or("-".into(), |p| format!("{p:.3}")),
+            f.psi_band
+                .and_then(|b| serde_json::to_value(b).ok())
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "-".into()),
+            f.missing_share * 100.0,
+            f.unseen_share.or(f.out_of_range_share).unwrap_or(0.0) * 100.0
         );
+    }
+    out
+}
+
+fn quality_lines(v: &VersionDrift) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (variant, q) in &v.quality {
+        let metrics: Vec<String> = q
+            .metrics
+            .iter()
+            .map(|(name, e)| format!("{name} {:.4} [{:.4}, {:.4}]", e.value, e.low, e.high))
+            .chain(
+                q.estimated
+                    .iter()
+                    .map(|(name, e)| format!("estimated {name} {e:.4}")),
+            )
+            .collect();
         let _ = writeln!(
             out,
-            "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>8} {:>8}",
-            "feature", "test", "score", "threshold", "drifted", "psi", "band", "missing", "new/out"
+            "  quality of {variant}: {} labelled of {} rows{}{}",
+            q.labelled,
+            q.rows,
+            if metrics.is_empty() { "" } else { "; " },
+            metrics.join(", ")
         );
-        for f in d.features.iter().chain(&d.prediction) {
-            let _ = writeln!(
-                out,
-                "  {:<22} {:<15} {:>10} {:>9}  {:<7} {:>7} {:<8} {:>7.1}% {:>7.1}%",
-                f.feature,
-                serde_json::to_value(f.test)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                f.score.map_or("-".into(), |s| format!("{s:.4}")),
-                f.threshold,
-                if f.drifted { "yes" } else { "no" },
-                f.psi.map_or("-".into(), |p| format!("{p:.3}")),
-                f.psi_band
-                    .and_then(|b| serde_json::to_value(b).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "-".into()),
-                f.missing_share * 100.0,
-                f.unseen_share.or(f.out_of_range_share).unwrap_or(0.0) * 100.0
-            );
-        }
-        for (variant, q) in &v.quality {
-            let metrics: Vec<String> = q
-                .metrics
-                .iter()
-                .map(|(name, e)| format!("{name} {:.4} [{:.4}, {:.4}]", e.value, e.low, e.high))
-                .chain(
-                    q.estimated
-                        .iter()
-                        .map(|(name, e)| format!("estimated {name} {e:.4}")),
-                )
-                .collect();
-            let _ = writeln!(
-                out,
-                "  quality of {variant}: {} labelled of {} rows{}{}",
-                q.labelled,
-                q.rows,
-                if metrics.is_empty() { "" } else { "; " },
-                metrics.join(", ")
-            );
-        }
     }
+    out
+}
+
+fn ab_lines(report: &MonitorReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     for ab in &report.ab {
         let v = &ab.verdict;
         let _ = writeln!(
@@ -1115,6 +1255,7 @@ mod tests {
             .map(|id| feedback::Feedback {
                 request_id: id.clone(),
                 record: 1,
+                sent: actual.into(),
                 actual,
                 observed_at: received,
             })
@@ -1130,6 +1271,7 @@ mod tests {
             until,
             label_delay: Duration::hours(24),
             champion: "champion".into(),
+            ab_test: SequentialTest::default(),
         }
     }
 
