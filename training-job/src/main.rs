@@ -1,6 +1,5 @@
 //! `mlops`: data validation, training, registry and local prediction for tabular models.
 
-mod alerts;
 mod commands;
 mod config;
 mod device;
