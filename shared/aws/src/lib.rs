@@ -1,16 +1,18 @@
 //! AWS adapters behind the domain's ports: the API-key set in Secrets Manager
-//! ([`SecretsKeyStore`]), batch jobs on AWS Batch ([`BatchQueue`]) and metrics in CloudWatch
-//! ([`CloudWatchMetrics`]). The standard AWS
+//! ([`SecretsKeyStore`]), batch jobs on AWS Batch ([`BatchQueue`]), metrics in CloudWatch
+//! ([`CloudWatchMetrics`]) and alerts to SNS ([`SnsAlerts`]). The standard AWS
 //! configuration chain applies; `AWS_ENDPOINT_URL` (or an explicit endpoint) points them at moto.
 
 pub mod batch;
 pub mod cloudwatch;
 pub mod secrets;
+pub mod sns;
 
 pub use aws_config::SdkConfig;
 pub use batch::BatchQueue;
 pub use cloudwatch::CloudWatchMetrics;
 pub use secrets::SecretsKeyStore;
+pub use sns::SnsAlerts;
 
 /// Loads the shared AWS configuration, with an optional endpoint override. Every call has a
 /// deadline under the Lambda timeouts (connect 2 s, attempt 4 s, 8 s in all with retries), so a

@@ -144,6 +144,20 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         let sent = put_metrics(namespace, &report).await?;
         eprintln!("{sent} metrics put to CloudWatch namespace {namespace}");
     }
+    if args.track {
+        let tracker = settings.tracker();
+        let runs = mlops_monitor::tracking::log_report(
+            registry.store().as_ref(),
+            tracker.as_ref(),
+            &report,
+        )
+        .await?;
+        eprintln!(
+            "scores logged to {} run(s) on {}",
+            runs.len(),
+            tracker.describe()
+        );
+    }
     let key = report_key(&args.model, from, until);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
