@@ -80,6 +80,10 @@ pub struct MonitorArgs {
     /// A/B verdicts compare every other variant with this one.
     #[arg(long, default_value = "champion")]
     pub champion: String,
+    /// Log the scores to each version's monitoring run on the tracker (MLflow with
+    /// --tracking-uri, else the local run log), at the window's end.
+    #[arg(long)]
+    pub track: bool,
 }
 
 /// Runs the command.
