@@ -1,0 +1,308 @@
+//! The monitor function: runs the monitor ([`mlops_monitor`]) for the served models over the
+//! last whole hours, when EventBridge Scheduler invokes it (hourly) or on demand.
+//!
+//! Event (every field optional): `{"models": ["m"], "hours": 1, "since": "RFC 3339",
+//! "until": "RFC 3339"}`; the default window is the last `MLOPS_MONITOR_HOURS` whole hours.
+//! Environment, beside `MLOPS_STORE` and `AWS_ENDPOINT_URL` ([`mlops_function_env`]):
+//! - `MLOPS_MODELS`: models to monitor (comma-separated; default every registered model);
+//! - `MLOPS_MONITOR_HOURS` (1), `MLOPS_LABEL_DELAY_HOURS` (24), `MLOPS_CHAMPION_ALIAS`
+//!   (`champion`);
+//! - `MLOPS_ALERT_TOPIC_ARN`: alerts to this SNS topic; `MLOPS_ALERT_WEBHOOK` and
+//!   `MLOPS_ALERT_WEBHOOK_SECRET`: and to a signed webhook;
+//! - `MLOPS_CLOUDWATCH_NAMESPACE`: scores as CloudWatch metrics;
+//! - `MLOPS_TRACKING_URI`: scores on each version's MLflow monitoring run.
+//!
+//! The answer lists, per model, the records read, labels joined, drifted versions, alerts and
+//! where the report went. A model that fails is reported and the others still run; the
+//! invocation fails (so the schedule's retry policy applies) when any did.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use lambda_runtime::{LambdaEvent, service_fn};
+use mlops_domain::alerts::{Alert, AlertSink, Delivery};
+use mlops_domain::drift::DriftRule;
+use mlops_domain::registry::Registry;
+use mlops_domain::tracking::Tracker;
+use mlops_monitor::{Limits, MonitorReport, Window};
+use serde::{Deserialize, Serialize};
+
+/// What an invocation may ask for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    models: Option<Vec<String>>,
+    hours: Option<u32>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+}
+
+/// One model's outcome.
+#[derive(Debug, Serialize)]
+struct ModelOutcome {
+    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labelled: Option<u64>,
+    drifted_versions: Vec<u64>,
+    alerts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Built once, at init.
+struct Monitor {
+    registry: Registry,
+    models: Option<Vec<String>>,
+    hours: u32,
+    label_delay: Duration,
+    champion: String,
+    sinks: Sinks,
+    cloudwatch: Option<mlops_aws::CloudWatchMetrics>,
+    tracker: Option<Box<dyn Tracker>>,
+}
+
+/// Every configured alert destination.
+struct Sinks(Vec<Box<dyn AlertSink>>);
+
+#[async_trait::async_trait]
+impl AlertSink for Sinks {
+    async fn send(&self, alert: &Alert) -> Result<(), String> {
+        // Each destination is tried; the alert counts as delivered only when all took it.
+        let mut errors = Vec::new();
+        for sink in &self.0 {
+            if let Err(e) = sink.send(alert).await {
+                errors.push(format!("{}: {e}", sink.describe()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_u32(name: &str, default: u32, max: u32) -> Result<u32> {
+    match env(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n <= max)
+            .with_context(|| format!("{name}='{v}': expected a whole number up to {max}")),
+    }
+}
+
+impl Monitor {
+    async fn from_env() -> Result<Self> {
+        let registry = mlops_function_env::registry().await?;
+        let aws = mlops_aws::sdk_config(env("AWS_ENDPOINT_URL").as_deref()).await;
+        let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+        if let Some(topic) = env("MLOPS_ALERT_TOPIC_ARN") {
+            sinks.push(Box::new(mlops_aws::SnsAlerts::new(&aws, &topic)));
+        }
+        if let Some(url) = env("MLOPS_ALERT_WEBHOOK") {
+            let secret = env("MLOPS_ALERT_WEBHOOK_SECRET")
+                .context("MLOPS_ALERT_WEBHOOK needs MLOPS_ALERT_WEBHOOK_SECRET (the HMAC key)")?;
+            sinks.push(Box::new(mlops_monitor::webhook::WebhookSink::new(
+                &url, &secret,
+            )?));
+        }
+        let models = env("MLOPS_MODELS").map(|m| {
+            m.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        Ok(Self {
+            registry,
+            models,
+            hours: env_u32("MLOPS_MONITOR_HOURS", 1, 24 * 31)?.max(1),
+            label_delay: Duration::hours(i64::from(env_u32(
+                "MLOPS_LABEL_DELAY_HOURS",
+                24,
+                24 * 90,
+            )?)),
+            champion: env("MLOPS_CHAMPION_ALIAS").unwrap_or_else(|| "champion".into()),
+            sinks: Sinks(sinks),
+            cloudwatch: env("MLOPS_CLOUDWATCH_NAMESPACE")
+                .map(|ns| mlops_aws::CloudWatchMetrics::new(&aws, &ns)),
+            tracker: env("MLOPS_TRACKING_URI")
+                .map(|uri| Box::new(mlops_tracking::MlflowClient::new(&uri)) as Box<dyn Tracker>),
+        })
+    }
+
+    async fn handle(&self, request: Request) -> Result<Vec<ModelOutcome>> {
+        let until = request
+            .until
+            .unwrap_or(Utc::now().duration_trunc(Duration::hours(1))?);
+        let hours = request.hours.unwrap_or(self.hours).max(1);
+        let from = request
+            .since
+            .unwrap_or(until - Duration::hours(i64::from(hours)));
+        anyhow::ensure!(
+            from < until,
+            "the window is empty: since {from} is not before until {until}"
+        );
+        let models = match request.models.or_else(|| self.models.clone()) {
+            Some(models) => models,
+            None => self.registry.models().await?,
+        };
+        let mut outcomes = Vec::new();
+        for model in models {
+            let outcome = match self.monitor(&model, from, until).await {
+                Ok(report) => outcome_of(&model, &report),
+                Err(e) => {
+                    tracing::error!(model, error = %format!("{e:#}"), "monitor failed");
+                    ModelOutcome {
+                        model: model.clone(),
+                        records: None,
+                        labelled: None,
+                        drifted_versions: Vec::new(),
+                        alerts: Vec::new(),
+                        report: None,
+                        error: Some(format!("{e:#}")),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn monitor(
+        &self,
+        model: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<MonitorReport> {
+        let window = Window {
+            from,
+            until,
+            label_delay: self.label_delay,
+            champion: self.champion.clone(),
+            ab_test: Default::default(),
+        };
+        let sink = (!self.sinks.0.is_empty()).then_some(&self.sinks as &dyn AlertSink);
+        let report = mlops_monitor::run(
+            &self.registry,
+            model,
+            window,
+            &DriftRule::default(),
+            &Limits::default(),
+            sink,
+        )
+        .await?;
+        if let Some(cloudwatch) = &self.cloudwatch {
+            for (values, dimensions) in mlops_monitor::metric_data(&report) {
+                let dimensions: Vec<(&str, &str)> =
+                    dimensions.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                cloudwatch
+                    .put(&values, &dimensions)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            }
+        }
+        if let Some(tracker) = &self.tracker {
+            mlops_monitor::tracking::log_report(
+                self.registry.store().as_ref(),
+                tracker.as_ref(),
+                &report,
+            )
+            .await?;
+        }
+        let failed: Vec<&str> = report
+            .deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Failed { error, .. } => Some(error.as_str()),
+                _ => None,
+            })
+            .collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "alerts not delivered: {}",
+            failed.join("; ")
+        );
+        Ok(report)
+    }
+}
+
+fn outcome_of(model: &str, report: &MonitorReport) -> ModelOutcome {
+    ModelOutcome {
+        model: model.into(),
+        records: Some(report.records),
+        labelled: Some(report.labelled),
+        drifted_versions: report
+            .versions
+            .iter()
+            .filter(|v| v.drift.drifted)
+            .map(|v| v.version)
+            .collect(),
+        alerts: report.alerts.iter().map(|a| a.summary.clone()).collect(),
+        report: Some(mlops_monitor::report_key(model, report.from, report.until)),
+        error: None,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    mlops_function_env::init_logging();
+    let monitor = Arc::new(Monitor::from_env().await?);
+    tracing::info!(
+        models = ?monitor.models,
+        alerts = monitor.sinks.describe(),
+        "monitor function initialized"
+    );
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let monitor = Arc::clone(&monitor);
+        async move {
+            invoke(&monitor, event.payload)
+                .await
+                .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))
+        }
+    }))
+    .await
+}
+
+/// One invocation: the event as a [`Request`] (EventBridge Scheduler sends the schedule's
+/// input; none is the default window), the outcome per model.
+async fn invoke(monitor: &Monitor, payload: serde_json::Value) -> Result<serde_json::Value> {
+    let request: Request = match payload {
+        serde_json::Value::Null => Request::default(),
+        value => serde_json::from_value(value).context("the event is not a monitor request")?,
+    };
+    let outcomes = monitor.handle(request).await?;
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| o.model.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "monitor failed for {}: {}",
+            failed.join(", "),
+            serde_json::to_string(&outcomes)?
+        );
+    }
+    Ok(serde_json::json!({ "models": outcomes }))
+}
