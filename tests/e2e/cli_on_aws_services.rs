@@ -55,6 +55,60 @@ fn cloudwatch_metrics(
     serde_json::from_slice(&listed.stdout).unwrap()
 }
 
+/// Runs a Python snippet with boto3 against moto (`sys.argv[1]` is the endpoint), parsing its
+/// JSON output.
+fn boto3(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .args(["-c", script, &moto_endpoint()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An SNS topic on moto with an SQS queue subscribed (raw delivery): (topic ARN, queue URL).
+fn topic_with_queue(name: &str) -> (String, String) {
+    let made = boto3(
+        "import boto3, json, sys; kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1'); \
+         sns, sqs = boto3.client('sns', **kw), boto3.client('sqs', **kw); \
+         topic = sns.create_topic(Name=sys.argv[2])['TopicArn']; \
+         url = sqs.create_queue(QueueName=sys.argv[2])['QueueUrl']; \
+         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']; \
+         sns.subscribe(TopicArn=topic, Protocol='sqs', Endpoint=arn, Attributes={'RawMessageDelivery': 'true'}); \
+         print(json.dumps([topic, url]))",
+        &[name],
+    );
+    (
+        made[0].as_str().unwrap().into(),
+        made[1].as_str().unwrap().into(),
+    )
+}
+
+/// Every message waiting on an SQS queue (bodies), removed.
+fn drain(queue_url: &str) -> Vec<String> {
+    let got = boto3(
+        "import boto3, json, sys; sqs = boto3.client('sqs', endpoint_url=sys.argv[1], region_name='us-east-1'); \
+         out = []\n\
+         while True:\n\
+         \x20   m = sqs.receive_message(QueueUrl=sys.argv[2], MaxNumberOfMessages=10, WaitTimeSeconds=1).get('Messages', [])\n\
+         \x20   if not m: break\n\
+         \x20   out += [x['Body'] for x in m]\n\
+         \x20   sqs.delete_message_batch(QueueUrl=sys.argv[2], Entries=[{'Id': str(i), 'ReceiptHandle': x['ReceiptHandle']} for i, x in enumerate(m)])\n\
+         print(json.dumps(out))",
+        &[queue_url],
+    );
+    got.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn train_registers_on_s3_and_tracks_in_mlflow() {
     let bucket_store = s3_store("").await;
@@ -420,8 +474,9 @@ async fn every_search_trial_is_a_child_run_in_mlflow() {
 }
 
 /// `mlops monitor` with the registry on moto S3: an hour of logs written as serving writes them
-/// (incomes raised) is read from S3, kept there as a sketch and merged on the next run, and the
-/// scores land in CloudWatch by model, version and feature.
+/// (incomes raised) and feedback for them are read from S3, kept there as a sketch and merged on
+/// the next run; the scores land in CloudWatch by model, version, variant and feature and on
+/// the version's MLflow monitoring run; the alerts reach an SNS topic once.
 #[tokio::test]
 async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
     use chrono::{DurationRound, TimeDelta, Utc};
@@ -435,10 +490,13 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
     let text = std::fs::read_to_string(shared_data("california_housing.csv")).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut labels = String::from("request_id,record,actual\n");
     let logged: String = lines
         .step_by(10)
         .enumerate()
         .map(|(i, line)| {
+            let value = line.split(',').nth(header.iter().position(|h| *h == "median_house_value").unwrap());
+            labels.push_str(&format!("r{i},1,{}\n", value.unwrap()));
             let mut input = serde_json::Map::new();
             for (name, value) in header.iter().zip(line.split(',')) {
                 let v = match (*name, value.parse::<f64>()) {
@@ -472,7 +530,23 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
         .send()
         .await
         .unwrap();
+    // The labels arrive as a bulk file dropped into the next hour's feedback partition.
+    let drop_key = format!(
+        "registry/feedback/model=california_housing/date={}/hour={}/labels.csv",
+        (hour + TimeDelta::hours(1)).format("%Y-%m-%d"),
+        (hour + TimeDelta::hours(1)).format("%H")
+    );
+    bucket
+        .client()
+        .put_object()
+        .bucket(bucket.bucket())
+        .key(&drop_key)
+        .body(labels.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
     let namespace = unique("mlops-monitor");
+    let (topic, queue) = topic_with_queue(&unique("mlops-alerts"));
     let (since, until) = (hour.to_rfc3339(), (hour + TimeDelta::hours(1)).to_rfc3339());
     let monitor = || {
         let out = ok(&mlops(
@@ -489,11 +563,30 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
                 "--json",
                 "--cloudwatch-namespace",
                 &namespace,
+                "--alert-topic-arn",
+                &topic,
+                "--track",
             ],
         ));
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
     let first = monitor();
+    // Every logged prediction has its label; a constant 2.0 is far worse than the test RMSE.
+    assert_eq!(first["labelled"], 2064, "{first}");
+    let live = &first["versions"][0]["quality"]["champion"]["metrics"]["rmse"];
+    assert!(live["low"].as_f64().unwrap() > 0.9, "{live}");
+    let rules: Vec<&str> = first["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["prediction_drift", "live_quality"], "{first}");
+    let published = drain(&queue);
+    assert_eq!(published.len(), 2, "{published:?}");
+    let alert: serde_json::Value = serde_json::from_str(&published[1]).unwrap();
+    assert_eq!(alert["rule"], "live_quality");
+    assert_eq!(alert["metrics"][0]["metric"], "rmse");
     assert_eq!(
         (&first["records"], &first["hours_sketched"]),
         (&serde_json::json!(2064), &serde_json::json!(1)),
@@ -513,6 +606,37 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
         "the hour's sketch is kept on S3"
     );
     assert_eq!(again["versions"], first["versions"]);
+    assert!(
+        drain(&queue).is_empty(),
+        "alerts are published once per window"
+    );
+    // Both runs logged to the version's one monitoring run in MLflow.
+    let mlflow = MlflowClient::new(&mlflow_uri());
+    let record = bucket
+        .client()
+        .get_object()
+        .bucket(bucket.bucket())
+        .key("registry/monitoring/california_housing/tracking/v1.json")
+        .send()
+        .await
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&record.body.collect().await.unwrap().into_bytes()).unwrap();
+    let run = mlflow
+        .get_run(record["run_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let metrics: Vec<&str> = run["run"]["data"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        metrics.contains(&"variant.champion.live_rmse")
+            && metrics.contains(&"feature.median_income.drift_score"),
+        "{metrics:?}"
+    );
 
     let metrics = cloudwatch_metrics(&namespace);
     let has = |name: &str, feature: Option<&str>| {
@@ -527,4 +651,11 @@ async fn monitor_reads_logs_on_s3_and_puts_scores_in_cloudwatch() {
     assert!(has("prediction_drift_score", None), "{metrics:?}");
     assert!(has("drift_score", Some("median_income")), "{metrics:?}");
     assert!(has("psi", Some("longitude")), "{metrics:?}");
+    assert!(
+        metrics
+            .iter()
+            .any(|(n, d)| n == "live_rmse"
+                && d.get("Variant").map(String::as_str) == Some("champion")),
+        "{metrics:?}"
+    );
 }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use lambda_runtime::{LambdaEvent, service_fn};
-use mlops_domain::alerts::{Alert, AlertSink, Delivery};
+use mlops_domain::alerts::{AlertSink, Delivery};
 use mlops_domain::drift::DriftRule;
 use mlops_domain::registry::Registry;
 use mlops_domain::tracking::Tracker;
-use mlops_monitor::{Limits, MonitorReport, Window};
+use mlops_monitor::{AllSinks, Limits, MonitorReport, Window};
 use serde::{Deserialize, Serialize};
 
 /// What an invocation may ask for.
@@ -61,38 +61,9 @@ struct Monitor {
     hours: u32,
     label_delay: Duration,
     champion: String,
-    sinks: Sinks,
+    sinks: AllSinks,
     cloudwatch: Option<mlops_aws::CloudWatchMetrics>,
     tracker: Option<Box<dyn Tracker>>,
-}
-
-/// Every configured alert destination.
-struct Sinks(Vec<Box<dyn AlertSink>>);
-
-#[async_trait::async_trait]
-impl AlertSink for Sinks {
-    async fn send(&self, alert: &Alert) -> Result<(), String> {
-        // Each destination is tried; the alert counts as delivered only when all took it.
-        let mut errors = Vec::new();
-        for sink in &self.0 {
-            if let Err(e) = sink.send(alert).await {
-                errors.push(format!("{}: {e}", sink.describe()));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.0
-            .iter()
-            .map(|s| s.describe())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -143,7 +114,7 @@ impl Monitor {
                 24 * 90,
             )?)),
             champion: env("MLOPS_CHAMPION_ALIAS").unwrap_or_else(|| "champion".into()),
-            sinks: Sinks(sinks),
+            sinks: AllSinks(sinks),
             cloudwatch: env("MLOPS_CLOUDWATCH_NAMESPACE")
                 .map(|ns| mlops_aws::CloudWatchMetrics::new(&aws, &ns)),
             tracker: env("MLOPS_TRACKING_URI")

@@ -731,6 +731,35 @@ async fn log_objects(
     Ok(keys)
 }
 
+/// Several alert destinations as one: an alert counts as delivered when every destination
+/// took it (a retry sends it again to all, and receivers drop duplicates by its id).
+pub struct AllSinks(pub Vec<Box<dyn AlertSink>>);
+
+#[async_trait::async_trait]
+impl AlertSink for AllSinks {
+    async fn send(&self, alert: &Alert) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for sink in &self.0 {
+            if let Err(e) = sink.send(alert).await {
+                errors.push(format!("{}: {e}", sink.describe()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// The key of a window's report.
 pub fn report_key(model: &str, from: DateTime<Utc>, until: DateTime<Utc>) -> String {
     format!(

@@ -12,7 +12,7 @@ use mlops_domain::alerts::{AlertSink, Delivery, QualityLimits};
 use mlops_domain::drift::DriftRule;
 use mlops_monitor::webhook::WebhookSink;
 use mlops_monitor::{
-    Limits, MonitorReport, Window, ab_lines, header, metric_data, monitor, quality_lines,
+    AllSinks, Limits, MonitorReport, Window, ab_lines, header, metric_data, monitor, quality_lines,
     report_key, table,
 };
 
@@ -57,6 +57,9 @@ pub struct MonitorArgs {
     /// MLOPS_ALERT_WEBHOOK_SECRET; an alert already delivered for the window is not sent again.
     #[arg(long, env = "MLOPS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
+    /// Publish each alert to this SNS topic (as well as to the webhook, if one is given).
+    #[arg(long, env = "MLOPS_ALERT_TOPIC_ARN")]
+    pub alert_topic_arn: Option<String>,
     /// Put the scores in this CloudWatch namespace: per version (dimensions Model, Version) and
     /// per feature (Model, Version, Feature).
     #[arg(long, env = "MLOPS_CLOUDWATCH_NAMESPACE")]
@@ -112,15 +115,19 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
         distance: args.distance,
         drift_share: args.drift_share,
     };
-    let sink = match &args.alert_webhook {
-        Some(url) => {
-            let secret = std::env::var("MLOPS_ALERT_WEBHOOK_SECRET").map_err(|_| {
-                anyhow::anyhow!("--alert-webhook needs MLOPS_ALERT_WEBHOOK_SECRET (the HMAC key)")
-            })?;
-            Some(WebhookSink::new(url, &secret)?)
-        }
-        None => None,
-    };
+    let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+    if let Some(url) = &args.alert_webhook {
+        let secret = std::env::var("MLOPS_ALERT_WEBHOOK_SECRET").map_err(|_| {
+            anyhow::anyhow!("--alert-webhook needs MLOPS_ALERT_WEBHOOK_SECRET (the HMAC key)")
+        })?;
+        sinks.push(Box::new(WebhookSink::new(url, &secret)?));
+    }
+    if let Some(topic) = &args.alert_topic_arn {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+        let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+        sinks.push(Box::new(mlops_aws::SnsAlerts::new(&config, topic)));
+    }
+    let sink = (!sinks.is_empty()).then(|| AllSinks(sinks));
     if !within(args.max_metric_degradation, 0.0, 1.0) {
         bail!(
             "--max-metric-degradation {} must be in (0, 1]",
