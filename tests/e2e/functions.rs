@@ -164,13 +164,14 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     std::fs::write(
         &env_file,
         format!(
-            "MLOPS_STORE={store}\nAWS_ENDPOINT_URL={}\nAWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_REGION=us-east-1\nMLOPS_REFRESH_SECONDS=1\nMLOPS_API_KEYS_SECRET={secret}\nMLOPS_API_KEYS_TTL_SECONDS=0\nMLOPS_BATCH_QUEUE={}\nMLOPS_BATCH_JOB_DEFINITION={}\n",
+            "MLOPS_STORE={store}\nAWS_ENDPOINT_URL={}\nAWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_REGION=us-east-1\nMLOPS_REFRESH_SECONDS=1\nMLOPS_API_KEYS_SECRET={secret}\nMLOPS_API_KEYS_TTL_SECONDS=0\nMLOPS_PREDICTION_LOG_FLUSH_SECONDS=0.2\nMLOPS_BATCH_QUEUE={}\nMLOPS_BATCH_JOB_DEFINITION={}\n",
             moto_endpoint(),
             batch["queue"].as_str().unwrap(),
             batch["definition"].as_str().unwrap()
         ),
     )
     .unwrap();
+    let test_started = chrono::Utc::now() - chrono::Duration::minutes(1);
     let watch = Watch::start(&env_file, dir.path());
     let ev = |name: &str, vars: &[(&str, &str)]| event(dir.path(), name, vars);
 
@@ -185,6 +186,13 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     );
     let p = body["predictions"][0]["prediction"].as_f64().unwrap();
     assert!((0.1..6.0).contains(&p), "{p}");
+
+    // Its label, through the same function; an invalid one names the field.
+    let (status, body) = http(&watch.invoke("predict", &ev("feedback.json", &[])));
+    assert_eq!((status, &body["accepted"]), (202, &json!(1)), "{body}");
+    let (status, body) = http(&watch.invoke("predict", &ev("feedback-invalid.json", &[])));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["fields"][0]["record"], 2, "{body}");
 
     let (status, body) = http(&watch.invoke("predict", &ev("predict-batch-explain.json", &[])));
     assert_eq!(status, 200, "{body}");
@@ -439,6 +447,28 @@ async fn functions_under_the_lambda_emulator_against_moto() {
         stderr.contains("was replaced after the job was started"),
         "{stderr}"
     );
+
+    // --- monitor function ------------------------------------------------------------------
+    // On demand over the test's window: the predictions the predict function logged, joined to
+    // the label it took, reported on S3.
+    let until = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let since = test_started.to_rfc3339();
+    let answer = watch.invoke(
+        "monitor",
+        &ev("monitor.json", &[("SINCE", &since), ("UNTIL", &until)]),
+    );
+    let outcome = &answer["models"][0];
+    assert_eq!(outcome["model"], "california_housing", "{answer}");
+    assert!(outcome["error"].is_null(), "{answer}");
+    assert!(outcome["records"].as_u64().unwrap() >= 3, "{answer}");
+    // The predict event is replayed, so several logged predictions carry the labelled id.
+    assert!(outcome["labelled"].as_u64().unwrap() >= 1, "{answer}");
+    let report = read_json(
+        &bucket,
+        &format!("registry/{}", outcome["report"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(report["labelled"], outcome["labelled"], "{report}");
 }
 
 /// The California Housing header and its first `n` rows.

@@ -269,3 +269,50 @@ fn the_batch_job_role_reads_the_allowed_inputs_and_nothing_else() {
         "s3://data-lake/exports/,s3://scores-in/"
     );
 }
+
+#[test]
+fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
+    let t = transformed();
+    // SAM's ScheduleV2 event: an EventBridge Scheduler schedule invoking the monitor function.
+    let schedule = t["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|r| r["Type"] == "AWS::Scheduler::Schedule")
+        .expect("a schedule");
+    assert_eq!(
+        schedule["Properties"]["ScheduleExpression"],
+        serde_json::json!({"Ref": "MonitorSchedule"})
+    );
+    assert!(
+        schedule["Properties"]["Target"]["Arn"]
+            .to_string()
+            .contains("MonitorFunction"),
+        "{schedule}"
+    );
+    let stack = stack_in_moto(&[]);
+    let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
+    let bucket = store["s3://".len()..].split('/').next().unwrap();
+    let registry = format!("arn:aws:s3:::{bucket}/registry");
+    assert_eq!(
+        granted(&stack, "MonitorFunctionRole", "s3:PutObject"),
+        [format!("{registry}/monitoring/*")]
+    );
+    let topic = stack["outputs"]["AlertTopicArn"].as_str().unwrap();
+    assert_eq!(
+        granted(&stack, "MonitorFunctionRole", "sns:Publish"),
+        [topic]
+    );
+    let env = &stack["environments"]["MonitorFunction"];
+    assert_eq!(env["MLOPS_ALERT_TOPIC_ARN"], topic, "{env}");
+    assert_eq!(env["MLOPS_STORE"], store);
+    // The predict function may add feedback beside the logs, and nothing else new.
+    assert_eq!(
+        granted(&stack, "PredictFunctionRole", "s3:PutObject"),
+        [
+            format!("{registry}/feedback/*"),
+            format!("{registry}/models/*/traffic.json"),
+            format!("{registry}/prediction-logs/*"),
+        ]
+    );
+}
