@@ -29,4 +29,5 @@ async fn batch_job_operations_converge_at_every_crash_point_on_s3() {
     explore_and_print("batch-job create with a key (S3)", &CreateWithKey).await;
     explore_and_print("batch-job create without a key (S3)", &CreateWithoutKey).await;
     explore_and_print("batch-job start (S3)", &Start).await;
+    explore_and_print("retrain (S3)", &Retrain).await;
 }

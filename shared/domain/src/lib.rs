@@ -23,6 +23,7 @@ pub mod predlog;
 pub mod profile;
 pub mod quality;
 pub mod registry;
+pub mod retraining;
 pub mod schema;
 pub mod split;
 pub mod store;

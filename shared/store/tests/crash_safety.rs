@@ -218,3 +218,8 @@ async fn a_key_claimed_by_an_older_build_finds_its_job() {
     assert_eq!(again.job.id, first.id);
     assert_eq!(w.queue.submissions().len(), 1);
 }
+
+#[tokio::test]
+async fn retraining_submits_one_job_per_window_at_every_crash_point() {
+    explore_and_print("retrain", &Retrain).await;
+}

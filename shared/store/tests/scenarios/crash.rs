@@ -534,3 +534,66 @@ impl CrashScenario for Start {
         jobs_invariants(w, 1).await
     }
 }
+
+// --- retraining ------------------------------------------------------------------------------
+
+/// A retraining request for the current day's window.
+pub fn retrain_request() -> mlops_domain::retraining::RetrainRequest {
+    mlops_domain::retraining::RetrainRequest {
+        model: MODEL.into(),
+        trigger: mlops_domain::retraining::Trigger::Drift,
+        window: chrono::Duration::days(1),
+        spec_uri: "s3://b/spec.toml".into(),
+        data_uri: "s3://b/data.csv".into(),
+        data_version: Some("v1".into()),
+        appended: None,
+        reasons: vec!["drift alert".into()],
+    }
+}
+
+/// Retraining on a drift alert: record claimed, job submitted, record updated.
+pub struct Retrain;
+
+#[async_trait::async_trait]
+impl CrashScenario for Retrain {
+    type World = Jobs;
+    async fn world(&self) -> Jobs {
+        jobs_world().await
+    }
+    async fn run(&self, w: &Jobs, plan: &FaultPlan) -> Result<(), String> {
+        let store = plan.store(Arc::clone(&w.disk.store));
+        let queue = plan.queue(Arc::clone(&w.queue) as Arc<dyn JobQueue>);
+        mlops_domain::retraining::request(
+            &store,
+            queue.as_ref(),
+            &retrain_request(),
+            chrono::Utc::now(),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+    async fn check(&self, w: &Jobs) -> Result<(), String> {
+        // Asked again: the one job of the window, nothing new submitted.
+        let queue = Arc::clone(&w.queue) as Arc<dyn JobQueue>;
+        let (record, submitted) = mlops_domain::retraining::request(
+            &w.disk.store,
+            queue.as_ref(),
+            &retrain_request(),
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let jobs = w.queue.submissions();
+        if submitted || jobs.len() != 1 {
+            return Err(format!("{} jobs submitted for one window", jobs.len()));
+        }
+        if record.queue_job_id.as_deref() != Some(jobs[0].0.as_str()) {
+            return Err(format!(
+                "the record names {:?}, the queue has {}",
+                record.queue_job_id, jobs[0].0
+            ));
+        }
+        Ok(())
+    }
+}
