@@ -54,6 +54,9 @@ enum Command {
     Feedback(commands::feedback::FeedbackArgs),
     /// A/B tests between served variants: `mlops ab report`.
     Ab(commands::monitor::AbArgs),
+    /// Submit the training job to AWS Batch, once per trigger window, optionally with the
+    /// labelled production rows added to its data.
+    Retrain(commands::retrain::RetrainArgs),
     /// Print a shell completion script (e.g. `mlops completions bash > /etc/bash_completion.d/mlops`).
     Completions {
         /// Shell.
@@ -108,6 +111,7 @@ async fn main() -> ExitCode {
         Command::Monitor(a) => commands::monitor::run(a, &cli.settings).await,
         Command::Feedback(a) => commands::feedback::run(a, &cli.settings).await,
         Command::Ab(a) => commands::monitor::run_ab(a, &cli.settings).await,
+        Command::Retrain(a) => commands::retrain::run(a, &cli.settings).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "mlops", &mut std::io::stdout());

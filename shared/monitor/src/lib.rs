@@ -9,6 +9,7 @@
 //! is written to the store under `monitoring/MODEL/reports/`; alerts go to a sink once per
 //! window and rule ([`mlops_domain::alerts`]).
 
+pub mod retrain;
 pub mod tracking;
 pub mod webhook;
 

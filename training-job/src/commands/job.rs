@@ -141,7 +141,7 @@ impl JobSpec {
     }
 }
 
-async fn read(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
+pub(crate) async fn read(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         let (bucket, key) = rest
             .split_once('/')

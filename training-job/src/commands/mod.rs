@@ -9,5 +9,6 @@ pub mod monitor;
 pub mod predict;
 pub mod quickstart;
 pub mod registry;
+pub mod retrain;
 pub mod serve;
 pub mod train;

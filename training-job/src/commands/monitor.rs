@@ -87,6 +87,19 @@ pub struct MonitorArgs {
     /// --tracking-uri, else the local run log), at the window's end.
     #[arg(long)]
     pub track: bool,
+    /// Retrain on drift or quality alerts: submit this training-job spec (TOML file or
+    /// s3://bucket/key) to the training queue, at most once per trigger and --retrain-window-hours.
+    #[arg(long, requires_all = ["training_queue", "training_job_definition"])]
+    pub retrain_spec: Option<String>,
+    /// Length of a retraining trigger window, in hours.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=24 * 366))]
+    pub retrain_window_hours: u32,
+    /// AWS Batch job queue of the training job.
+    #[arg(long, env = "MLOPS_TRAINING_QUEUE")]
+    pub training_queue: Option<String>,
+    /// AWS Batch job definition of the training job.
+    #[arg(long, env = "MLOPS_TRAINING_JOB_DEFINITION")]
+    pub training_job_definition: Option<String>,
 }
 
 /// Runs the command.
@@ -168,6 +181,9 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
             runs.len(),
             tracker.describe()
         );
+    }
+    if let Some(spec) = &args.retrain_spec {
+        retrain_on_alerts(&args, spec, settings, &registry, &report).await?;
     }
     let key = report_key(&args.model, from, until);
     if args.json {
@@ -324,4 +340,50 @@ async fn put_metrics(namespace: &str, report: &MonitorReport) -> Result<usize> {
             .map_err(anyhow::Error::msg)?;
     }
     Ok(sent)
+}
+
+/// Submits retraining for the report's alerts, if any.
+async fn retrain_on_alerts(
+    args: &MonitorArgs,
+    spec: &str,
+    settings: &Settings,
+    registry: &mlops_domain::registry::Registry,
+    report: &MonitorReport,
+) -> Result<()> {
+    let text = String::from_utf8(crate::commands::job::read(spec, settings).await?)?;
+    let data_uri = mlops_monitor::retrain::spec_data(&text)
+        .ok_or_else(|| anyhow::anyhow!("job spec {spec}: retraining needs 'data'"))?;
+    let data_version = crate::commands::retrain::data_version(&data_uri, settings).await?;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .or(settings.s3_endpoint.clone());
+    let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+    let queue = mlops_aws::BatchQueue::new(
+        &config,
+        args.training_queue.as_deref().unwrap_or_default(),
+        args.training_job_definition.as_deref().unwrap_or_default(),
+    );
+    let to = mlops_monitor::retrain::RetrainOnAlerts {
+        spec_uri: spec.to_owned(),
+        data_uri,
+        data_version,
+        window: Duration::hours(i64::from(args.retrain_window_hours)),
+        queue: &queue,
+    };
+    let requested =
+        mlops_monitor::retrain::retrain_on_alerts(registry.store(), report, &to, Utc::now())
+            .await?;
+    if let Some((record, submitted)) = requested {
+        eprintln!(
+            "retraining ({}): {} queue job {}",
+            record.trigger.name(),
+            if submitted {
+                "submitted"
+            } else {
+                "already submitted as"
+            },
+            record.queue_job_id.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
