@@ -358,6 +358,55 @@ async fn drift_alerts_retraining_and_the_gate_close_the_loop() {
         .unwrap()
         .to_owned();
     assert!(gate.contains("→ promoted"), "{gate}");
+    // A manual retraining with the labelled production rows added to the data set.
+    let record = mlops_cli(
+        &home,
+        &store,
+        &endpoint,
+        &[
+            "retrain",
+            "--model",
+            "california_housing",
+            "--spec",
+            &spec_uri,
+            "--trigger",
+            "manual",
+            "--append-feedback-days",
+            "1",
+            "--queue",
+            queue,
+            "--job-definition",
+            definition,
+            "--json",
+        ],
+    );
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["appended"]["rows"], 2 * rows.len(), "{record}");
+    assert!(record["queue_job_id"].is_string(), "{record}");
+    let data_uri = record["data_uri"].as_str().unwrap();
+    assert!(
+        data_uri.contains("/registry/retraining/california_housing/data/"),
+        "{data_uri}"
+    );
+    let data_key = data_uri
+        .split_once(&format!("{}/", bucket.bucket()))
+        .unwrap()
+        .1;
+    let combined = bucket
+        .client()
+        .get_object()
+        .bucket(bucket.bucket())
+        .key(data_key)
+        .send()
+        .await
+        .unwrap();
+    let combined = combined.body.collect().await.unwrap().into_bytes();
+    let lines = combined.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(
+        lines,
+        20_641 + 2 * rows.len(),
+        "header, the data set, the appended rows"
+    );
     println!(
         "operating loop: drifted {:?}; alerts {rules:?}; webhook refused 2 then took {} once each; retraining job {job_id}; {gate}",
         drifted(&after),
