@@ -296,7 +296,10 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
     let registry = format!("arn:aws:s3:::{bucket}/registry");
     assert_eq!(
         granted(&stack, "MonitorFunctionRole", "s3:PutObject"),
-        [format!("{registry}/monitoring/*")]
+        [
+            format!("{registry}/models/*/ab.json"),
+            format!("{registry}/monitoring/*")
+        ]
     );
     let topic = stack["outputs"]["AlertTopicArn"].as_str().unwrap();
     assert_eq!(

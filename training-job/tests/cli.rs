@@ -1471,7 +1471,7 @@ fn feedback_gives_live_quality_and_an_ab_verdict() {
     ));
     let server = Server::start_with(
         h,
-        &["--no-auth"],
+        &["--no-auth", "--refresh-seconds", "0.5"],
         &[("MLOPS_PREDICTION_LOG_FLUSH_SECONDS", "0.2")],
     );
     let start = chrono::Utc::now() - chrono::Duration::seconds(1);
@@ -1594,5 +1594,13 @@ fn feedback_gives_live_quality_and_an_ab_verdict() {
         "{table}"
     );
     assert!(table.contains("quality of challenger"), "{table}");
+    // Model information shows the verdict the monitor left beside the registry records.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (status, info) = server.get(&format!("/v1/models/{model}"), None);
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let verdict = &info["ab_test"]["verdicts"][0];
+    assert_eq!(verdict["challenger"], "challenger", "{info}");
+    assert_eq!(verdict["verdict"]["decision"], "promote", "{info}");
     drop(server);
 }

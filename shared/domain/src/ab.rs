@@ -12,6 +12,40 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A challenger variant against the champion over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbVerdict {
+    /// The champion variant.
+    pub champion: String,
+    /// The challenger variant.
+    pub challenger: String,
+    /// The per-row loss compared (`squared_error`, `log_loss`).
+    pub loss: String,
+    /// Labelled rows of the champion and the challenger.
+    pub rows: (u64, u64),
+    /// Mean loss of the champion and the challenger.
+    pub mean_loss: (f64, f64),
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// The latest A/B verdicts of a model, as the monitor last computed them; written beside the
+/// model's registry records ([`status_key`]) so serving shows them in model information.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbStatus {
+    /// Window start (the test's start).
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// Window end.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Per challenger.
+    pub verdicts: Vec<AbVerdict>,
+}
+
+/// Where a model's [`AbStatus`] is kept.
+pub fn status_key(model: &str) -> String {
+    format!("models/{model}/ab.json")
+}
+
 /// One variant's labelled rows: count, mean and variance of its per-row loss.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Arm {

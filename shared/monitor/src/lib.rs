@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
-use mlops_domain::ab::{Arm, SequentialTest, Verdict};
+pub use mlops_domain::ab::AbVerdict;
+use mlops_domain::ab::{AbStatus, Arm, SequentialTest};
 use mlops_domain::alerts::{
     Alert, AlertSink, Delivery, QualityLimits, alerts, deliver, quality_alerts,
 };
@@ -88,23 +89,6 @@ pub struct VersionDrift {
     /// Live quality per variant that served it: realized from feedback, and estimated.
     #[serde(default)]
     pub quality: BTreeMap<String, LiveQuality>,
-}
-
-/// A challenger variant against the champion over the window.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AbVerdict {
-    /// The champion variant.
-    pub champion: String,
-    /// The challenger variant.
-    pub challenger: String,
-    /// The per-row loss compared (squared error, log loss).
-    pub loss: String,
-    /// Labelled rows of the champion and the challenger.
-    pub rows: (u64, u64),
-    /// Mean loss of the champion and the challenger.
-    pub mean_loss: (f64, f64),
-    /// The verdict.
-    pub verdict: Verdict,
 }
 
 /// The fields of a logged prediction the monitor reads.
@@ -771,7 +755,8 @@ pub fn report_key(model: &str, from: DateTime<Utc>, until: DateTime<Utc>) -> Str
 }
 
 /// A whole run: the window's report with its alerts, delivered through `sink` (once per window
-/// and rule), written to the store at [`report_key`].
+/// and rule), its A/B verdicts written where serving reads them
+/// ([`mlops_domain::ab::status_key`]), the report written at [`report_key`].
 pub async fn run(
     registry: &Registry,
     model: &str,
@@ -784,6 +769,23 @@ pub async fn run(
     report.alerts = alerts_of(&report, limits);
     if let Some(sink) = sink {
         report.deliveries = deliver(registry.store().as_ref(), sink, &report.alerts).await?;
+    }
+    if !report.ab.is_empty() {
+        let status = AbStatus {
+            from: report.from,
+            until: report.until,
+            verdicts: report.ab.clone(),
+        };
+        let key = mlops_domain::ab::status_key(model);
+        registry
+            .store()
+            .put(
+                &key,
+                serde_json::to_vec_pretty(&status)?,
+                PutCondition::None,
+            )
+            .await
+            .with_context(|| format!("cannot write {}", registry.store().uri(&key)))?;
     }
     let key = report_key(model, report.from, report.until);
     registry

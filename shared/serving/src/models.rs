@@ -53,6 +53,8 @@ pub struct RegistryView {
     pub versions: Vec<VersionRecord>,
     /// The card of the primary variant's version.
     pub card: Option<ModelCard>,
+    /// The monitor's latest A/B verdicts.
+    pub ab: Option<mlops_domain::ab::AbStatus>,
 }
 
 impl ModelRoutes {
@@ -366,14 +368,26 @@ impl ModelSet {
             .first()
             .and_then(|v| by_alias.get(&v.alias))
             .map(|m| m.version);
-        let card = match primary {
-            Some(v) => self.registry.card(name, v).await.ok(),
-            None => None,
+        let card = async {
+            match primary {
+                Some(v) => self.registry.card(name, v).await.ok(),
+                None => None,
+            }
         };
+        // Missing or unreadable verdicts are no verdicts: they never hold serving back.
+        let ab = async {
+            let key = mlops_domain::ab::status_key(name);
+            match self.registry.store().get(&key).await {
+                Ok(Some(object)) => serde_json::from_slice(&object.bytes).ok(),
+                _ => None,
+            }
+        };
+        let (card, ab) = tokio::join!(card, ab);
         Ok(RegistryView {
             aliases,
             versions,
             card,
+            ab,
         })
     }
 

@@ -474,6 +474,11 @@ pub struct ModelInfo {
     /// The input schema: what each record must contain.
     #[schema(value_type = Object)]
     pub input_schema: mlops_domain::schema::Schema,
+    /// The monitor's latest A/B verdicts (per challenger: rows, mean loss, decision, rows still
+    /// needed), when variants are under test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub ab_test: Option<mlops_domain::ab::AbStatus>,
     /// Model features after the pipeline (the names used in explanations).
     pub features: Vec<String>,
 }
@@ -540,6 +545,7 @@ pub async fn model_info(
         card: view.card.clone(),
         input_schema: first.manifest.schema.clone(),
         features: first.manifest.feature_names.clone(),
+        ab_test: view.ab.clone(),
     };
     let mut response = Json(info).into_response();
     response.extensions_mut().insert(Served {
