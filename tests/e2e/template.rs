@@ -298,7 +298,9 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
         granted(&stack, "MonitorFunctionRole", "s3:PutObject"),
         [
             format!("{registry}/models/*/ab.json"),
-            format!("{registry}/monitoring/*")
+            format!("{registry}/models/*/aliases.json"),
+            format!("{registry}/monitoring/*"),
+            format!("{registry}/retraining/*"),
         ]
     );
     let topic = stack["outputs"]["AlertTopicArn"].as_str().unwrap();
@@ -317,5 +319,31 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
             format!("{registry}/models/*/traffic.json"),
             format!("{registry}/prediction-logs/*"),
         ]
+    );
+    assert!(env.get("MLOPS_RETRAIN_SPEC").is_none(), "{env}");
+    // With a training-job spec: retraining on alerts and on its own schedule.
+    let stack = stack_in_moto(&[
+        "RetrainSpecKey=retraining/housing.toml",
+        "TrainingJobQueue=training",
+        "TrainingJobDefinition=train:3",
+    ]);
+    let env = &stack["environments"]["MonitorFunction"];
+    let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
+    assert_eq!(
+        env["MLOPS_RETRAIN_SPEC"],
+        format!("{store}/retraining/housing.toml"),
+        "{env}"
+    );
+    assert_eq!(env["MLOPS_TRAINING_QUEUE"], "training");
+    let submit = granted(&stack, "MonitorFunctionRole", "batch:SubmitJob");
+    assert!(
+        submit.iter().any(|r| r.ends_with(":job-queue/training")),
+        "{submit:?}"
+    );
+    let retrain = &t["Resources"]["RetrainScheduleEvent"];
+    assert_eq!(retrain["Condition"], "HasRetraining");
+    assert_eq!(
+        retrain["Properties"]["Target"]["Input"],
+        "{\"retrain\": \"schedule\"}"
     );
 }

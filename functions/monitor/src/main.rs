@@ -10,7 +10,12 @@
 //! - `MLOPS_ALERT_TOPIC_ARN`: alerts to this SNS topic; `MLOPS_ALERT_WEBHOOK` and
 //!   `MLOPS_ALERT_WEBHOOK_SECRET`: and to a signed webhook;
 //! - `MLOPS_CLOUDWATCH_NAMESPACE`: scores as CloudWatch metrics;
-//! - `MLOPS_TRACKING_URI`: scores on each version's MLflow monitoring run.
+//! - `MLOPS_TRACKING_URI`: scores on each version's MLflow monitoring run;
+//! - `MLOPS_RETRAIN_SPEC` (a training-job spec, s3://bucket/key), `MLOPS_TRAINING_QUEUE`,
+//!   `MLOPS_TRAINING_JOB_DEFINITION`, `MLOPS_RETRAIN_WINDOW_HOURS` (24): retrain on drift or
+//!   degraded quality, and on `{"retrain": "schedule"}` events, once per window;
+//! - `MLOPS_AUTO_ROLLBACK=true`, `MLOPS_ROLLBACK_WINDOW_HOURS` (24): roll a champion back when it
+//!   is significantly worse live than its predecessor.
 //!
 //! The answer lists, per model, the records read, labels joined, drifted versions, alerts and
 //! where the report went. A model that fails is reported and the others still run; the
@@ -24,7 +29,9 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use mlops_domain::alerts::{AlertSink, Delivery};
 use mlops_domain::drift::DriftRule;
 use mlops_domain::registry::Registry;
+use mlops_domain::retraining::{RetrainRecord, RetrainRequest, Trigger};
 use mlops_domain::tracking::Tracker;
+use mlops_monitor::rollback::{RollbackCheck, RollbackOutcome, check_rollback, rollback_alert};
 use mlops_monitor::{AllSinks, Limits, MonitorReport, Window};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +43,8 @@ struct Request {
     hours: Option<u32>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// Retrain (`schedule` or `manual`) instead of monitoring.
+    retrain: Option<Trigger>,
 }
 
 /// One model's outcome.
@@ -51,7 +60,18 @@ struct ModelOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retraining: Option<RetrainRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback: Option<RollbackOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// Where retraining goes.
+struct Retraining {
+    spec_uri: String,
+    queue: mlops_aws::BatchQueue,
+    window: Duration,
 }
 
 /// Built once, at init.
@@ -64,6 +84,8 @@ struct Monitor {
     sinks: AllSinks,
     cloudwatch: Option<mlops_aws::CloudWatchMetrics>,
     tracker: Option<Box<dyn Tracker>>,
+    retraining: Option<Retraining>,
+    rollback: Option<RollbackCheck>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -104,7 +126,40 @@ impl Monitor {
                 .map(str::to_owned)
                 .collect()
         });
+        let retraining = match env("MLOPS_RETRAIN_SPEC") {
+            None => None,
+            Some(spec_uri) => {
+                let queue = env("MLOPS_TRAINING_QUEUE")
+                    .context("MLOPS_RETRAIN_SPEC needs MLOPS_TRAINING_QUEUE")?;
+                let definition = env("MLOPS_TRAINING_JOB_DEFINITION")
+                    .context("MLOPS_RETRAIN_SPEC needs MLOPS_TRAINING_JOB_DEFINITION")?;
+                Some(Retraining {
+                    spec_uri,
+                    queue: mlops_aws::BatchQueue::new(&aws, &queue, &definition),
+                    window: Duration::hours(i64::from(
+                        env_u32("MLOPS_RETRAIN_WINDOW_HOURS", 24, 24 * 366)?.max(1),
+                    )),
+                })
+            }
+        };
+        let label_delay =
+            Duration::hours(i64::from(env_u32("MLOPS_LABEL_DELAY_HOURS", 24, 24 * 90)?));
+        let champion = env("MLOPS_CHAMPION_ALIAS").unwrap_or_else(|| "champion".into());
+        let rollback = match env("MLOPS_AUTO_ROLLBACK").as_deref() {
+            None | Some("false") => None,
+            Some("true") => Some(RollbackCheck {
+                alias: champion.clone(),
+                window: Duration::hours(i64::from(
+                    env_u32("MLOPS_ROLLBACK_WINDOW_HOURS", 24, 24 * 90)?.max(1),
+                )),
+                label_delay,
+                test: Default::default(),
+            }),
+            Some(other) => anyhow::bail!("MLOPS_AUTO_ROLLBACK='{other}': expected true or false"),
+        };
         Ok(Self {
+            retraining,
+            rollback,
             registry,
             models,
             hours: env_u32("MLOPS_MONITOR_HOURS", 1, 24 * 31)?.max(1),
@@ -140,18 +195,20 @@ impl Monitor {
         };
         let mut outcomes = Vec::new();
         for model in models {
-            let outcome = match self.monitor(&model, from, until).await {
-                Ok(report) => outcome_of(&model, &report),
+            let result = match request.retrain {
+                Some(trigger) => self.retrain(&model, trigger).await.map(|r| ModelOutcome {
+                    retraining: r,
+                    ..outcome_of(&model, None)
+                }),
+                None => self.monitor(&model, from, until).await,
+            };
+            let outcome = match result {
+                Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::error!(model, error = %format!("{e:#}"), "monitor failed");
                     ModelOutcome {
-                        model: model.clone(),
-                        records: None,
-                        labelled: None,
-                        drifted_versions: Vec::new(),
-                        alerts: Vec::new(),
-                        report: None,
                         error: Some(format!("{e:#}")),
+                        ..outcome_of(&model, None)
                     }
                 }
             };
@@ -165,7 +222,7 @@ impl Monitor {
         model: &str,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> Result<MonitorReport> {
+    ) -> Result<ModelOutcome> {
         let window = Window {
             from,
             until,
@@ -214,23 +271,98 @@ impl Monitor {
             "alerts not delivered: {}",
             failed.join("; ")
         );
-        Ok(report)
+        let mut outcome = outcome_of(model, Some(&report));
+        if let Some(r) = &self.retraining {
+            let (data_uri, data_version) = self.spec_data(r).await?;
+            let to = mlops_monitor::retrain::RetrainOnAlerts {
+                spec_uri: r.spec_uri.clone(),
+                data_uri,
+                data_version,
+                window: r.window,
+                queue: &r.queue,
+            };
+            let requested = mlops_monitor::retrain::retrain_on_alerts(
+                self.registry.store(),
+                &report,
+                &to,
+                Utc::now(),
+            )
+            .await?;
+            outcome.retraining = requested.map(|(record, _)| record);
+        }
+        if let Some(check) = &self.rollback {
+            let now = Utc::now();
+            let rollback = check_rollback(&self.registry, model, check, now).await?;
+            if let (Some(alert), Some(sink)) = (rollback_alert(model, &rollback, now), sink) {
+                mlops_domain::alerts::deliver(self.registry.store().as_ref(), sink, &[alert])
+                    .await?;
+            }
+            outcome.rollback = Some(rollback);
+        }
+        Ok(outcome)
+    }
+
+    /// The data set the training-job spec names, and its version.
+    async fn spec_data(&self, r: &Retraining) -> Result<(String, Option<String>)> {
+        let endpoint = env("AWS_ENDPOINT_URL");
+        let spec = mlops_store::read_uri(&r.spec_uri, endpoint.clone())
+            .await
+            .with_context(|| format!("MLOPS_RETRAIN_SPEC={}", r.spec_uri))?;
+        let spec = String::from_utf8(spec).context("the training-job spec is not UTF-8")?;
+        let data_uri = mlops_monitor::retrain::spec_data(&spec).with_context(|| {
+            format!("training-job spec {}: retraining needs 'data'", r.spec_uri)
+        })?;
+        let data_version = mlops_store::uri_version(&data_uri, endpoint).await.ok();
+        Ok((data_uri, data_version))
+    }
+
+    /// Submits retraining for `trigger` (once per window), when retraining is configured.
+    async fn retrain(&self, model: &str, trigger: Trigger) -> Result<Option<RetrainRecord>> {
+        let Some(r) = &self.retraining else {
+            anyhow::bail!("retraining is not configured (MLOPS_RETRAIN_SPEC)");
+        };
+        let (data_uri, data_version) = self.spec_data(r).await?;
+        let request = RetrainRequest {
+            model: model.into(),
+            trigger,
+            window: r.window,
+            spec_uri: r.spec_uri.clone(),
+            data_uri,
+            data_version,
+            appended: None,
+            reasons: vec![format!("{} retraining", trigger.name())],
+        };
+        let (record, submitted) = mlops_domain::retraining::request(
+            self.registry.store(),
+            &r.queue,
+            &request,
+            Utc::now(),
+        )
+        .await?;
+        tracing::info!(model, trigger = trigger.name(), submitted, job = ?record.queue_job_id, "retraining requested");
+        Ok(Some(record))
     }
 }
 
-fn outcome_of(model: &str, report: &MonitorReport) -> ModelOutcome {
+fn outcome_of(model: &str, report: Option<&MonitorReport>) -> ModelOutcome {
     ModelOutcome {
         model: model.into(),
-        records: Some(report.records),
-        labelled: Some(report.labelled),
+        records: report.map(|r| r.records),
+        labelled: report.map(|r| r.labelled),
         drifted_versions: report
-            .versions
-            .iter()
+            .into_iter()
+            .flat_map(|r| &r.versions)
             .filter(|v| v.drift.drifted)
             .map(|v| v.version)
             .collect(),
-        alerts: report.alerts.iter().map(|a| a.summary.clone()).collect(),
-        report: Some(mlops_monitor::report_key(model, report.from, report.until)),
+        alerts: report
+            .into_iter()
+            .flat_map(|r| &r.alerts)
+            .map(|a| a.summary.clone())
+            .collect(),
+        report: report.map(|r| mlops_monitor::report_key(model, r.from, r.until)),
+        retraining: None,
+        rollback: None,
         error: None,
     }
 }

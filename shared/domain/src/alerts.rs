@@ -31,6 +31,8 @@ pub enum AlertRule {
     /// The metric estimated without labels (CBPE) is worse than the test metric beyond the
     /// limit.
     EstimatedQuality,
+    /// A new champion was significantly worse live than its predecessor and was rolled back.
+    Rollback,
 }
 
 /// One metric compared with the version's test metric.
@@ -95,7 +97,8 @@ pub struct Alert {
     pub metrics: Vec<MetricCheck>,
 }
 
-fn alert_id(
+/// The id of an alert: the same for the same model, version, rule and window.
+pub fn alert_id(
     model: &str,
     version: u64,
     rule: AlertRule,

@@ -10,6 +10,7 @@
 //! window and rule ([`mlops_domain::alerts`]).
 
 pub mod retrain;
+pub mod rollback;
 pub mod tracking;
 pub mod webhook;
 
@@ -68,9 +69,20 @@ pub struct MonitorReport {
     /// Alerts the window raised.
     #[serde(default)]
     pub alerts: Vec<Alert>,
+    /// The quality sketches behind `versions[].quality`, by version and variant (not
+    /// serialized).
+    #[serde(skip)]
+    pub quality_sketches: BTreeMap<u64, BTreeMap<String, QualitySketch>>,
     /// What became of them, with a webhook.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<Delivery>,
+}
+
+impl MonitorReport {
+    /// The quality sketch of a version served as a variant.
+    pub fn quality_sketch(&self, version: u64, variant: &str) -> Option<&QualitySketch> {
+        self.quality_sketches.get(&version)?.get(variant)
+    }
 }
 
 /// One version's drift and quality in the window.
@@ -273,6 +285,7 @@ pub async fn monitor(
             .map(|(_, q)| q.labelled())
             .sum(),
         ab: ab_verdicts(&window, &ab_test, &champion),
+        quality_sketches: window.quality.clone(),
         versions,
         alerts: Vec::new(),
         deliveries: Vec::new(),

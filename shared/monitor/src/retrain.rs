@@ -107,7 +107,7 @@ pub async fn retrain_on_alerts(
         let this = match alert.rule {
             AlertRule::LiveQuality | AlertRule::EstimatedQuality => Trigger::Degraded,
             AlertRule::Drift | AlertRule::PredictionDrift => Trigger::Drift,
-            AlertRule::DataQuality => continue,
+            AlertRule::DataQuality | AlertRule::Rollback => continue,
         };
         if trigger != Some(Trigger::Degraded) {
             trigger = Some(this);

@@ -142,22 +142,9 @@ impl JobSpec {
 }
 
 pub(crate) async fn read(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
-    if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, key) = rest
-            .split_once('/')
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .with_context(|| format!("'{uri}' is not s3://bucket/key"))?;
-        let store =
-            mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
-                .await?;
-        Ok(store
-            .get(key)
-            .await?
-            .with_context(|| format!("{uri} does not exist"))?
-            .bytes)
-    } else {
-        std::fs::read(uri).with_context(|| format!("cannot read {uri}"))
-    }
+    mlops_store::read_uri(uri, settings.s3_endpoint.clone())
+        .await
+        .with_context(|| format!("cannot read {uri}"))
 }
 
 /// Runs the training job.

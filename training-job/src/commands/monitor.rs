@@ -100,6 +100,13 @@ pub struct MonitorArgs {
     /// AWS Batch job definition of the training job.
     #[arg(long, env = "MLOPS_TRAINING_JOB_DEFINITION")]
     pub training_job_definition: Option<String>,
+    /// Roll the champion back to its predecessor when its live per-row loss since its promotion
+    /// is significantly worse than the predecessor's before it (sequential test; alerted).
+    #[arg(long)]
+    pub auto_rollback: bool,
+    /// Longest stretch compared on each side of the promotion, in hours.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=24 * 90))]
+    pub rollback_window_hours: u32,
 }
 
 /// Runs the command.
@@ -184,6 +191,24 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
     }
     if let Some(spec) = &args.retrain_spec {
         retrain_on_alerts(&args, spec, settings, &registry, &report).await?;
+    }
+    if args.auto_rollback {
+        let check = mlops_monitor::rollback::RollbackCheck {
+            alias: args.champion.clone(),
+            window: Duration::hours(i64::from(args.rollback_window_hours)),
+            label_delay: Duration::hours(i64::from(args.label_delay_hours)),
+            test: SequentialTest::default(),
+        };
+        let now = Utc::now();
+        let outcome =
+            mlops_monitor::rollback::check_rollback(&registry, &args.model, &check, now).await?;
+        eprintln!("rollback check: {}", serde_json::to_string(&outcome)?);
+        if let (Some(alert), Some(sink)) = (
+            mlops_monitor::rollback::rollback_alert(&args.model, &outcome, now),
+            sink,
+        ) {
+            mlops_domain::alerts::deliver(registry.store().as_ref(), sink, &[alert]).await?;
+        }
     }
     let key = report_key(&args.model, from, until);
     if args.json {

@@ -187,26 +187,12 @@ pub async fn run(args: RetrainArgs, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The version of a data set: its S3 version id (or ETag without versioning), or the SHA-256
-/// of a local file.
+/// The version of a data set: its S3 version id (or ETag without versioning), or a local
+/// file's content tag.
 pub async fn data_version(uri: &str, settings: &Settings) -> Result<Option<String>> {
-    if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, key) = rest
-            .split_once('/')
-            .with_context(|| format!("'{uri}' is not s3://bucket/key"))?;
-        let store =
-            mlops_store::open_store(&format!("s3://{bucket}"), settings.s3_endpoint.clone())
-                .await?;
-        let version = store
-            .head_version(key)
-            .await?
-            .with_context(|| format!("{uri} does not exist"))?;
-        Ok(Some(match version.version_id {
-            Some(id) => format!("s3-version:{id}"),
-            None => format!("etag:{}", version.etag),
-        }))
-    } else {
-        let bytes = std::fs::read(uri).with_context(|| format!("cannot read {uri}"))?;
-        Ok(Some(format!("sha256:{}", sha256_hex(&bytes))))
-    }
+    Ok(Some(
+        mlops_store::uri_version(uri, settings.s3_endpoint.clone())
+            .await
+            .with_context(|| format!("cannot read the version of {uri}"))?,
+    ))
 }
