@@ -1395,13 +1395,38 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
         "{again}"
     );
     assert_eq!(receiver.accepted().len(), 3);
-    let reports = std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
-        .unwrap()
-        .count();
+    let reports: Vec<std::path::PathBuf> =
+        std::fs::read_dir(h.join("store/monitoring/california_housing/reports"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    let of = |ext: &str| -> Vec<&std::path::PathBuf> {
+        reports
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    };
     assert_eq!(
-        reports, 2,
-        "one report per window, rewritten when run again"
+        (of("json").len(), of("html").len()),
+        (2, 2),
+        "one report per window (JSON and a page), rewritten when run again"
     );
+    // The page charts every feature, the drifted ones marked.
+    let pages: Vec<String> = of("html")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let page = pages
+        .iter()
+        .find(|p| p.contains("(drifted)"))
+        .expect("the shifted window's page");
+    assert_eq!(
+        page.matches("<svg").count(),
+        10,
+        "9 features and the predictions"
+    );
+    assert!(page.contains("median_income <b>(drifted)</b>"));
+    assert!(!page.contains("<script"));
     drop(server);
 }
 

@@ -170,6 +170,19 @@ impl Reference {
         &self.digest
     }
 
+    /// The reference's and the window's distributions of every feature (and of the
+    /// predictions) as shares over the same bars, for plots: the reference's deciles (with the
+    /// window's values below and above its range) or its categories (with the window's unseen
+    /// ones).
+    pub fn histograms(&self, sketch: &WindowSketch) -> Vec<Histogram> {
+        self.features
+            .iter()
+            .zip(&sketch.features)
+            .chain(self.prediction.iter().zip(&sketch.prediction))
+            .map(|(reference, current)| histogram(reference, current))
+            .collect()
+    }
+
     /// An empty sketch in this reference's bins.
     pub fn sketch(&self) -> WindowSketch {
         WindowSketch {
@@ -503,6 +516,102 @@ impl PsiBand {
         } else {
             Self::Stable
         }
+    }
+}
+
+/// One feature's reference and window distributions over the same bars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Column (`prediction` for the model's outputs).
+    pub feature: String,
+    /// Bar labels (value ranges or categories).
+    pub labels: Vec<String>,
+    /// The reference's share of its present values per bar.
+    pub reference: Vec<f64>,
+    /// The window's share of its present values per bar.
+    pub current: Vec<f64>,
+}
+
+fn shares(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if total == 0 {
+                0.0
+            } else {
+                c as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+fn short(x: f64) -> String {
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+fn histogram(reference: &FeatureReference, current: &FeatureSketch) -> Histogram {
+    let (mut labels, mut ref_counts, mut cur_counts) = (Vec::new(), Vec::new(), Vec::new());
+    match (&reference.shape, current) {
+        (
+            Shape::Continuous { edges, counts, .. },
+            FeatureSketch::Continuous { counts: cur, .. },
+        ) => {
+            let n_ref: u64 = counts.iter().sum();
+            labels.push(format!("< {}", short(edges[0])));
+            ref_counts.push(0);
+            cur_counts.push(cur[0]);
+            let (mut seen, mut open, mut start) = (0u64, (0u64, 0u64), 0usize);
+            for (k, &c) in counts.iter().enumerate() {
+                open.0 += c;
+                open.1 += cur[k + 1];
+                seen += c;
+                let boundary = (labels.len() as u64) * n_ref / PSI_GROUPS as u64;
+                if seen >= boundary || k + 1 == counts.len() {
+                    labels.push(format!("{}–{}", short(edges[start]), short(edges[k + 1])));
+                    ref_counts.push(open.0);
+                    cur_counts.push(open.1);
+                    open = (0, 0);
+                    start = k + 1;
+                }
+            }
+            labels.push(format!("> {}", short(edges[edges.len() - 1])));
+            ref_counts.push(0);
+            cur_counts.push(cur[cur.len() - 1]);
+        }
+        (
+            Shape::Discrete { counts, .. },
+            FeatureSketch::Discrete {
+                counts: cur,
+                unseen,
+                ..
+            },
+        ) => {
+            for (value, &c) in counts {
+                labels.push(value.clone());
+                ref_counts.push(c);
+                cur_counts.push(cur.get(value).copied().unwrap_or(0));
+            }
+            let new: u64 = unseen.values().sum();
+            if new > 0 {
+                labels.push("(unseen)".into());
+                ref_counts.push(0);
+                cur_counts.push(new);
+            }
+        }
+        _ => {}
+    }
+    Histogram {
+        feature: reference.name.clone(),
+        labels,
+        reference: shares(&ref_counts),
+        current: shares(&cur_counts),
     }
 }
 
@@ -1177,6 +1286,33 @@ mod tests {
             (f.score.unwrap() - expected).abs() < 1e-9 && f.drifted,
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn histograms_put_reference_deciles_beside_the_window() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let reference = reference_of(
+            &[("x", true)],
+            &numbers(&normal_sample(&mut rng, 4000, 0.0, 1.0)),
+        );
+        let shifted = window(
+            &reference,
+            "x",
+            normal_sample(&mut rng, 4000, 1.0, 1.0)
+                .into_iter()
+                .map(|x| json!(x)),
+        );
+        let h = &reference.histograms(&shifted)[0];
+        assert_eq!(h.labels.len(), 12, "{h:?}");
+        assert!(h.labels[0].starts_with("< ") && h.labels[11].starts_with("> "));
+        assert_eq!((h.reference[0], h.reference[11]), (0.0, 0.0));
+        for bar in &h.reference[1..11] {
+            assert!((bar - 0.1).abs() < 0.01, "{h:?}");
+        }
+        let total: f64 = h.current.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        // Shifted up by one standard deviation: the top decile holds far more than a tenth.
+        assert!(h.current[10] + h.current[11] > 0.3, "{h:?}");
     }
 
     #[test]

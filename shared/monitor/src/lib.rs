@@ -9,6 +9,7 @@
 //! is written to the store under `monitoring/MODEL/reports/`; alerts go to a sink once per
 //! window and rule ([`mlops_domain::alerts`]).
 
+pub mod html;
 pub mod retrain;
 pub mod rollback;
 pub mod tracking;
@@ -101,6 +102,9 @@ pub struct VersionDrift {
     /// Live quality per variant that served it: realized from feedback, and estimated.
     #[serde(default)]
     pub quality: BTreeMap<String, LiveQuality>,
+    /// Reference and window distributions per feature (and of the predictions), for plots.
+    #[serde(default)]
+    pub histograms: Vec<mlops_domain::drift::Histogram>,
 }
 
 /// The fields of a logged prediction the monitor reads.
@@ -265,6 +269,7 @@ pub async fn monitor(
         versions.push(VersionDrift {
             version,
             drift: rule.check(&r.reference, sketch)?,
+            histograms: r.reference.histograms(sketch),
             quality,
             task: Some(r.task),
             test_metrics: r.test_metrics.clone(),
@@ -769,7 +774,8 @@ pub fn report_key(model: &str, from: DateTime<Utc>, until: DateTime<Utc>) -> Str
 
 /// A whole run: the window's report with its alerts, delivered through `sink` (once per window
 /// and rule), its A/B verdicts written where serving reads them
-/// ([`mlops_domain::ab::status_key`]), the report written at [`report_key`].
+/// ([`mlops_domain::ab::status_key`]), the report written at [`report_key`] as JSON and beside it
+/// as one HTML page ([`html`]).
 pub async fn run(
     registry: &Registry,
     model: &str,
@@ -801,6 +807,16 @@ pub async fn run(
             .with_context(|| format!("cannot write {}", registry.store().uri(&key)))?;
     }
     let key = report_key(model, report.from, report.until);
+    let page = key.replace(".json", ".html");
+    registry
+        .store()
+        .put(
+            &page,
+            html::render(&report).into_bytes(),
+            PutCondition::None,
+        )
+        .await
+        .with_context(|| format!("cannot write the report to {}", registry.store().uri(&page)))?;
     registry
         .store()
         .put(
