@@ -1313,6 +1313,16 @@ fn monitor_flags_the_features_shifted_in_served_traffic() {
     // Higher incomes raise the predictions: their distribution drifts from training's.
     let prediction = |r: &serde_json::Value| r["versions"][0]["drift"]["prediction"].clone();
     assert_eq!(prediction(&before)["drifted"], false, "{before}");
+    // Attributions of a sample of the records, against training's.
+    for report in [&before, &after] {
+        let a = &report["versions"][0]["attribution"];
+        assert!(a["rows"].as_u64().unwrap() >= 100, "{a}");
+        println!(
+            "attribution nDCG {} over {} rows; top now {}",
+            a["ndcg"], a["rows"], a["current_top"]
+        );
+    }
+    assert_eq!(before["versions"][0]["attribution"]["drifted"], false);
     assert_eq!(prediction(&after)["drifted"], true, "{after}");
     // The table names the verdict; --fail-on-drift turns a drifted data set into exit status 5.
     let table = ok(&shifted_window(&[]));

@@ -33,6 +33,9 @@ pub enum AlertRule {
     EstimatedQuality,
     /// A new champion was significantly worse live than its predecessor and was rolled back.
     Rollback,
+    /// The ranking of the features by mean |contribution| moved from training's (nDCG below
+    /// the threshold).
+    AttributionDrift,
 }
 
 /// One metric compared with the version's test metric.
@@ -107,6 +110,46 @@ pub fn alert_id(
 ) -> String {
     sha256_hex(format!("{model}\n{version}\n{rule:?}\n{from:?}\n{until:?}").as_bytes())[..32]
         .to_owned()
+}
+
+/// The attribution-drift alert of a version's window, over at least `min_rows` explained
+/// records.
+pub fn attribution_alert(
+    model: &str,
+    version: u64,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    drift: &crate::attribution::AttributionDrift,
+    min_rows: u64,
+) -> Option<Alert> {
+    if !drift.drifted || drift.rows < min_rows {
+        return None;
+    }
+    let rule = AlertRule::AttributionDrift;
+    let names = |top: &[(String, f64)]| {
+        top.iter()
+            .map(|(f, _)| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(Alert {
+        id: alert_id(model, version, rule, from, until),
+        rule,
+        model: model.into(),
+        version,
+        from,
+        until,
+        summary: format!(
+            "{model} v{version}: feature attributions drifted (nDCG {:.3} < {}) over {} explained rows: top features now {}, in training {}",
+            drift.ndcg,
+            drift.threshold,
+            drift.rows,
+            names(&drift.current_top),
+            names(&drift.reference_top)
+        ),
+        features: Vec::new(),
+        metrics: Vec::new(),
+    })
 }
 
 /// The quality alerts of a version's window: per variant, the primary metric realized from

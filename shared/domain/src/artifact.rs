@@ -151,6 +151,10 @@ pub struct Manifest {
     /// live quality without labels; absent for regression and in earlier bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::quality::Calibration>,
+    /// Mean |TreeSHAP contribution| per model feature over training rows, the reference of
+    /// attribution drift; absent for models without explanations and in earlier bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution_profile: Option<crate::attribution::AttributionProfile>,
     /// Every other file in the bundle, with its hash.
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,

@@ -8,6 +8,7 @@ pub mod ab;
 pub mod alerts;
 pub mod apikeys;
 pub mod artifact;
+pub mod attribution;
 pub mod batch_jobs;
 pub mod data;
 pub mod drift;

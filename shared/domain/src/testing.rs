@@ -44,6 +44,7 @@ pub fn sample_bundle() -> Bundle {
         reference_profile: crate::profile::profile(&data),
         prediction_profile: None,
         calibration: None,
+        attribution_profile: None,
         files: BTreeMap::new(),
     };
     Bundle::new(

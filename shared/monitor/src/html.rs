@@ -88,6 +88,24 @@ fn version(out: &mut String, v: &VersionDrift) {
         d.drift_share * 100.0,
         if d.drifted { "drift" } else { "no drift" }
     );
+    if let Some(a) = &v.attribution {
+        let names = |top: &[(String, f64)]| {
+            top.iter()
+                .map(|(f, x)| format!("{} ({x:.3})", esc(f)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(
+            out,
+            "<p>Feature attributions: nDCG {:.3} against training (drift below {}) over {} explained rows{}.<br>Largest mean |contribution| in training: {}<br>In the window: {}</p>",
+            a.ndcg,
+            a.threshold,
+            a.rows,
+            if a.drifted { ", <b>drifted</b>" } else { "" },
+            names(&a.reference_top),
+            names(&a.current_top)
+        );
+    }
     if !v.quality.is_empty() {
         out.push_str("<table><tr><th>variant</th><th>labelled / rows</th><th>metric</th><th>value</th><th>95 % interval</th><th>test split</th></tr>");
         for (variant, q) in &v.quality {

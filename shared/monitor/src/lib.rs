@@ -23,16 +23,18 @@ use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 pub use mlops_domain::ab::AbVerdict;
 use mlops_domain::ab::{AbStatus, Arm, SequentialTest};
 use mlops_domain::alerts::{
-    Alert, AlertSink, Delivery, QualityLimits, alerts, deliver, quality_alerts,
+    Alert, AlertSink, Delivery, QualityLimits, alerts, attribution_alert, deliver, quality_alerts,
 };
+use mlops_domain::attribution::{AttributionDrift, AttributionProfile, AttributionSketch};
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
 use mlops_domain::feedback::{self, Labels};
 use mlops_domain::metrics::Metric;
 use mlops_domain::predlog;
 use mlops_domain::quality::{Calibration, LiveQuality, QualitySketch};
 use mlops_domain::registry::Registry;
-use mlops_domain::schema::Task;
+use mlops_domain::schema::{Schema, Task};
 use mlops_domain::store::{ObjectStore, PutCondition};
+use mlops_engine::Predictor;
 use serde::{Deserialize, Serialize};
 
 /// Longest a logged record waits before its object is written (the writer flushes far sooner;
@@ -102,6 +104,9 @@ pub struct VersionDrift {
     /// Live quality per variant that served it: realized from feedback, and estimated.
     #[serde(default)]
     pub quality: BTreeMap<String, LiveQuality>,
+    /// Feature-attribution drift of a sample of the window's records, when the model explains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionDrift>,
     /// Reference and window distributions per feature (and of the predictions), for plots.
     #[serde(default)]
     pub histograms: Vec<mlops_domain::drift::Histogram>,
@@ -155,6 +160,9 @@ pub fn alerts_of(report: &MonitorReport, limits: &Limits) -> Vec<Alert> {
         .iter()
         .flat_map(|v| {
             let mut out = alerts(model, v.version, from, until, &v.drift, &limits.data);
+            out.extend(v.attribution.as_ref().and_then(|a| {
+                attribution_alert(model, v.version, from, until, a, ATTRIBUTION_MIN_ROWS)
+            }));
             if let Some(task) = v.task {
                 let primary = Metric::primary(task);
                 out.extend(quality_alerts(
@@ -270,6 +278,10 @@ pub async fn monitor(
             version,
             drift: rule.check(&r.reference, sketch)?,
             histograms: r.reference.histograms(sketch),
+            attribution: match (&r.attribution, window.attribution.get(&version)) {
+                (Some((profile, ..)), Some(sketch)) => profile.check(sketch),
+                _ => None,
+            },
             quality,
             task: Some(r.task),
             test_metrics: r.test_metrics.clone(),
@@ -461,6 +473,8 @@ struct VersionReference {
     task: Task,
     calibration: Option<Calibration>,
     test_metrics: BTreeMap<String, f64>,
+    /// The attribution reference and what explains records (models the engine can explain).
+    attribution: Option<(AttributionProfile, Box<Predictor>, Schema)>,
 }
 
 /// The references of the versions met so far.
@@ -496,6 +510,9 @@ struct Sketches {
     /// Per version and variant.
     #[serde(default)]
     quality: BTreeMap<u64, BTreeMap<String, QualitySketch>>,
+    /// Per version: |contributions| of a sample of the records.
+    #[serde(default)]
+    attribution: BTreeMap<u64, AttributionSketch>,
     /// Labels received by then are in `quality` (kept hours only).
     #[serde(default)]
     labels_through: Option<DateTime<Utc>>,
@@ -515,6 +532,9 @@ impl Sketches {
                     self.versions.insert(*version, sketch.clone());
                 }
             }
+        }
+        for (version, sketch) in &other.attribution {
+            self.attribution.entry(*version).or_default().merge(sketch);
         }
         for (version, variants) in &other.quality {
             let mine = self.quality.entry(*version).or_default();
@@ -610,6 +630,39 @@ async fn read_object(
     Ok(Some(parsed))
 }
 
+/// Explained records an attribution-drift alert needs.
+const ATTRIBUTION_MIN_ROWS: u64 = 30;
+/// Records explained per sketched stretch (an hour) and version, at most.
+const ATTRIBUTION_PER_SPAN: u64 = 256;
+/// One record in this many is explained (chosen by a hash of its id, so reruns pick the same).
+const ATTRIBUTION_SAMPLE: u64 = 16;
+
+/// Whether a record is in the attribution sample.
+fn sampled(request_id: &str, record: u32) -> bool {
+    // FNV-1a: stable across runs and builds, unlike the std hasher's seed.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in request_id.bytes().chain(record.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h % ATTRIBUTION_SAMPLE == 0
+}
+
+/// Adds one logged record's |contributions| (skipped when it does not validate).
+fn explain_into(
+    predictor: &Predictor,
+    schema: &Schema,
+    input: &serde_json::Map<String, serde_json::Value>,
+    sketch: &mut AttributionSketch,
+) {
+    let Ok(row) = mlops_domain::data::record_from_json(schema, input) else {
+        return;
+    };
+    if let Ok(e) = predictor.explain(&row) {
+        let values: Vec<f64> = e.contributions.iter().map(|(_, c)| *c).collect();
+        sketch.add(&values);
+    }
+}
+
 /// A stretch of logs to sketch.
 #[derive(Clone, Copy)]
 struct Span {
@@ -676,6 +729,12 @@ async fn scan(
                     .or_insert_with(|| QualitySketch::new(r.task))
                     .add(output, actual);
             }
+            if let (Some((_, predictor, schema)), Some(id)) = (&r.attribution, &logged.request_id) {
+                let sketch = out.attribution.entry(logged.version).or_default();
+                if sketch.rows < ATTRIBUTION_PER_SPAN && sampled(id, logged.record) {
+                    explain_into(predictor, schema, &logged.input, sketch);
+                }
+            }
             out.records += 1;
         }
     }
@@ -687,7 +746,20 @@ async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<
         .version(model, version)
         .await
         .with_context(|| format!("logged predictions name {model} v{version}"))?;
-    let manifest = registry.load_bundle(&record).await?.manifest;
+    let bundle = registry.load_bundle(&record).await?;
+    let attribution = match &bundle.manifest.attribution_profile {
+        Some(profile) => {
+            let predictor = Predictor::from_bundle(&bundle)
+                .with_context(|| format!("the engine cannot load {model} v{version}"))?;
+            Some((
+                profile.clone(),
+                Box::new(predictor),
+                bundle.manifest.schema.clone(),
+            ))
+        }
+        None => None,
+    };
+    let manifest = bundle.manifest;
     Ok(VersionReference {
         reference: Reference::new(
             &manifest.reference_profile,
@@ -696,6 +768,7 @@ async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<
         task: manifest.task,
         calibration: manifest.calibration,
         test_metrics: manifest.metrics,
+        attribution,
     })
 }
 

@@ -106,7 +106,9 @@ pub async fn retrain_on_alerts(
     for alert in &report.alerts {
         let this = match alert.rule {
             AlertRule::LiveQuality | AlertRule::EstimatedQuality => Trigger::Degraded,
-            AlertRule::Drift | AlertRule::PredictionDrift => Trigger::Drift,
+            AlertRule::Drift | AlertRule::PredictionDrift | AlertRule::AttributionDrift => {
+                Trigger::Drift
+            }
             AlertRule::DataQuality | AlertRule::Rollback => continue,
         };
         if trigger != Some(Trigger::Degraded) {

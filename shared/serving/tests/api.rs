@@ -66,6 +66,7 @@ fn bundle(name: &str, slope: f64) -> Bundle {
         reference_profile: mlops_domain::profile::profile(&data),
         prediction_profile: None,
         calibration: None,
+        attribution_profile: None,
         files: BTreeMap::new(),
     };
     Bundle::new(

@@ -370,6 +370,7 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         calibration: (schema.task == mlops_domain::schema::Task::BinaryClassification)
             .then(|| Calibration::fit(&outcome.test_predictions, &outcome.test_labels))
             .flatten(),
+        attribution_profile: None,
         files: BTreeMap::new(),
     };
     let files = BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]);
@@ -938,6 +939,37 @@ fn print_summary(
     println!("tracking ({}): {run}", tracker.describe());
 }
 
+/// Training rows explained for the attribution reference (evenly spaced).
+const ATTRIBUTION_ROWS: usize = 500;
+
+/// Mean |contribution| per model feature over up to [`ATTRIBUTION_ROWS`] training rows; `None`
+/// for models the engine cannot explain (MLP).
+fn attribution_profile(
+    predictor: &Predictor,
+    train_data: &Dataset,
+) -> Option<mlops_domain::attribution::AttributionProfile> {
+    let step = train_data.rows.len().div_ceil(ATTRIBUTION_ROWS).max(1);
+    let mut sketch = mlops_domain::attribution::AttributionSketch::default();
+    let mut features = Vec::new();
+    for row in train_data.rows.iter().step_by(step) {
+        let e = predictor.explain(row).ok()?;
+        let values: Vec<f64> = e.contributions.iter().map(|(_, c)| *c).collect();
+        if features.is_empty() {
+            features = e.contributions.into_iter().map(|(name, _)| name).collect();
+        }
+        sketch.add(&values);
+    }
+    (sketch.rows > 0).then(|| mlops_domain::attribution::AttributionProfile {
+        features,
+        mean_abs: sketch
+            .sum_abs
+            .iter()
+            .map(|s| s / sketch.rows as f64)
+            .collect(),
+        rows: sketch.rows,
+    })
+}
+
 /// The bundle with the profile of its model's predictions on the training rows (as the pure-Rust
 /// engine serves them), the reference of prediction drift.
 fn with_prediction_profile(bundle: Bundle, train_data: &Dataset) -> Result<Bundle> {
@@ -954,5 +986,6 @@ fn with_prediction_profile(bundle: Bundle, train_data: &Dataset) -> Result<Bundl
         "prediction",
         &predictions,
     ));
+    manifest.attribution_profile = attribution_profile(&predictor, train_data);
     Ok(Bundle::new(manifest, files)?)
 }
