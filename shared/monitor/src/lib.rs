@@ -644,7 +644,7 @@ fn sampled(request_id: &str, record: u32) -> bool {
     for b in request_id.bytes().chain(record.to_le_bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    h % ATTRIBUTION_SAMPLE == 0
+    h.is_multiple_of(ATTRIBUTION_SAMPLE)
 }
 
 /// Adds one logged record's |contributions| (skipped when it does not validate).
