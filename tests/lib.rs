@@ -239,3 +239,19 @@ pub fn publish_housing(home: &Path, store: &str, endpoint: &str, seed: u64, prom
     }
     version
 }
+
+/// Runs a Python snippet with boto3 against moto (`sys.argv[1]` is the endpoint, then `args`),
+/// parsing its JSON output.
+pub fn boto3(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(python())
+        .args(["-c", script, &moto_endpoint()])
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the snippet")
+}

@@ -4,7 +4,9 @@
 use std::process::{Command, Output};
 
 use mlops_domain::registry::{CHALLENGER, CHAMPION, Registry};
-use mlops_e2e::{mlflow_uri, mlops_bin, moto_endpoint, python, s3_store, shared_data, unique};
+use mlops_e2e::{
+    boto3, mlflow_uri, mlops_bin, moto_endpoint, python, s3_store, shared_data, unique,
+};
 use mlops_tracking::MlflowClient;
 
 fn mlops(home: &std::path::Path, store: &str, args: &[&str]) -> Output {
@@ -53,22 +55,6 @@ fn cloudwatch_metrics(
         String::from_utf8_lossy(&listed.stderr)
     );
     serde_json::from_slice(&listed.stdout).unwrap()
-}
-
-/// Runs a Python snippet with boto3 against moto (`sys.argv[1]` is the endpoint), parsing its
-/// JSON output.
-fn boto3(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .args(["-c", script, &moto_endpoint()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// An SNS topic on moto with an SQS queue subscribed (raw delivery): (topic ARN, queue URL).

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{
-    ProcessGroup, mlflow_uri, mlops_bin, mlops_cli, moto_endpoint, publish_housing, python, repo,
-    s3_store, shared_data, unique,
+    ProcessGroup, boto3, mlflow_uri, mlops_bin, mlops_cli, moto_endpoint, publish_housing, python,
+    repo, s3_store, shared_data, unique,
 };
 use serde_json::{Value, json};
 
@@ -104,20 +104,6 @@ async fn serve_and_label(url: &str, rows: &[(Value, f64)]) {
             .unwrap();
         assert_eq!(response.status(), 202);
     }
-}
-
-fn boto3(script: &str, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .args(["-c", script, &moto_endpoint()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -106,7 +106,10 @@ fn version(out: &mut String, v: &VersionDrift) {
             names(&a.current_top)
         );
     }
-    if !v.quality.is_empty() {
+    if v.quality
+        .values()
+        .any(|q| !q.metrics.is_empty() || !q.estimated.is_empty())
+    {
         out.push_str("<table><tr><th>variant</th><th>labelled / rows</th><th>metric</th><th>value</th><th>95 % interval</th><th>test split</th></tr>");
         for (variant, q) in &v.quality {
             for (name, e) in &q.metrics {
@@ -156,7 +159,7 @@ fn version(out: &mut String, v: &VersionDrift) {
             f.out_of_range_share.or(f.unseen_share).unwrap_or(0.0) * 100.0
         );
     }
-    out.push_str("</table><div class=\"charts\">");
+    out.push_str("</table><p class=\"legend\"><span class=\"ref\">■</span> training reference <span class=\"cur\">■</span> this window (share of present values per bar)</p><div class=\"charts\">");
     for h in &v.histograms {
         let drifted = d
             .features
@@ -222,7 +225,7 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1rem;max-wid
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}\
 tr.drifted{background:#fde8e8}.alerts li{color:#a00}.charts{display:flex;flex-wrap:wrap;gap:.5rem}\
 figure{margin:0;width:320px;max-width:100%}svg{width:100%;height:auto;background:#fafafa}\
-rect.ref{fill:#9aa0a6}rect.cur{fill:#1a73e8}text{font-size:9px;fill:#444}";
+rect.ref{fill:#9aa0a6}rect.cur{fill:#1a73e8}.legend .ref{color:#9aa0a6}.legend .cur{color:#1a73e8}text{font-size:9px;fill:#444}";
 
 #[cfg(test)]
 mod tests {
