@@ -35,6 +35,17 @@ pub struct FeedbackIn {
     pub observed_at: Option<String>,
 }
 
+/// A feedback request: one label, or a list of labels (at most the configured limit, 1,000 by
+/// default).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum FeedbackRequest {
+    /// One label.
+    One(FeedbackIn),
+    /// Several labels.
+    Many(Vec<FeedbackIn>),
+}
+
 /// What was stored.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FeedbackOut {
@@ -54,7 +65,7 @@ pub struct FeedbackOut {
     path = "/v1/models/{name}/feedback",
     tag = "models",
     params(("name" = String, Path, description = "Model name")),
-    request_body(content = Vec<FeedbackIn>, content_type = "application/json", description = "One label object, or a list of them"),
+    request_body(content = FeedbackRequest, content_type = "application/json", description = "One label object, or a list of them"),
     responses(
         (status = 202, description = "Stored; joined to the predictions by the monitor", body = FeedbackOut),
         (status = 400, description = "Malformed body, invalid fields or too many labels", body = ErrorBody),

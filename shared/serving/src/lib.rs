@@ -126,7 +126,7 @@ impl AppState {
         routes::live,
         routes::ready
     ),
-    components(schemas(api::PredictRequest, api::Record, api::ErrorBody, feedback::FeedbackIn)),
+    components(schemas(api::PredictRequest, api::Record, api::ErrorBody, feedback::FeedbackIn, feedback::FeedbackRequest)),
     modifiers(&ApiKeyScheme),
     security(("api_key" = []))
 )]

@@ -132,6 +132,39 @@ pub fn render(state: &AppState, set: RouteSet, with_models: bool) -> String {
             paths.insert(format!("/v1/models/{name}/predict"), op);
         }
     }
+    // Likewise the feedback path, with the label each model's target takes.
+    if with_models && let Some(template) = paths.remove("/v1/models/{name}/feedback") {
+        for (name, routes) in snapshot.iter() {
+            let Some(model) = routes.by_alias.values().next() else {
+                continue;
+            };
+            let mut op = template.clone();
+            let Some(post) = op.get_mut("post") else {
+                continue;
+            };
+            if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
+                params.retain(|p| p["name"] != "name");
+            }
+            post["operationId"] = json!(format!("feedback_{name}"));
+            post["summary"] = json!(format!("Send ground truth for {name}'s predictions"));
+            let label = label_schema(&model.manifest.schema);
+            post["requestBody"]["content"]["application/json"]["schema"] = json!({
+                "oneOf": [
+                    label,
+                    {
+                        "type": "array",
+                        "items": label,
+                        "minItems": 1,
+                        "maxItems": state.config.max_records
+                    }
+                ]
+            });
+            if let Some(responses) = post.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.remove("404");
+            }
+            paths.insert(format!("/v1/models/{name}/feedback"), op);
+        }
+    }
     // What JSON Schema can say about a split beyond the derived schema.
     if let Some(body) = paths
         .get_mut("/v1/models/{name}/traffic")
@@ -210,4 +243,37 @@ mod tests {
         assert!(s["properties"].get("y").is_none());
         assert_eq!(s["properties"]["id"]["type"], "string");
     }
+}
+
+/// One feedback label for a model: the request id as serving issues or accepts them, the record's
+/// place, and `actual` as the model's target takes it.
+fn label_schema(schema: &mlops_domain::schema::Schema) -> Value {
+    let actual = match schema.task {
+        mlops_domain::schema::Task::Regression => json!({"type": "number"}),
+        mlops_domain::schema::Task::BinaryClassification => {
+            let (positive, negative) = schema.class_names();
+            let mut classes: Vec<String> = schema.target_column().categories.clone();
+            for class in [positive, negative] {
+                if !classes.contains(&class) {
+                    classes.push(class);
+                }
+            }
+            json!({"oneOf": [{"type": "string", "enum": classes}, {"type": "boolean"}, {"type": "integer", "enum": [0, 1]}]})
+        }
+    };
+    json!({
+        "type": "object",
+        "required": ["request_id", "actual"],
+        "additionalProperties": false,
+        "properties": {
+            "request_id": {
+                "type": "string",
+                "pattern": "^[!-.0-\\[\\]-~]{1,128}$",
+                "description": "The request_id of the prediction"
+            },
+            "record": {"type": "integer", "minimum": 1, "maximum": u32::MAX, "description": "1-based place of the record in that request (default 1)"},
+            "actual": actual,
+            "observed_at": {"type": "string", "format": "date-time", "description": "When the outcome was observed (not in the future; default: when received)"}
+        }
+    })
 }
