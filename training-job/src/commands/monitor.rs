@@ -84,7 +84,7 @@ pub struct MonitorArgs {
     #[arg(long, default_value = "champion")]
     pub champion: String,
     /// Log the scores to each version's monitoring run on the tracker (MLflow with
-    /// --tracking-uri, else the local run log), at the window's end.
+    /// --tracking or MLOPS_TRACKING_URI, else the local run log), at the window's end.
     #[arg(long)]
     pub track: bool,
     /// Retrain on drift or quality alerts: submit this training-job spec (TOML file or
