@@ -99,71 +99,22 @@ pub fn render(state: &AppState, set: RouteSet, with_models: bool) -> String {
         Default::default()
     };
     let names: Vec<Value> = snapshot.keys().map(|n| json!(n)).collect();
-    // The templated predict path becomes one path per served model with its exact schema.
-    if with_models && let Some(template) = paths.remove("/v1/models/{name}/predict") {
-        for (name, routes) in snapshot.iter() {
-            let Some(model) = routes.by_alias.values().next() else {
-                continue;
-            };
-            let mut op = template.clone();
-            let Some(post) = op.get_mut("post") else {
-                continue;
-            };
-            if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
-                params.retain(|p| p["name"] != "name");
-            }
-            post["operationId"] = json!(format!("predict_{name}"));
-            post["summary"] = json!(format!("Predict with {name}"));
-            let record = record_schema(&model.manifest.schema);
-            post["requestBody"]["content"]["application/json"]["schema"] = json!({
-                "oneOf": [
-                    record,
-                    {
-                        "type": "array",
-                        "items": record,
-                        "minItems": 1,
-                        "maxItems": state.config.max_records
-                    }
-                ]
-            });
-            if let Some(responses) = post.get_mut("responses").and_then(Value::as_object_mut) {
-                responses.remove("404");
-            }
-            paths.insert(format!("/v1/models/{name}/predict"), op);
-        }
-    }
-    // Likewise the feedback path, with the label each model's target takes.
-    if with_models && let Some(template) = paths.remove("/v1/models/{name}/feedback") {
-        for (name, routes) in snapshot.iter() {
-            let Some(model) = routes.by_alias.values().next() else {
-                continue;
-            };
-            let mut op = template.clone();
-            let Some(post) = op.get_mut("post") else {
-                continue;
-            };
-            if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
-                params.retain(|p| p["name"] != "name");
-            }
-            post["operationId"] = json!(format!("feedback_{name}"));
-            post["summary"] = json!(format!("Send ground truth for {name}'s predictions"));
-            let label = label_schema(&model.manifest.schema);
-            post["requestBody"]["content"]["application/json"]["schema"] = json!({
-                "oneOf": [
-                    label,
-                    {
-                        "type": "array",
-                        "items": label,
-                        "minItems": 1,
-                        "maxItems": state.config.max_records
-                    }
-                ]
-            });
-            if let Some(responses) = post.get_mut("responses").and_then(Value::as_object_mut) {
-                responses.remove("404");
-            }
-            paths.insert(format!("/v1/models/{name}/feedback"), op);
-        }
+    // The templated predict and feedback paths become one path per served model with its
+    // exact schema: the records it takes, and the labels its target takes.
+    if with_models {
+        let per_model = PerModel {
+            snapshot: &snapshot,
+            max_items: state.config.max_records,
+        };
+        per_model.expand(paths, "predict", "Predict with {}", |m| {
+            record_schema(&m.manifest.schema)
+        });
+        per_model.expand(
+            paths,
+            "feedback",
+            "Send ground truth for {}'s predictions",
+            |m| label_schema(&m.manifest.schema),
+        );
     }
     // What JSON Schema can say about a split beyond the derived schema.
     if let Some(body) = paths
@@ -218,33 +169,6 @@ pub fn render(state: &AppState, set: RouteSet, with_models: bool) -> String {
     doc.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_schema_follows_the_data_schema() {
-        let schema = Schema::from_toml(
-            "name = \"s\"\ntask = \"regression\"\ndescription = \"d\"\n[target]\ncolumn = \"y\"\n\
-             [[columns]]\nname = \"id\"\ntype = \"text\"\nrole = \"id\"\n\
-             [[columns]]\nname = \"x\"\ntype = \"float\"\nmin = 0.0\nmax = 5.0\n\
-             [[columns]]\nname = \"n\"\ntype = \"integer\"\nnullable = true\n\
-             [[columns]]\nname = \"c\"\ntype = \"categorical\"\ncategories = [\"a\", \"b\"]\n\
-             [[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
-            "s.toml",
-        )
-        .unwrap();
-        let s = record_schema(&schema);
-        assert_eq!(s["required"], json!(["x", "c"]));
-        assert_eq!(s["additionalProperties"], false);
-        assert_eq!(s["properties"]["x"]["maximum"], 5.0);
-        assert_eq!(s["properties"]["n"]["type"], json!(["integer", "null"]));
-        assert_eq!(s["properties"]["c"]["enum"], json!(["a", "b"]));
-        assert!(s["properties"].get("y").is_none());
-        assert_eq!(s["properties"]["id"]["type"], "string");
-    }
-}
-
 /// One feedback label for a model: the request id as serving issues or accepts them, the record's
 /// place, and `actual` as the model's target takes it.
 fn label_schema(schema: &mlops_domain::schema::Schema) -> Value {
@@ -276,4 +200,78 @@ fn label_schema(schema: &mlops_domain::schema::Schema) -> Value {
             "observed_at": {"type": "string", "format": "date-time", "description": "When the outcome was observed (not in the future; default: when received)"}
         }
     })
+}
+
+/// The served models, for paths specialized per model.
+struct PerModel<'a> {
+    snapshot: &'a std::collections::BTreeMap<String, std::sync::Arc<crate::models::ModelRoutes>>,
+    max_items: usize,
+}
+
+impl PerModel<'_> {
+    /// Replaces `/v1/models/{name}/ACTION` by one POST path per served model whose body is one
+    /// `item` or a list of 1 to `max_items` of them; `summary` names the model at `{}`.
+    fn expand(
+        &self,
+        paths: &mut serde_json::Map<String, Value>,
+        action: &str,
+        summary: &str,
+        item: impl Fn(&crate::models::LoadedModel) -> Value,
+    ) {
+        let Some(template) = paths.remove(&format!("/v1/models/{{name}}/{action}")) else {
+            return;
+        };
+        for (name, routes) in self.snapshot.iter() {
+            let Some(model) = routes.by_alias.values().next() else {
+                continue;
+            };
+            let mut op = template.clone();
+            let Some(post) = op.get_mut("post") else {
+                continue;
+            };
+            if let Some(params) = post.get_mut("parameters").and_then(Value::as_array_mut) {
+                params.retain(|p| p["name"] != "name");
+            }
+            post["operationId"] = json!(format!("{action}_{name}"));
+            post["summary"] = json!(summary.replace("{}", name));
+            let item = item(model);
+            post["requestBody"]["content"]["application/json"]["schema"] = json!({
+                "oneOf": [
+                    item,
+                    {"type": "array", "items": item, "minItems": 1, "maxItems": self.max_items}
+                ]
+            });
+            if let Some(responses) = post.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.remove("404");
+            }
+            paths.insert(format!("/v1/models/{name}/{action}"), op);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_schema_follows_the_data_schema() {
+        let schema = Schema::from_toml(
+            "name = \"s\"\ntask = \"regression\"\ndescription = \"d\"\n[target]\ncolumn = \"y\"\n\
+             [[columns]]\nname = \"id\"\ntype = \"text\"\nrole = \"id\"\n\
+             [[columns]]\nname = \"x\"\ntype = \"float\"\nmin = 0.0\nmax = 5.0\n\
+             [[columns]]\nname = \"n\"\ntype = \"integer\"\nnullable = true\n\
+             [[columns]]\nname = \"c\"\ntype = \"categorical\"\ncategories = [\"a\", \"b\"]\n\
+             [[columns]]\nname = \"y\"\ntype = \"float\"\nrole = \"target\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        let s = record_schema(&schema);
+        assert_eq!(s["required"], json!(["x", "c"]));
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["x"]["maximum"], 5.0);
+        assert_eq!(s["properties"]["n"]["type"], json!(["integer", "null"]));
+        assert_eq!(s["properties"]["c"]["enum"], json!(["a", "b"]));
+        assert!(s["properties"].get("y").is_none());
+        assert_eq!(s["properties"]["id"]["type"], "string");
+    }
 }
