@@ -100,6 +100,30 @@ pub struct Alert {
     pub metrics: Vec<MetricCheck>,
 }
 
+impl Alert {
+    /// An alert of a version's window, its id derived from them ([`alert_id`]); no features or
+    /// metrics yet.
+    pub fn of_window(
+        model: &str,
+        version: u64,
+        rule: AlertRule,
+        (from, until): (DateTime<Utc>, DateTime<Utc>),
+        summary: String,
+    ) -> Self {
+        Self {
+            id: alert_id(model, version, rule, from, until),
+            rule,
+            model: model.into(),
+            version,
+            from,
+            until,
+            summary,
+            features: Vec::new(),
+            metrics: Vec::new(),
+        }
+    }
+}
+
 /// The id of an alert: the same for the same model, version, rule and window.
 pub fn alert_id(
     model: &str,
@@ -125,21 +149,18 @@ pub fn attribution_alert(
     if !drift.drifted || drift.rows < min_rows {
         return None;
     }
-    let rule = AlertRule::AttributionDrift;
     let names = |top: &[(String, f64)]| {
         top.iter()
             .map(|(f, _)| f.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Some(Alert {
-        id: alert_id(model, version, rule, from, until),
-        rule,
-        model: model.into(),
+    Some(Alert::of_window(
+        model,
         version,
-        from,
-        until,
-        summary: format!(
+        AlertRule::AttributionDrift,
+        (from, until),
+        format!(
             "{model} v{version}: feature attributions drifted (nDCG {:.3} < {}) over {} explained rows: top features now {}, in training {}",
             drift.ndcg,
             drift.threshold,
@@ -147,9 +168,7 @@ pub fn attribution_alert(
             names(&drift.current_top),
             names(&drift.reference_top)
         ),
-        features: Vec::new(),
-        metrics: Vec::new(),
-    })
+    ))
 }
 
 /// The quality alerts of a version's window: per variant, the primary metric realized from
@@ -214,18 +233,12 @@ pub fn quality_alerts(
             .map(|c| format!("{} {name} {:.4} ({} rows)", c.variant, c.value, c.rows))
             .collect::<Vec<_>>()
             .join(", ");
+        let summary = format!(
+            "{model} v{version}: {what} {name} worse than {threshold:.4} (test {reference:.4}): {worst}"
+        );
         out.push(Alert {
-            id: alert_id(model, version, rule, from, until),
-            rule,
-            model: model.into(),
-            version,
-            from,
-            until,
-            summary: format!(
-                "{model} v{version}: {what} {name} worse than {threshold:.4} (test {reference:.4}): {worst}"
-            ),
-            features: Vec::new(),
             metrics: checks,
+            ..Alert::of_window(model, version, rule, (from, until), summary)
         });
     }
     out
@@ -241,15 +254,8 @@ pub fn alerts(
     limits: &QualityLimits,
 ) -> Vec<Alert> {
     let alert = |rule: AlertRule, summary: String, features: Vec<FeatureDrift>| Alert {
-        id: alert_id(model, version, rule, from, until),
-        rule,
-        model: model.into(),
-        version,
-        from,
-        until,
-        summary,
         features,
-        metrics: Vec::new(),
+        ..Alert::of_window(model, version, rule, (from, until), summary)
     };
     let mut out = Vec::new();
     if drift.drifted {

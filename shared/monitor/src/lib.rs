@@ -302,7 +302,7 @@ pub async fn monitor(
             .map(|(_, q)| q.labelled())
             .sum(),
         ab: ab_verdicts(&window, &ab_test, &champion),
-        quality_sketches: window.quality.clone(),
+        quality_sketches: std::mem::take(&mut window.quality),
         versions,
         alerts: Vec::new(),
         deliveries: Vec::new(),
@@ -434,7 +434,11 @@ fn received_at(key: &str) -> Option<DateTime<Utc>> {
     predlog::written_at(key).or_else(|| predlog::partition_hour(key))
 }
 
-async fn latest_schema(registry: &Registry, model: &str) -> Result<mlops_domain::schema::Schema> {
+/// The input schema of a model's newest version.
+pub async fn latest_schema(
+    registry: &Registry,
+    model: &str,
+) -> Result<mlops_domain::schema::Schema> {
     let record = registry
         .versions(model)
         .await?

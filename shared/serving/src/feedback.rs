@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody, FieldProblem, current_request_id};
-use crate::routes::{invalid_fields, json_body, records, served_routes};
+use crate::api::{ApiError, ErrorBody, current_request_id};
+use crate::routes::{json_body, records, served_routes, validate_each};
 
 /// One label.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,21 +97,8 @@ pub async fn post_feedback(
         .ok_or_else(|| ApiError::internal(format!("model '{name}' has no loaded variant")))?;
     let schema = &model.manifest.schema;
     let now = chrono::Utc::now();
-    let mut labels: Vec<Feedback> = Vec::with_capacity(items.len());
-    let mut problems = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match feedback::from_json(schema, item, now) {
-            Ok(label) => labels.push(label),
-            Err(errors) => problems.extend(errors.into_iter().map(|e| FieldProblem {
-                record: Some(i + 1),
-                field: e.field,
-                message: e.message,
-            })),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(invalid_fields(problems, items.len() > 1));
-    }
+    let labels: Vec<Feedback> =
+        validate_each(&items, |item| feedback::from_json(schema, item, now))?;
     let request_id = current_request_id();
     let key = predlog::object_key_under(
         feedback::PREFIX,

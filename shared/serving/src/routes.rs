@@ -229,22 +229,7 @@ pub async fn predict(
         ApiError::internal(format!("model '{name}' has a variant without a model"))
     })?;
     let schema = &model.manifest.schema;
-    let mut rows: Vec<Vec<Value>> = Vec::with_capacity(records.len());
-    let mut problems = Vec::new();
-    let many = records.len() > 1;
-    for (i, record) in records.iter().enumerate() {
-        match record_from_json(schema, record) {
-            Ok(row) => rows.push(row),
-            Err(errors) => problems.extend(errors.into_iter().map(|e| FieldProblem {
-                record: Some(i + 1),
-                field: e.field,
-                message: e.message,
-            })),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(invalid_fields(problems, many));
-    }
+    let rows: Vec<Vec<Value>> = validate_each(&records, |r| record_from_json(schema, r))?;
     let id_column = schema.id_column().map(|c| c.name.clone());
     let ids: Vec<Option<String>> = records
         .iter()
@@ -324,9 +309,35 @@ pub async fn predict(
     Ok(response)
 }
 
+/// Each item of a request through `parse`, or the 400 naming every field problem with its item.
+pub(crate) fn validate_each<T>(
+    items: &[serde_json::Map<String, serde_json::Value>],
+    parse: impl Fn(
+        &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<T, Vec<mlops_domain::data::FieldError>>,
+) -> Result<Vec<T>, ApiError> {
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse(item) {
+            Ok(value) => parsed.push(value),
+            Err(errors) => problems.extend(errors.into_iter().map(|e| FieldProblem {
+                record: Some(i + 1),
+                field: e.field,
+                message: e.message,
+            })),
+        }
+    }
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(invalid_fields(problems, items.len() > 1))
+    }
+}
+
 /// The 400 for records with invalid fields: the first problem in the message, at most
 /// [`MAX_FIELD_PROBLEMS`] listed.
-pub(crate) fn invalid_fields(mut problems: Vec<FieldProblem>, many: bool) -> ApiError {
+fn invalid_fields(mut problems: Vec<FieldProblem>, many: bool) -> ApiError {
     let total = problems.len();
     problems.truncate(MAX_FIELD_PROBLEMS);
     let first = &problems[0];

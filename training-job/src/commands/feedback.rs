@@ -48,12 +48,7 @@ pub async fn run(args: FeedbackArgs, settings: &Settings) -> Result<()> {
 async fn import(settings: &Settings, model: &str, file: &std::path::Path) -> Result<()> {
     let registry = settings.registry().await?;
     ensure_model(&registry, model).await?;
-    let record = registry
-        .versions(model)
-        .await?
-        .pop()
-        .with_context(|| format!("model {model} has no versions"))?;
-    let schema = registry.load_bundle(&record).await?.manifest.schema;
+    let schema = mlops_monitor::latest_schema(&registry, model).await?;
     let name = file.display().to_string();
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {name}"))?;
     let now = chrono::Utc::now();
