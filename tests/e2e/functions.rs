@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{
-    ProcessGroup, free_port, mlops_cli, mlops_cli_output, moto_endpoint, publish_housing, python,
-    repo, s3_store, shared_data, unique,
+    ProcessGroup, batch_queue, free_port, mlops_cli, mlops_cli_output, moto_endpoint,
+    publish_housing, repo, s3_store, shared_data, unique,
 };
 use serde_json::{Value, json};
 
@@ -148,17 +148,7 @@ async fn functions_under_the_lambda_emulator_against_moto() {
     );
 
     // A Batch queue on moto.
-    let out = Command::new(python())
-        .arg(repo().join("tests/python/batch_setup.py"))
-        .args([&moto_endpoint(), &unique("e2e")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let batch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = batch_queue("e2e");
 
     let env_file = dir.path().join("functions.env");
     std::fs::write(

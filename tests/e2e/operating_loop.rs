@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{
-    ProcessGroup, boto3, mlflow_uri, mlops_bin, mlops_cli, moto_endpoint, publish_housing, python,
-    repo, s3_store, shared_data, unique,
+    ProcessGroup, batch_queue, boto3, mlflow_uri, mlops_bin, mlops_cli, moto_endpoint,
+    publish_housing, s3_store, shared_data, unique,
 };
 use serde_json::{Value, json};
 
@@ -165,17 +165,7 @@ async fn drift_alerts_retraining_and_the_gate_close_the_loop() {
         .await
         .unwrap();
     let spec_uri = format!("s3://{}/specs/housing.toml", bucket.bucket());
-    let out = Command::new(python())
-        .arg(repo().join("tests/python/batch_setup.py"))
-        .args([&endpoint, &unique("loop")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let batch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = batch_queue("loop");
     let queue = batch["queue"].as_str().unwrap();
     let definition = batch["definition"].as_str().unwrap();
     let topic = boto3(
