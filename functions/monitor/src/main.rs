@@ -163,12 +163,8 @@ impl Monitor {
             registry,
             models,
             hours: env_u32("MLOPS_MONITOR_HOURS", 1, 24 * 31)?.max(1),
-            label_delay: Duration::hours(i64::from(env_u32(
-                "MLOPS_LABEL_DELAY_HOURS",
-                24,
-                24 * 90,
-            )?)),
-            champion: env("MLOPS_CHAMPION_ALIAS").unwrap_or_else(|| "champion".into()),
+            label_delay,
+            champion,
             sinks: AllSinks(sinks),
             cloudwatch: env("MLOPS_CLOUDWATCH_NAMESPACE")
                 .map(|ns| mlops_aws::CloudWatchMetrics::new(&aws, &ns)),
@@ -272,7 +268,12 @@ impl Monitor {
             failed.join("; ")
         );
         let mut outcome = outcome_of(model, Some(&report));
-        if let Some(r) = &self.retraining {
+        // The spec and the data set's version are read only when alerts call for retraining.
+        if let Some(r) = self
+            .retraining
+            .as_ref()
+            .filter(|_| mlops_monitor::retrain::trigger_of(&report).is_some())
+        {
             let (data_uri, data_version) = self.spec_data(r).await?;
             let to = mlops_monitor::retrain::RetrainOnAlerts {
                 spec_uri: r.spec_uri.clone(),

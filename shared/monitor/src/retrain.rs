@@ -101,22 +101,7 @@ pub async fn retrain_on_alerts(
     to: &RetrainOnAlerts<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<(RetrainRecord, bool)>> {
-    let mut trigger = None;
-    let mut reasons = Vec::new();
-    for alert in &report.alerts {
-        let this = match alert.rule {
-            AlertRule::LiveQuality | AlertRule::EstimatedQuality => Trigger::Degraded,
-            AlertRule::Drift | AlertRule::PredictionDrift | AlertRule::AttributionDrift => {
-                Trigger::Drift
-            }
-            AlertRule::DataQuality | AlertRule::Rollback => continue,
-        };
-        if trigger != Some(Trigger::Degraded) {
-            trigger = Some(this);
-        }
-        reasons.push(format!("{}: {}", alert.id, alert.summary));
-    }
-    let Some(trigger) = trigger else {
+    let Some((trigger, reasons)) = trigger_of(report) else {
         return Ok(None);
     };
     let request = RetrainRequest {
@@ -132,6 +117,27 @@ pub async fn retrain_on_alerts(
     request_retrain(store, to.queue, &request, now)
         .await
         .map(Some)
+}
+
+/// The retraining a report's alerts call for, with the alerts behind it: `degraded` when a live
+/// or estimated metric degraded, else `drift` for any drift alert; `None` without either.
+pub fn trigger_of(report: &MonitorReport) -> Option<(Trigger, Vec<String>)> {
+    let mut trigger = None;
+    let mut reasons = Vec::new();
+    for alert in &report.alerts {
+        let this = match alert.rule {
+            AlertRule::LiveQuality | AlertRule::EstimatedQuality => Trigger::Degraded,
+            AlertRule::Drift | AlertRule::PredictionDrift | AlertRule::AttributionDrift => {
+                Trigger::Drift
+            }
+            AlertRule::DataQuality | AlertRule::Rollback => continue,
+        };
+        if trigger != Some(Trigger::Degraded) {
+            trigger = Some(this);
+        }
+        reasons.push(format!("{}: {}", alert.id, alert.summary));
+    }
+    trigger.map(|t| (t, reasons))
 }
 
 async fn request_retrain(

@@ -189,7 +189,12 @@ pub async fn run(args: MonitorArgs, settings: &Settings) -> Result<()> {
             tracker.describe()
         );
     }
-    if let Some(spec) = &args.retrain_spec {
+    // The spec and the data set's version are read only when alerts call for retraining.
+    if let Some(spec) = args
+        .retrain_spec
+        .as_ref()
+        .filter(|_| mlops_monitor::retrain::trigger_of(&report).is_some())
+    {
         retrain_on_alerts(&args, spec, settings, &registry, &report).await?;
     }
     if args.auto_rollback {
