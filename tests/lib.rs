@@ -271,3 +271,30 @@ pub fn batch_queue(name: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("JSON from batch_setup.py")
 }
+
+/// The JSON a script in `tests/python/` prints (run with the test venv's Python).
+pub fn python_script_json(script: &str, args: &[String]) -> serde_json::Value {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The stack of `template.yaml` created in moto's CloudFormation with parameter `overrides`
+/// (`tests/python/stack_in_moto.py`): status, outputs, roles, function environments, and what
+/// moto did not create. Asserts CREATE_COMPLETE.
+pub fn stack_in_moto(overrides: &[&str]) -> serde_json::Value {
+    let args: Vec<String> = std::iter::once(moto_endpoint())
+        .chain(overrides.iter().map(|o| o.to_string()))
+        .collect();
+    let stack = python_script_json("stack_in_moto.py", &args);
+    assert_eq!(stack["status"], "CREATE_COMPLETE", "{}", stack["reason"]);
+    stack
+}

@@ -5,29 +5,12 @@
 //! what it needs; the batch job role's read scope is checked on the stack moto's CloudFormation
 //! creates from the transformed template (intrinsics resolved).
 
-use std::process::Command;
-
-use mlops_e2e::{moto_endpoint, python, repo};
+use mlops_e2e::{python_script_json, repo, stack_in_moto};
 use serde_json::Value;
-
-/// The JSON a script in `tests/python/` prints.
-fn script_json(script: &str, args: &[String]) -> Value {
-    let out = Command::new(python())
-        .arg(repo().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
 
 fn transformed() -> Value {
     let template = repo().join("template.yaml").display().to_string();
-    script_json("transform_template.py", &[template])
+    python_script_json("transform_template.py", &[template])
 }
 
 fn default_of(template: &Value, parameter: &Value) -> f64 {
@@ -146,23 +129,6 @@ fn roles_reach_only_what_they_need_and_prediction_logs_expire() {
     let managed =
         t["Resources"]["PredictFunctionRole"]["Properties"]["ManagedPolicyArns"].to_string();
     assert!(!managed.contains("RegistryReadPolicy"), "{managed}");
-    // SubmitJob names its queue and job definition.
-    let batch = statements(&t, "BatchFunctionRole");
-    let submit = batch
-        .iter()
-        .find(|(a, _)| a.contains("batch:SubmitJob"))
-        .expect("a SubmitJob statement");
-    assert!(
-        submit.1.contains("job-queue/${BatchJobQueue}"),
-        "{}",
-        submit.1
-    );
-    assert!(
-        submit.1.contains("job-definition/${BatchJobDefinition}"),
-        "{}",
-        submit.1
-    );
-    assert!(!submit.1.contains("\"*\""), "{}", submit.1);
     // Prediction logs expire.
     let rules = t["Resources"]["RegistryBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
         .as_array()
@@ -175,16 +141,6 @@ fn roles_reach_only_what_they_need_and_prediction_logs_expire() {
         logs["ExpirationInDays"].is_object() || logs["ExpirationInDays"].is_number(),
         "{logs}"
     );
-}
-
-/// The stack moto's CloudFormation creates from the transformed template, with overrides.
-fn stack_in_moto(overrides: &[&str]) -> Value {
-    let args: Vec<String> = std::iter::once(moto_endpoint())
-        .chain(overrides.iter().map(|o| o.to_string()))
-        .collect();
-    let stack = script_json("stack_in_moto.py", &args);
-    assert_eq!(stack["status"], "CREATE_COMPLETE", "{}", stack["reason"]);
-    stack
 }
 
 /// The resources a role's statements grant `action` on.
@@ -322,11 +278,7 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
     );
     assert!(env.get("MLOPS_RETRAIN_SPEC").is_none(), "{env}");
     // With a training-job spec: retraining on alerts and on its own schedule.
-    let stack = stack_in_moto(&[
-        "RetrainSpecKey=retraining/housing.toml",
-        "TrainingJobQueue=training",
-        "TrainingJobDefinition=train:3",
-    ]);
+    let stack = stack_in_moto(&["RetrainSpecKey=retraining/housing.toml", "ImageTag=abc123"]);
     let env = &stack["environments"]["MonitorFunction"];
     let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
     assert_eq!(
@@ -334,11 +286,13 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
         format!("{store}/retraining/housing.toml"),
         "{env}"
     );
-    assert_eq!(env["MLOPS_TRAINING_QUEUE"], "training");
-    let submit = granted(&stack, "MonitorFunctionRole", "batch:SubmitJob");
-    assert!(
-        submit.iter().any(|r| r.ends_with(":job-queue/training")),
-        "{submit:?}"
+    let queue = &stack["outputs"]["TrainingJobQueueArn"];
+    let definition = &stack["outputs"]["TrainingJobDefinitionArn"];
+    assert_eq!(&env["MLOPS_TRAINING_QUEUE"], queue, "{env}");
+    assert_eq!(&env["MLOPS_TRAINING_JOB_DEFINITION"], definition, "{env}");
+    assert_eq!(
+        granted(&stack, "MonitorFunctionRole", "batch:SubmitJob"),
+        [definition.as_str().unwrap(), queue.as_str().unwrap()]
     );
     let retrain = &t["Resources"]["RetrainScheduleEvent"];
     assert_eq!(retrain["Condition"], "HasRetraining");
@@ -346,4 +300,253 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
         retrain["Properties"]["Target"]["Input"],
         "{\"retrain\": \"schedule\"}"
     );
+}
+
+/// An intrinsic value as text (`Fn::Sub` strings as written, `Ref:X`, `X.Attribute`); an
+/// `Fn::If` stands for both of its branches.
+fn render(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().flat_map(render).collect(),
+        Value::Object(o) => {
+            if let Some(s) = o.get("Fn::Sub") {
+                render(s)
+            } else if let Some(r) = o.get("Ref") {
+                vec![format!("Ref:{}", r.as_str().unwrap())]
+            } else if let Some(a) = o.get("Fn::GetAtt") {
+                vec![format!("{}.{}", a[0].as_str().unwrap(), a[1].as_str().unwrap())]
+            } else if let Some(branches) = o.get("Fn::If") {
+                branches.as_array().unwrap()[1..]
+                    .iter()
+                    .flat_map(render)
+                    .filter(|s| s != "Ref:AWS::NoValue")
+                    .collect()
+            } else {
+                vec![value.to_string()]
+            }
+        }
+        other => vec![other.to_string()],
+    }
+}
+
+/// Everything a role of the transformed template can be granted, whatever the parameters:
+/// `ACTION RESOURCE[ if CONDITION]` per inline statement, `managed POLICY` per managed policy.
+fn grants(template: &Value, role: &str) -> std::collections::BTreeSet<String> {
+    let properties = &template["Resources"][role]["Properties"];
+    let mut out = std::collections::BTreeSet::new();
+    for policy in properties["Policies"].as_array().into_iter().flatten() {
+        for s in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            assert_eq!(s["Effect"], "Allow", "{role}: {s}");
+            let condition = match &s["Condition"] {
+                Value::Null => String::new(),
+                c => format!(" if {c}"),
+            };
+            for action in render(&s["Action"]) {
+                for resource in render(&s["Resource"]) {
+                    out.insert(format!("{action} {resource}{condition}"));
+                }
+            }
+        }
+    }
+    for managed in properties["ManagedPolicyArns"].as_array().into_iter().flatten() {
+        out.extend(render(managed).into_iter().map(|m| format!("managed {m}")));
+    }
+    out
+}
+
+/// The allow-list: every grant of every role the stack makes, whatever its parameters. A
+/// change to any role fails here until the list (and so the review) is updated.
+#[test]
+fn each_role_is_granted_exactly_its_allow_list() {
+    let t = transformed();
+    let lambda_basic = "managed arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
+    let registry = "${RegistryBucket.Arn}/${RegistryPrefix}";
+    let prefix_condition = |prefixes: &[&str]| {
+        let list: Vec<String> = prefixes
+            .iter()
+            .map(|p| format!(r#"{{"Fn::Sub":"${{RegistryPrefix}}/{p}/*"}}"#))
+            .collect();
+        match list.as_slice() {
+            [one] => format!(r#" if {{"StringLike":{{"s3:prefix":{one}}}}}"#),
+            _ => format!(r#" if {{"StringLike":{{"s3:prefix":[{}]}}}}"#, list.join(",")),
+        }
+    };
+    let input_locations: Vec<String> = ["aws-cn", "aws-us-gov", "aws"]
+        .iter()
+        .map(|p| format!(r#"{{"Fn::Split":[",",{{"Fn::Join":["",["arn:{p}:s3:::",{{"Fn::Join":["*,arn:{p}:s3:::",{{"Ref":"BatchInputLocations"}}]}},"*"]]}}]}}"#))
+        .collect();
+    let expected: Vec<(&str, Vec<String>)> = vec![
+        // Predict reads the models and writes its logs; the feedback route adds labels beside
+        // them and the admin traffic route writes a split. Nothing else.
+        ("PredictFunctionRole", vec![
+            lambda_basic.into(),
+            format!("s3:GetObject {registry}/models/*"),
+            format!("s3:ListBucket RegistryBucket.Arn{}", prefix_condition(&["models"])),
+            format!("s3:PutObject {registry}/feedback/*"),
+            format!("s3:PutObject {registry}/models/*/traffic.json"),
+            format!("s3:PutObject {registry}/prediction-logs/*"),
+        ]),
+        ("AuthorizerFunctionRole", vec![
+            lambda_basic.into(),
+            "secretsmanager:GetSecretValue Ref:ApiKeysSecret".into(),
+        ]),
+        ("BatchFunctionRole", vec![
+            "batch:DescribeJobs *".into(),
+            "batch:ListJobs *".into(),
+            "batch:SubmitJob Ref:BatchPredictionJobDefinition".into(),
+            "batch:SubmitJob Ref:BatchPredictionJobQueue".into(),
+            "managed Ref:RegistryReadPolicy".into(),
+            lambda_basic.into(),
+            format!("s3:PutObject {registry}/batch-jobs/*"),
+        ]),
+        ("MonitorFunctionRole", vec![
+            "batch:ListJobs *".into(),
+            "batch:SubmitJob Ref:TrainingJobDefinition".into(),
+            "batch:SubmitJob Ref:TrainingJobQueue".into(),
+            r#"cloudwatch:PutMetricData * if {"StringEquals":{"cloudwatch:namespace":"mlops/monitor"}}"#.into(),
+            "kms:Decrypt AlertKey.Arn".into(),
+            "kms:GenerateDataKey* AlertKey.Arn".into(),
+            lambda_basic.into(),
+            format!("s3:GetObject {registry}/${{RetrainSpecKey}}"),
+            format!("s3:GetObject {registry}/feedback/*"),
+            format!("s3:GetObject {registry}/models/*"),
+            format!("s3:GetObject {registry}/monitoring/*"),
+            format!("s3:GetObject {registry}/prediction-logs/*"),
+            format!("s3:GetObject {registry}/retraining/*"),
+            format!("s3:ListBucket RegistryBucket.Arn{}", prefix_condition(&["models", "prediction-logs", "feedback", "monitoring"])),
+            format!("s3:PutObject {registry}/models/*/ab.json"),
+            format!("s3:PutObject {registry}/models/*/aliases.json"),
+            format!("s3:PutObject {registry}/monitoring/*"),
+            format!("s3:PutObject {registry}/retraining/*"),
+            "sns:Publish Ref:AlertTopic".into(),
+        ]),
+        ("TrainingJobRole", vec![
+            r#"cloudwatch:PutMetricData * if {"StringEquals":{"cloudwatch:namespace":"mlops/training"}}"#.into(),
+            "managed Ref:RegistryWritePolicy".into(),
+            "s3:GetObject ${RegistryBucket.Arn}/*".into(),
+            "s3:GetObjectVersion ${RegistryBucket.Arn}/*".into(),
+            "s3:ListBucket RegistryBucket.Arn".into(),
+            "s3:ListBucketVersions RegistryBucket.Arn".into(),
+        ]),
+        ("BatchJobRole", [
+            format!("s3:GetObject {registry}/batch-jobs/*"),
+            format!("s3:GetObject {registry}/models/*"),
+            "s3:GetObject ${RegistryBucket.Arn}/*".into(),
+            format!("s3:GetObjectVersion {registry}/batch-jobs/*"),
+            "s3:GetObjectVersion ${RegistryBucket.Arn}/*".into(),
+            format!("s3:ListBucket RegistryBucket.Arn{}", prefix_condition(&["models", "batch-jobs"])),
+            format!("s3:PutObject {registry}/batch-jobs/*"),
+        ]
+        .into_iter()
+        .chain(input_locations.iter().flat_map(|l| [format!("s3:GetObject {l}"), format!("s3:GetObjectVersion {l}")]))
+        .collect()),
+        ("JobExecutionRole", vec![
+            "ecr:BatchCheckLayerAvailability ImageRepository.Arn".into(),
+            "ecr:BatchGetImage ImageRepository.Arn".into(),
+            "ecr:GetAuthorizationToken *".into(),
+            "ecr:GetDownloadUrlForLayer ImageRepository.Arn".into(),
+            "logs:CreateLogStream BatchPredictionJobLogs.Arn".into(),
+            "logs:CreateLogStream TrainingJobLogs.Arn".into(),
+            "logs:PutLogEvents BatchPredictionJobLogs.Arn".into(),
+            "logs:PutLogEvents TrainingJobLogs.Arn".into(),
+        ]),
+        ("BatchInstanceRole", vec![
+            "managed arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role".into(),
+        ]),
+        ("RetrainScheduleRole", vec!["lambda:InvokeFunction MonitorFunction.Arn".into()]),
+    ];
+    let mut checked = Vec::new();
+    for (role, allowed) in &expected {
+        let got: Vec<String> = grants(&t, role).into_iter().collect();
+        let mut allowed = allowed.clone();
+        allowed.sort();
+        assert_eq!(got, allowed, "{role}");
+        checked.push(*role);
+    }
+    // No role of the stack is left unchecked (SAM's schedule roles invoke one function each).
+    for (name, resource) in t["Resources"].as_object().unwrap() {
+        if resource["Type"] == "AWS::IAM::Role" && !checked.contains(&name.as_str()) {
+            let scheduler = resource["Properties"]["AssumeRolePolicyDocument"].to_string();
+            assert!(scheduler.contains("scheduler.amazonaws.com"), "{name} is not on the allow-list");
+            assert_eq!(
+                grants(&t, name).into_iter().collect::<Vec<_>>(),
+                ["lambda:InvokeFunction MonitorFunction.Arn"],
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Each alarm the operator guide explains exists, notifies the alert topic and links its
+/// runbook section; the metrics they watch are the ones the code emits; the dashboard is JSON.
+#[test]
+fn alarms_watch_what_the_code_emits_and_link_their_runbook() {
+    let t = transformed();
+    let resources = t["Resources"].as_object().unwrap();
+    let runbook = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let alarms = [
+        "ApiErrorRateAlarm",
+        "ApiLatencyAlarm",
+        "ThrottlesAlarm",
+        "DroppedPredictionLogsAlarm",
+        "DriftAlarm",
+        "MonitorErrorsAlarm",
+        "FailedJobsAlarm",
+        "AuthorizerDenialsAlarm",
+    ];
+    for name in alarms {
+        let alarm = &resources[name];
+        assert_eq!(alarm["Type"], "AWS::CloudWatch::Alarm", "{name}");
+        let p = &alarm["Properties"];
+        assert_eq!(p["AlarmActions"], serde_json::json!([{"Ref": "AlertTopic"}]), "{name}");
+        let description = p["AlarmDescription"].as_str().unwrap();
+        let anchor = description
+            .split("docs/operations.md#")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name} links no runbook section: {description}"));
+        let heading = format!("### {}", anchor.trim_end_matches('.'));
+        assert!(
+            runbook.to_lowercase().contains(&heading.to_lowercase()),
+            "docs/operations.md has no section {heading} for {name}"
+        );
+    }
+    // The log line the dropped-records metric counts is the one the predict function writes.
+    let pattern = resources["DroppedPredictionLogsMetric"]["Properties"]["FilterPattern"]
+        .as_str()
+        .unwrap();
+    let text = pattern.split('"').nth(1).unwrap().trim_end_matches('*');
+    let source = std::fs::read_to_string(repo().join("shared/serving/src/predlog.rs")).unwrap();
+    assert!(source.contains(text), "predlog.rs never logs '{text}'");
+    // The drift alarm's metric is one the monitor puts.
+    let query = resources["DriftAlarm"]["Properties"]["Metrics"][0]["Expression"]
+        .as_str()
+        .unwrap();
+    assert!(query.contains("MAX(dataset_drift)"), "{query}");
+    let monitor = std::fs::read_to_string(repo().join("shared/monitor/src/lib.rs")).unwrap();
+    assert!(monitor.contains("\"dataset_drift\""));
+    // The dashboard body is JSON once CloudFormation substitutes its references.
+    let body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .unwrap();
+    let mut substituted = String::new();
+    let mut rest = body;
+    while let Some(start) = rest.find("${") {
+        substituted.push_str(&rest[..start]);
+        substituted.push('x');
+        rest = &rest[start + rest[start..].find('}').unwrap() + 1..];
+    }
+    substituted.push_str(rest);
+    let dashboard: Value = serde_json::from_str(&substituted).expect("the dashboard is JSON");
+    assert!(dashboard["widgets"].as_array().unwrap().len() >= 6);
+    // Functions run on the architecture parameter, arm64 unless told otherwise.
+    assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
+    for (name, r) in resources {
+        if r["Type"] == "AWS::Lambda::Function" {
+            assert_eq!(
+                r["Properties"]["Architectures"],
+                serde_json::json!([{"Ref": "Architecture"}]),
+                "{name}"
+            );
+        }
+    }
 }
