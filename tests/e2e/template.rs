@@ -314,7 +314,11 @@ fn render(value: &Value) -> Vec<String> {
             } else if let Some(r) = o.get("Ref") {
                 vec![format!("Ref:{}", r.as_str().unwrap())]
             } else if let Some(a) = o.get("Fn::GetAtt") {
-                vec![format!("{}.{}", a[0].as_str().unwrap(), a[1].as_str().unwrap())]
+                vec![format!(
+                    "{}.{}",
+                    a[0].as_str().unwrap(),
+                    a[1].as_str().unwrap()
+                )]
             } else if let Some(branches) = o.get("Fn::If") {
                 branches.as_array().unwrap()[1..]
                     .iter()
@@ -348,7 +352,11 @@ fn grants(template: &Value, role: &str) -> std::collections::BTreeSet<String> {
             }
         }
     }
-    for managed in properties["ManagedPolicyArns"].as_array().into_iter().flatten() {
+    for managed in properties["ManagedPolicyArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         out.extend(render(managed).into_iter().map(|m| format!("managed {m}")));
     }
     out
@@ -368,7 +376,10 @@ fn each_role_is_granted_exactly_its_allow_list() {
             .collect();
         match list.as_slice() {
             [one] => format!(r#" if {{"StringLike":{{"s3:prefix":{one}}}}}"#),
-            _ => format!(r#" if {{"StringLike":{{"s3:prefix":[{}]}}}}"#, list.join(",")),
+            _ => format!(
+                r#" if {{"StringLike":{{"s3:prefix":[{}]}}}}"#,
+                list.join(",")
+            ),
         }
     };
     let input_locations: Vec<String> = ["aws-cn", "aws-us-gov", "aws"]
@@ -467,7 +478,10 @@ fn each_role_is_granted_exactly_its_allow_list() {
     for (name, resource) in t["Resources"].as_object().unwrap() {
         if resource["Type"] == "AWS::IAM::Role" && !checked.contains(&name.as_str()) {
             let scheduler = resource["Properties"]["AssumeRolePolicyDocument"].to_string();
-            assert!(scheduler.contains("scheduler.amazonaws.com"), "{name} is not on the allow-list");
+            assert!(
+                scheduler.contains("scheduler.amazonaws.com"),
+                "{name} is not on the allow-list"
+            );
             assert_eq!(
                 grants(&t, name).into_iter().collect::<Vec<_>>(),
                 ["lambda:InvokeFunction MonitorFunction.Arn"],
@@ -498,7 +512,11 @@ fn alarms_watch_what_the_code_emits_and_link_their_runbook() {
         let alarm = &resources[name];
         assert_eq!(alarm["Type"], "AWS::CloudWatch::Alarm", "{name}");
         let p = &alarm["Properties"];
-        assert_eq!(p["AlarmActions"], serde_json::json!([{"Ref": "AlertTopic"}]), "{name}");
+        assert_eq!(
+            p["AlarmActions"],
+            serde_json::json!([{"Ref": "AlertTopic"}]),
+            "{name}"
+        );
         let description = p["AlarmDescription"].as_str().unwrap();
         let anchor = description
             .split("docs/operations.md#")

@@ -109,4 +109,3 @@ pub fn http(result: &Value) -> (u64, Value) {
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
 }
-

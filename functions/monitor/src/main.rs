@@ -3,6 +3,10 @@
 //!
 //! Event (every field optional): `{"models": ["m"], "hours": 1, "since": "RFC 3339",
 //! "until": "RFC 3339"}`; the default window is the last `MLOPS_MONITOR_HOURS` whole hours.
+//! `{"retrain": "manual"}` submits retraining instead, and `{"models": ["m"], "rollback":
+//! {"reason": "…", "request_id": "…"}}` moves the champion alias back to the version before its
+//! latest promotion (what `.github/workflows/rollback.yml` sends; with a request id, a retried
+//! rollback reports the first instead of rolling back twice).
 //! Environment, beside `MLOPS_STORE` and `AWS_ENDPOINT_URL` ([`mlops_function_env`]):
 //! - `MLOPS_MODELS`: models to monitor (comma-separated; default every registered model);
 //! - `MLOPS_MONITOR_HOURS` (1), `MLOPS_LABEL_DELAY_HOURS` (24), `MLOPS_CHAMPION_ALIAS`
@@ -45,6 +49,20 @@ struct Request {
     until: Option<DateTime<Utc>>,
     /// Retrain (`schedule` or `manual`) instead of monitoring.
     retrain: Option<Trigger>,
+    /// Roll the champion back instead of monitoring.
+    rollback: Option<RollbackRequest>,
+}
+
+/// An operator's rollback of the champion alias.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// Why (kept in the audit log).
+    reason: String,
+    /// Who asked (default: the monitor function).
+    by: Option<String>,
+    /// Makes a retry return the first rollback's event.
+    request_id: Option<String>,
 }
 
 /// One model's outcome.
@@ -63,6 +81,8 @@ struct ModelOutcome {
     retraining: Option<RetrainRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rollback: Option<RollbackOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rolled_back: Option<mlops_domain::registry::AliasEvent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -185,18 +205,25 @@ impl Monitor {
             from < until,
             "the window is empty: since {from} is not before until {until}"
         );
+        anyhow::ensure!(
+            !(request.rollback.is_some() && request.models.is_none()),
+            "a rollback names its models (\"models\": [\"m\"])"
+        );
         let models = match request.models.or_else(|| self.models.clone()) {
             Some(models) => models,
             None => self.registry.models().await?,
         };
         let mut outcomes = Vec::new();
         for model in models {
-            let result = match request.retrain {
-                Some(trigger) => self.retrain(&model, trigger).await.map(|r| ModelOutcome {
-                    retraining: r,
-                    ..outcome_of(&model, None)
-                }),
-                None => self.monitor(&model, from, until).await,
+            let result = match (&request.rollback, request.retrain) {
+                (Some(rollback), _) => self.roll_back(&model, rollback).await,
+                (None, Some(trigger)) => {
+                    self.retrain(&model, trigger).await.map(|r| ModelOutcome {
+                        retraining: r,
+                        ..outcome_of(&model, None)
+                    })
+                }
+                (None, None) => self.monitor(&model, from, until).await,
             };
             let outcome = match result {
                 Ok(outcome) => outcome,
@@ -317,6 +344,29 @@ impl Monitor {
         Ok((data_uri, data_version))
     }
 
+    /// Moves the champion back to its previous version (recorded in the audit log).
+    async fn roll_back(&self, model: &str, request: &RollbackRequest) -> Result<ModelOutcome> {
+        let by = request
+            .by
+            .as_deref()
+            .unwrap_or("monitor function (on request)");
+        let event = self
+            .registry
+            .rollback(
+                model,
+                &self.champion,
+                by,
+                &request.reason,
+                request.request_id.as_deref(),
+            )
+            .await?;
+        tracing::warn!(model, alias = %self.champion, to = event.to, by, "rolled back");
+        Ok(ModelOutcome {
+            rolled_back: Some(event),
+            ..outcome_of(model, None)
+        })
+    }
+
     /// Submits retraining for `trigger` (once per window), when retraining is configured.
     async fn retrain(&self, model: &str, trigger: Trigger) -> Result<Option<RetrainRecord>> {
         let Some(r) = &self.retraining else {
@@ -364,6 +414,7 @@ fn outcome_of(model: &str, report: Option<&MonitorReport>) -> ModelOutcome {
         report: report.map(|r| mlops_monitor::report_key(model, r.from, r.until)),
         retraining: None,
         rollback: None,
+        rolled_back: None,
         error: None,
     }
 }
