@@ -1,5 +1,7 @@
 """Cold start of the predict function binary: process start → /health/ready answers 200, with the
-model fetched from S3 (moto), over N runs. Prints one line per run and the median and max.
+model fetched from S3 (moto), over N runs. Prints one line per run and the median and max, and
+the process's peak resident memory (VmHWM) when ready and after 200 predictions (the memory a
+Lambda environment needs: docs/operations.md, costs).
 
 Usage: coldstart.py PREDICT_BINARY STORE_URI S3_ENDPOINT [RUNS]
 
@@ -35,7 +37,31 @@ def ready(url):
         return False
 
 
-external, internal = [], []
+RECORD = {
+    "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0, "total_rooms": 880.0,
+    "total_bedrooms": 129.0, "population": 322.0, "households": 126.0, "median_income": 8.3252,
+    "ocean_proximity": "NEAR BAY",
+}
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def predict(port, n):
+    body = json.dumps(RECORD).encode()
+    for _ in range(n):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/california_housing/predict",
+                                     data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+
+
+external, internal, rss_ready, rss_served = [], [], [], []
 for i in range(runs):
     port = free_port()
     env = dict(os.environ, MLOPS_LISTEN=f"127.0.0.1:{port}", MLOPS_STORE=store,
@@ -48,6 +74,9 @@ for i in range(runs):
             sys.exit(f"the binary exited: {proc.stdout.read()}")
         time.sleep(0.0005)
     elapsed = (time.perf_counter() - started) * 1e3
+    rss_ready.append(peak_rss_mib(proc.pid))
+    predict(port, 200)
+    rss_served.append(peak_rss_mib(proc.pid))
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
     logged = next((json.loads(l)["cold_start_ms"] for l in out.splitlines() if "cold_start_ms" in l), float("nan"))
@@ -56,3 +85,4 @@ for i in range(runs):
     print(f"run {i + 1:2d}: ready after {elapsed:6.1f} ms (init logged by the binary: {logged:6.1f} ms)")
 print(f"process start → ready over {runs} runs: median {statistics.median(external):.1f} ms, max {max(external):.1f} ms")
 print(f"init inside the binary:               median {statistics.median(internal):.1f} ms, max {max(internal):.1f} ms")
+print(f"peak RSS: {max(rss_ready):.1f} MiB when ready, {max(rss_served):.1f} MiB after 200 predictions")

