@@ -1,7 +1,7 @@
 """Cold start of the predict function binary: process start → /health/ready answers 200, with the
 model fetched from S3 (moto), over N runs. Prints one line per run and the median and max, and
-the process's peak resident memory (VmHWM) when ready and after 200 predictions (the memory a
-Lambda environment needs: docs/operations.md, costs).
+the process's peak resident memory (VmHWM) when ready and after 1000 predictions, and its CPU time
+per single-record request (what a Lambda environment needs: docs/benchmarks.md, cost of serving).
 
 Usage: coldstart.py PREDICT_BINARY STORE_URI S3_ENDPOINT [RUNS]
 
@@ -52,6 +52,11 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def predict(port, n):
     body = json.dumps(RECORD).encode()
     for _ in range(n):
@@ -61,7 +66,7 @@ def predict(port, n):
             r.read()
 
 
-external, internal, rss_ready, rss_served = [], [], [], []
+external, internal, rss_ready, rss_served, cpu_per_request = [], [], [], [], []
 for i in range(runs):
     port = free_port()
     env = dict(os.environ, MLOPS_LISTEN=f"127.0.0.1:{port}", MLOPS_STORE=store,
@@ -75,7 +80,9 @@ for i in range(runs):
         time.sleep(0.0005)
     elapsed = (time.perf_counter() - started) * 1e3
     rss_ready.append(peak_rss_mib(proc.pid))
-    predict(port, 200)
+    cpu_before = cpu_seconds(proc.pid)
+    predict(port, 1000)
+    cpu_per_request.append((cpu_seconds(proc.pid) - cpu_before) / 1000 * 1e3)
     rss_served.append(peak_rss_mib(proc.pid))
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
@@ -85,4 +92,5 @@ for i in range(runs):
     print(f"run {i + 1:2d}: ready after {elapsed:6.1f} ms (init logged by the binary: {logged:6.1f} ms)")
 print(f"process start → ready over {runs} runs: median {statistics.median(external):.1f} ms, max {max(external):.1f} ms")
 print(f"init inside the binary:               median {statistics.median(internal):.1f} ms, max {max(internal):.1f} ms")
-print(f"peak RSS: {max(rss_ready):.1f} MiB when ready, {max(rss_served):.1f} MiB after 200 predictions")
+print(f"peak RSS: {max(rss_ready):.1f} MiB when ready, {max(rss_served):.1f} MiB after 1000 predictions")
+print(f"CPU time per single-record request (HTTP included): median {statistics.median(cpu_per_request):.3f} ms")
