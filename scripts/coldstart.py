@@ -1,6 +1,6 @@
 """Cold start of the predict function binary: process start → /health/ready answers 200, with the
 model fetched from S3 (moto), over N runs. Prints one line per run and the median and max, and
-the process's peak resident memory (VmHWM) when ready and after 200 predictions, and its CPU time
+the process's peak resident memory (VmHWM) when ready and after 1000 predictions, and its CPU time
 per single-record request (what a Lambda environment needs: docs/benchmarks.md, cost of serving).
 
 Usage: coldstart.py PREDICT_BINARY STORE_URI S3_ENDPOINT [RUNS]
@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -72,25 +73,31 @@ for i in range(runs):
     env = dict(os.environ, MLOPS_LISTEN=f"127.0.0.1:{port}", MLOPS_STORE=store,
                AWS_ENDPOINT_URL=endpoint, RUST_LOG="info", MLOPS_MODELS="california_housing")
     started = time.perf_counter()
-    proc = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The log goes to a file: a pipe read only at the end fills up (one line a request) and
+    # blocks the binary.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/health/ready"
     while not ready(url):
         if proc.poll() is not None:
-            sys.exit(f"the binary exited: {proc.stdout.read()}")
+            log.seek(0)
+            sys.exit(f"the binary exited: {log.read()}")
         time.sleep(0.0005)
     elapsed = (time.perf_counter() - started) * 1e3
     rss_ready.append(peak_rss_mib(proc.pid))
     cpu_before = cpu_seconds(proc.pid)
-    predict(port, 200)
-    cpu_per_request.append((cpu_seconds(proc.pid) - cpu_before) / 200 * 1e3)
+    predict(port, 1000)
+    cpu_per_request.append((cpu_seconds(proc.pid) - cpu_before) / 1000 * 1e3)
     rss_served.append(peak_rss_mib(proc.pid))
     proc.terminate()
-    out, _ = proc.communicate(timeout=10)
+    proc.wait(timeout=10)
+    log.seek(0)
+    out = log.read()
     logged = next((json.loads(l)["cold_start_ms"] for l in out.splitlines() if "cold_start_ms" in l), float("nan"))
     external.append(elapsed)
     internal.append(logged)
     print(f"run {i + 1:2d}: ready after {elapsed:6.1f} ms (init logged by the binary: {logged:6.1f} ms)")
 print(f"process start → ready over {runs} runs: median {statistics.median(external):.1f} ms, max {max(external):.1f} ms")
 print(f"init inside the binary:               median {statistics.median(internal):.1f} ms, max {max(internal):.1f} ms")
-print(f"peak RSS: {max(rss_ready):.1f} MiB when ready, {max(rss_served):.1f} MiB after 200 predictions")
+print(f"peak RSS: {max(rss_ready):.1f} MiB when ready, {max(rss_served):.1f} MiB after 1000 predictions")
 print(f"CPU time per single-record request (HTTP included): median {statistics.median(cpu_per_request):.3f} ms")
