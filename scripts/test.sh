@@ -89,6 +89,8 @@ MLOPS="$CARGO_TARGET_DIR/debug/mlops"
 ST_HOME="$RUN_DIR/schemathesis"
 "$MLOPS" --home "$ST_HOME" quickstart --data ../shared/data/california_housing.csv >"$RUN_DIR/quickstart.log" 2>&1
 ST_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name schemathesis --scope admin 2>/dev/null)"
+# Created before the server starts, which reads the key set at start (and every 10 s after).
+SMOKE_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name smoke --scope predict 2>/dev/null)"
 SERVE_PORT="$(free_port)"
 setsid "$MLOPS" --home "$ST_HOME" serve --listen "127.0.0.1:$SERVE_PORT" >"$RUN_DIR/serve.log" 2>&1 &
 pids+=($!)
@@ -98,7 +100,6 @@ for _ in $(seq 1 100); do
 done
 # The deploy workflow's smoke test, against the same server, so it is known to work before it
 # guards a deploy.
-SMOKE_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name smoke --scope predict 2>/dev/null)"
 python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
 (cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)

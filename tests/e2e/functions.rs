@@ -2,8 +2,7 @@
 //! API Gateway v2 events in `tests/events/` (`cargo lambda invoke`) and over plain HTTP, against
 //! moto: S3 (registry), Secrets Manager (API keys) and Batch (with `use_docker: false`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mlops_e2e::{

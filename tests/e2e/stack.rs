@@ -99,9 +99,8 @@ async fn put(s3: &S3Store, key: &str, body: Vec<u8>) {
         .unwrap();
 }
 
-async fn get_json(s3: &S3Store, key: &str) -> Value {
-    let body = s3
-        .client()
+async fn get_bytes(s3: &S3Store, key: &str) -> Vec<u8> {
+    s3.client()
         .get_object()
         .bucket(s3.bucket())
         .key(key)
@@ -112,8 +111,12 @@ async fn get_json(s3: &S3Store, key: &str) -> Value {
         .collect()
         .await
         .unwrap()
-        .into_bytes();
-    serde_json::from_slice(&body).unwrap()
+        .into_bytes()
+        .to_vec()
+}
+
+async fn get_json(s3: &S3Store, key: &str) -> Value {
+    serde_json::from_slice(&get_bytes(s3, key).await).unwrap()
 }
 
 async fn keys_under(s3: &S3Store, prefix: &str) -> Vec<String> {
@@ -335,19 +338,7 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
 /// The first record of a gzip JSON-lines log object.
 async fn read_log_line(s3: &S3Store, key: &str) -> Value {
     use std::io::Read;
-    let body = s3
-        .client()
-        .get_object()
-        .bucket(s3.bucket())
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let body = get_bytes(s3, key).await;
     let mut text = String::new();
     flate2::read::GzDecoder::new(&body[..])
         .read_to_string(&mut text)
