@@ -10,7 +10,7 @@
 //! the schedules, alarms, metric filters, Glue and Athena are resources moto's CloudFormation
 //! does not create; `tests/e2e/template.rs` checks them in the transformed template, the
 //! emulator's API Gateway v2 events stand in for the API, and the schedule's event is sent
-//! by hand.
+//! by hand. A queue subscribed to the stack's topic reads the alerts the monitor publishes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +21,6 @@ use mlops_store::{S3Config, S3Store};
 use serde_json::Value;
 
 #[path = "../support/lambda_watch.rs"]
-#[allow(dead_code)] // the function URLs are not used here
 mod lambda_watch;
 use lambda_watch::{Watch, event, http};
 
@@ -215,6 +214,30 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
     let (status, body) = http(&watch.invoke("predict", &ev("feedback.json", &[])));
     assert_eq!(status, 202, "{body}");
 
+    // Traffic unlike the training data (higher incomes, older houses), in one request of 300
+    // records through the function URL, for the monitor to flag.
+    let shifted: Vec<Value> = housing_records(300)
+        .into_iter()
+        .map(|mut r| {
+            r["median_income"] = (r["median_income"].as_f64().unwrap() * 1.6 + 1.0).into();
+            r["housing_median_age"] = (r["housing_median_age"].as_f64().unwrap() + 20.0).into();
+            r
+        })
+        .collect();
+    let response = reqwest::Client::new()
+        .post(watch.url("predict", "/v1/models/california_housing/predict"))
+        .json(&shifted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    // The stack's alert topic, with a queue subscribed to read what it publishes.
+    let topic = out["AlertTopicArn"].as_str().unwrap();
+    let alerts = boto3(
+        "import boto3, json, sys\nsqs = boto3.client('sqs', endpoint_url=sys.argv[1], region_name='us-east-1')\nurl = sqs.create_queue(QueueName=sys.argv[3])['QueueUrl']\narn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\nboto3.client('sns', endpoint_url=sys.argv[1], region_name='us-east-1').subscribe(TopicArn=sys.argv[2], Protocol='sqs', Endpoint=arn)\nprint(json.dumps(url))",
+        &[topic, &unique("alerts")],
+    );
+
     // --- batch job: the batch function submits to the stack's Fargate queue ----------------
     let rows: String = std::fs::read_to_string(shared_data("california_housing.csv"))
         .unwrap()
@@ -296,6 +319,19 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
     )
     .await;
     assert_eq!(report["model"], "california_housing", "{report}");
+    assert!(
+        outcome["alerts"].to_string().contains("drift"),
+        "the shifted records raised no drift alert: {answer}"
+    );
+    // The alerts reached the stack's topic.
+    let received = boto3(
+        "import boto3, json, sys\nsqs = boto3.client('sqs', endpoint_url=sys.argv[1], region_name='us-east-1')\nm = sqs.receive_message(QueueUrl=sys.argv[2], MaxNumberOfMessages=10, WaitTimeSeconds=2).get('Messages', [])\nprint(json.dumps([x['Body'] for x in m]))",
+        &[alerts.as_str().unwrap()],
+    );
+    assert!(
+        received.to_string().contains("california_housing"),
+        "nothing on the alert topic: {received}"
+    );
     // Its scores went to CloudWatch in the stack's namespace.
     let metrics = boto3(
         "import boto3, json, sys; print(json.dumps([m['MetricName'] for m in boto3.client('cloudwatch', endpoint_url=sys.argv[1], region_name='us-east-1').list_metrics(Namespace='mlops/monitor')['Metrics']]))",
@@ -333,6 +369,33 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
         &["registry", "audit", "california_housing"],
     );
     assert!(audit.contains("stack test"), "{audit}");
+}
+
+/// The first `n` complete rows of California Housing as API records (no target).
+fn housing_records(n: usize) -> Vec<Value> {
+    let mut reader = csv::Reader::from_path(shared_data("california_housing.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|row| row.iter().all(|v| !v.is_empty()))
+        .take(n)
+        .map(|row| {
+            let mut record = serde_json::Map::new();
+            for (name, value) in headers.iter().zip(row.iter()) {
+                match name {
+                    "median_house_value" => {}
+                    "ocean_proximity" => {
+                        record.insert(name.into(), value.into());
+                    }
+                    _ => {
+                        record.insert(name.into(), value.parse::<f64>().unwrap().into());
+                    }
+                }
+            }
+            Value::Object(record)
+        })
+        .collect()
 }
 
 /// The first record of a gzip JSON-lines log object.

@@ -209,6 +209,10 @@ impl Monitor {
             !(request.rollback.is_some() && request.models.is_none()),
             "a rollback names its models (\"models\": [\"m\"])"
         );
+        anyhow::ensure!(
+            !(request.rollback.is_some() && request.retrain.is_some()),
+            "an event asks for a rollback or for retraining, not both"
+        );
         let models = match request.models.or_else(|| self.models.clone()) {
             Some(models) => models,
             None => self.registry.models().await?,
