@@ -2,7 +2,9 @@
 offline (transform_template.py), each function's code a zip in moto S3. Prints what the stack
 made, resolved by CloudFormation, as JSON on stdout:
 {"status", "reason", "outputs": {key: value}, "roles": {logical id: [policy document, ...]},
- "environments": {function logical id: {variable: value}}}.
+ "environments": {function logical id: {variable: value}}, "stand_ins": {logical id: type},
+ "not_created": {type: [logical id, ...]}} — what moto was given in place of a resource it cannot
+create (STAND_INS), and what it skipped.
 
 Usage: stack_in_moto.py ENDPOINT [KEY=VALUE ...]  (parameter overrides)
 """
