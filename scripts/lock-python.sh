@@ -17,6 +17,7 @@ compile test.in test.txt 3.11
 compile torch.in torch.txt 3.11
 compile lint.in lint.txt 3.11
 compile deploy.in deploy.txt 3.11
+compile browser.in browser.txt 3.11
 # The training image (infra/docker/Dockerfile): Ubuntu 24.04's Python 3.12.
 compile image.in image.txt 3.12
 # Only the shared library is taken from these wheels (no dependencies); they declare Python >= 3.12.
@@ -28,4 +29,4 @@ wheel() { # REQUIREMENT OUTPUT
 }
 wheel 'xgboost-cpu==3.4.1' xgboost-cpu.txt
 wheel 'xgboost==3.4.1' xgboost-cuda.txt
-echo "lock-python: wrote $here/{build,test,torch,lint,deploy,image,xgboost-cpu,xgboost-cuda}.txt" >&2
+echo "lock-python: wrote $here/{build,test,torch,lint,deploy,browser,image,xgboost-cpu,xgboost-cuda}.txt" >&2

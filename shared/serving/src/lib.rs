@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod config;
+pub mod console;
 pub mod docs;
 pub mod feedback;
 pub mod metrics;
@@ -204,7 +205,10 @@ pub fn router_with_keys(
             )
             .route("/docs", get(docs::page))
             .route("/docs/explorer.js", get(docs::script))
-            .route("/docs/explorer.css", get(docs::style));
+            .route("/docs/explorer.css", get(docs::style))
+            .route("/console", get(console::page))
+            .route("/console/app.js", get(console::script))
+            .route("/console/app.css", get(console::style));
     }
     if set.admin {
         app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));

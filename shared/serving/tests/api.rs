@@ -945,6 +945,9 @@ async fn health_probes_need_no_key_and_learn_only_the_status() {
         ("/docs", "text/html"),
         ("/docs/explorer.js", "text/javascript"),
         ("/docs/explorer.css", "text/css"),
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
     ] {
         let (status, headers, _) = call(&app, get(path, None)).await;
         assert_eq!(status, StatusCode::OK, "{path}");
@@ -955,6 +958,60 @@ async fn health_probes_need_no_key_and_learn_only_the_status() {
             "{csp}"
         );
     }
+}
+
+/// The console's first page loads small, keyless and script-safe: no inline script or handler
+/// attribute in its HTML, nothing from another origin, and under 150 KB with its assets.
+#[tokio::test]
+async fn the_console_is_small_and_has_no_inline_script() {
+    let f = fixture(config()).await;
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let mut total = 0;
+    for path in ["/console", "/console/app.js", "/console/app.css"] {
+        let response = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        total += body.len();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        if path == "/console" {
+            for script in text.split("<script").skip(1) {
+                let tag = &script[..script.find('>').unwrap()];
+                assert!(
+                    tag.contains("src=\"/console/"),
+                    "an inline script: <script{tag}>"
+                );
+                assert!(script[script.find('>').unwrap() + 1..].starts_with("</script>"));
+            }
+            for tag in text.split('<').skip(1).map(|s| &s[..s.find('>').unwrap()]) {
+                let handler = tag
+                    .split_whitespace()
+                    .skip(1)
+                    .any(|attribute| attribute.starts_with("on") && attribute.contains('='));
+                assert!(!handler, "an inline event handler: <{tag}>");
+            }
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "another origin"
+            );
+        }
+        if path == "/console/app.js" {
+            assert!(
+                !text.contains("innerHTML"),
+                "the console never parses API text as HTML"
+            );
+        }
+    }
+    assert!(total < 150_000, "{total} bytes");
 }
 
 #[tokio::test]
