@@ -101,7 +101,23 @@ done
 # The deploy workflow's smoke test, against the same server, so it is known to work before it
 # guards a deploy.
 python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
-# The web console in headless Chromium (Playwright): key, form, field errors, prediction, chart.
-"$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$SERVE_PORT" "$SMOKE_KEY"
 (cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)
+
+# The web console in headless Chromium (Playwright): key, form, field errors, prediction, chart,
+# and category values that are markup (a second model, served by a second server) shown as text.
+python3 tests/browser/markup_probe.py "$RUN_DIR/markup_probe.csv"
+{
+  "$MLOPS" --home "$ST_HOME" train tests/browser/markup_probe.schema.toml --data "$RUN_DIR/markup_probe.csv" \
+    --candidates linear --intended-use "console browser test" --limitations "synthetic data"
+  "$MLOPS" --home "$ST_HOME" registry card markup_probe 1 --approve --by test.sh
+  "$MLOPS" --home "$ST_HOME" registry promote markup_probe 1 --alias champion --by test.sh --reason "browser test"
+} >"$RUN_DIR/markup_probe.log" 2>&1 || { tail -30 "$RUN_DIR/markup_probe.log" >&2; exit 1; }
+CONSOLE_PORT="$(free_port)"
+setsid "$MLOPS" --home "$ST_HOME" serve --listen "127.0.0.1:$CONSOLE_PORT" >"$RUN_DIR/console-serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$CONSOLE_PORT/health/ready" && break
+  sleep 0.2
+done
+"$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$CONSOLE_PORT" "$SMOKE_KEY"

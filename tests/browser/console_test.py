@@ -1,11 +1,13 @@
 """Browser test of the web console (`/console`) in headless Chromium, driven by Playwright.
 
 Usage: console_test.py BASE_URL PREDICT_KEY
-Needs a served california_housing model. Checks, as a user would see them:
+Needs served california_housing and markup_probe models (tests/browser/markup_probe.schema.toml,
+whose category values are HTML and script). Checks, as a user would see them:
   - a wrong key shows a clear message and no model;
   - the right key lists the model and a form generated from its schema, every input labelled;
   - an invalid field shows the API's message beside that field;
   - a valid record shows the prediction, a bar per feature contribution and the curl command;
+  - category values containing <script> or an <img onerror> show as text and never run;
   - the page is readable at 360 px wide (nothing wider than the viewport);
   - no script error and no Content-Security-Policy violation on the way.
 Exits 1 with the first failed check. Chromium: MLOPS_CHROMIUM, else /usr/bin/chromium, else
@@ -85,6 +87,26 @@ def main():
         expect(page.locator("#curl")).to_contain_text("curl -s")
         expect(income).not_to_have_attribute("aria-invalid", "true")
         print(f"ok   predicted {page.locator('#prediction').inner_text()!r} with {bars.count()} contribution bars")
+
+        # Category values that are markup (the markup_probe model) show as text and never run.
+        page.locator("#model").select_option("markup_probe")
+        kind = page.get_by_label("kind", exact=True)
+        expect(kind).to_be_visible()
+        options = kind.locator("option").all_inner_texts()
+        expected = ["plain", "<script>window.__mlopsXss = 1</script>", '<img src=x onerror="window.__mlopsXss = 2">']
+        if options != expected:
+            problems.append(f"the categories show as {options}, not as the text {expected}")
+        for value in expected[1:]:
+            kind.select_option(value)
+            page.get_by_role("button", name="Predict").click()
+            expect(page.locator("#prediction")).to_contain_text("markup_probe v")
+            expect(page.locator("#curl")).to_contain_text("__mlopsXss")
+        ran = page.evaluate("window.__mlopsXss")
+        injected = page.locator("#fields img, #result img, #fields script").count()
+        if ran is not None or injected:
+            problems.append(f"markup from the API ran or was parsed (marker {ran}, {injected} elements)")
+        else:
+            print("ok   category values with <script> and <img onerror> show as text; nothing ran")
 
         # Readable at 360 px: nothing wider than the viewport.
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
