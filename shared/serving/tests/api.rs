@@ -1136,7 +1136,14 @@ async fn a_request_past_its_deadline_gets_503_and_liveness_answers() {
     let app = router(Arc::clone(&f.state), RouteSet::ALL);
     let path = "/v1/models/california_housing/predict";
     let records = json!(vec![housing_record(); 500]).to_string();
+    // The model pool is busy (its one permit held here), so the request cannot finish before
+    // its deadline, however fast the machine is.
+    let busy = Arc::clone(&f.state.model_work)
+        .acquire_owned()
+        .await
+        .unwrap();
     let (status, headers, body) = call(&app, post(path, records)).await;
+    drop(busy);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "request_timeout");
     assert_eq!(headers["retry-after"], "1");
