@@ -259,17 +259,7 @@ pub fn boto3(script: &str, args: &[&str]) -> serde_json::Value {
 /// An AWS Batch job queue and job definition on moto (`tests/python/batch_setup.py`), named
 /// after `name`: `{"queue": …, "definition": …}`.
 pub fn batch_queue(name: &str) -> serde_json::Value {
-    let out = std::process::Command::new(python())
-        .arg(repo().join("tests/python/batch_setup.py"))
-        .args([&moto_endpoint(), &unique(name)])
-        .output()
-        .expect("run batch_setup.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from batch_setup.py")
+    python_script_json("batch_setup.py", &[moto_endpoint(), unique(name)])
 }
 
 /// The JSON a script in `tests/python/` prints (run with the test venv's Python).

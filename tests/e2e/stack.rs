@@ -193,14 +193,8 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
         .unwrap_or_else(|| panic!("{answer}"));
     let job_log = run_batch_job(job_id, &home);
     // --- promote: the job's gate approved the card and made version 1 champion -------------
-    let shown = mlops_cli(
-        &home,
-        &store,
-        &moto_endpoint(),
-        &["registry", "show", "california_housing", "champion"],
-    );
-    let champion: Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(champion["version"]["version"], 1, "{shown}\n{job_log}");
+    let (champion, shown) = champion_version(&home, &store);
+    assert_eq!(champion, 1, "{shown}\n{job_log}");
 
     // --- predict, through the authorizer with the stack's secret --------------------------
     let decision = watch.invoke(
@@ -354,14 +348,8 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
         again["models"][0]["rolled_back"]["revision"],
         answer["models"][0]["rolled_back"]["revision"]
     );
-    let shown = mlops_cli(
-        &home,
-        &store,
-        &moto_endpoint(),
-        &["registry", "show", "california_housing", "champion"],
-    );
-    let champion: Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(champion["version"]["version"], 1, "{shown}");
+    let (champion, shown) = champion_version(&home, &store);
+    assert_eq!(champion, 1, "{shown}");
     let audit = mlops_cli(
         &home,
         &store,
@@ -369,6 +357,21 @@ async fn the_stack_on_moto_trains_serves_predicts_in_batch_monitors_and_rolls_ba
         &["registry", "audit", "california_housing"],
     );
     assert!(audit.contains("stack test"), "{audit}");
+}
+
+/// The version `champion` points at (`mlops registry show`), with the command's output.
+fn champion_version(home: &Path, store: &str) -> (u64, String) {
+    let shown = mlops_cli(
+        home,
+        store,
+        &moto_endpoint(),
+        &["registry", "show", "california_housing", "champion"],
+    );
+    let champion: Value = serde_json::from_str(&shown).unwrap();
+    let version = champion["version"]["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no champion version: {shown}"));
+    (version, shown)
 }
 
 /// The first `n` complete rows of California Housing as API records (no target).
