@@ -391,12 +391,18 @@ fn each_role_is_granted_exactly_its_allow_list() {
         .collect();
     let expected: Vec<(&str, Vec<String>)> = vec![
         // Predict reads the models and writes its logs; the feedback route adds labels beside
-        // them and the admin traffic route writes a split. Nothing else.
+        // them; the admin routes (the console) read logs, labels and monitor reports and write
+        // splits, aliases and cards. Nothing else.
         ("PredictFunctionRole", vec![
             lambda_basic.into(),
+            format!("s3:GetObject {registry}/feedback/*"),
             format!("s3:GetObject {registry}/models/*"),
-            format!("s3:ListBucket RegistryBucket.Arn{}", prefix_condition(&["models"])),
+            format!("s3:GetObject {registry}/monitoring/*"),
+            format!("s3:GetObject {registry}/prediction-logs/*"),
+            format!("s3:ListBucket RegistryBucket.Arn{}", prefix_condition(&["models", "prediction-logs", "feedback", "monitoring"])),
             format!("s3:PutObject {registry}/feedback/*"),
+            format!("s3:PutObject {registry}/models/*/aliases.json"),
+            format!("s3:PutObject {registry}/models/*/cards/*"),
             format!("s3:PutObject {registry}/models/*/traffic.json"),
             format!("s3:PutObject {registry}/prediction-logs/*"),
         ]),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use mlops_domain::registry::Registry;
 use mlops_domain::schema::Schema;
 use mlops_domain::store::ObjectStore;
-use mlops_domain::tracking::Tracker;
+use mlops_domain::tracking::{RunReader, Tracker};
 use mlops_tracking::{LocalRunLog, MlflowClient};
 
 /// Schemas shipped with the binary (the files under `data/`).
@@ -44,9 +44,17 @@ impl Settings {
     /// `mlops` with the global flags this invocation was given (`--home`, `--store`, S3
     /// endpoint, tracking), for printing commands a user can paste as they are.
     pub fn command_prefix(&self) -> String {
-        let mut out = String::from("mlops");
+        std::iter::once("mlops".to_string())
+            .chain(self.global_args().iter().map(|a| shell_word(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The global flags this invocation was given, as arguments for a child `mlops`.
+    pub fn global_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if self.home != Path::new(".mlops") {
-            out += &format!(" --home {}", shell_word(&self.home.display().to_string()));
+            out.extend(["--home".to_string(), self.home.display().to_string()]);
         }
         for (flag, value) in [
             ("--store", &self.store),
@@ -54,7 +62,7 @@ impl Settings {
             ("--tracking", &self.tracking),
         ] {
             if let Some(v) = value {
-                out += &format!(" {flag} {}", shell_word(v));
+                out.extend([flag.to_string(), v.clone()]);
             }
         }
         out
@@ -82,18 +90,30 @@ impl Settings {
 
     /// Opens the tracker: MLflow when configured (also via MLFLOW_TRACKING_URI), else the local run log.
     pub fn tracker(&self) -> Box<dyn Tracker> {
+        match self.tracking_location() {
+            Ok(url) => Box::new(MlflowClient::new(&url)),
+            Err(dir) => Box::new(LocalRunLog::new(dir)),
+        }
+    }
+
+    /// The same tracker, for reading runs back (the console's training page).
+    pub fn run_reader(&self) -> Arc<dyn RunReader> {
+        match self.tracking_location() {
+            Ok(url) => Arc::new(MlflowClient::new(&url)),
+            Err(dir) => Arc::new(LocalRunLog::new(dir)),
+        }
+    }
+
+    /// An MLflow server's URL (`Ok`), or the run log's directory (`Err`).
+    fn tracking_location(&self) -> Result<String, PathBuf> {
         let uri = self
             .tracking
             .clone()
             .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok());
         match uri {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                Box::new(MlflowClient::new(&u))
-            }
-            Some(dir) => Box::new(LocalRunLog::new(
-                dir.strip_prefix("file://").unwrap_or(&dir),
-            )),
-            None => Box::new(LocalRunLog::new(self.home.join("runs"))),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(u),
+            Some(dir) => Err(PathBuf::from(dir.strip_prefix("file://").unwrap_or(&dir))),
+            None => Err(self.home.join("runs")),
         }
     }
 

@@ -4,6 +4,7 @@ mod commands;
 mod config;
 mod device;
 mod exit;
+mod local_queue;
 mod monitor;
 mod progress;
 

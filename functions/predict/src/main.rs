@@ -17,18 +17,16 @@ use mlops_serving::{AppState, PlatformRequestId, RouteSet, ServeConfig, router};
 /// request that reached a public route without the authorizer (probes, the API's contract) so
 /// that it learns only what anonymous callers may, and an authorized one with its key's scope.
 async fn platform_request_id(mut request: Request) -> Request {
-    let (id, authorized, admin) = match request.request_context_ref() {
+    let (id, caller) = match request.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(c)) => (
             c.request_id.clone(),
-            c.authorizer.is_some(),
-            c.authorizer.as_ref().is_some_and(|a| {
-                a.fields
-                    .get("scopes")
-                    .and_then(|s| s.as_str())
-                    .is_some_and(|s| s.split(',').any(|x| x == "admin"))
+            c.authorizer.as_ref().map(|a| {
+                let field = |name: &str| a.fields.get(name).and_then(|v| v.as_str()).unwrap_or("");
+                let admin = field("scopes").split(',').any(|x| x == "admin");
+                Caller::named(admin, field("keyName"), field("keyId"))
             }),
         ),
-        _ => (None, true, true),
+        _ => (None, Some(Caller::named(true, "direct invocation", "none"))),
     };
     let id = id.or_else(|| request.lambda_context_ref().map(|c| c.request_id.clone()));
     if let Some(id) = id {
@@ -36,8 +34,8 @@ async fn platform_request_id(mut request: Request) -> Request {
     }
     // Only the public routes (probes, the API's contract and explorer) arrive without the
     // authorizer: such a caller gets the answers meant for anonymous callers.
-    if authorized {
-        request.extensions_mut().insert(Caller { admin });
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
     } else {
         request.extensions_mut().insert(AnonymousProbe);
     }

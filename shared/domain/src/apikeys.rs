@@ -305,6 +305,23 @@ mod tests {
         assert_eq!(required_scope("POST", "/v1/batch-jobs"), Scope::Admin);
         assert_eq!(required_scope("GET", "/v1/batch-jobs/abc"), Scope::Admin);
         assert_eq!(required_scope("PUT", "/v1/models/m/traffic"), Scope::Admin);
+        // The console's routes: logs hold callers' inputs; the rest change or read the registry.
+        for (method, path) in [
+            ("GET", "/v1/models/m/predictions"),
+            ("GET", "/v1/models/m/predictions/export"),
+            ("GET", "/v1/models/m/audit"),
+            ("POST", "/v1/models/m/aliases/champion"),
+            ("POST", "/v1/models/m/aliases/champion/rollback"),
+            ("POST", "/v1/models/m/versions/2/approve"),
+            ("GET", "/v1/models/m/monitoring"),
+            ("GET", "/v1/runs"),
+        ] {
+            assert_eq!(
+                required_scope(method, path),
+                Scope::Admin,
+                "{method} {path}"
+            );
+        }
         assert_eq!(required_scope("DELETE", "/v1/models/m"), Scope::Admin);
         assert_eq!(required_scope("GET", "/metrics"), Scope::Admin);
     }

@@ -222,6 +222,27 @@ impl BatchJobs {
         }
     }
 
+    /// The newest `limit` job records (as stored, without asking the queue), newest first.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<BatchJob>, BatchJobError> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(&format!("{}/", crate::jobs::PREFIX))
+            .await?
+            .into_iter()
+            .filter(|k| k.ends_with("/job.json"))
+            .collect();
+        keys.sort();
+        let mut jobs = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(obj) = self.store.get(&key).await? {
+                jobs.push(parse::<BatchJob>(&key, &obj.bytes)?);
+            }
+        }
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
     async fn read_existing(&self, id: &str) -> Result<(BatchJob, ETag), BatchJobError> {
         self.read(id)
             .await?

@@ -14,6 +14,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 /// Prefix of every log.
 pub const PREFIX: &str = "prediction-logs";
 
+/// Longest a logged record waits before its object is written (the writer flushes far sooner):
+/// the objects that can hold records of a window are those written in it or up to this long
+/// after it.
+pub const WRITE_LAG: chrono::Duration = chrono::Duration::hours(1);
+
 /// The key of a log object written at `written`.
 pub fn object_key(model: &str, written: DateTime<Utc>, id: &str) -> String {
     object_key_under(PREFIX, model, written, id)

@@ -113,3 +113,41 @@ pub trait Tracker: Send + Sync {
         tracker_version: &str,
     ) -> Result<(), TrackingError>;
 }
+
+/// A run as read back for display: latest metric values, and on [`RunReader::run`] every metric's
+/// history (GPU telemetry, search progress).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Run name.
+    pub run_name: String,
+    /// Parent run (search trials are children of the training run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// RUNNING, FINISHED, FAILED or KILLED.
+    pub status: String,
+    /// Start, milliseconds since the epoch.
+    pub start_time: i64,
+    /// End, milliseconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<i64>,
+    /// Parameters.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// The latest value of each metric.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// Tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Each metric's (step, value) points, oldest first (filled by [`RunReader::run`] only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub history: std::collections::BTreeMap<String, Vec<(i64, f64)>>,
+}
+
+/// Reads runs back from a tracker (the console's training page).
+#[async_trait]
+pub trait RunReader: Send + Sync {
+    /// The newest `limit` runs of an experiment (parents and children), newest first.
+    async fn runs(&self, experiment: &str, limit: usize) -> Result<Vec<RunRecord>, TrackingError>;
+    /// One run with its metric histories.
+    async fn run(&self, run_id: &str) -> Result<RunRecord, TrackingError>;
+}

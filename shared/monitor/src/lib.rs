@@ -29,7 +29,7 @@ use mlops_domain::attribution::{AttributionDrift, AttributionProfile, Attributio
 use mlops_domain::drift::{DatasetDrift, DriftRule, Reference, WindowSketch};
 use mlops_domain::feedback::{self, Labels};
 use mlops_domain::metrics::Metric;
-use mlops_domain::predlog;
+use mlops_domain::predlog::{self, WRITE_LAG};
 use mlops_domain::quality::{Calibration, LiveQuality, QualitySketch};
 use mlops_domain::registry::Registry;
 use mlops_domain::schema::{Schema, Task};
@@ -37,9 +37,6 @@ use mlops_domain::store::{ObjectStore, PutCondition};
 use mlops_engine::Predictor;
 use serde::{Deserialize, Serialize};
 
-/// Longest a logged record waits before its object is written (the writer flushes far sooner;
-/// this bounds which objects written after the window can still hold its records).
-const WRITE_LAG: Duration = Duration::hours(1);
 /// Longest between the time a feedback object is named after and the moment it can be listed
 /// (the feedback route names it, then writes it within its request deadline).
 const FEEDBACK_PUT_LAG: Duration = Duration::minutes(5);

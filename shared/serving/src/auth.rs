@@ -19,10 +19,31 @@ pub struct AnonymousProbe;
 
 /// The key a request was authorized with (by `mlops serve`'s check or the Lambda authorizer):
 /// handlers give admins more detail.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// The key has the admin scope.
     pub admin: bool,
+    /// Who the key is for and its id, as the audit log names the actor: `NAME (key ID)`.
+    pub key: String,
+}
+
+impl Caller {
+    /// A caller authorized with `record`.
+    pub fn of(record: &ApiKeyRecord) -> Self {
+        Self::named(
+            record.scopes.contains(&mlops_domain::apikeys::Scope::Admin),
+            &record.name,
+            &record.id,
+        )
+    }
+
+    /// A caller from the names an authorizer passed on.
+    pub fn named(admin: bool, name: &str, id: &str) -> Self {
+        Self {
+            admin,
+            key: format!("{name} (key {id})"),
+        }
+    }
 }
 
 /// Header that carries the key.
@@ -186,9 +207,7 @@ pub async fn require_key(
         Ok(record) => {
             tracing::debug!(key_id = %record.id, "authorized");
             let mut request = request;
-            request.extensions_mut().insert(Caller {
-                admin: record.scopes.contains(&mlops_domain::apikeys::Scope::Admin),
-            });
+            request.extensions_mut().insert(Caller::of(&record));
             next.run(request).await
         }
         Err(e) => {

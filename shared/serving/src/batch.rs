@@ -301,6 +301,39 @@ pub async fn get_job(
     Ok(Json(out(view, None)).into_response())
 }
 
+/// Recent jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchJobList {
+    /// The newest 100 jobs, newest first, as recorded (a job's live queue state and progress
+    /// come from `GET /v1/batch-jobs/{id}`).
+    pub jobs: Vec<BatchJobOut>,
+}
+
+/// The newest jobs (admin scope).
+#[utoipa::path(
+    get,
+    path = "/v1/batch-jobs",
+    tag = "batch",
+    responses((status = 200, description = "Recent jobs", body = BatchJobList))
+)]
+pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let jobs = state.batch_jobs.recent(100).await?;
+    let jobs = jobs
+        .into_iter()
+        .map(|job| {
+            out(
+                JobView {
+                    job,
+                    queue_state: None,
+                    checkpoint: None,
+                },
+                None,
+            )
+        })
+        .collect();
+    Ok(Json(BatchJobList { jobs }).into_response())
+}
+
 /// The API view of a job.
 fn out(view: JobView, upload_url: Option<String>) -> BatchJobOut {
     let JobView {

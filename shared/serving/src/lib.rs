@@ -14,11 +14,16 @@ pub mod config;
 pub mod console;
 pub mod docs;
 pub mod feedback;
+pub mod history;
+pub mod manage;
 pub mod metrics;
 pub mod models;
+pub mod monitoring;
 pub mod openapi;
+pub mod predictions;
 pub mod predlog;
 pub mod routes;
+pub mod runs;
 pub mod traffic;
 
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use axum::routing::{get, post, put};
 use mlops_domain::batch_jobs::BatchJobs;
 use mlops_domain::jobs::JobQueue;
 use mlops_domain::registry::Registry;
+use mlops_domain::tracking::RunReader;
 
 pub use crate::config::ServeConfig;
 use crate::metrics::{Metrics, Served};
@@ -55,6 +61,17 @@ pub struct AppState {
     pub model_work: Arc<tokio::sync::Semaphore>,
     /// Slots for explanations ([`ServeConfig::explain_concurrency`]).
     pub explain_work: Arc<tokio::sync::Semaphore>,
+    /// Where training runs are read back from, when a tracker is configured.
+    pub runs: Option<Arc<dyn RunReader>>,
+}
+
+/// The services the state reaches besides the registry, when configured.
+#[derive(Default)]
+pub struct Backends {
+    /// The queue batch jobs are submitted to.
+    pub jobs: Option<Arc<dyn JobQueue>>,
+    /// The tracker training runs are read from.
+    pub runs: Option<Arc<dyn RunReader>>,
 }
 
 impl AppState {
@@ -65,6 +82,16 @@ impl AppState {
         config: ServeConfig,
         jobs: Option<Arc<dyn JobQueue>>,
     ) -> Arc<Self> {
+        Self::start_with(registry, config, Backends { jobs, runs: None }).await
+    }
+
+    /// [`AppState::start`] with every backend.
+    pub async fn start_with(
+        registry: Registry,
+        config: ServeConfig,
+        backends: Backends,
+    ) -> Arc<Self> {
+        let Backends { jobs, runs } = backends;
         let started = Instant::now();
         let models = Arc::new(ModelSet::new(
             registry.clone(),
@@ -103,6 +130,7 @@ impl AppState {
             config,
             predictions_log,
             batch_jobs,
+            runs,
         })
     }
 }
@@ -121,13 +149,24 @@ impl AppState {
         routes::list_models,
         routes::model_info,
         traffic::set_traffic,
+        predictions::list,
+        predictions::export,
+        manage::audit,
+        manage::card,
+        manage::promote,
+        manage::rollback,
+        manage::approve,
+        monitoring::monitoring,
+        runs::list,
+        runs::get,
         batch::create_job,
         batch::start_job,
         batch::get_job,
+        batch::list_jobs,
         routes::live,
         routes::ready
     ),
-    components(schemas(api::PredictRequest, api::Record, api::ErrorBody, feedback::FeedbackIn, feedback::FeedbackRequest)),
+    components(schemas(api::PredictRequest, api::Record, api::ErrorBody, feedback::FeedbackIn, feedback::FeedbackRequest, manage::PromoteIn, manage::RollbackIn, manage::ApproveIn)),
     modifiers(&ApiKeyScheme),
     security(("api_key" = []))
 )]
@@ -215,7 +254,10 @@ pub fn router_with_keys(
     }
     if set.batch {
         app = app
-            .route("/v1/batch-jobs", post(batch::create_job))
+            .route(
+                "/v1/batch-jobs",
+                post(batch::create_job).get(batch::list_jobs),
+            )
             .route("/v1/batch-jobs/{id}", get(batch::get_job))
             .route("/v1/batch-jobs/{id}/start", post(batch::start_job));
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use mlops_domain::tracking::{RunInfo, RunStatus, Tracker, TrackingError};
+use mlops_domain::tracking::{RunInfo, RunReader, RunRecord, RunStatus, Tracker, TrackingError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -249,6 +249,75 @@ impl Tracker for LocalRunLog {
     }
 }
 
+impl LocalRun {
+    /// The run as [`RunReader`] answers: latest metric values, and the histories when asked.
+    fn record(self, with_history: bool) -> RunRecord {
+        let latest = |points: &Vec<MetricPoint>| {
+            points
+                .iter()
+                .max_by_key(|p| (p.step, p.timestamp))
+                .map(|p| p.value)
+        };
+        RunRecord {
+            metrics: self
+                .metrics
+                .iter()
+                .filter_map(|(k, v)| latest(v).map(|x| (k.clone(), x)))
+                .collect(),
+            history: if with_history {
+                self.metrics
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.iter().map(|p| (p.step, p.value)).collect()))
+                    .collect()
+            } else {
+                Default::default()
+            },
+            run_id: self.run_id,
+            run_name: self.run_name,
+            parent_run_id: self.parent_run_id,
+            status: self.status,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            params: self.params,
+            tags: self.tags,
+        }
+    }
+}
+
+#[async_trait]
+impl RunReader for LocalRunLog {
+    async fn runs(&self, experiment: &str, limit: usize) -> Result<Vec<RunRecord>, TrackingError> {
+        let dir = self.root.join(safe_segment(experiment));
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(local_err(&dir, e)),
+        };
+        let mut runs = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join("run.json");
+            // A run directory without a readable run.json (being created) is left out.
+            if let Ok(run) = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<LocalRun>(&b).map_err(|e| e.to_string()))
+            {
+                runs.push(run.record(false));
+            }
+        }
+        runs.sort_by(|a, b| {
+            b.start_time
+                .cmp(&a.start_time)
+                .then(b.run_id.cmp(&a.run_id))
+        });
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    async fn run(&self, run_id: &str) -> Result<RunRecord, TrackingError> {
+        Ok(self.read_run(run_id)?.record(true))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +351,15 @@ mod tests {
                 .exists()
         );
         assert!(log.log_artifact(&run.run_id, "../x", vec![]).await.is_err());
+        log.log_metrics(&run.run_id, &[("rmse".into(), 0.4)], 4)
+            .await
+            .unwrap();
+        let listed = log.runs("housing", 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].metrics["rmse"], 0.4);
+        assert!(listed[0].history.is_empty());
+        let one = log.run(&run.run_id).await.unwrap();
+        assert_eq!(one.history["rmse"], [(3, 0.5), (4, 0.4)]);
+        assert!(log.runs("nothing-here", 10).await.unwrap().is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! `mlflow-artifacts` proxy, registered models, model versions and aliases.
 
 use async_trait::async_trait;
-use mlops_domain::tracking::{RunInfo, RunStatus, Tracker, TrackingError};
+use mlops_domain::tracking::{RunInfo, RunReader, RunRecord, RunStatus, Tracker, TrackingError};
 use serde_json::{Value, json};
 
 /// MLflow's per-request limits of `runs/log-batch`.
@@ -355,5 +355,101 @@ impl Tracker for MlflowClient {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// A run as MLflow's REST API returns it (`runs/get`, `runs/search`), in the reader's shape.
+fn run_record(run: &Value) -> RunRecord {
+    let info = &run["info"];
+    let pairs = |list: &Value| -> Vec<(String, Value)> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["key"].as_str()?.to_string(), p["value"].clone())))
+            .collect()
+    };
+    let text = |v: Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let millis = |v: &Value| v.as_i64().or_else(|| v.as_str()?.parse().ok());
+    let tags: std::collections::BTreeMap<String, String> = pairs(&run["data"]["tags"])
+        .into_iter()
+        .map(|(k, v)| (k, text(v)))
+        .collect();
+    RunRecord {
+        run_id: info["run_id"].as_str().unwrap_or_default().to_string(),
+        run_name: info["run_name"].as_str().unwrap_or_default().to_string(),
+        parent_run_id: tags.get("mlflow.parentRunId").cloned(),
+        status: info["status"].as_str().unwrap_or_default().to_string(),
+        start_time: millis(&info["start_time"]).unwrap_or_default(),
+        end_time: millis(&info["end_time"]),
+        params: pairs(&run["data"]["params"])
+            .into_iter()
+            .map(|(k, v)| (k, text(v)))
+            .collect(),
+        metrics: pairs(&run["data"]["metrics"])
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+            .collect(),
+        tags,
+        history: Default::default(),
+    }
+}
+
+#[async_trait]
+impl RunReader for MlflowClient {
+    async fn runs(&self, experiment: &str, limit: usize) -> Result<Vec<RunRecord>, TrackingError> {
+        let found = self
+            .get(
+                "experiments/get-by-name",
+                &[("experiment_name", experiment)],
+            )
+            .await;
+        let id = match found {
+            Ok(v) => v["experiment"]["experiment_id"]
+                .as_str()
+                .map(str::to_string),
+            Err(TrackingError::Server { message, .. })
+                if message.contains("RESOURCE_DOES_NOT_EXIST") =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(id) = id else {
+            return Ok(Vec::new());
+        };
+        let answer = self
+            .post(
+                "runs/search",
+                json!({"experiment_ids": [id], "max_results": limit.clamp(1, 1000),
+                       "order_by": ["attributes.start_time DESC"]}),
+            )
+            .await?;
+        Ok(answer["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(run_record)
+            .collect())
+    }
+
+    async fn run(&self, run_id: &str) -> Result<RunRecord, TrackingError> {
+        let mut record = run_record(&self.get_run(run_id).await?["run"]);
+        for metric in record.metrics.keys().cloned().collect::<Vec<_>>() {
+            let answer = self
+                .get(
+                    "metrics/get-history",
+                    &[("run_id", run_id), ("metric_key", &metric)],
+                )
+                .await?;
+            let mut points: Vec<(i64, f64)> = answer["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| Some((m["step"].as_i64().unwrap_or(0), m["value"].as_f64()?)))
+                .collect();
+            points.sort_by_key(|p| p.0);
+            record.history.insert(metric, points);
+        }
+        Ok(record)
     }
 }

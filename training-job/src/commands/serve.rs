@@ -11,9 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mlops_domain::apikeys::KeyStore;
 use mlops_serving::auth::KeyCache;
-use mlops_serving::{AppState, RouteSet, ServeConfig, router_with_keys};
+use mlops_serving::{AppState, Backends, RouteSet, ServeConfig, router_with_keys};
 
 use crate::config::Settings;
+use crate::local_queue::LocalQueue;
 
 /// `mlops serve` options (environment variables of the functions work too).
 #[derive(Debug, clap::Args)]
@@ -109,9 +110,13 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
         args.header_timeout_seconds
     );
     let registry = settings.registry().await?;
-    let state = AppState::start(registry, config, None).await;
+    let exe = std::env::current_exe().context("cannot find the mlops executable")?;
+    let backends = Backends {
+        jobs: Some(Arc::new(LocalQueue::new(exe, settings.global_args()))),
+        runs: Some(settings.run_reader()),
+    };
+    let state = AppState::start_with(registry, config, backends).await;
     let set = RouteSet {
-        batch: false,
         metrics: !args.no_metrics,
         ..RouteSet::ALL
     };
