@@ -91,6 +91,7 @@ ST_HOME="$RUN_DIR/schemathesis"
 ST_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name schemathesis --scope admin 2>/dev/null)"
 # Created before the server starts, which reads the key set at start (and every 10 s after).
 SMOKE_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name smoke --scope predict 2>/dev/null)"
+CONSOLE_KEY="$("$MLOPS" --home "$ST_HOME" keys create --name console-admin --scope admin 2>/dev/null)"
 SERVE_PORT="$(free_port)"
 setsid "$MLOPS" --home "$ST_HOME" serve --listen "127.0.0.1:$SERVE_PORT" >"$RUN_DIR/serve.log" 2>&1 &
 pids+=($!)
@@ -104,8 +105,11 @@ python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
 (cd "$RUN_DIR" && schemathesis --config-file "$ROOT/tests/schemathesis.toml" run "http://127.0.0.1:$SERVE_PORT/openapi.json" \
   -H "x-api-key: $ST_KEY" --checks all --max-examples 100 --seed 1)
 
-# The web console in headless Chromium (Playwright): key, form, field errors, prediction, chart,
-# and category values that are markup (a second model, served by a second server) shown as text.
+# The web console in headless Chromium (Playwright), every page: key, form, field errors,
+# prediction, chart, category values that are markup (a second model) shown as text, history and
+# its CSV export against the API, a flagged feature after a shifted window and a monitor run,
+# promote with its audit entry, training runs, A/B, a batch job run from the page. Screenshots of
+# each page go to the run directory (docs/console holds a copy made the same way).
 python3 tests/browser/markup_probe.py "$RUN_DIR/markup_probe.csv"
 {
   "$MLOPS" --home "$ST_HOME" train tests/browser/markup_probe.schema.toml --data "$RUN_DIR/markup_probe.csv" \
@@ -120,4 +124,6 @@ for _ in $(seq 1 100); do
   curl -fsS -o /dev/null "http://127.0.0.1:$CONSOLE_PORT/health/ready" && break
   sleep 0.2
 done
-"$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$CONSOLE_PORT" "$SMOKE_KEY"
+"$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$CONSOLE_PORT" \
+  --predict-key "$SMOKE_KEY" --admin-key "$CONSOLE_KEY" --data ../shared/data/california_housing.csv \
+  --mlops "$MLOPS --home $ST_HOME" --store "$ST_HOME/store" --screenshots "$RUN_DIR/console-screenshots"

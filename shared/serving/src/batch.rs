@@ -194,17 +194,25 @@ pub async fn create_job(
         ));
     }
     if let Some(uri) = &request.input_uri {
-        let ok = uri
+        let s3 = uri
             .strip_prefix("s3://")
             .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(bucket, key)| {
-                !bucket.is_empty() && !key.is_empty() && uri.len() <= 1024
-            });
+            .is_some_and(|(bucket, key)| !bucket.is_empty() && !key.is_empty());
+        // A local store (`mlops serve`) takes a file path under it.
+        let local_store = state
+            .batch_jobs
+            .input_prefixes()
+            .iter()
+            .any(|p| p.starts_with('/'));
+        let path = local_store
+            && uri.starts_with('/')
+            && !uri.split('/').any(|part| part == ".." || part == ".");
+        let ok = (s3 || path) && uri.len() <= 1024;
         if !ok {
             return Err(ApiError::bad_request(
                 "invalid_body",
                 format!(
-                    "input_uri '{}' is not s3://bucket/key",
+                    "input_uri '{}' is not s3://bucket/key (or, on a local store, a file path under it)",
                     uri.chars().take(100).collect::<String>()
                 ),
             ));
@@ -304,8 +312,8 @@ pub async fn get_job(
 /// Recent jobs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchJobList {
-    /// The newest 100 jobs, newest first, as recorded (a job's live queue state and progress
-    /// come from `GET /v1/batch-jobs/{id}`).
+    /// The newest 100 jobs, newest first; those queued or running with their queue state and
+    /// progress.
     pub jobs: Vec<BatchJobOut>,
 }
 
@@ -317,20 +325,21 @@ pub struct BatchJobList {
     responses((status = 200, description = "Recent jobs", body = BatchJobList))
 )]
 pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let jobs = state.batch_jobs.recent(100).await?;
-    let jobs = jobs
-        .into_iter()
-        .map(|job| {
-            out(
-                JobView {
-                    job,
-                    queue_state: None,
-                    checkpoint: None,
-                },
-                None,
-            )
-        })
-        .collect();
+    let mut jobs = Vec::new();
+    for job in state.batch_jobs.recent(100).await? {
+        // Jobs still in the queue are asked about (their state and progress); finished ones are
+        // shown as recorded.
+        let view = if matches!(job.state, JobState::Queued | JobState::Running) {
+            state.batch_jobs.view(job).await?
+        } else {
+            JobView {
+                job,
+                queue_state: None,
+                checkpoint: None,
+            }
+        };
+        jobs.push(out(view, None));
+    }
     Ok(Json(BatchJobList { jobs }).into_response())
 }
 

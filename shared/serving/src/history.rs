@@ -292,12 +292,15 @@ fn task_failed(operation: &'static str, e: tokio::task::JoinError) -> StoreError
     }
 }
 
+/// A body being read: decoded bytes, or why not.
+type Read = JoinHandle<Result<Vec<u8>, HistoryError>>;
+
 /// Object bodies in key order, each fetched up to [`READ_AHEAD`] objects before it is needed;
 /// reads still pending when it is dropped are cancelled.
 struct ReadAhead {
     store: Arc<dyn ObjectStore>,
     keys: std::vec::IntoIter<String>,
-    pending: VecDeque<(String, JoinHandle<Result<Vec<u8>, HistoryError>>)>,
+    pending: VecDeque<(String, Read)>,
 }
 
 impl ReadAhead {

@@ -190,7 +190,8 @@ impl utoipa::Modify for ApiKeyScheme {
 pub struct RouteSet {
     /// Predict, model info, health, OpenAPI.
     pub models: bool,
-    /// `PUT /v1/models/{name}/traffic`.
+    /// `PUT /v1/models/{name}/traffic` and the console's admin routes (prediction history,
+    /// audit log, promote, rollback, card approval, monitoring reports, training runs).
     pub admin: bool,
     /// `GET /metrics` (Prometheus).
     pub metrics: bool,
@@ -250,7 +251,30 @@ pub fn router_with_keys(
             .route("/console/app.css", get(console::style));
     }
     if set.admin {
-        app = app.route("/v1/models/{name}/traffic", put(traffic::set_traffic));
+        app = app
+            .route("/v1/models/{name}/traffic", put(traffic::set_traffic))
+            .route("/v1/models/{name}/predictions", get(predictions::list))
+            .route(
+                "/v1/models/{name}/predictions/export",
+                get(predictions::export),
+            )
+            .route("/v1/models/{name}/audit", get(manage::audit))
+            .route(
+                "/v1/models/{name}/versions/{version}/card",
+                get(manage::card),
+            )
+            .route(
+                "/v1/models/{name}/versions/{version}/approve",
+                post(manage::approve),
+            )
+            .route("/v1/models/{name}/aliases/{alias}", post(manage::promote))
+            .route(
+                "/v1/models/{name}/aliases/{alias}/rollback",
+                post(manage::rollback),
+            )
+            .route("/v1/models/{name}/monitoring", get(monitoring::monitoring))
+            .route("/v1/runs", get(runs::list))
+            .route("/v1/runs/{id}", get(runs::get));
     }
     if set.batch {
         app = app

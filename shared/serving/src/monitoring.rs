@@ -86,12 +86,12 @@ pub async fn monitoring(
     let mut reports = Vec::new();
     while let Some(read) = reads.join_next().await {
         let (i, key, got) = read.map_err(ApiError::internal)?;
-        match got.map_err(unavailable)? {
-            Some(obj) => match serde_json::from_slice::<Value>(&obj.bytes) {
+        // A report deleted since the listing is left out; one that does not parse is logged.
+        if let Some(obj) = got.map_err(unavailable)? {
+            match serde_json::from_slice::<Value>(&obj.bytes) {
                 Ok(report) => reports.push((i, report)),
                 Err(e) => tracing::warn!(%key, error = %e, "monitoring report skipped"),
-            },
-            None => {}
+            }
         }
     }
     reports.sort_by_key(|(i, _)| *i);

@@ -84,10 +84,20 @@ pub fn render(state: &AppState, set: RouteSet, with_models: bool) -> String {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc.to_string();
     };
-    paths.retain(|path, _| {
+    // Admin routes are the operations tagged `admin`.
+    let tagged_admin = |item: &Value| {
+        item.as_object().is_some_and(|ops| {
+            ops.values().any(|op| {
+                op.get("tags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|tags| tags.iter().any(|t| t == "admin"))
+            })
+        })
+    };
+    paths.retain(|path, item| {
         if path.starts_with("/v1/batch-jobs") {
             set.batch
-        } else if path.ends_with("/traffic") {
+        } else if tagged_admin(item) {
             set.admin
         } else {
             set.models

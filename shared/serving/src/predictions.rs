@@ -278,7 +278,10 @@ enum Format {
         ("equals" = Option<String>, Query, description = "As for /predictions")
     ),
     responses(
-        (status = 200, description = "The selected predictions", content_type = "text/csv"),
+        (status = 200, description = "The selected predictions", content(
+            (String = "text/csv"),
+            (String = "application/x-ndjson")
+        )),
         (status = 400, description = "Invalid query parameter", body = ErrorBody),
         (status = 404, description = "Model not served", body = ErrorBody),
         (status = 503, description = "The logs cannot be read", body = ErrorBody)

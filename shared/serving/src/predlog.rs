@@ -238,7 +238,9 @@ async fn write(store: &dyn ObjectStore, pending: &mut Vec<Line>, log: &Predictio
         for l in &lines {
             body.extend_from_slice(&l.bytes);
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        // Time-ordered (UUIDv7: milliseconds, then a counter): objects written in the same second
+        // sort in the order they were written, which is the history's order.
+        let id = uuid::Uuid::now_v7().simple().to_string();
         let key = mlops_domain::predlog::object_key(&model, Utc::now(), &id);
         let body = mlops_domain::predlog::encode(&body);
         match store.put(&key, body, PutCondition::IfAbsent).await {

@@ -2,17 +2,13 @@
 //! store, with bundles built from the real data-set schemas and files.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use mlops_domain::apikeys::{ApiKeySet, KeyStore, Scope};
-use mlops_domain::artifact::{BUNDLE_FORMAT, Bundle, Lineage, Manifest, ModelKind};
-use mlops_domain::data::{TargetPolicy, load_csv};
-use mlops_domain::features::{FeaturePipeline, PipelineOptions};
-use mlops_domain::registry::{CardEdit, RegisterOptions, Registry};
+use mlops_domain::registry::{CardEdit, Registry};
 use mlops_domain::schema::Schema;
 use mlops_domain::store::{ObjectStore, PutCondition};
 use mlops_serving::auth::{KeyCache, require_key};
@@ -21,150 +17,9 @@ use mlops_store::{FileKeyStore, LocalStore};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
 
-/// A bundle for a real data set with a linear model whose coefficients are `slope`.
-fn bundle(name: &str, slope: f64) -> Bundle {
-    let schema = Schema::from_file(&repo().join(format!("data/{name}.schema.toml"))).unwrap();
-    let file = repo()
-        .join("../shared/data")
-        .join(&schema.source.as_ref().unwrap().file);
-    let (data, report) = load_csv(&file, &schema, TargetPolicy::Required).unwrap();
-    let pipeline = FeaturePipeline::fit(&schema, &data, PipelineOptions { standardize: true });
-    let classification = schema.task == mlops_domain::schema::Task::BinaryClassification;
-    let n = pipeline.feature_names.len();
-    let model = json!({
-        "link": if classification { "logit" } else { "identity" },
-        "intercept": if classification { -1.0 } else { 2.0 },
-        "coefficients": vec![slope; n],
-        "l2": 0.0
-    });
-    let manifest = Manifest {
-        format_version: BUNDLE_FORMAT,
-        model_name: name.into(),
-        task: schema.task,
-        model_kind: if classification {
-            ModelKind::Logistic
-        } else {
-            ModelKind::Linear
-        },
-        model_file: "model.json".into(),
-        feature_names: pipeline.feature_names.clone(),
-        schema,
-        pipeline,
-        metrics: BTreeMap::from([("rmse".into(), 0.7)]),
-        validation_metrics: BTreeMap::new(),
-        cv_score: None,
-        params: BTreeMap::new(),
-        lineage: Lineage {
-            data_sha256: report.sha256,
-            ..Default::default()
-        },
-        created_at: chrono::Utc::now(),
-        reference_profile: mlops_domain::profile::profile(&data),
-        prediction_profile: None,
-        calibration: None,
-        attribution_profile: None,
-        files: BTreeMap::new(),
-    };
-    Bundle::new(
-        manifest,
-        BTreeMap::from([("model.json".into(), model.to_string().into_bytes())]),
-    )
-    .unwrap()
-}
-
-async fn publish(registry: &Registry, name: &str, slope: f64, alias: &str) -> u64 {
-    let v = register(registry, name, slope).await;
-    registry.edit_card(name, v, reviewed_card()).await.unwrap();
-    registry
-        .approve_card(name, v, "tester", "ok")
-        .await
-        .unwrap();
-    registry
-        .promote(name, alias, v, "tester", "test")
-        .await
-        .unwrap();
-    v
-}
-
-async fn register(registry: &Registry, name: &str, slope: f64) -> u64 {
-    registry
-        .register(name, &bundle(name, slope), RegisterOptions::default())
-        .await
-        .unwrap()
-        .version
-}
-
-/// The card fields a reviewer must fill before approving.
-fn reviewed_card() -> CardEdit {
-    CardEdit {
-        intended_use: Some("tests".into()),
-        limitations: Some("synthetic".into()),
-        ..CardEdit::default()
-    }
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    registry: Registry,
-    store: Arc<dyn ObjectStore>,
-    state: Arc<AppState>,
-}
-
-async fn fixture(config: ServeConfig) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("store")));
-    let registry = Registry::new(Arc::clone(&store));
-    publish(&registry, "california_housing", 0.1, "champion").await;
-    publish(&registry, "telco_churn", 0.05, "champion").await;
-    let state = AppState::start(registry.clone(), config, None).await;
-    Fixture {
-        _dir: dir,
-        registry,
-        store,
-        state,
-    }
-}
-
-fn config() -> ServeConfig {
-    ServeConfig {
-        refresh_every: Duration::from_secs(3600),
-        prediction_log_flush: Duration::from_millis(50),
-        ..ServeConfig::default()
-    }
-}
-
-async fn call(
-    app: &axum::Router,
-    request: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, headers, value)
-}
-
-fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path)
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap()
-}
-
-fn housing_record() -> Value {
-    json!({
-        "longitude": -122.23, "latitude": 37.88, "housing_median_age": 41.0,
-        "total_rooms": 880.0, "total_bedrooms": 129.0, "population": 322.0,
-        "households": 126.0, "median_income": 8.3252, "ocean_proximity": "NEAR BAY"
-    })
-}
+use support::*;
 
 #[tokio::test]
 async fn predicts_single_and_batch_and_explains() {
