@@ -457,6 +457,40 @@ async fn every_search_trial_is_a_child_run_in_mlflow() {
         tag(parent, "mlops.device.summary").is_some_and(|s| s.starts_with("cpu (")),
         "{parent}"
     );
+
+    // What the console's training page reads back through the same server: the run, its 11
+    // trials under it, the selection test, and each metric's history by step.
+    use mlops_domain::tracking::RunReader;
+    let listed = mlflow.runs(&experiment, 100).await.unwrap();
+    assert_eq!(listed.len(), runs.len());
+    let children = listed
+        .iter()
+        .filter(|r| r.parent_run_id.as_deref() == Some(parent_id))
+        .count();
+    assert_eq!(children, 11);
+    let read = mlflow.run(parent_id).await.unwrap();
+    assert!(read.metrics.contains_key("selection_p_value"), "{read:?}");
+    assert_eq!(read.history["search_trials"].len(), 1);
+    let best = &read.history["search_best_roc_auc"];
+    assert!(
+        (1..=11).contains(&best.len()),
+        "a point per trial once one scored: {best:?}"
+    );
+    assert!(
+        best.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{best:?}"
+    );
+    assert!(
+        mlflow
+            .runs("no-such-experiment", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        mlflow.run("0123456789abcdef0123456789abcdef").await,
+        Err(mlops_domain::tracking::TrackingError::NotFound(_))
+    ));
 }
 
 /// `mlops monitor` with the registry on moto S3: an hour of logs written as serving writes them

@@ -49,6 +49,9 @@ pub enum TrackingError {
         /// What went wrong (status and body).
         message: String,
     },
+    /// A run that does not exist.
+    #[error("run '{0}' not found")]
+    NotFound(String),
     /// The local run log could not be written.
     #[error("run log {path}: {message}")]
     Local {

@@ -51,6 +51,9 @@ pub struct ServeConfig {
     /// Where batch-job inputs may come from (`s3://bucket/prefix/`); empty: the registry's
     /// own bucket.
     pub batch_input_prefixes: Vec<String>,
+    /// Largest prediction export answered in one response, when responses are buffered (inside
+    /// Lambda: API Gateway takes 6 MB at most); `None` streams exports of any size.
+    pub export_max_bytes: Option<usize>,
 }
 
 impl Default for ServeConfig {
@@ -78,6 +81,7 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             batch_input_prefixes: Vec::new(),
+            export_max_bytes: None,
         }
     }
 }
@@ -123,10 +127,14 @@ impl ServeConfig {
     /// `MLOPS_PREDICTION_LOG_BATCH`, `MLOPS_PREDICTION_LOG_FLUSH_SECONDS`,
     /// `MLOPS_PREDICTION_LOG_MAX_BYTES`, `MLOPS_PREDICTION_LOG_MAX_AGE_SECONDS`,
     /// `MLOPS_CORS_ORIGINS`, `MLOPS_MODEL_CONCURRENCY`, `MLOPS_EXPLAIN_CONCURRENCY`, `MLOPS_REQUEST_TIMEOUT_SECONDS`,
-    /// `MLOPS_BODY_TIMEOUT_SECONDS`, `MLOPS_BATCH_INPUT_PREFIXES` over the defaults. EMF is on by default inside Lambda.
+    /// `MLOPS_BODY_TIMEOUT_SECONDS`, `MLOPS_BATCH_INPUT_PREFIXES` over the defaults. EMF is on by
+    /// default inside Lambda, and exports are bounded to what a Lambda response can carry.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
         let mut c = Self {
-            emf: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
+            emf: in_lambda,
+            // Lambda's response limit is 6 MB; headers and encoding need some of it.
+            export_max_bytes: in_lambda.then_some(5_500_000),
             ..Self::default()
         };
         if let Ok(m) = std::env::var("MLOPS_MODELS") {

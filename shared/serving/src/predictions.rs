@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -284,6 +284,7 @@ enum Format {
         )),
         (status = 400, description = "Invalid query parameter", body = ErrorBody),
         (status = 404, description = "Model not served", body = ErrorBody),
+        (status = 413, description = "Over what one response can carry (on Lambda, 6 MB)", body = ErrorBody),
         (status = 503, description = "The logs cannot be read", body = ErrorBody)
     )
 )]
@@ -312,12 +313,18 @@ pub async fn export(
     };
     let store = state.models.registry().store();
     let labels = Arc::new(LabelIndex::read(store, &q.filter).await?);
-    let walk = Walk::start(store, q.filter, labels).await?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(stream_rows(walk, format, columns, sender));
-    let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut r| async {
-        r.recv().await.map(|chunk| (chunk, r))
-    }));
+    let mut walk = Walk::start(store, q.filter, labels).await?;
+    let encoder = Encoder { format, columns };
+    let body = match state.config.export_max_bytes {
+        Some(max) => Body::from(bounded(&mut walk, &encoder, max).await?),
+        None => {
+            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(stream_rows(walk, encoder, sender));
+            Body::from_stream(futures_util::stream::unfold(receiver, |mut r| async {
+                r.recv().await.map(|chunk| (chunk, r))
+            }))
+        }
+    };
     let (content_type, extension) = match format {
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
         Format::JsonLines => ("application/x-ndjson", "jsonl"),
@@ -333,18 +340,60 @@ pub async fn export(
     Ok(response)
 }
 
+/// Writes rows in an export's format.
+struct Encoder {
+    format: Format,
+    columns: Vec<String>,
+}
+
+impl Encoder {
+    fn header(&self, out: &mut Vec<u8>) {
+        if let Format::Csv = self.format {
+            out.extend(csv_line(csv_header(&self.columns)));
+        }
+    }
+
+    fn rows(&self, rows: &[Map<String, Value>], out: &mut Vec<u8>) {
+        for row in rows {
+            match self.format {
+                Format::Csv => out.extend(csv_line(csv_row(row, &self.columns))),
+                Format::JsonLines => {
+                    serde_json::to_writer(&mut *out, row).expect("JSON to memory");
+                    out.push(b'\n');
+                }
+            }
+        }
+    }
+}
+
+/// The whole export in memory, refused with 413 past `max` bytes (a buffered response).
+async fn bounded(walk: &mut Walk, encoder: &Encoder, max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    encoder.header(&mut out);
+    while let Some(batch) = walk.next_rows().await {
+        encoder.rows(&batch?, &mut out);
+        if out.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "export_too_large",
+                format!(
+                    "the export is over the {max} bytes one response can carry here: narrow the filter (a shorter window, a version, a field range), or query the prediction_logs table in Athena"
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Writes the walk's rows into the response body in chunks; stops when the client goes away.
 async fn stream_rows(
     mut walk: Walk,
-    format: Format,
-    columns: Vec<String>,
+    encoder: Encoder,
     sender: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let started = Instant::now();
     let mut buffer = Vec::with_capacity(CHUNK * 2);
-    if let Format::Csv = format {
-        buffer.extend(csv_line(csv_header(&columns)));
-    }
+    encoder.header(&mut buffer);
     let mut rows = 0u64;
     while let Some(batch) = walk.next_rows().await {
         let batch = match batch {
@@ -355,15 +404,7 @@ async fn stream_rows(
                 return;
             }
         };
-        for row in &batch {
-            match format {
-                Format::Csv => buffer.extend(csv_line(csv_row(row, &columns))),
-                Format::JsonLines => {
-                    serde_json::to_writer(&mut buffer, row).expect("JSON to memory");
-                    buffer.push(b'\n');
-                }
-            }
-        }
+        encoder.rows(&batch, &mut buffer);
         rows += batch.len() as u64;
         if buffer.len() >= CHUNK {
             let chunk = Bytes::from(std::mem::replace(

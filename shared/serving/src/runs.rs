@@ -25,7 +25,10 @@ pub struct RunList {
 }
 
 fn tracker_error(e: TrackingError) -> ApiError {
-    ApiError::unavailable("tracking_unavailable", "the tracking runs", e)
+    match e {
+        TrackingError::NotFound(_) => ApiError::not_found(e.to_string()),
+        other => ApiError::unavailable("tracking_unavailable", "the tracking runs", other),
+    }
 }
 
 fn reader(state: &AppState) -> Result<&Arc<dyn mlops_domain::tracking::RunReader>, ApiError> {
@@ -82,7 +85,8 @@ pub async fn list(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, description = "The run", body = Object),
-        (status = 404, description = "No tracker configured", body = ErrorBody),
+        (status = 400, description = "Invalid run id", body = ErrorBody),
+        (status = 404, description = "Unknown run, or no tracker configured", body = ErrorBody),
         (status = 503, description = "The tracker cannot be read", body = ErrorBody)
     ))]
 pub async fn get(

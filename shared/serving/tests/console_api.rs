@@ -13,7 +13,7 @@ use mlops_domain::apikeys::{ApiKeySet, KeyStore, Scope};
 use mlops_domain::store::PutCondition;
 use mlops_domain::tracking::Tracker;
 use mlops_serving::auth::{KeyCache, require_key};
-use mlops_serving::{AppState, Backends, RouteSet, router};
+use mlops_serving::{AppState, Backends, RouteSet, ServeConfig, router};
 use mlops_store::FileKeyStore;
 use mlops_tracking::LocalRunLog;
 use serde_json::{Value, json};
@@ -269,6 +269,39 @@ async fn history_pages_and_exports_hold_the_same_rows_with_labels() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Inside Lambda the response is buffered: an export over the bound is refused with 413 and a
+/// way forward, one under it is answered whole.
+#[tokio::test]
+async fn a_buffered_export_over_its_bound_is_refused_by_name() {
+    let f = fixture(ServeConfig {
+        export_max_bytes: Some(4_000),
+        ..config()
+    })
+    .await;
+    let k = keyed(Arc::clone(&f.state)).await;
+    logged(&f, &k).await;
+    let base = "/v1/models/california_housing/predictions/export";
+    let (status, body) = text(&k.app, request(&k.admin, "GET", base, None)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("Athena"), "{body}");
+    let (status, csv_text) = text(
+        &k.app,
+        request(
+            &k.admin,
+            "GET",
+            &format!("{base}?field=median_income&max=2"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        csv_text.lines().count(),
+        1 + 4,
+        "a header and 1.0, 1.3, 1.6, 1.9"
+    );
 }
 
 fn urlencode(text: &str) -> String {
@@ -546,6 +579,12 @@ async fn training_runs_are_read_back_with_their_trials_and_histories() {
             "{bad}"
         );
     }
+    let (status, _, _) = call(
+        &k.app,
+        request(&k.admin, "GET", "/v1/runs/california_housing.0000", None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // Without a tracker the route says so.
     let plain = keyed(Arc::clone(&f.state)).await;
     let (status, _, body) = call(

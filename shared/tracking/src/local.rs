@@ -314,6 +314,12 @@ impl RunReader for LocalRunLog {
     }
 
     async fn run(&self, run_id: &str) -> Result<RunRecord, TrackingError> {
+        let exists = self
+            .run_dir(run_id)
+            .is_ok_and(|dir| dir.join("run.json").is_file());
+        if !exists {
+            return Err(TrackingError::NotFound(run_id.chars().take(200).collect()));
+        }
         Ok(self.read_run(run_id)?.record(true))
     }
 }
@@ -361,5 +367,11 @@ mod tests {
         let one = log.run(&run.run_id).await.unwrap();
         assert_eq!(one.history["rmse"], [(3, 0.5), (4, 0.4)]);
         assert!(log.runs("nothing-here", 10).await.unwrap().is_empty());
+        for missing in ["housing.0000", "no-dot", ".."] {
+            assert!(
+                matches!(log.run(missing).await, Err(TrackingError::NotFound(_))),
+                "{missing}"
+            );
+        }
     }
 }

@@ -433,7 +433,15 @@ impl RunReader for MlflowClient {
     }
 
     async fn run(&self, run_id: &str) -> Result<RunRecord, TrackingError> {
-        let mut record = run_record(&self.get_run(run_id).await?["run"]);
+        let run = match self.get_run(run_id).await {
+            Err(TrackingError::Server { message, .. })
+                if message.contains("RESOURCE_DOES_NOT_EXIST") =>
+            {
+                return Err(TrackingError::NotFound(run_id.chars().take(200).collect()));
+            }
+            other => other?,
+        };
+        let mut record = run_record(&run["run"]);
         for metric in record.metrics.keys().cloned().collect::<Vec<_>>() {
             let answer = self
                 .get(
