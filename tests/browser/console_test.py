@@ -294,8 +294,19 @@ def main():
         # A/B: the served variants and the split editor.
         goto(page, "ab", "A/B")
         expect(page.locator("#variants")).to_contain_text("champion")
-        expect(page.get_by_label("champion (v", exact=False)).to_be_visible()
-        print("ok   the A/B page shows the variants and the split editor")
+        weight = page.get_by_label("champion (v", exact=False)
+        expect(weight).to_have_value("100")
+        page.get_by_role("button", name="Review the split").click()
+        expect(page.locator("#traffic-confirm-text")).to_contain_text("would not change")
+        page.locator("#traffic-no").click()
+        weight.fill("90")
+        page.get_by_role("button", name="Review the split").click()
+        expect(page.locator("#traffic-confirm-text")).to_contain_text("champion 100% → 90%")
+        page.locator("#traffic-yes").click()
+        # 90 alone does not add up to 100: the API's message, and nothing stored.
+        expect(page.locator("#message")).to_contain_text("refused")
+        print("ok   the A/B page shows the variants; the split editor confirms and shows the API's refusal: "
+              + page.locator("#message").inner_text())
         snap(page, shots, "ab")
 
         # Batch jobs: submit a store file, run to success.

@@ -463,11 +463,12 @@ async fn every_search_trial_is_a_child_run_in_mlflow() {
     use mlops_domain::tracking::RunReader;
     let listed = mlflow.runs(&experiment, 100).await.unwrap();
     assert_eq!(listed.len(), runs.len());
-    let children = listed
+    let trials_under_parent = listed
         .iter()
         .filter(|r| r.parent_run_id.as_deref() == Some(parent_id))
+        .filter(|r| r.tags.contains_key("mlops.trial"))
         .count();
-    assert_eq!(children, 11);
+    assert_eq!(trials_under_parent, 11);
     let read = mlflow.run(parent_id).await.unwrap();
     assert!(read.metrics.contains_key("selection_p_value"), "{read:?}");
     assert_eq!(read.history["search_trials"].len(), 1);
