@@ -270,11 +270,14 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
     let env = &stack["environments"]["MonitorFunction"];
     assert_eq!(env["MLOPS_ALERT_TOPIC_ARN"], topic, "{env}");
     assert_eq!(env["MLOPS_STORE"], store);
-    // The predict function may add feedback beside the logs, and nothing else new.
+    // The predict function may add feedback beside the logs and, through the admin routes,
+    // change splits, aliases and cards; nothing else.
     assert_eq!(
         granted(&stack, "PredictFunctionRole", "s3:PutObject"),
         [
             format!("{registry}/feedback/*"),
+            format!("{registry}/models/*/aliases.json"),
+            format!("{registry}/models/*/cards/*"),
             format!("{registry}/models/*/traffic.json"),
             format!("{registry}/prediction-logs/*"),
         ]
