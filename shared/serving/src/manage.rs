@@ -26,8 +26,10 @@ use crate::routes::json_body;
 #[schema(example = json!({"version": 3, "reason": "better RMSE on the last 7 days"}))]
 pub struct PromoteIn {
     /// The version the alias will point at.
+    #[schema(minimum = 1)]
     pub version: u64,
     /// Why (kept in the audit log).
+    #[schema(pattern = "\\S", max_length = 500)]
     pub reason: String,
 }
 
@@ -36,9 +38,11 @@ pub struct PromoteIn {
 #[serde(deny_unknown_fields)]
 pub struct RollbackIn {
     /// Why (kept in the audit log).
+    #[schema(pattern = "\\S", max_length = 500)]
     pub reason: String,
     /// The caller's id for this rollback: a retry with the same id rolls back once.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub request_id: Option<String>,
 }
 
@@ -70,6 +74,34 @@ async fn body<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))
 }
 
+/// 404 for a model this server does not serve (the API's `name` is one of the served models).
+pub(crate) fn served(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.models.routes(name) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!(
+            "model '{}' is not served here",
+            name.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// A version number from the path (JSON 400 for anything else, as every error here).
+fn version(text: &str) -> Result<u64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .map(|v| v as u64)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "version '{}': expected a whole number from 1",
+                    text.chars().take(40).collect::<String>()
+                ),
+            )
+        })
+}
+
 fn reason(text: &str) -> Result<&str, ApiError> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > 500 {
@@ -86,27 +118,31 @@ fn reason(text: &str) -> Result<&str, ApiError> {
     params(("name" = String, Path, description = "Model name")),
     responses(
         (status = 200, description = "Aliases and their history, oldest first", body = Object),
-        (status = 400, description = "Invalid model name", body = ErrorBody),
+        (status = 404, description = "Model not served", body = ErrorBody),
         (status = 503, description = "The registry cannot be read", body = ErrorBody)
     ))]
 pub async fn audit(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<AliasState>, ApiError> {
+    served(&state, &name)?;
     Ok(Json(state.models.registry().aliases(&name).await?))
 }
 
 /// The model card of a version.
 #[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/card", tag = "admin",
-    params(("name" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Version")),
+    params(("name" = String, Path, description = "Model name"), ("version" = i64, Path, minimum = 1, description = "Version")),
     responses(
         (status = 200, description = "The card", body = Object),
-        (status = 404, description = "Unknown version", body = ErrorBody)
+        (status = 400, description = "Invalid version", body = ErrorBody),
+        (status = 404, description = "Model not served, or unknown version", body = ErrorBody)
     ))]
 pub async fn card(
     State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, u64)>,
+    Path((name, number)): Path<(String, String)>,
 ) -> Result<Json<ModelCard>, ApiError> {
+    served(&state, &name)?;
+    let version = version(&number)?;
     Ok(Json(state.models.registry().card(&name, version).await?))
 }
 
@@ -117,8 +153,10 @@ pub async fn card(
     request_body(content = PromoteIn, content_type = "application/json"),
     responses(
         (status = 200, description = "The audit entry of the change", body = Object),
-        (status = 400, description = "Invalid body or name", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 400, description = "Invalid body, name or version", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 404, description = "Model not served, or unknown version", body = ErrorBody),
         (status = 409, description = "The version's card is not approved", body = ErrorBody)
     ))]
 pub async fn promote(
@@ -128,6 +166,7 @@ pub async fn promote(
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Json<AliasEvent>, ApiError> {
+    served(&state, &name)?;
     let input: PromoteIn = body(&state, &headers, raw).await?;
     let event = state
         .models
@@ -150,7 +189,10 @@ pub async fn promote(
     request_body(content = RollbackIn, content_type = "application/json"),
     responses(
         (status = 200, description = "The audit entry of the change", body = Object),
-        (status = 400, description = "Invalid body or name", body = ErrorBody),
+        (status = 400, description = "Invalid body, name or version", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 404, description = "Model not served, or the alias is unset", body = ErrorBody),
         (status = 409, description = "Nothing earlier to roll back to", body = ErrorBody)
     ))]
 pub async fn rollback(
@@ -160,6 +202,7 @@ pub async fn rollback(
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Json<AliasEvent>, ApiError> {
+    served(&state, &name)?;
     let input: RollbackIn = body(&state, &headers, raw).await?;
     if input
         .request_id
@@ -188,20 +231,25 @@ pub async fn rollback(
 
 /// Approves a version's model card (its intended use and limitations must be filled).
 #[utoipa::path(post, path = "/v1/models/{name}/versions/{version}/approve", tag = "admin",
-    params(("name" = String, Path, description = "Model name"), ("version" = u64, Path, description = "Version")),
+    params(("name" = String, Path, description = "Model name"), ("version" = i64, Path, minimum = 1, description = "Version")),
     request_body(content = ApproveIn, content_type = "application/json"),
     responses(
         (status = 200, description = "The approved card", body = Object),
-        (status = 404, description = "Unknown version", body = ErrorBody),
+        (status = 400, description = "Invalid body, name or version", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 404, description = "Model not served, or unknown version", body = ErrorBody),
         (status = 409, description = "The card misses fields a reviewer must fill", body = ErrorBody)
     ))]
 pub async fn approve(
     State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, u64)>,
+    Path((name, number)): Path<(String, String)>,
     caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Response, ApiError> {
+    served(&state, &name)?;
+    let version = version(&number)?;
     let input: ApproveIn = body(&state, &headers, raw).await?;
     let card = state
         .models

@@ -25,8 +25,8 @@ const MAX_REPORTS: usize = 500;
 /// The monitor's view of a model.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Monitoring {
-    /// The newest report as written (absent before the first monitor run).
-    #[schema(value_type = Object)]
+    /// The newest report as written (null before the first monitor run).
+    #[schema(value_type = Option<Object>)]
     pub latest: Option<Value>,
     /// Earlier windows, oldest first: `from`, `until`, `records`, `labelled`, `alerts` (their
     /// rules and summaries), and per version `drifted`, `drifted_share`, `drifted_features` and
@@ -39,11 +39,12 @@ pub struct Monitoring {
 #[utoipa::path(get, path = "/v1/models/{name}/monitoring", tag = "admin",
     params(
         ("name" = String, Path, description = "Model name"),
-        ("reports" = Option<usize>, Query, description = "Windows to summarize, newest (default 48, at most 500)")
+        ("reports" = Option<usize>, Query, minimum = 1, maximum = 500, description = "Windows to summarize, newest (default 48, at most 500)")
     ),
     responses(
         (status = 200, description = "Reports", body = Monitoring),
-        (status = 400, description = "Invalid name or query", body = ErrorBody),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 404, description = "Model not served", body = ErrorBody),
         (status = 503, description = "The store cannot be read", body = ErrorBody)
     ))]
 pub async fn monitoring(
@@ -51,7 +52,7 @@ pub async fn monitoring(
     Path(name): Path<String>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Monitoring>, ApiError> {
-    mlops_domain::registry::check_name("model", &name)?;
+    crate::manage::served(&state, &name)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let count = match query.get("reports") {
         Some(n) => n

@@ -116,19 +116,21 @@ impl HistoryQuery {
         query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     ) -> Result<Self, ApiError> {
         let Query(mut q) = query.map_err(|e| invalid("string", e.body_text()))?;
-        let mut take = |name: &str| q.remove(name).filter(|v| !v.trim().is_empty());
-        let until = take("until").map_or(Ok(Utc::now()), |t| time("until", &t))?;
-        let from = take("from").map_or(Ok(until - DEFAULT_WINDOW), |t| time("from", &t))?;
+        // Text parameters left empty count as not given; numbers must be numbers.
+        let mut take = |name: &str| q.remove(name);
+        let text = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let until = text(take("until")).map_or(Ok(Utc::now()), |t| time("until", &t))?;
+        let from = text(take("from")).map_or(Ok(until - DEFAULT_WINDOW), |t| time("from", &t))?;
         if from >= until {
             return Err(invalid("from", "must be before until"));
         }
-        let field = take("field").map(|name| FieldFilter {
+        let field = text(take("field")).map(|name| FieldFilter {
             name,
             min: None,
             max: None,
             equals: None,
         });
-        let (min, max, equals) = (take("min"), take("max"), take("equals"));
+        let (min, max, equals) = (take("min"), take("max"), text(take("equals")));
         let field = match field {
             Some(mut f) => {
                 f.min = min.map(|v| number("min", &v)).transpose()?;
@@ -153,15 +155,23 @@ impl HistoryQuery {
                 model: model.to_string(),
                 from,
                 until,
-                version: take("version").map(|v| number("version", &v)).transpose()?,
-                variant: take("variant"),
+                version: take("version")
+                    .map(|v| {
+                        number::<i64>("version", &v)?
+                            .try_into()
+                            .ok()
+                            .filter(|v| *v >= 1)
+                            .ok_or_else(|| invalid("version", "expected a whole number from 1"))
+                    })
+                    .transpose()?,
+                variant: text(take("variant")),
                 field,
             },
             limit,
-            cursor: take("cursor")
+            cursor: text(take("cursor"))
                 .map(|c| Cursor::decode(model, &c).map_err(|e| invalid("cursor", e)))
                 .transpose()?,
-            format: take("format"),
+            format: text(take("format")),
         };
         if let Some(unknown) = q.keys().next() {
             return Err(invalid(
@@ -201,13 +211,13 @@ fn input_columns(state: &AppState, model: &str) -> Result<Vec<String>, ApiError>
         ("name" = String, Path, description = "Model name"),
         ("from" = Option<String>, Query, description = "Served at or after (RFC 3339; default 24 h before until)"),
         ("until" = Option<String>, Query, description = "Served before (RFC 3339; default now)"),
-        ("version" = Option<u64>, Query, description = "Only this version"),
+        ("version" = Option<i64>, Query, minimum = 1, description = "Only this version"),
         ("variant" = Option<String>, Query, description = "Only this variant (alias)"),
         ("field" = Option<String>, Query, description = "An input field that min, max or equals apply to"),
         ("min" = Option<f64>, Query, description = "The field is at least this"),
         ("max" = Option<f64>, Query, description = "The field is at most this"),
         ("equals" = Option<String>, Query, description = "The field equals this (a category)"),
-        ("limit" = Option<usize>, Query, description = "Rows per page, 1 to 1000 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Rows per page, 1 to 1000 (default 50)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
     ),
     responses(
@@ -267,10 +277,10 @@ enum Format {
     tag = "admin",
     params(
         ("name" = String, Path, description = "Model name"),
-        ("format" = Option<String>, Query, description = "csv (default) or jsonl"),
+        ("format" = Option<String>, Query, pattern = "^(csv|jsonl|json)?$", description = "csv (default) or jsonl"),
         ("from" = Option<String>, Query, description = "As for /predictions"),
         ("until" = Option<String>, Query, description = "As for /predictions"),
-        ("version" = Option<u64>, Query, description = "As for /predictions"),
+        ("version" = Option<i64>, Query, minimum = 1, description = "As for /predictions"),
         ("variant" = Option<String>, Query, description = "As for /predictions"),
         ("field" = Option<String>, Query, description = "As for /predictions"),
         ("min" = Option<f64>, Query, description = "As for /predictions"),

@@ -43,8 +43,8 @@ fn reader(state: &AppState) -> Result<&Arc<dyn mlops_domain::tracking::RunReader
 /// was given `--experiment`).
 #[utoipa::path(get, path = "/v1/runs", tag = "admin",
     params(
-        ("experiment" = String, Query, description = "Experiment name"),
-        ("limit" = Option<usize>, Query, description = "Most runs, 1 to 1000 (default 200)")
+        ("experiment" = String, Query, min_length = 1, max_length = 256, pattern = "\\S", description = "Experiment name"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Most runs, 1 to 1000 (default 200)")
     ),
     responses(
         (status = 200, description = "Runs", body = RunList),
@@ -59,7 +59,7 @@ pub async fn list(
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let experiment = query
         .get("experiment")
-        .filter(|e| !e.trim().is_empty() && e.len() <= 256)
+        .filter(|e| !e.trim().is_empty() && e.chars().count() <= 256)
         .ok_or_else(|| {
             ApiError::bad_request("invalid_query", "query parameter experiment: name one")
         })?;
@@ -82,7 +82,7 @@ pub async fn list(
 
 /// One run with every metric's history (GPU telemetry, the search's best score by trial).
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "admin",
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,200}$", description = "Run id")),
     responses(
         (status = 200, description = "The run", body = Object),
         (status = 400, description = "Invalid run id", body = ErrorBody),
