@@ -1,8 +1,8 @@
-//! `/console`: the web console (a first page so far: predict from a form generated from the
-//! served model's schema, with its TreeSHAP contributions and the request as curl). Embedded
-//! assets, no build step, no CDN, no inline script, the same strict Content-Security-Policy as
-//! `/docs`; the key typed into it stays in the tab's `sessionStorage`. What the API returns is
-//! written as text, never parsed as HTML.
+//! `/console`: the web console — predict, models (audit log, promote, rollback, approve),
+//! history and its export, monitoring, training runs, A/B, batch jobs — as views over the JSON
+//! API (docs/console.md). Embedded assets, no build step, no CDN, no inline script, the same
+//! strict Content-Security-Policy as `/docs`; the key typed into it stays in the tab's
+//! `sessionStorage`. What the API returns is written as text, never parsed as HTML.
 
 use axum::response::Response;
 

@@ -2,9 +2,12 @@
 //! `mlops serve` runs the same router on localhost.
 //!
 //! Routes: `POST /v1/models/{name}/predict`, `POST /v1/models/{name}/feedback`, `GET /v1/models`, `GET /v1/models/{name}`,
-//! `PUT /v1/models/{name}/traffic`, `POST /v1/batch-jobs`, `GET /v1/batch-jobs/{id}`,
+//! `PUT /v1/models/{name}/traffic`, the console's admin routes (`GET …/predictions`,
+//! `GET …/predictions/export`, `GET …/audit`, `POST …/aliases/{alias}[/rollback]`,
+//! `GET …/versions/{v}/card`, `POST …/versions/{v}/approve`, `GET …/monitoring`, `GET /v1/runs`,
+//! `GET /v1/runs/{id}`), `GET|POST /v1/batch-jobs`, `GET /v1/batch-jobs/{id}`,
 //! `POST /v1/batch-jobs/{id}/start`, `GET /health/live`, `GET /health/ready`, `GET /metrics`,
-//! `GET /openapi.json`. Every response carries `x-request-id`; every request is logged as one
+//! `GET /openapi.json`, `/docs` and `/console`. Every response carries `x-request-id`; every request is logged as one
 //! structured line and counted in the metrics.
 
 pub mod api;
