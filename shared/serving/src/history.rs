@@ -1,6 +1,6 @@
 //! Prediction history: the logged predictions of a model that a [`Filter`] selects, newest
 //! first, each with its feedback label where one was sent. Read a page at a time ([`page`],
-//! resumed from a [`Cursor`]) or all at once ([`each`], for exports): both walk the same objects
+//! resumed from a [`Cursor`]) or all at once ([`Walk`], for exports): both walk the same objects
 //! in the same order and apply the same filter, so an export holds exactly the rows its pages
 //! list.
 //!

@@ -95,6 +95,19 @@ fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, ApiError> {
         .map_err(|_| invalid(name, format!("'{}' is not a number", trim(text))))
 }
 
+/// A finite bound of a field range.
+fn bound(name: &str, text: &str) -> Result<f64, ApiError> {
+    let x: f64 = number(name, text)?;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(invalid(
+            name,
+            format!("'{}' is not a finite number", trim(text)),
+        ))
+    }
+}
+
 fn time(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.to_utc())
@@ -115,7 +128,9 @@ impl HistoryQuery {
         model: &str,
         query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     ) -> Result<Self, ApiError> {
-        let Query(mut q) = query.map_err(|e| invalid("string", e.body_text()))?;
+        let Query(mut q) = query.map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("query string: {}", e.body_text()))
+        })?;
         // Text parameters left empty count as not given; numbers must be numbers.
         let mut take = |name: &str| q.remove(name);
         let text = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
@@ -133,8 +148,8 @@ impl HistoryQuery {
         let (min, max, equals) = (take("min"), take("max"), text(take("equals")));
         let field = match field {
             Some(mut f) => {
-                f.min = min.map(|v| number("min", &v)).transpose()?;
-                f.max = max.map(|v| number("max", &v)).transpose()?;
+                f.min = min.map(|v| bound("min", &v)).transpose()?;
+                f.max = max.map(|v| bound("max", &v)).transpose()?;
                 f.equals = equals;
                 Some(f)
             }
@@ -520,6 +535,7 @@ mod tests {
             ),
             (vec![("min", "3")], "field"),
             (vec![("field", "x"), ("max", "lots")], "max"),
+            (vec![("field", "x"), ("min", "NaN")], "min"),
             (vec![("limit", "0")], "limit"),
             (vec![("version", "two")], "version"),
             (vec![("cursor", "api-keys.json~0")], "cursor"),
