@@ -9,7 +9,9 @@
 
 use std::io::{Read, Write};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, DurationRound, NaiveDate, Utc};
+
+use crate::store::{ObjectStore, StoreError};
 
 /// Prefix of every log.
 pub const PREFIX: &str = "prediction-logs";
@@ -51,6 +53,46 @@ pub fn hour_prefix_under(root: &str, model: &str, hour: DateTime<Utc>) -> String
 /// The prefix of one day's objects in the layout before hour partitions.
 pub fn legacy_day_prefix(model: &str, day: NaiveDate) -> String {
     format!("{PREFIX}/{model}/date={}/", day.format("%Y-%m-%d"))
+}
+
+/// The log objects that may hold records of `[from, until)`: written in the window or up to
+/// [`WRITE_LAG`] after it (an object holds records from before it was written), in both layouts.
+/// Listed one day partition at a time; hour-partitioned objects first, by hour and name, then
+/// the day folders of earlier builds. Monitor runs and history pages both read through it.
+pub async fn objects_for_window(
+    store: &dyn ObjectStore,
+    model: &str,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let last = until + WRITE_LAG;
+    let first_hour = from
+        .duration_trunc(chrono::Duration::hours(1))
+        .unwrap_or(from);
+    let days: Vec<NaiveDate> = from
+        .date_naive()
+        .iter_days()
+        .take_while(|d| *d <= last.date_naive())
+        .collect();
+    let hive = days
+        .iter()
+        .map(|d| format!("{PREFIX}/model={model}/date={}/", d.format("%Y-%m-%d")));
+    let legacy = days.iter().map(|d| legacy_day_prefix(model, *d));
+    let mut keys = Vec::new();
+    for prefix in hive.chain(legacy) {
+        for key in store.list(&prefix).await? {
+            // Names carry the second an object was written in: it holds records from before
+            // the end of that second only. A name without one counts by its hour partition.
+            let keep = match written_at(&key) {
+                Some(t) => t + chrono::Duration::seconds(1) > from && t <= last,
+                None => partition_hour(&key).is_none_or(|h| h >= first_hour && h <= last),
+            };
+            if keep {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// Encodes JSON lines as an object body (gzip, fast level: serving pays for it).

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 pub use mlops_domain::ab::AbVerdict;
 use mlops_domain::ab::{AbStatus, Arm, SequentialTest};
 use mlops_domain::alerts::{
@@ -690,7 +690,7 @@ async fn scan(
     // Objects are fetched, decompressed and parsed ahead (two at a time) while the one before
     // is added to the sketches.
     let mut ahead = std::collections::VecDeque::new();
-    let mut keys = log_objects(store.as_ref(), model, from, until)
+    let mut keys = predlog::objects_for_window(store.as_ref(), model, from, until)
         .await?
         .into_iter();
     loop {
@@ -771,41 +771,6 @@ async fn reference_of(registry: &Registry, model: &str, version: u64) -> Result<
         test_metrics: manifest.metrics,
         attribution,
     })
-}
-
-/// The log objects that may hold records of `[from, until)`: written in the window or up to
-/// [`WRITE_LAG`] after it (an object holds records from before it was written), in both layouts
-/// (hour partitions, and the day folders of earlier builds).
-async fn log_objects(
-    store: &dyn ObjectStore,
-    model: &str,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<Vec<String>> {
-    let last = until + WRITE_LAG;
-    let mut prefixes = Vec::new();
-    let mut hour = from.duration_trunc(Duration::hours(1))?;
-    while hour <= last {
-        prefixes.push(predlog::hour_prefix(model, hour));
-        hour += Duration::hours(1);
-    }
-    let mut day: NaiveDate = from.date_naive();
-    while day <= last.date_naive() {
-        prefixes.push(predlog::legacy_day_prefix(model, day));
-        day = day.succ_opt().context("date out of range")?;
-    }
-    let mut keys = Vec::new();
-    for prefix in prefixes {
-        for key in store.list(&prefix).await? {
-            // Names carry the second an object was written in: it holds records from before
-            // the end of that second only.
-            match predlog::written_at(&key) {
-                Some(t) if t + Duration::seconds(1) <= from || t > last => {}
-                _ => keys.push(key),
-            }
-        }
-    }
-    Ok(keys)
 }
 
 /// Several alert destinations as one: an alert counts as delivered when every destination

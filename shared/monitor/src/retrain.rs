@@ -8,12 +8,13 @@ use chrono::{DateTime, Duration, Utc};
 use mlops_domain::alerts::AlertRule;
 use mlops_domain::feedback::Labels;
 use mlops_domain::jobs::JobQueue;
+use mlops_domain::predlog;
 use mlops_domain::registry::Registry;
 use mlops_domain::retraining::{RetrainRecord, RetrainRequest, Trigger, request};
 use mlops_domain::schema::{Schema, Task};
 use mlops_domain::store::ObjectStore;
 
-use crate::{FeedbackIndex, MonitorReport, latest_schema, log_objects, read_object};
+use crate::{FeedbackIndex, MonitorReport, latest_schema, read_object};
 
 /// The logged predictions of `[from, until)` that have a label (received within the label delay),
 /// as CSV rows in the data set's `header` order: the logged inputs, the label as the target
@@ -33,7 +34,9 @@ pub async fn labelled_rows(
     let mut writer = csv::Writer::from_writer(Vec::new());
     let mut rows = 0;
     if !labels.is_empty() {
-        for key in log_objects(registry.store().as_ref(), model, from, until).await? {
+        for key in
+            predlog::objects_for_window(registry.store().as_ref(), model, from, until).await?
+        {
             let Some(records) = read_object(Arc::clone(registry.store()), key).await? else {
                 continue;
             };

@@ -343,29 +343,18 @@ impl Drop for ReadAhead {
     }
 }
 
-/// The log objects that can hold records of the filter's window, newest first.
+/// The log objects that can hold records of the filter's window, newest first: by the second
+/// they were written, then key.
 pub async fn objects(
     store: &Arc<dyn ObjectStore>,
     filter: &Filter,
 ) -> Result<Vec<String>, HistoryError> {
-    let last = filter.until + predlog::WRITE_LAG;
-    let mut prefixes = Vec::new();
-    for day in days(filter.from, last) {
-        prefixes.push(format!(
-            "{}/model={}/date={day}/",
-            predlog::PREFIX,
-            filter.model
-        ));
-        prefixes.push(predlog::legacy_day_prefix(&filter.model, day));
-    }
-    let mut keyed: Vec<(DateTime<Utc>, String)> = list_all(store, prefixes)
-        .await?
+    let listed =
+        predlog::objects_for_window(store.as_ref(), &filter.model, filter.from, filter.until)
+            .await?;
+    let mut keyed: Vec<(DateTime<Utc>, String)> = listed
         .into_iter()
-        .filter_map(|key| {
-            let t = predlog::written_at(&key)?;
-            // An object holds records from before the end of the second it was written in.
-            (t + Duration::seconds(1) > filter.from && t <= last).then_some((t, key))
-        })
+        .filter_map(|key| Some((predlog::written_at(&key)?, key)))
         .collect();
     keyed.sort_unstable_by(|a, b| b.cmp(a));
     Ok(keyed.into_iter().map(|(_, key)| key).collect())
