@@ -268,6 +268,48 @@ impl ApiError {
     }
 }
 
+/// Query parameters by name, as the console's routes read them; a malformed query string is a
+/// JSON 400 like every other error.
+pub type QueryParams = Result<
+    axum::extract::Query<BTreeMap<String, String>>,
+    axum::extract::rejection::QueryRejection,
+>;
+
+/// The parameters of a query string, or a 400 naming it.
+pub fn query_params(query: QueryParams) -> Result<BTreeMap<String, String>, ApiError> {
+    query.map(|q| q.0).map_err(|e| {
+        ApiError::bad_request("invalid_query", format!("query string: {}", e.body_text()))
+    })
+}
+
+/// A whole-number query parameter within `range` (`default` when it is not given), or a 400
+/// naming it.
+pub fn count_param(
+    value: Option<&str>,
+    name: &str,
+    range: std::ops::RangeInclusive<usize>,
+    default: usize,
+) -> Result<usize, ApiError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "query parameter {name}: '{}' is not a whole number from {} to {}",
+                    text.chars().take(40).collect::<String>(),
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
 impl From<mlops_domain::registry::RegistryError> for ApiError {
     /// Registry failures as API errors: bad names and splits 400, missing things 404, an
     /// unapproved card 409, everything else (the store) 503.

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::api::{ApiError, ErrorBody};
 use crate::auth::Caller;
-use crate::routes::json_body;
+use crate::routes::{json_body, served_routes};
 
 /// Body of a promotion.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -74,17 +74,6 @@ async fn body<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid body: {e}")))
 }
 
-/// 404 for a model this server does not serve (the API's `name` is one of the served models).
-pub(crate) fn served(state: &AppState, name: &str) -> Result<(), ApiError> {
-    match state.models.routes(name) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!(
-            "model '{}' is not served here",
-            name.chars().take(64).collect::<String>()
-        ))),
-    }
-}
-
 /// A version number from the path (JSON 400 for anything else, as every error here).
 fn version(text: &str) -> Result<u64, ApiError> {
     text.parse::<i64>()
@@ -125,7 +114,7 @@ pub async fn audit(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<AliasState>, ApiError> {
-    served(&state, &name)?;
+    served_routes(&state, &name)?;
     Ok(Json(state.models.registry().aliases(&name).await?))
 }
 
@@ -135,13 +124,14 @@ pub async fn audit(
     responses(
         (status = 200, description = "The card", body = Object),
         (status = 400, description = "Invalid version", body = ErrorBody),
-        (status = 404, description = "Model not served, or unknown version", body = ErrorBody)
+        (status = 404, description = "Model not served, or unknown version", body = ErrorBody),
+        (status = 503, description = "No model loaded yet, or the registry cannot be read", body = ErrorBody)
     ))]
 pub async fn card(
     State(state): State<Arc<AppState>>,
     Path((name, number)): Path<(String, String)>,
 ) -> Result<Json<ModelCard>, ApiError> {
-    served(&state, &name)?;
+    served_routes(&state, &name)?;
     let version = version(&number)?;
     Ok(Json(state.models.registry().card(&name, version).await?))
 }
@@ -157,7 +147,8 @@ pub async fn card(
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 404, description = "Model not served, or unknown version", body = ErrorBody),
-        (status = 409, description = "The version's card is not approved", body = ErrorBody)
+        (status = 409, description = "The version's card is not approved", body = ErrorBody),
+        (status = 503, description = "No model loaded yet, or the registry cannot be read", body = ErrorBody)
     ))]
 pub async fn promote(
     State(state): State<Arc<AppState>>,
@@ -166,7 +157,7 @@ pub async fn promote(
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Json<AliasEvent>, ApiError> {
-    served(&state, &name)?;
+    served_routes(&state, &name)?;
     let input: PromoteIn = body(&state, &headers, raw).await?;
     let event = state
         .models
@@ -193,7 +184,8 @@ pub async fn promote(
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 404, description = "Model not served, or the alias is unset", body = ErrorBody),
-        (status = 409, description = "Nothing earlier to roll back to", body = ErrorBody)
+        (status = 409, description = "Nothing earlier to roll back to", body = ErrorBody),
+        (status = 503, description = "No model loaded yet, or the registry cannot be read", body = ErrorBody)
     ))]
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
@@ -202,7 +194,7 @@ pub async fn rollback(
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Json<AliasEvent>, ApiError> {
-    served(&state, &name)?;
+    served_routes(&state, &name)?;
     let input: RollbackIn = body(&state, &headers, raw).await?;
     if input
         .request_id
@@ -239,7 +231,8 @@ pub async fn rollback(
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 404, description = "Model not served, or unknown version", body = ErrorBody),
-        (status = 409, description = "The card misses fields a reviewer must fill", body = ErrorBody)
+        (status = 409, description = "The card misses fields a reviewer must fill", body = ErrorBody),
+        (status = 503, description = "No model loaded yet, or the registry cannot be read", body = ErrorBody)
     ))]
 pub async fn approve(
     State(state): State<Arc<AppState>>,
@@ -248,7 +241,7 @@ pub async fn approve(
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    served(&state, &name)?;
+    served_routes(&state, &name)?;
     let version = version(&number)?;
     let input: ApproveIn = body(&state, &headers, raw).await?;
     let card = state

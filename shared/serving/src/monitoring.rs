@@ -4,18 +4,16 @@
 //! charts over time. Read from where `mlops monitor` writes them
 //! (`monitoring/MODEL/reports/FROM-UNTIL.json`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody};
+use crate::api::{ApiError, ErrorBody, QueryParams, count_param, query_params};
 
 /// Windows summarized unless `reports` says otherwise.
 const DEFAULT_REPORTS: usize = 48;
@@ -50,23 +48,16 @@ pub struct Monitoring {
 pub async fn monitoring(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Json<Monitoring>, ApiError> {
-    crate::manage::served(&state, &name)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let count = match query.get("reports") {
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_REPORTS).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("query parameter reports: use 1 to {MAX_REPORTS}"),
-                )
-            })?,
-        None => DEFAULT_REPORTS,
-    };
+    crate::routes::served_routes(&state, &name)?;
+    let query = query_params(query)?;
+    let count = count_param(
+        query.get("reports").map(String::as_str),
+        "reports",
+        1..=MAX_REPORTS,
+        DEFAULT_REPORTS,
+    )?;
     let store = Arc::clone(state.models.registry().store());
     let unavailable = |e| ApiError::unavailable("store_unavailable", "the monitoring reports", e);
     let mut keys: Vec<String> = store

@@ -3,14 +3,12 @@
 //! lines, streamed): the console's history page and its export, over [`crate::history`]. Admin
 //! scope: the logs hold the callers' inputs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
@@ -19,7 +17,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody};
+use crate::api::{ApiError, ErrorBody, QueryParams, count_param, query_params};
 use crate::history::{self, Cursor, FieldFilter, Filter, HistoryError, LabelIndex, Walk};
 
 /// Rows a page holds unless `limit` says otherwise.
@@ -124,13 +122,8 @@ fn trim(text: &str) -> String {
 }
 
 impl HistoryQuery {
-    fn parse(
-        model: &str,
-        query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
-    ) -> Result<Self, ApiError> {
-        let Query(mut q) = query.map_err(|e| {
-            ApiError::bad_request("invalid_query", format!("query string: {}", e.body_text()))
-        })?;
+    fn parse(model: &str, query: QueryParams) -> Result<Self, ApiError> {
+        let mut q = query_params(query)?;
         // Text parameters left empty count as not given; numbers must be numbers.
         let mut take = |name: &str| q.remove(name);
         let text = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
@@ -161,10 +154,12 @@ impl HistoryQuery {
             }
             None => None,
         };
-        let limit = take("limit").map_or(Ok(DEFAULT_LIMIT), |v| number("limit", &v))?;
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(invalid("limit", format!("use 1 to {MAX_LIMIT}")));
-        }
+        let limit = count_param(
+            take("limit").as_deref(),
+            "limit",
+            1..=MAX_LIMIT,
+            DEFAULT_LIMIT,
+        )?;
         let parsed = Self {
             filter: Filter {
                 model: model.to_string(),
@@ -201,9 +196,7 @@ impl HistoryQuery {
 /// The input columns of a served model, in schema order (the CSV export's columns after
 /// [`META`]); 404 for a model not served here.
 fn input_columns(state: &AppState, model: &str) -> Result<Vec<String>, ApiError> {
-    let routes = state.models.routes(model).ok_or_else(|| {
-        ApiError::not_found(format!("model '{}' is not served here", trim(model)))
-    })?;
+    let routes = crate::routes::served_routes(state, model)?;
     let served = routes
         .by_alias
         .values()
@@ -245,7 +238,7 @@ fn input_columns(state: &AppState, model: &str) -> Result<Vec<String>, ApiError>
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     input_columns(&state, &name)?;
     let q = HistoryQuery::parse(&name, query)?;
@@ -316,7 +309,7 @@ enum Format {
 pub async fn export(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     let columns = input_columns(&state, &name)?;
     let q = HistoryQuery::parse(&name, query)?;
@@ -517,11 +510,11 @@ mod tests {
     #[test]
     fn queries_name_the_parameter_they_reject() {
         let parse = |pairs: &[(&str, &str)]| {
-            let q: BTreeMap<String, String> = pairs
+            let q: std::collections::BTreeMap<String, String> = pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            HistoryQuery::parse("m", Ok(Query(q))).map_err(|e| e.message)
+            HistoryQuery::parse("m", Ok(axum::extract::Query(q))).map_err(|e| e.message)
         };
         assert!(parse(&[]).is_ok());
         for (pairs, named) in [

@@ -1,17 +1,15 @@
 //! `GET /v1/runs` and `GET /v1/runs/{id}`: training runs and search trials read back from the
 //! tracker (the local run log, or MLflow) for the console's training page.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use mlops_domain::tracking::{RunRecord, TrackingError};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody};
+use crate::api::{ApiError, ErrorBody, QueryParams, count_param, query_params};
 
 /// Runs listed unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 200;
@@ -54,25 +52,21 @@ fn reader(state: &AppState) -> Result<&Arc<dyn mlops_domain::tracking::RunReader
     ))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+    query: QueryParams,
 ) -> Result<Json<RunList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let query = query_params(query)?;
     let experiment = query
         .get("experiment")
         .filter(|e| !e.trim().is_empty() && e.chars().count() <= 256)
         .ok_or_else(|| {
             ApiError::bad_request("invalid_query", "query parameter experiment: name one")
         })?;
-    let limit = match query.get("limit") {
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_query", "query parameter limit: use 1 to 1000")
-            })?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = count_param(
+        query.get("limit").map(String::as_str),
+        "limit",
+        1..=1000,
+        DEFAULT_LIMIT,
+    )?;
     let runs = reader(&state)?
         .runs(experiment, limit)
         .await
