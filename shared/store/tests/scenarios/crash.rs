@@ -403,12 +403,34 @@ pub async fn jobs_invariants(w: &Jobs, queued: usize) -> Result<(), String> {
             }
         }
     }
-    (seen == queued && submissions.len() == queued)
-        .then_some(())
-        .ok_or(format!(
+    if seen != queued || submissions.len() != queued {
+        return Err(format!(
             "{seen} queued jobs, {} submissions, expected {queued}",
             submissions.len()
-        ))
+        ));
+    }
+    listed_as_stored(w).await
+}
+
+/// `GET /v1/batch-jobs` (`BatchJobs::recent`) lists every stored job once, newest first, in its
+/// stored state, whatever step the writes stopped at.
+async fn listed_as_stored(w: &Jobs) -> Result<(), String> {
+    let listed = plain(w).recent(100).await.map_err(|e| e.to_string())?;
+    let mut stored: Vec<(String, JobState)> = all_jobs(w)
+        .await
+        .into_iter()
+        .map(|j| (j.id, j.state))
+        .collect();
+    let mut seen: Vec<(String, JobState)> =
+        listed.iter().map(|j| (j.id.clone(), j.state)).collect();
+    if listed.windows(2).any(|p| p[0].created_at < p[1].created_at) {
+        return Err("the list is not newest first".into());
+    }
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    (stored == seen)
+        .then_some(())
+        .ok_or(format!("listed {seen:?}, stored {stored:?}"))
 }
 
 /// `POST /v1/batch-jobs` with an `Idempotency-Key`, retried with the same key.
