@@ -32,6 +32,8 @@ enum Command {
     /// Data sets: fetch and validate.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Feature store: definitions, offline snapshots, point-in-time training sets.
+    Features(commands::features::FeaturesArgs),
     /// Train candidates, select the best, register it.
     Train(Box<commands::train::TrainArgs>),
     /// Model registry: versions, aliases, cards, audit log.
@@ -101,6 +103,7 @@ async fn main() -> ExitCode {
     init_logging(matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Data(c) => commands::data::run(c, &cli.settings).await,
+        Command::Features(a) => commands::features::run(a, &cli.settings).await,
         Command::Train(a) => commands::train::train(&a, &cli.settings).await.map(|_| ()),
         Command::Registry(c) => commands::registry::run(c, &cli.settings).await,
         Command::Predict(a) => commands::predict::run(a, &cli.settings).await,

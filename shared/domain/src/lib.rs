@@ -20,6 +20,7 @@ pub mod gate;
 pub mod hashing;
 pub mod jobs;
 pub mod metrics;
+pub mod online;
 pub mod predlog;
 pub mod profile;
 pub mod quality;

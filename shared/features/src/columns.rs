@@ -185,6 +185,33 @@ impl Values {
         }
     }
 
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F64(v) => v.len(),
+            Self::I64(v) => v.len(),
+            Self::Str(v) => v.len(),
+            Self::Bool(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no slots.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends row `row` of an Arrow array of the same type as a new slot.
+    pub fn push_from_array(&mut self, src: &dyn Array, row: usize) {
+        match self {
+            Self::F64(v) => v.push(None),
+            Self::I64(v) => v.push(None),
+            Self::Str(v) => v.push(None),
+            Self::Bool(v) => v.push(None),
+        }
+        let last = self.len() - 1;
+        self.set_from_array(last, src, row);
+    }
+
     /// Sets slot `dst` from row `row` of an Arrow array of the same type.
     pub fn set_from_array(&mut self, dst: usize, src: &dyn Array, row: usize) {
         let valid = src.is_valid(row);

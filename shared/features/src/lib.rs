@@ -3,6 +3,7 @@
 
 pub mod columns;
 pub mod definition;
+pub mod materialize;
 pub mod offline;
 pub mod pit;
 pub mod registry;

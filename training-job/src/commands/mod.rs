@@ -2,6 +2,7 @@
 
 pub mod batch_predict;
 pub mod data;
+pub mod features;
 pub mod feedback;
 pub mod job;
 pub mod keys;

@@ -1,0 +1,189 @@
+//! The online feature store port: the latest feature values per entity, for serving.
+//!
+//! Writers (materialization) push the latest row per entity; a stored row is replaced only by a
+//! row with the same or a later event time, so re-applying a range, or applying an older range
+//! after a newer one, never moves an entity back in time. Readers get rows by entity key in
+//! batches. [`StoreOnline`] keeps rows on the object store (the embedded default, safe across
+//! processes through conditional writes); the DynamoDB adapter lives in `mlops-aws`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ObjectStore, PutCondition, StoreError};
+
+/// One entity's latest values of one feature view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineRow {
+    /// The entity key: its join-key values joined by U+001F.
+    pub key: String,
+    /// Event time of these values, µs since the Unix epoch (UTC).
+    pub event_time: i64,
+    /// Feature values by name (JSON null for a missing value).
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+/// Online-store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum OnlineError {
+    /// Object-store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Backend failure (DynamoDB).
+    #[error("online store {operation} failed: {message}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// Backend message.
+        message: String,
+    },
+    /// A stored row that does not decode.
+    #[error("online store object '{key}' is unreadable: {message}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Decoder message.
+        message: String,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Written {
+    /// Rows stored (new entities, or newer or equal event times).
+    pub stored: u64,
+    /// Rows skipped because the stored row is newer.
+    pub older: u64,
+}
+
+/// The online store.
+#[async_trait]
+pub trait OnlineStore: Send + Sync {
+    /// Writes rows of `view`; each entity keeps the row with the later event time.
+    async fn write(&self, view: &str, rows: Vec<OnlineRow>) -> Result<Written, OnlineError>;
+    /// The rows of `keys` (in order; `None` where the entity has none).
+    async fn read(
+        &self,
+        view: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<OnlineRow>>, OnlineError>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Keeps `new` unless `old` is strictly newer.
+pub fn newer_wins(old: Option<&OnlineRow>, new: &OnlineRow) -> bool {
+    old.is_none_or(|o| o.event_time <= new.event_time)
+}
+
+/// Buckets per view in [`StoreOnline`].
+pub const BUCKETS: u32 = 4096;
+
+/// The online store on the object store: each view's entities hashed into [`BUCKETS`] objects
+/// (`features/online/{view}/rows/{bucket:04x}.json`), updated by compare-and-swap.
+#[derive(Clone)]
+pub struct StoreOnline {
+    store: Arc<dyn ObjectStore>,
+}
+
+type Bucket = BTreeMap<String, (i64, BTreeMap<String, serde_json::Value>)>;
+
+/// The bucket of an entity key (stable: the first 4 bytes of its SHA-256).
+pub fn bucket_of(key: &str) -> u32 {
+    let d = crate::hashing::sha256_hex(key.as_bytes());
+    u32::from_str_radix(&d[..8], 16).expect("hex") % BUCKETS
+}
+
+impl StoreOnline {
+    /// The online store on `store`.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    fn key(view: &str, bucket: u32) -> String {
+        format!("features/online/{view}/rows/{bucket:04x}.json")
+    }
+
+    async fn load(&self, key: &str) -> Result<(Bucket, Option<crate::store::ETag>), OnlineError> {
+        match self.store.get(key).await? {
+            None => Ok((Bucket::new(), None)),
+            Some(o) => serde_json::from_slice(&o.bytes)
+                .map(|b| (b, Some(o.etag)))
+                .map_err(|e| OnlineError::Corrupt {
+                    key: key.into(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Merges `rows` into one bucket, retrying when another writer changed it in between.
+    async fn merge(&self, key: &str, rows: &[OnlineRow]) -> Result<Written, OnlineError> {
+        loop {
+            let (mut bucket, etag) = self.load(key).await?;
+            let mut w = Written::default();
+            for r in rows {
+                let old = bucket.get(&r.key).map(|(t, _)| *t);
+                if old.is_none_or(|t| t <= r.event_time) {
+                    bucket.insert(r.key.clone(), (r.event_time, r.values.clone()));
+                    w.stored += 1;
+                } else {
+                    w.older += 1;
+                }
+            }
+            if w.stored == 0 {
+                return Ok(w);
+            }
+            let condition = etag.map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
+            let bytes = serde_json::to_vec(&bucket).expect("rows serialize");
+            match self.store.put(key, bytes, condition).await {
+                Ok(_) => return Ok(w),
+                Err(StoreError::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl OnlineStore for StoreOnline {
+    async fn write(&self, view: &str, rows: Vec<OnlineRow>) -> Result<Written, OnlineError> {
+        let mut by_bucket: BTreeMap<u32, Vec<OnlineRow>> = BTreeMap::new();
+        for r in rows {
+            by_bucket.entry(bucket_of(&r.key)).or_default().push(r);
+        }
+        let mut total = Written::default();
+        for (bucket, rows) in by_bucket {
+            let w = self.merge(&Self::key(view, bucket), &rows).await?;
+            total.stored += w.stored;
+            total.older += w.older;
+        }
+        Ok(total)
+    }
+
+    async fn read(
+        &self,
+        view: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<OnlineRow>>, OnlineError> {
+        let mut buckets: BTreeMap<u32, Bucket> = BTreeMap::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let b = bucket_of(k);
+            if let std::collections::btree_map::Entry::Vacant(slot) = buckets.entry(b) {
+                slot.insert(self.load(&Self::key(view, b)).await?.0);
+            }
+            out.push(buckets[&b].get(k).map(|(t, values)| OnlineRow {
+                key: k.clone(),
+                event_time: *t,
+                values: values.clone(),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (features/online)", self.store.describe())
+    }
+}

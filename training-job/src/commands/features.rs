@@ -1,0 +1,242 @@
+//! `mlops features`: the feature store's definitions, offline store and point-in-time retrieval.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use mlops_features::definition::{Definitions, ViewRef};
+use mlops_features::offline::OfflineStore;
+use mlops_features::pit::historical_features;
+use mlops_features::registry::{FeatureRegistry, Registered, ViewDefinition};
+
+use crate::config::Settings;
+
+/// `mlops features`.
+#[derive(Args, Debug)]
+pub struct FeaturesArgs {
+    #[command(subcommand)]
+    command: FeaturesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum FeaturesCommand {
+    /// Register the entities and feature views of a TOML file (a changed definition becomes a new
+    /// version; an unchanged one writes nothing).
+    Apply {
+        /// Definitions file.
+        file: PathBuf,
+        /// Who is registering (recorded with each version).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// List registered feature views with their latest version and snapshots.
+    List,
+    /// Show a feature view (`NAME` or `NAME@VERSION`) and its offline snapshots as JSON.
+    Show {
+        /// View reference.
+        view: ViewRef,
+    },
+    /// Ingest a CSV or Parquet file (path or s3://bucket/key) into a view's offline store as a new
+    /// snapshot (the same content twice is one snapshot).
+    Ingest {
+        /// View reference (the latest version unless pinned).
+        view: ViewRef,
+        /// Input file; default: the view's `source`.
+        #[arg(long)]
+        input: Option<String>,
+        /// Who is ingesting.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// Point-in-time correct training set: each entity row joined to the latest feature values
+    /// at or before its time and within each view's TTL.
+    Retrieve {
+        /// Entity frame: CSV with the views' join keys and a time column.
+        #[arg(long)]
+        entities: PathBuf,
+        /// Time column of the entity frame.
+        #[arg(long, default_value = "event_timestamp")]
+        time_column: String,
+        /// Views to join, `NAME` or `NAME@VERSION` (repeat or separate with commas).
+        #[arg(long = "features", required = true, value_delimiter = ',')]
+        views: Vec<ViewRef>,
+        /// Output: `.parquet` for Parquet, anything else for CSV.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs the command.
+pub async fn run(args: FeaturesArgs, settings: &Settings) -> Result<()> {
+    let store = settings.store().await?;
+    let registry = FeatureRegistry::new(store.clone());
+    let offline = OfflineStore::new(store);
+    match args.command {
+        FeaturesCommand::Apply { file, by } => apply(&registry, &file, &by).await,
+        FeaturesCommand::List => list(&registry, &offline).await,
+        FeaturesCommand::Show { view } => show(&registry, &offline, &view).await,
+        FeaturesCommand::Ingest { view, input, by } => {
+            ingest(settings, &registry, &offline, &view, input, &by).await
+        }
+        FeaturesCommand::Retrieve {
+            entities,
+            time_column,
+            views,
+            out,
+        } => {
+            let views = resolve(&registry, &views).await?;
+            let started = Instant::now();
+            let report =
+                historical_features(&offline, &entities, &time_column, &views, &out).await?;
+            for (name, version, matched, read) in &report.views {
+                println!(
+                    "{name}@{version}: {matched} of {} rows matched ({read} feature rows read)",
+                    report.rows
+                );
+            }
+            println!(
+                "wrote {} rows × {} columns to {} in {:.2} s",
+                report.rows,
+                report.columns.len(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Looks up every view reference (latest unless pinned).
+pub async fn resolve(
+    registry: &FeatureRegistry,
+    refs: &[ViewRef],
+) -> Result<Vec<Registered<ViewDefinition>>> {
+    let mut out = Vec::new();
+    for r in refs {
+        out.push(registry.view(r).await?);
+    }
+    Ok(out)
+}
+
+async fn apply(registry: &FeatureRegistry, file: &Path, by: &str) -> Result<()> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {name}"))?;
+    let defs = Definitions::parse(&name, &text)?;
+    if defs.entities.is_empty() && defs.feature_views.is_empty() {
+        bail!("{name} defines no [[entity]] or [[feature_view]]");
+    }
+    for a in registry.apply(&defs, by).await? {
+        let what = if a.created { "registered" } else { "unchanged" };
+        println!("{} {} v{} ({what}, id {})", a.kind, a.name, a.version, a.id);
+    }
+    Ok(())
+}
+
+async fn list(registry: &FeatureRegistry, offline: &OfflineStore) -> Result<()> {
+    let names = registry.view_names().await?;
+    if names.is_empty() {
+        println!("no feature views; register some with `mlops features apply FILE`");
+    }
+    for name in names {
+        let v = registry
+            .view(&ViewRef {
+                name: name.clone(),
+                version: None,
+            })
+            .await?;
+        let snapshots = offline.snapshots(&name).await?;
+        let rows: u64 = snapshots.iter().map(|s| s.rows).sum();
+        println!(
+            "{name}@{}  {} features  keys {}  ttl {}  {} snapshots, {rows} rows  owner {}",
+            v.version,
+            v.definition.view.features.len(),
+            v.definition.join_keys.join("+"),
+            v.definition
+                .view
+                .ttl
+                .map_or("none".into(), |t| humantime_text(t.0)),
+            snapshots.len(),
+            v.definition.view.owner,
+        );
+    }
+    Ok(())
+}
+
+fn humantime_text(d: std::time::Duration) -> String {
+    serde_json::to_value(mlops_features::definition::Ttl(d))
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+async fn show(registry: &FeatureRegistry, offline: &OfflineStore, at: &ViewRef) -> Result<()> {
+    let view = registry.view(at).await?;
+    let snapshots = offline.snapshots(&at.name).await?;
+    let out = serde_json::json!({ "view": view, "snapshots": snapshots });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn ingest(
+    settings: &Settings,
+    registry: &FeatureRegistry,
+    offline: &OfflineStore,
+    at: &ViewRef,
+    input: Option<String>,
+    by: &str,
+) -> Result<()> {
+    let view = registry.view(at).await?;
+    let source = input.unwrap_or_else(|| view.definition.view.source.clone());
+    if source.is_empty() {
+        bail!(
+            "feature view '{}' has no `source`; pass --input FILE",
+            at.name
+        );
+    }
+    let started = Instant::now();
+    // An s3:// input is downloaded to a scratch file first (Parquet needs random access).
+    let scratch = tempfile::tempdir()?;
+    let path = if source.starts_with("s3://") {
+        let name = source
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("input.csv");
+        let local = scratch.path().join(name);
+        let bytes = mlops_store::read_uri(&source, settings.s3_endpoint.clone())
+            .await
+            .with_context(|| format!("cannot read {source}"))?;
+        std::fs::write(&local, bytes)?;
+        local
+    } else {
+        PathBuf::from(&source)
+    };
+    let done = offline.ingest(&view, &path, &source, by).await?;
+    let s = &done.snapshot;
+    if done.created {
+        println!(
+            "{}@{}: snapshot {} of {} rows in {} day partitions (sha256 {}) in {:.2} s",
+            s.view,
+            s.view_version,
+            s.seq,
+            s.rows,
+            s.parts
+                .iter()
+                .map(|p| p.date)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            &s.content.sha256[..12],
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "{}@{}: already ingested as snapshot {} (same content, sha256 {})",
+            s.view,
+            s.view_version,
+            s.seq,
+            &s.content.sha256[..12]
+        );
+    }
+    Ok(())
+}
