@@ -34,6 +34,10 @@ SPAN_DAYS = 120
 ROWS_PER_CUSTOMER = 40
 
 
+def iso(seconds):
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def generate(work, feature_rows, entity_rows):
     import numpy as np
     import pandas as pd
@@ -209,7 +213,7 @@ def main():
     result["mlops_retrieve"] = {"wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1), "report": out.strip()}
     end = START + SPAN_DAYS * DAY + DAY
     if os.environ.get("BENCH_MATERIALIZE", "1") == "1":
-        wall, rss, out = timed([*base, "features", "materialize", "customer_stats", "--start", str(START - DAY), "--end", str(end)])
+        wall, rss, out = timed([*base, "features", "materialize", "customer_stats", "--start", iso(START - DAY), "--end", iso(end)])
         result["mlops_materialize"] = {"wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1), "report": out.strip()}
 
     # feast

@@ -22,6 +22,26 @@ pub const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The online store a URI names: `dynamodb://TABLE`, or none for the object store's.
+pub async fn open_online_store(
+    uri: Option<&str>,
+    store: Arc<dyn ObjectStore>,
+) -> Result<Arc<dyn mlops_domain::online::OnlineStore>> {
+    match uri {
+        None | Some("") => Ok(Arc::new(mlops_domain::online::StoreOnline::new(store))),
+        Some(uri) => {
+            let Some(table) = uri.strip_prefix("dynamodb://").filter(|t| !t.is_empty()) else {
+                bail!(
+                    "--online-store '{uri}': expected dynamodb://TABLE (or nothing for the store)"
+                );
+            };
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+            Ok(Arc::new(mlops_aws::DynamoOnline::new(&config, table)))
+        }
+    }
+}
+
 /// Global settings from flags and environment (listed apart from a command's own options).
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Global options")]
@@ -38,6 +58,10 @@ pub struct Settings {
     /// Tracking: an MLflow server URL (http://…). Default: a local run log in HOME/runs.
     #[arg(long, global = true, env = "MLOPS_TRACKING_URI")]
     pub tracking: Option<String>,
+    /// Online feature store: dynamodb://TABLE (endpoint from AWS_ENDPOINT_URL). Default: on the
+    /// store, under features/online/.
+    #[arg(long, global = true, env = "MLOPS_ONLINE_STORE")]
+    pub online_store: Option<String>,
 }
 
 impl Settings {
@@ -60,6 +84,7 @@ impl Settings {
             ("--store", &self.store),
             ("--s3-endpoint", &self.s3_endpoint),
             ("--tracking", &self.tracking),
+            ("--online-store", &self.online_store),
         ] {
             if let Some(v) = value {
                 out.extend([flag.to_string(), v.clone()]);
@@ -81,6 +106,11 @@ impl Settings {
         mlops_store::open_store(&uri, self.s3_endpoint.clone())
             .await
             .with_context(|| format!("cannot open the store {uri}"))
+    }
+
+    /// Opens the online feature store.
+    pub async fn online_store(&self) -> Result<Arc<dyn mlops_domain::online::OnlineStore>> {
+        open_online_store(self.online_store.as_deref(), self.store().await?).await
     }
 
     /// Opens the registry on the store.

@@ -69,7 +69,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     mlops_function_env::init_logging();
     let config = ServeConfig::from_env()?;
     let registry = mlops_function_env::registry().await?;
-    let state = AppState::start(registry, config, None).await;
+    let backends = mlops_serving::Backends {
+        online: mlops_function_env::online_store().await,
+        ..Default::default()
+    };
+    let state = AppState::start_with(registry, config, backends).await;
     let routes = RouteSet {
         models: true,
         admin: true,

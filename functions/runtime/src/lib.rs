@@ -73,6 +73,13 @@ pub async fn key_store() -> Result<Arc<dyn KeyStore>> {
     Ok(Arc::new(SecretsKeyStore::new(&aws().await, &secret)))
 }
 
+/// The online feature store in the DynamoDB table `MLOPS_ONLINE_TABLE`, when it is set (else
+/// serving reads the one on the registry store).
+pub async fn online_store() -> Option<Arc<dyn mlops_domain::online::OnlineStore>> {
+    let table = required("MLOPS_ONLINE_TABLE").ok()?;
+    Some(Arc::new(mlops_aws::DynamoOnline::new(&aws().await, &table)))
+}
+
 /// The Batch queue, when `MLOPS_BATCH_QUEUE` is set.
 pub async fn job_queue() -> Result<Option<Arc<dyn JobQueue>>> {
     let Ok(queue) = required("MLOPS_BATCH_QUEUE") else {

@@ -1,16 +1,19 @@
 //! AWS adapters behind the domain's ports: the API-key set in Secrets Manager
 //! ([`SecretsKeyStore`]), batch jobs on AWS Batch ([`BatchQueue`]), metrics in CloudWatch
-//! ([`CloudWatchMetrics`]) and alerts to SNS ([`SnsAlerts`]). The standard AWS
+//! ([`CloudWatchMetrics`]), alerts to SNS ([`SnsAlerts`]) and the online feature store in DynamoDB
+//! ([`DynamoOnline`]). The standard AWS
 //! configuration chain applies; `AWS_ENDPOINT_URL` (or an explicit endpoint) points them at moto.
 
 pub mod batch;
 pub mod cloudwatch;
+pub mod dynamodb;
 pub mod secrets;
 pub mod sns;
 
 pub use aws_config::SdkConfig;
 pub use batch::BatchQueue;
 pub use cloudwatch::CloudWatchMetrics;
+pub use dynamodb::DynamoOnline;
 pub use secrets::SecretsKeyStore;
 pub use sns::SnsAlerts;
 

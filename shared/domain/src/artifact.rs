@@ -155,6 +155,11 @@ pub struct Manifest {
     /// attribution drift; absent for models without explanations and in earlier bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution_profile: Option<crate::attribution::AttributionProfile>,
+    /// The feature views (and versions) the training set was built from, point in time;
+    /// serving fetches their features from the online store for requests that send only the
+    /// entity key. Empty for models trained on a plain file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_views: Vec<crate::online::ServingView>,
     /// Every other file in the bundle, with its hash.
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,

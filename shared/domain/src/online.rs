@@ -187,3 +187,80 @@ impl OnlineStore for StoreOnline {
         format!("{} (features/online)", self.store.describe())
     }
 }
+
+/// A feature view a model was trained on, as its bundle records it: what serving fetches from the
+/// online store for a request that sends the entity key instead of the features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingView {
+    /// View name (its rows' name in the online store).
+    pub name: String,
+    /// The version the training set was built with.
+    pub version: u32,
+    /// Join keys: the request fields that identify the entity.
+    pub join_keys: Vec<String>,
+    /// The features it contributed to the training set.
+    pub features: Vec<String>,
+    /// Values older than this many seconds are refused; `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+impl ServingView {
+    /// The online key of a record: its join-key values (text as is, other JSON as written)
+    /// joined by U+001F; `Err` names the missing key.
+    pub fn key_of(
+        &self,
+        record: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, String> {
+        let mut key = String::new();
+        for (i, k) in self.join_keys.iter().enumerate() {
+            let part = match record.get(k) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    v.to_string()
+                }
+                _ => return Err(k.clone()),
+            };
+            if i > 0 {
+                key.push('\u{1f}');
+            }
+            key.push_str(&part);
+        }
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_join_the_key_fields_in_order() {
+        let v = ServingView {
+            name: "billing".into(),
+            version: 1,
+            join_keys: vec!["region".into(), "id".into()],
+            features: vec!["spend".into()],
+            ttl_seconds: None,
+        };
+        let r = serde_json::json!({"id": 7, "region": "eu"});
+        assert_eq!(v.key_of(r.as_object().unwrap()).unwrap(), "eu\u{1f}7");
+        let missing = serde_json::json!({"id": 7});
+        assert_eq!(
+            v.key_of(missing.as_object().unwrap()).unwrap_err(),
+            "region"
+        );
+    }
+
+    #[test]
+    fn the_newer_row_wins_and_an_equal_time_replaces() {
+        let row = |t| OnlineRow {
+            key: "k".into(),
+            event_time: t,
+            values: BTreeMap::new(),
+        };
+        assert!(newer_wins(None, &row(1)));
+        assert!(newer_wins(Some(&row(1)), &row(1)));
+        assert!(!newer_wins(Some(&row(2)), &row(1)));
+    }
+}

@@ -45,6 +45,7 @@ pub fn sample_bundle() -> Bundle {
         prediction_profile: None,
         calibration: None,
         attribution_profile: None,
+        feature_views: Vec::new(),
         files: BTreeMap::new(),
     };
     Bundle::new(

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod config;
 pub mod console;
 pub mod docs;
+pub mod features;
 pub mod feedback;
 pub mod history;
 pub mod manage;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub explain_work: Arc<tokio::sync::Semaphore>,
     /// Where training runs are read back from, when a tracker is configured.
     pub runs: Option<Arc<dyn RunReader>>,
+    /// The online feature store (for models trained from feature views).
+    pub online: Arc<dyn mlops_domain::online::OnlineStore>,
 }
 
 /// The services the state reaches besides the registry, when configured.
@@ -75,6 +78,8 @@ pub struct Backends {
     pub jobs: Option<Arc<dyn JobQueue>>,
     /// The tracker training runs are read from.
     pub runs: Option<Arc<dyn RunReader>>,
+    /// The online feature store; default: the one on the registry's store.
+    pub online: Option<Arc<dyn mlops_domain::online::OnlineStore>>,
 }
 
 impl AppState {
@@ -85,7 +90,15 @@ impl AppState {
         config: ServeConfig,
         jobs: Option<Arc<dyn JobQueue>>,
     ) -> Arc<Self> {
-        Self::start_with(registry, config, Backends { jobs, runs: None }).await
+        Self::start_with(
+            registry,
+            config,
+            Backends {
+                jobs,
+                ..Backends::default()
+            },
+        )
+        .await
     }
 
     /// [`AppState::start`] with every backend.
@@ -94,7 +107,12 @@ impl AppState {
         config: ServeConfig,
         backends: Backends,
     ) -> Arc<Self> {
-        let Backends { jobs, runs } = backends;
+        let Backends { jobs, runs, online } = backends;
+        let online = online.unwrap_or_else(|| {
+            Arc::new(mlops_domain::online::StoreOnline::new(Arc::clone(
+                registry.store(),
+            )))
+        });
         let started = Instant::now();
         let models = Arc::new(ModelSet::new(
             registry.clone(),
@@ -134,6 +152,7 @@ impl AppState {
             predictions_log,
             batch_jobs,
             runs,
+            online,
         })
     }
 }

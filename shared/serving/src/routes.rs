@@ -23,7 +23,7 @@ use crate::metrics::Served;
 use crate::predlog::LoggedPrediction;
 
 /// Most field problems listed in one response.
-const MAX_FIELD_PROBLEMS: usize = 100;
+pub(crate) const MAX_FIELD_PROBLEMS: usize = 100;
 
 /// Reads a JSON request body: checks the content type (415) and the size limit (413).
 pub async fn json_body(
@@ -208,7 +208,7 @@ pub async fn predict(
     )
     .await?;
     let routes = served_routes(&state, &name)?;
-    let (records, _single) = records(&bytes, state.config.max_records)?;
+    let (mut records, _single) = records(&bytes, state.config.max_records)?;
     if explain && records.len() > state.config.max_explain_records {
         return Err(ApiError::bad_request(
             "too_many_records_to_explain",
@@ -228,6 +228,16 @@ pub async fn predict(
     let (variant, model) = routes.pick(&name, routing_key).ok_or_else(|| {
         ApiError::internal(format!("model '{name}' has a variant without a model"))
     })?;
+    if !model.manifest.feature_views.is_empty() {
+        let now = chrono::Utc::now().timestamp_micros();
+        crate::features::fill(
+            state.online.as_ref(),
+            &model.manifest.feature_views,
+            &mut records,
+            now,
+        )
+        .await?;
+    }
     let schema = &model.manifest.schema;
     let rows: Vec<Vec<Value>> = validate_each(&records, |r| record_from_json(schema, r))?;
     let id_column = schema.id_column().map(|c| c.name.clone());

@@ -5,8 +5,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use mlops_features::columns::{Micros, format_time, parse_time};
 use mlops_features::definition::{Definitions, ViewRef};
+use mlops_features::materialize::{
+    Incremental, Materialized, materialize, materialize_incremental,
+};
 use mlops_features::offline::OfflineStore;
+use mlops_features::pit::KEY_SEPARATOR;
 use mlops_features::pit::historical_features;
 use mlops_features::registry::{FeatureRegistry, Registered, ViewDefinition};
 
@@ -65,6 +70,52 @@ enum FeaturesCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the latest row per entity with an event time in [start, end) to the online store.
+    Materialize {
+        /// View reference.
+        view: ViewRef,
+        /// Range start (RFC 3339, `YYYY-MM-DD HH:MM:SS` UTC, or a date).
+        #[arg(long, value_parser = parse_time_arg)]
+        start: Micros,
+        /// Range end, exclusive (default: now).
+        #[arg(long, value_parser = parse_time_arg)]
+        end: Option<Micros>,
+    },
+    /// Materialize from the view's watermark to --end (default now), once: the range is claimed
+    /// with a conditional write, so concurrent runs never apply it twice.
+    MaterializeIncremental {
+        /// View reference.
+        view: ViewRef,
+        /// Range end, exclusive (default: now).
+        #[arg(long, value_parser = parse_time_arg)]
+        end: Option<Micros>,
+        /// This run's id in the claim; pass a dead run's id to resume its range at once.
+        #[arg(long, env = "AWS_BATCH_JOB_ID")]
+        run_id: Option<String>,
+        /// How long a claim holds before another run may take it over.
+        #[arg(long, default_value = "15m", value_parser = humantime_arg)]
+        lease: std::time::Duration,
+    },
+    /// Read entities' latest values from the online store, as JSON.
+    Get {
+        /// View reference.
+        view: ViewRef,
+        /// Entity keys (join-key values; several join keys separated by '|').
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+fn parse_time_arg(s: &str) -> Result<Micros, String> {
+    parse_time(s).ok_or_else(|| {
+        format!("'{s}' is not a time (RFC 3339, 'YYYY-MM-DD HH:MM:SS' UTC, or a date)")
+    })
+}
+
+fn humantime_arg(s: &str) -> Result<std::time::Duration, String> {
+    serde_json::from_value::<mlops_features::definition::Ttl>(serde_json::Value::from(s))
+        .map(|t| t.0)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the command.
@@ -104,7 +155,97 @@ pub async fn run(args: FeaturesArgs, settings: &Settings) -> Result<()> {
             );
             Ok(())
         }
+        FeaturesCommand::Materialize { view, start, end } => {
+            let view = registry.view(&view).await?;
+            let online = settings.online_store().await?;
+            let started = Instant::now();
+            let end = end.unwrap_or_else(now);
+            let m = materialize(&offline, online.as_ref(), &view, start, end).await?;
+            print_materialized(&m, online.describe(), started);
+            Ok(())
+        }
+        FeaturesCommand::MaterializeIncremental {
+            view,
+            end,
+            run_id,
+            lease,
+        } => {
+            let view = registry.view(&view).await?;
+            let online = settings.online_store().await?;
+            let run_id = run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let lease = chrono::Duration::from_std(lease).context("--lease is too long")?;
+            let started = Instant::now();
+            match materialize_incremental(
+                &offline,
+                online.as_ref(),
+                &view,
+                end.unwrap_or_else(now),
+                &run_id,
+                lease,
+            )
+            .await?
+            {
+                Incremental::UpToDate { applied_until } => {
+                    println!(
+                        "{}: up to date (applied until {})",
+                        view.definition.view.name,
+                        format_time(applied_until)
+                    );
+                }
+                Incremental::Applied { result, took_over } => {
+                    if let Some(dead) = took_over {
+                        println!("took over the range claimed by run {dead}");
+                    }
+                    print_materialized(&result, online.describe(), started);
+                }
+            }
+            Ok(())
+        }
+        FeaturesCommand::Get { view, keys } => {
+            let view = registry.view(&view).await?;
+            let online = settings.online_store().await?;
+            let keys: Vec<String> = keys
+                .iter()
+                .map(|k| k.replace('|', &KEY_SEPARATOR.to_string()))
+                .collect();
+            let rows = online.read(&view.definition.view.name, &keys).await?;
+            let out: Vec<serde_json::Value> = keys
+                .iter()
+                .zip(rows)
+                .map(|(k, r)| match r {
+                    None => {
+                        serde_json::json!({ "key": k.replace(KEY_SEPARATOR, "|"), "found": false })
+                    }
+                    Some(r) => serde_json::json!({
+                        "key": k.replace(KEY_SEPARATOR, "|"),
+                        "found": true,
+                        "event_time": format_time(r.event_time),
+                        "values": r.values,
+                    }),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
     }
+}
+
+fn now() -> Micros {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn print_materialized(m: &Materialized, online: String, started: Instant) {
+    println!(
+        "{}: {} .. {}: {} rows read, latest of {} entities; {} written to {online}, {} kept (stored row newer) in {:.2} s",
+        m.view,
+        format_time(m.start),
+        format_time(m.end),
+        m.rows_read,
+        m.entities,
+        m.written.stored,
+        m.written.older,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Looks up every view reference (latest unless pinned).

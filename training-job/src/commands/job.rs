@@ -188,6 +188,9 @@ pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
     train(
         &TrainArgs {
             dataset: spec.dataset.clone(),
+            features: Vec::new(),
+            entities: None,
+            time_column: "event_timestamp".into(),
             data,
             model_name: spec.model_name.clone(),
             seed: spec.seed,

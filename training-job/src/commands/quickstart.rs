@@ -38,6 +38,9 @@ pub async fn run(args: QuickstartArgs, settings: &Settings) -> Result<()> {
     let trained = train(
         &TrainArgs {
             dataset: "california_housing".into(),
+            features: Vec::new(),
+            entities: None,
+            time_column: "event_timestamp".into(),
             data: Some(data),
             model_name: None,
             seed: 42,

@@ -114,6 +114,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> Result<()> {
     let backends = Backends {
         jobs: Some(Arc::new(LocalQueue::new(exe, settings.global_args()))),
         runs: Some(settings.run_reader()),
+        online: Some(settings.online_store().await?),
     };
     let state = AppState::start_with(registry, config, backends).await;
     let set = RouteSet {

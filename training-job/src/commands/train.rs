@@ -31,12 +31,28 @@ use crate::config::{Settings, code_commit, load_schema, locate_data};
 use crate::device::{self, DevicePlan};
 use crate::monitor::{self, Monitor};
 use crate::progress;
+use mlops_domain::online::ServingView;
 
 /// Arguments of `mlops train`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     /// Data-set name (california_housing, telco_churn) or schema file.
     pub dataset: String,
+    /// Build the training set from these feature views instead of a data file (`NAME` or
+    /// `NAME@VERSION`, comma-separated): point in time, for the rows of --entities.
+    #[arg(
+        long = "features",
+        value_delimiter = ',',
+        requires = "entities",
+        conflicts_with = "data"
+    )]
+    pub features: Vec<mlops_features::definition::ViewRef>,
+    /// Entity frame for --features: CSV with the views' join keys, --time-column and the label.
+    #[arg(long, requires = "features")]
+    pub entities: Option<PathBuf>,
+    /// Time column of --entities (each row gets feature values as of this time).
+    #[arg(long, default_value = "event_timestamp")]
+    pub time_column: String,
     /// Data file (default: found in MLOPS_DATA, ../shared/data beside the checkout or the working directory, or the download cache).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -202,6 +218,103 @@ pub fn load_dataset(schema: &Schema, path: &Path) -> Result<Dataset> {
     Ok(data)
 }
 
+/// Builds the training set point in time from `--features` for the rows of `--entities`, keeps
+/// the schema's columns, and writes it under `HOME/feature-sets/` (the lineage's data file);
+/// returns its path and what serving needs to know of each view.
+async fn training_set_from_store(
+    args: &TrainArgs,
+    schema: &Schema,
+    settings: &Settings,
+) -> Result<(PathBuf, Vec<ServingView>)> {
+    let entities = args
+        .entities
+        .as_deref()
+        .context("--features needs --entities FILE")?;
+    let store = settings.store().await?;
+    let registry = mlops_features::registry::FeatureRegistry::new(store.clone());
+    let views = crate::commands::features::resolve(&registry, &args.features).await?;
+    let offline = mlops_features::offline::OfflineStore::new(store);
+    let scratch = tempfile::tempdir()?;
+    let joined = scratch.path().join("joined.csv");
+    let started = std::time::Instant::now();
+    let report = mlops_features::pit::historical_features(
+        &offline,
+        entities,
+        &args.time_column,
+        &views,
+        &joined,
+    )
+    .await?;
+    let dir = settings.home.join("feature-sets");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let refs: Vec<String> = views
+        .iter()
+        .map(|v| format!("{}@{}", v.definition.view.name, v.version))
+        .collect();
+    let path = dir.join(format!(
+        "{}-{}-{}.csv",
+        schema.name,
+        refs.join("+").replace('@', "v"),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    ));
+    keep_schema_columns(&joined, &path, schema)?;
+    for (name, version, matched, read) in &report.views {
+        eprintln!(
+            "{name}@{version}: {matched} of {} entity rows matched ({read} feature rows read)",
+            report.rows
+        );
+    }
+    println!(
+        "training set: {} ({} rows, point in time from {} in {:.2} s)",
+        path.display(),
+        report.rows,
+        refs.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    let serving = views
+        .iter()
+        .map(|v| ServingView {
+            name: v.definition.view.name.clone(),
+            version: v.version,
+            join_keys: v.definition.join_keys.clone(),
+            features: v
+                .definition
+                .view
+                .features
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            ttl_seconds: v
+                .definition
+                .view
+                .ttl
+                .map(|t| t.0.as_secs())
+                .filter(|s| *s > 0),
+        })
+        .collect();
+    Ok((path, serving))
+}
+
+/// Copies a CSV keeping only the columns the schema declares (the entity frame's time column
+/// and any other extra column go).
+fn keep_schema_columns(from: &Path, to: &Path, schema: &Schema) -> Result<()> {
+    let mut reader =
+        csv::Reader::from_path(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let header = reader.headers()?.clone();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| schema.column(&header[i]).is_some())
+        .collect();
+    let mut writer =
+        csv::Writer::from_path(to).with_context(|| format!("cannot write {}", to.display()))?;
+    writer.write_record(keep.iter().map(|&i| &header[i]))?;
+    for record in reader.records() {
+        let record = record?;
+        writer.write_record(keep.iter().map(|&i| &record[i]))?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
 /// Trains, bundles, registers and tracks.
 pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
     check_args(args)?;
@@ -214,7 +327,14 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let devices = device::plan(&args.device)?;
     eprintln!("device: {}", devices.summary);
     let candidates = parse_candidates(&args.candidates, &devices)?;
-    let data_path = locate_data(&schema, args.data.as_deref(), settings)?;
+    let (data_path, feature_views) = if args.features.is_empty() {
+        (
+            locate_data(&schema, args.data.as_deref(), settings)?,
+            Vec::new(),
+        )
+    } else {
+        training_set_from_store(args, &schema, settings).await?
+    };
     let data = load_dataset(&schema, &data_path)?;
     let registry = settings.registry().await?;
     let tracker = settings.tracker();
@@ -371,6 +491,7 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
             .then(|| Calibration::fit(&outcome.test_predictions, &outcome.test_labels))
             .flatten(),
         attribution_profile: None,
+        feature_views,
         files: BTreeMap::new(),
     };
     let files = BTreeMap::from([(best.kind.model_file().to_string(), best.model.to_bytes()?)]);

@@ -66,6 +66,7 @@ pub fn bundle(name: &str, slope: f64) -> Bundle {
         prediction_profile: None,
         calibration: None,
         attribution_profile: None,
+        feature_views: Vec::new(),
         files: BTreeMap::new(),
     };
     Bundle::new(
