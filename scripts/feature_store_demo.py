@@ -149,10 +149,40 @@ def call(url, key, body=None):
         return e.code, json.load(e)
 
 
+def latency(url, key, customers, full, n):
+    """Single-record requests by customerID and with every feature, interleaved; p50/p99 of each
+    as this client sees them (the same HTTP path, so the difference is the online-store read)."""
+    import statistics
+
+    by_key, by_features = [], []
+    for i in range(n):
+        j = i % len(customers)
+        for body, into in (({"customerID": customers[j]}, by_key), (full[j], by_features)):
+            t = time.perf_counter()
+            status, _ = call(url, key, body)
+            into.append((time.perf_counter() - t) * 1e3)
+            if status != 200:
+                fail(f"latency request answered {status}")
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    out = {
+        "requests_each": n,
+        "by_key_ms": {"p50": round(statistics.median(by_key), 3), "p99": round(pct(by_key, 0.99), 3)},
+        "all_features_ms": {"p50": round(statistics.median(by_features), 3), "p99": round(pct(by_features, 0.99), 3)},
+    }
+    out["added_ms"] = {q: round(out["by_key_ms"][q] - out["all_features_ms"][q], 3) for q in ("p50", "p99")}
+    print("latency " + json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mlops")
     ap.add_argument("work")
+    ap.add_argument("--online-store", help="e.g. dynamodb://TABLE (AWS_ENDPOINT_URL for moto); default: on the store")
+    ap.add_argument("--latency", type=int, default=0, help="then time N single-record requests of each kind")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "telco_churn.csv"))
     args = ap.parse_args()
     work = os.path.abspath(args.work)
@@ -160,6 +190,9 @@ def main():
     os.makedirs(work)
     home = os.path.join(work, "home")
     mlops = [os.path.abspath(args.mlops), "--home", home]
+    if args.online_store:
+        mlops += ["--online-store", args.online_store]
+        print(run(*mlops, "features", "init-online").strip())
 
     original, latest, billing_rows = split(args.data, work)
     print(f"split {len(original)} customers into profile.csv and billing.csv ({billing_rows} monthly snapshots), labels.csv")
@@ -251,6 +284,8 @@ def main():
         if status != 400 or "older than its TTL" not in message:
             fail(f"a customer without a billing snapshot in 45 days answered {status}: {stale}")
         print(f"customer who left ~95 days ago: 400, {message}")
+        if args.latency:
+            latency(predict, key, sample, full, args.latency)
     finally:
         server.terminate()
         server.wait(timeout=30)

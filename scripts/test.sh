@@ -127,3 +127,10 @@ done
 "$MLOPS_BROWSER_VENV/bin/python" tests/browser/console_test.py "http://127.0.0.1:$CONSOLE_PORT" \
   --predict-key "$SMOKE_KEY" --admin-key "$CONSOLE_KEY" --data ../shared/data/california_housing.csv \
   --mlops "$MLOPS --home $ST_HOME" --store "$ST_HOME/store" --screenshots "$RUN_DIR/console-screenshots"
+
+# The feature store on real data (Telco churn split into two feature views with simulated
+# snapshots): train from the store point in time, serve by customerID; then again with the online
+# store in DynamoDB (moto), timing requests by key against requests with every feature.
+python3 scripts/feature_store_demo.py "$MLOPS" "$RUN_DIR/feature-store" --data ../shared/data/telco_churn.csv
+AWS_ENDPOINT_URL="$MLOPS_TEST_S3_ENDPOINT" python3 scripts/feature_store_demo.py "$MLOPS" "$RUN_DIR/feature-store-dynamodb" \
+  --data ../shared/data/telco_churn.csv --online-store "dynamodb://features-$RANDOM$RANDOM" --latency 500

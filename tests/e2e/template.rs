@@ -395,9 +395,10 @@ fn each_role_is_granted_exactly_its_allow_list() {
     let expected: Vec<(&str, Vec<String>)> = vec![
         // Predict reads the models and writes its logs; the feedback route adds labels beside
         // them; the admin routes (the console) read logs, labels and monitor reports and write
-        // splits, aliases and cards. Nothing else.
+        // splits, aliases and cards; requests by entity key read the feature table. Nothing else.
         ("PredictFunctionRole", vec![
             lambda_basic.into(),
+            "dynamodb:BatchGetItem FeatureTable.Arn".into(),
             format!("s3:GetObject {registry}/feedback/*"),
             format!("s3:GetObject {registry}/models/*"),
             format!("s3:GetObject {registry}/monitoring/*"),

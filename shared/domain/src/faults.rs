@@ -121,6 +121,17 @@ impl FaultPlan {
         })
     }
 
+    /// `inner` with this plan's faults on its writes (each `write` call is one step).
+    pub fn online(
+        &self,
+        inner: Arc<dyn crate::online::OnlineStore>,
+    ) -> Arc<dyn crate::online::OnlineStore> {
+        Arc::new(FaultyOnline {
+            inner,
+            plan: self.clone(),
+        })
+    }
+
     /// `inner` with this plan's faults on its calls.
     pub fn queue(&self, inner: Arc<dyn JobQueue>) -> Arc<dyn JobQueue> {
         Arc::new(FaultyQueue {
@@ -244,6 +255,53 @@ impl ObjectStore for FaultyStore {
             return Err(store_fault("presign", key));
         }
         self.inner.presign_put(key, expires).await
+    }
+}
+
+/// An online store whose writes count as steps of a [`FaultPlan`].
+pub struct FaultyOnline {
+    inner: Arc<dyn crate::online::OnlineStore>,
+    plan: FaultPlan,
+}
+
+#[async_trait]
+impl crate::online::OnlineStore for FaultyOnline {
+    async fn write(
+        &self,
+        view: &str,
+        rows: Vec<crate::online::OnlineRow>,
+    ) -> Result<crate::online::Written, crate::online::OnlineError> {
+        let fault = || crate::online::OnlineError::Backend {
+            operation: "write",
+            message: injected("online write"),
+        };
+        let n = rows.len();
+        match self.plan.step(format!("online write {view} ({n} rows)")) {
+            Verdict::Run => self.inner.write(view, rows).await,
+            Verdict::RunThenFail => {
+                let _ = self.inner.write(view, rows).await;
+                Err(fault())
+            }
+            Verdict::Refuse => Err(fault()),
+        }
+    }
+
+    async fn read(
+        &self,
+        view: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<crate::online::OnlineRow>>, crate::online::OnlineError> {
+        if !self.plan.read() {
+            return Err(crate::online::OnlineError::Backend {
+                operation: "read",
+                message: injected("online read"),
+            });
+        }
+        self.inner.read(view, keys).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

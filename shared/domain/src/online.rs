@@ -153,11 +153,28 @@ impl OnlineStore for StoreOnline {
         for r in rows {
             by_bucket.entry(bucket_of(&r.key)).or_default().push(r);
         }
+        // Bucket updates in flight: each is a read and a conditional write (an fsync locally, a
+        // round trip on S3), independent of the others.
+        const IN_FLIGHT: usize = 4;
         let mut total = Written::default();
-        for (bucket, rows) in by_bucket {
-            let w = self.merge(&Self::key(view, bucket), &rows).await?;
+        let mut add = |w: Written| {
             total.stored += w.stored;
             total.older += w.older;
+        };
+        let mut running = tokio::task::JoinSet::new();
+        for (bucket, rows) in by_bucket {
+            if running.len() >= IN_FLIGHT {
+                add(running
+                    .join_next()
+                    .await
+                    .expect("a task runs")
+                    .expect("no panic")?);
+            }
+            let (this, key) = (self.clone(), Self::key(view, bucket));
+            running.spawn(async move { this.merge(&key, &rows).await });
+        }
+        while let Some(done) = running.join_next().await {
+            add(done.expect("no panic")?);
         }
         Ok(total)
     }

@@ -200,68 +200,6 @@ impl Values {
         self.len() == 0
     }
 
-    /// Appends row `row` of an Arrow array of the same type as a new slot.
-    pub fn push_from_array(&mut self, src: &dyn Array, row: usize) {
-        match self {
-            Self::F64(v) => v.push(None),
-            Self::I64(v) => v.push(None),
-            Self::Str(v) => v.push(None),
-            Self::Bool(v) => v.push(None),
-        }
-        let last = self.len() - 1;
-        self.set_from_array(last, src, row);
-    }
-
-    /// Sets slot `dst` from row `row` of an Arrow array of the same type.
-    pub fn set_from_array(&mut self, dst: usize, src: &dyn Array, row: usize) {
-        let valid = src.is_valid(row);
-        match self {
-            Self::F64(v) => {
-                let a = src
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .expect("float64 column");
-                v[dst] = valid.then(|| a.value(row));
-            }
-            Self::I64(v) => {
-                let a = src
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .expect("int64 column");
-                v[dst] = valid.then(|| a.value(row));
-            }
-            Self::Str(v) => {
-                let a = src
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("string column");
-                v[dst] = valid.then(|| a.value(row).into());
-            }
-            Self::Bool(v) => {
-                let a = src
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .expect("bool column");
-                v[dst] = valid.then(|| a.value(row));
-            }
-        }
-    }
-
-    /// Sets slot `dst` from slot `src` of another table of the same type, or to null.
-    pub fn set_from(&mut self, dst: usize, other: Option<(&Values, usize)>) {
-        match (self, other) {
-            (Self::F64(v), Some((Self::F64(o), i))) => v[dst] = o[i],
-            (Self::I64(v), Some((Self::I64(o), i))) => v[dst] = o[i],
-            (Self::Str(v), Some((Self::Str(o), i))) => v[dst] = o[i].clone(),
-            (Self::Bool(v), Some((Self::Bool(o), i))) => v[dst] = o[i],
-            (Self::F64(v), None) => v[dst] = None,
-            (Self::I64(v), None) => v[dst] = None,
-            (Self::Str(v), None) => v[dst] = None,
-            (Self::Bool(v), None) => v[dst] = None,
-            _ => unreachable!("tables of one feature share its type"),
-        }
-    }
-
     /// Slots `range` as an Arrow array.
     pub fn to_array(&self, range: std::ops::Range<usize>) -> ArrayRef {
         match self {
@@ -327,5 +265,90 @@ mod tests {
         assert!(a.is_null(1));
         let mut f = FeatureBuilder::new(FeatureType::Float64);
         assert_eq!(f.push_text("NaN"), Err("a finite number"));
+    }
+}
+
+/// One feature value, for row-major tables of the latest values per entity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Scalar {
+    /// Missing.
+    #[default]
+    Null,
+    /// float64
+    F64(f64),
+    /// int64
+    I64(i64),
+    /// bool
+    Bool(bool),
+    /// string
+    Str(Box<str>),
+}
+
+impl Scalar {
+    /// As JSON.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Scalar::Null => serde_json::Value::Null,
+            Scalar::F64(x) => serde_json::Value::from(*x),
+            Scalar::I64(x) => serde_json::Value::from(*x),
+            Scalar::Bool(x) => serde_json::Value::from(*x),
+            Scalar::Str(s) => serde_json::Value::from(s.as_ref()),
+        }
+    }
+}
+
+/// An Arrow feature column, downcast once.
+pub enum Column<'a> {
+    /// float64
+    F64(&'a Float64Array),
+    /// int64
+    I64(&'a Int64Array),
+    /// string
+    Str(&'a StringArray),
+    /// bool
+    Bool(&'a BooleanArray),
+}
+
+impl<'a> Column<'a> {
+    /// The typed view of `a` (a feature column the offline store decoded and type-checked).
+    pub fn of(a: &'a ArrayRef) -> Self {
+        let any = a.as_any();
+        match a.data_type() {
+            DataType::Float64 => Self::F64(any.downcast_ref().expect("float64")),
+            DataType::Int64 => Self::I64(any.downcast_ref().expect("int64")),
+            DataType::Boolean => Self::Bool(any.downcast_ref().expect("bool")),
+            _ => Self::Str(
+                any.downcast_ref()
+                    .expect("feature columns are float64, int64, bool or text"),
+            ),
+        }
+    }
+
+    /// Row `row`.
+    pub fn get(&self, row: usize) -> Scalar {
+        let valid = |a: &dyn Array| a.is_valid(row);
+        match self {
+            Self::F64(a) if valid(*a) => Scalar::F64(a.value(row)),
+            Self::I64(a) if valid(*a) => Scalar::I64(a.value(row)),
+            Self::Bool(a) if valid(*a) => Scalar::Bool(a.value(row)),
+            Self::Str(a) if valid(*a) => Scalar::Str(a.value(row).into()),
+            _ => Scalar::Null,
+        }
+    }
+}
+
+impl Values {
+    /// Sets slot `dst` to `value` (of this table's type) or to null.
+    pub fn set(&mut self, dst: usize, value: Option<&Scalar>) {
+        match (self, value) {
+            (Self::F64(v), Some(Scalar::F64(x))) => v[dst] = Some(*x),
+            (Self::I64(v), Some(Scalar::I64(x))) => v[dst] = Some(*x),
+            (Self::Bool(v), Some(Scalar::Bool(x))) => v[dst] = Some(*x),
+            (Self::Str(v), Some(Scalar::Str(x))) => v[dst] = Some(x.clone()),
+            (Self::F64(v), _) => v[dst] = None,
+            (Self::I64(v), _) => v[dst] = None,
+            (Self::Bool(v), _) => v[dst] = None,
+            (Self::Str(v), _) => v[dst] = None,
+        }
     }
 }

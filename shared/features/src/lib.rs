@@ -3,7 +3,10 @@
 
 pub mod columns;
 pub mod definition;
+pub mod keys;
 pub mod materialize;
 pub mod offline;
 pub mod pit;
 pub mod registry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

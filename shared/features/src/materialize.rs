@@ -13,7 +13,6 @@
 //! lease (a run that died) is taken over and re-applied: online writes keep the newer row, so
 //! applying a range twice converges to the same state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +20,8 @@ use mlops_domain::online::{OnlineError, OnlineRow, OnlineStore, Written, bucket_
 use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::columns::{Micros, Values, date_of, format_time};
+use crate::columns::{Column, Micros, Scalar, date_of, format_time};
+use crate::keys::KeyIndex;
 use crate::offline::{OfflineError, OfflineStore, Part};
 use crate::pit::KEY_SEPARATOR;
 use crate::registry::{Registered, ViewDefinition};
@@ -118,21 +118,22 @@ pub async fn materialize(
             }
         }
     }
-    let mut slot_of: HashMap<Box<str>, u32> = HashMap::new();
+    let width = features.len();
+    let mut seen = KeyIndex::default();
     let mut times: Vec<Micros> = Vec::new();
-    let mut values: Vec<Values> = def
-        .view
-        .features
-        .iter()
-        .map(|f| Values::nulls(f.dtype, 0))
-        .collect();
+    let mut values: Vec<Scalar> = Vec::new();
     let mut rows_read = 0;
-    let mut composite = String::new();
-    for parts in days.values().rev() {
-        let mut decoded = Vec::with_capacity(parts.len());
-        for part in parts {
-            decoded.push(offline.read_part(part, def, &features).await?);
-        }
+    // The next (older) day is read and decoded on another thread while this one is scanned.
+    let read = |parts: Vec<Part>| offline.read_parts_in_background(def, &features, parts);
+    let mut days = days.into_values().rev();
+    let mut next = days.next().map(read);
+    while let Some(pending) = next.take() {
+        let decoded = pending.await.expect("reading a day does not panic")?;
+        next = days.next().map(read);
+        let columns: Vec<Vec<Column>> = decoded
+            .iter()
+            .map(|d| d.features.iter().map(Column::of).collect())
+            .collect();
         let mut rows: Vec<(Micros, u32, u32)> = Vec::new();
         for (p, d) in decoded.iter().enumerate() {
             rows.extend(
@@ -146,9 +147,9 @@ pub async fn materialize(
         // Forward order is (time, snapshot, row); its reverse meets each entity's latest first.
         rows.sort_unstable();
         rows_read += rows.len() as u64;
+        let mut composite = String::new();
         for &(t, p, r) in rows.iter().rev() {
-            let d = &decoded[p as usize];
-            let r = r as usize;
+            let (d, r) = (&decoded[p as usize], r as usize);
             composite.clear();
             for (j, k) in d.keys.iter().enumerate() {
                 if j > 0 {
@@ -156,34 +157,34 @@ pub async fn materialize(
                 }
                 composite.push_str(k.value(r));
             }
-            if slot_of.contains_key(composite.as_str()) {
-                continue;
+            let known = seen.len();
+            if seen.insert(&composite) as usize != known {
+                continue; // met before: a newer row of this entity was taken
             }
-            slot_of.insert(composite.as_str().into(), times.len() as u32);
             times.push(t);
-            for (v, a) in values.iter_mut().zip(&d.features) {
-                v.push_from_array(a.as_ref(), r);
-            }
+            values.extend(columns[p as usize].iter().map(|c| c.get(r)));
         }
     }
     // Written in bucket order, so a chunk touches few of the embedded store's bucket objects.
-    let mut entities: Vec<(u32, Box<str>, u32)> = slot_of
-        .into_iter()
-        .map(|(k, s)| (bucket_of(&k), k, s))
+    let mut entities: Vec<(u32, u32)> = (0..seen.len() as u32)
+        .map(|s| (bucket_of(seen.key(s)), s))
         .collect();
     entities.sort_unstable();
     let mut written = Written::default();
     for chunk in entities.chunks(WRITE_CHUNK) {
         let rows = chunk
             .iter()
-            .map(|(_, key, s)| OnlineRow {
-                key: key.to_string(),
-                event_time: times[*s as usize],
-                values: features
-                    .iter()
-                    .zip(&values)
-                    .map(|(f, v)| (f.clone(), v.json(*s as usize)))
-                    .collect(),
+            .map(|&(_, s)| {
+                let s = s as usize;
+                OnlineRow {
+                    key: seen.key(s as u32).to_string(),
+                    event_time: times[s],
+                    values: features
+                        .iter()
+                        .zip(&values[s * width..(s + 1) * width])
+                        .map(|(f, v)| (f.clone(), v.json()))
+                        .collect(),
+                }
             })
             .collect();
         let w = online.write(&def.view.name, rows).await?;

@@ -36,7 +36,9 @@ use crate::registry::{Registered, ViewDefinition};
 /// Rows per Parquet row group and per in-memory buffer of one day.
 const ROW_GROUP: usize = 65_536;
 /// Most day files open at once during one ingest; the least recently written is finished first.
-const OPEN_DAYS: usize = 64;
+const OPEN_DAYS: usize = 128;
+/// Most rows buffered over all days before every buffer is written out as a row group.
+const MAX_BUFFERED: usize = 1 << 20;
 
 /// Offline-store failures.
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +324,23 @@ impl OfflineStore {
         }
     }
 
+    /// Reads `parts` (one day of a view) on a runtime task: [`OfflineStore::read_part`] of each.
+    pub fn read_parts_in_background(
+        &self,
+        def: &ViewDefinition,
+        features: &[String],
+        parts: Vec<Part>,
+    ) -> tokio::task::JoinHandle<Result<Vec<PartRows>, OfflineError>> {
+        let (offline, def, features) = (self.clone(), def.clone(), features.to_vec());
+        tokio::spawn(async move {
+            let mut decoded = Vec::with_capacity(parts.len());
+            for part in &parts {
+                decoded.push(offline.read_part(part, &def, &features).await?);
+            }
+            Ok(decoded)
+        })
+    }
+
     /// Reads one part's join keys, event times and the named features (in that order).
     pub async fn read_part(
         &self,
@@ -466,6 +485,7 @@ struct DayWriters<'a> {
     next_part: BTreeMap<NaiveDate, u32>,
     done: Vec<(NaiveDate, u32, PathBuf, u64)>,
     rows: u64,
+    buffered: usize,
     range: Option<(Micros, Micros)>,
     clock: u64,
 }
@@ -487,6 +507,7 @@ impl<'a> DayWriters<'a> {
             next_part: BTreeMap::new(),
             done: Vec::new(),
             rows: 0,
+            buffered: 0,
             range: None,
             clock: 0,
         }
@@ -507,6 +528,13 @@ impl<'a> DayWriters<'a> {
         {
             self.flush(date)?;
         }
+        if self.buffered >= MAX_BUFFERED {
+            let dates: Vec<NaiveDate> = self.buffers.keys().copied().collect();
+            for d in dates {
+                self.flush(d)?;
+            }
+        }
+        self.buffered += 1;
         let def = self.def;
         Ok(self.buffers.entry(date).or_insert_with(|| DayBuffer {
             keys: def.join_keys.iter().map(|_| StringBuilder::new()).collect(),
@@ -524,6 +552,7 @@ impl<'a> DayWriters<'a> {
         let Some(mut buffer) = self.buffers.remove(&date) else {
             return Ok(());
         };
+        self.buffered -= buffer.times.len();
         let mut columns: Vec<ArrayRef> = buffer
             .keys
             .iter_mut()

@@ -7,7 +7,7 @@
 //! frame asks about. Memory is the entity frame, that table, and one day of feature rows — never
 //! the feature history. Ties on (entity, event time) go to the later snapshot, then the later row.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,8 +17,9 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
-use crate::columns::{Micros, Values, arrow_type, date_of, parse_time};
-use crate::offline::{OfflineError, OfflineStore, Part};
+use crate::columns::{Column, Micros, Scalar, Values, arrow_type, date_of, parse_time};
+use crate::keys::KeyIndex;
+use crate::offline::{OfflineError, OfflineStore, Part, PartRows};
 use crate::registry::{Registered, ViewDefinition};
 
 /// Separates the parts of a composite entity key.
@@ -46,26 +47,17 @@ pub async fn as_of_join(
 ) -> Result<Joined, OfflineError> {
     let def = &view.definition;
     let features: Vec<String> = def.view.features.iter().map(|f| f.name.clone()).collect();
+    let width = features.len();
     let n = times.len();
-    let mut slot_of: HashMap<&str, u32> = HashMap::with_capacity(n);
-    let slots: Vec<u32> = keys
-        .iter()
-        .map(|k| {
-            let next = slot_of.len() as u32;
-            *slot_of.entry(k).or_insert(next)
-        })
-        .collect();
+    let mut index = KeyIndex::default();
+    let slots: Vec<u32> = keys.iter().map(|k| index.insert(k)).collect();
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.sort_by_key(|&i| times[i as usize]);
     let ttl = def.view.ttl.and_then(|t| t.micros());
 
-    let mut latest_time = vec![Micros::MIN; slot_of.len()];
-    let mut latest: Vec<Values> = def
-        .view
-        .features
-        .iter()
-        .map(|f| Values::nulls(f.dtype, slot_of.len()))
-        .collect();
+    // The latest values of each entity, row-major: one entity's features share a cache line.
+    let mut latest_time = vec![Micros::MIN; index.len()];
+    let mut latest = vec![Scalar::Null; index.len() * width];
     let mut out: Vec<Values> = def
         .view
         .features
@@ -73,62 +65,51 @@ pub async fn as_of_join(
         .map(|f| Values::nulls(f.dtype, n))
         .collect();
     let mut matched = 0;
-    let mut answer = |i: usize, latest_time: &[Micros], latest: &[Values]| {
+    let mut answer = |i: usize, latest_time: &[Micros], latest: &[Scalar]| {
         let s = slots[i] as usize;
         let t = latest_time[s];
         let fresh = t != Micros::MIN && ttl.is_none_or(|ttl| times[i].saturating_sub(t) <= ttl);
         matched += usize::from(fresh);
-        for (o, l) in out.iter_mut().zip(latest) {
-            o.set_from(i, fresh.then_some((l, s)));
+        for (f, o) in out.iter_mut().enumerate() {
+            o.set(i, fresh.then(|| &latest[s * width + f]));
         }
     };
 
     let days = days_to_read(offline, &def.view.name, times, ttl).await?;
+    let index = Arc::new(index);
+    let prepare = |parts: Vec<Part>| {
+        let (offline, def, features, index) = (
+            offline.clone(),
+            def.clone(),
+            features.clone(),
+            Arc::clone(&index),
+        );
+        tokio::spawn(async move { prepare_day(&offline, &def, &features, &parts, &index).await })
+    };
+    // The next day is read, decoded and keyed on another thread while this one is merged.
+    let mut days = days.into_values();
+    let mut next = days.next().map(prepare);
     let mut cursor = 0;
     let mut rows_read = 0;
-    let mut composite = String::new();
-    for parts in days.values() {
-        let mut decoded = Vec::with_capacity(parts.len());
-        for part in parts {
-            decoded.push(offline.read_part(part, def, &features).await?);
-        }
-        // Stable sort by time over parts in snapshot order keeps ties in write order.
-        let mut rows: Vec<(Micros, u32, u32)> = Vec::new();
-        for (p, d) in decoded.iter().enumerate() {
-            rows.extend(
-                d.times
-                    .iter()
-                    .enumerate()
-                    .map(|(r, &t)| (t, p as u32, r as u32)),
-            );
-        }
-        rows.sort_by_key(|&(t, _, _)| t);
-        rows_read += rows.len() as u64;
-        for (t, p, r) in rows {
+    while let Some(pending) = next.take() {
+        let day = pending.await.expect("reading a day does not panic")?;
+        next = days.next().map(prepare);
+        let columns: Vec<Vec<Column>> = day
+            .parts
+            .iter()
+            .map(|d| d.features.iter().map(Column::of).collect())
+            .collect();
+        rows_read += day.parts.iter().map(|d| d.times.len() as u64).sum::<u64>();
+        for &(t, p, r) in &day.rows {
             while cursor < n && times[order[cursor] as usize] < t {
                 answer(order[cursor] as usize, &latest_time, &latest);
                 cursor += 1;
             }
-            let d = &decoded[p as usize];
-            let r = r as usize;
-            let key = match d.keys.as_slice() {
-                [one] => one.value(r),
-                many => {
-                    composite.clear();
-                    for (j, k) in many.iter().enumerate() {
-                        if j > 0 {
-                            composite.push(KEY_SEPARATOR);
-                        }
-                        composite.push_str(k.value(r));
-                    }
-                    &composite
-                }
-            };
-            if let Some(&s) = slot_of.get(key) {
-                latest_time[s as usize] = t;
-                for (l, a) in latest.iter_mut().zip(&d.features) {
-                    l.set_from_array(s as usize, a.as_ref(), r);
-                }
+            let (p, r) = (p as usize, r as usize);
+            let s = day.slots[p][r] as usize;
+            latest_time[s] = t;
+            for (f, c) in columns[p].iter().enumerate() {
+                latest[s * width + f] = c.get(r);
             }
         }
     }
@@ -142,6 +123,75 @@ pub async fn as_of_join(
         matched,
         rows_read,
     })
+}
+
+/// One day of a view, ready to merge: its parts, each row's entity slot, and the rows of known
+/// entities in merge order (time, then snapshot, then row).
+struct Day {
+    parts: Vec<PartRows>,
+    slots: Vec<Vec<u32>>,
+    rows: Vec<(Micros, u32, u32)>,
+}
+
+async fn prepare_day(
+    offline: &OfflineStore,
+    def: &ViewDefinition,
+    features: &[String],
+    parts: &[Part],
+    index: &KeyIndex,
+) -> Result<Day, OfflineError> {
+    let decoded = offline
+        .read_parts_in_background(def, features, parts.to_vec())
+        .await
+        .expect("reading a day does not panic")?;
+    let slots: Vec<Vec<u32>> = decoded
+        .iter()
+        .map(|d| slots_of(d, |k| index.get(k)))
+        .collect();
+    let mut rows: Vec<(Micros, u32, u32)> = Vec::new();
+    for (p, d) in decoded.iter().enumerate() {
+        let known = d
+            .times
+            .iter()
+            .enumerate()
+            .filter(|&(r, _)| slots[p][r] != NO_SLOT);
+        rows.extend(known.map(|(r, &t)| (t, p as u32, r as u32)));
+    }
+    // Stable: ties keep snapshot order, then row order.
+    rows.sort_by_key(|&(t, _, _)| t);
+    Ok(Day {
+        parts: decoded,
+        slots,
+        rows,
+    })
+}
+
+/// No entity slot.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+/// The slot of each row's entity key (its join keys joined by [`KEY_SEPARATOR`]), or
+/// [`NO_SLOT`].
+pub(crate) fn slots_of(part: &PartRows, mut lookup: impl FnMut(&str) -> Option<u32>) -> Vec<u32> {
+    match part.keys.as_slice() {
+        [one] => (0..part.times.len())
+            .map(|r| lookup(one.value(r)).unwrap_or(NO_SLOT))
+            .collect(),
+        many => {
+            let mut composite = String::new();
+            (0..part.times.len())
+                .map(|r| {
+                    composite.clear();
+                    for (j, k) in many.iter().enumerate() {
+                        if j > 0 {
+                            composite.push(KEY_SEPARATOR);
+                        }
+                        composite.push_str(k.value(r));
+                    }
+                    lookup(&composite).unwrap_or(NO_SLOT)
+                })
+                .collect()
+        }
+    }
 }
 
 /// Parts of committed snapshots by day, limited to the days that can hold a value for `times`

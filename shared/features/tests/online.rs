@@ -3,65 +3,22 @@
 //! twice, and every crash point of apply, ingest and incremental materialization.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::TimeDelta;
 use mlops_domain::faults::{CrashScenario, FaultPlan, explore};
 use mlops_domain::online::{OnlineStore, StoreOnline};
 use mlops_domain::store::ObjectStore;
-use mlops_features::columns::{Micros, format_time};
-use mlops_features::definition::{
-    Definitions, Entity, Feature, FeatureType, FeatureView, Ttl, ViewRef,
-};
+use mlops_features::columns::Micros;
+use mlops_features::definition::ViewRef;
 use mlops_features::materialize::{Incremental, materialize, materialize_incremental, watermark};
 use mlops_features::offline::OfflineStore;
 use mlops_features::pit::as_of_join;
 use mlops_features::registry::{FeatureRegistry, Registered, ViewDefinition};
+use mlops_features::testing::{T0, TTL_HOURS, definitions, generate};
 use mlops_store::LocalStore;
 use rand::{Rng, SeedableRng};
 
 const HOUR: Micros = 3_600_000_000;
-const T0: Micros = 1_709_251_200_000_000;
-const TTL_HOURS: u64 = 72;
-
-fn definitions() -> Definitions {
-    Definitions {
-        entities: vec![Entity {
-            name: "customer".into(),
-            join_keys: vec!["customer_id".into()],
-            owner: "tests".into(),
-            description: "A customer".into(),
-            tags: Default::default(),
-        }],
-        feature_views: vec![FeatureView {
-            name: "stats".into(),
-            entities: vec!["customer".into()],
-            event_time: "ts".into(),
-            ttl: Some(Ttl(Duration::from_secs(TTL_HOURS * 3600))),
-            source: String::new(),
-            owner: "tests".into(),
-            description: "Customer statistics".into(),
-            tags: Default::default(),
-            features: vec![
-                Feature {
-                    name: "spend".into(),
-                    dtype: FeatureType::Float64,
-                    description: String::new(),
-                },
-                Feature {
-                    name: "plan".into(),
-                    dtype: FeatureType::String,
-                    description: String::new(),
-                },
-                Feature {
-                    name: "visits".into(),
-                    dtype: FeatureType::Int64,
-                    description: String::new(),
-                },
-            ],
-        }],
-    }
-}
 
 struct World {
     store: Arc<dyn ObjectStore>,
@@ -81,43 +38,6 @@ impl World {
             .await
             .unwrap()
     }
-}
-
-/// Writes `rows` random rows for `entities` customers over `hours` hours from `from` (distinct
-/// times per customer, some values empty) to a CSV; returns its path.
-fn generate(
-    dir: &std::path::Path,
-    name: &str,
-    seed: u64,
-    entities: u32,
-    rows: usize,
-    from: Micros,
-    hours: i64,
-) -> std::path::PathBuf {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let path = dir.join(name);
-    let mut w = csv::Writer::from_path(&path).unwrap();
-    w.write_record(["customer_id", "ts", "spend", "plan", "visits"])
-        .unwrap();
-    for _ in 0..rows {
-        let t = from + rng.gen_range(0..hours * 3600) * 1_000_000 + rng.gen_range(0..1_000_000);
-        let spend = if rng.gen_bool(0.05) {
-            String::new()
-        } else {
-            format!("{:.2}", rng.gen_range(0.0..500.0))
-        };
-        let plan = ["basic", "pro", "team"][rng.gen_range(0..3)].to_string();
-        w.write_record([
-            format!("c{}", rng.gen_range(0..entities)),
-            format_time(t),
-            spend,
-            plan,
-            rng.gen_range(0..90).to_string(),
-        ])
-        .unwrap();
-    }
-    w.flush().unwrap();
-    path
 }
 
 async fn setup(w: &World) -> Registered<ViewDefinition> {

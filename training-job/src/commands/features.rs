@@ -96,6 +96,9 @@ enum FeaturesCommand {
         #[arg(long, default_value = "15m", value_parser = humantime_arg)]
         lease: std::time::Duration,
     },
+    /// Create the online store's DynamoDB table (--online-store dynamodb://TABLE) unless it
+    /// exists; on AWS the stack creates it (output FeatureTableName).
+    InitOnline,
     /// Read entities' latest values from the online store, as JSON.
     Get {
         /// View reference.
@@ -199,6 +202,26 @@ pub async fn run(args: FeaturesArgs, settings: &Settings) -> Result<()> {
                     print_materialized(&result, online.describe(), started);
                 }
             }
+            Ok(())
+        }
+        FeaturesCommand::InitOnline => {
+            let Some(table) = settings
+                .online_store
+                .as_deref()
+                .and_then(|u| u.strip_prefix("dynamodb://"))
+            else {
+                println!(
+                    "the online store is on the store ({}); nothing to create",
+                    settings.store_uri()
+                );
+                return Ok(());
+            };
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+            mlops_aws::DynamoOnline::new(&config, table)
+                .ensure_table()
+                .await?;
+            println!("online store table {table} is ready");
             Ok(())
         }
         FeaturesCommand::Get { view, keys } => {
