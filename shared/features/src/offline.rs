@@ -591,6 +591,8 @@ impl<'a> DayWriters<'a> {
             .find(|o| o.0 == date)
             .expect("just opened");
         o.3.write(&batch).map_err(|e| file_error(&o.2, e))?;
+        // Each buffer becomes one row group on disk now, not one held by the writer until close.
+        o.3.flush().map_err(|e| file_error(&o.2, e))?;
         o.4 += batch.num_rows() as u64;
         o.5 = clock;
         Ok(())

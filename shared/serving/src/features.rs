@@ -21,12 +21,13 @@ pub async fn fill(
 ) -> Result<usize, ApiError> {
     let mut fetched = 0;
     let mut problems = Vec::new();
+    // Per view, the records that lack some of its features, with their keys.
+    let mut wanted: Vec<(&ServingView, Vec<(usize, String)>)> = Vec::new();
     for view in views {
-        let need: Vec<usize> = (0..records.len())
-            .filter(|&i| view.features.iter().any(|f| !records[i].contains_key(f)))
-            .collect();
-        let mut keyed = Vec::with_capacity(need.len());
-        for &i in &need {
+        let need = (0..records.len())
+            .filter(|&i| view.features.iter().any(|f| !records[i].contains_key(f)));
+        let mut keyed = Vec::new();
+        for i in need {
             match view.key_of(&records[i]) {
                 Ok(key) => keyed.push((i, key)),
                 Err(field) => problems.push(FieldProblem {
@@ -40,11 +41,18 @@ pub async fn fill(
                 }),
             }
         }
-        if keyed.is_empty() {
-            continue;
+        if !keyed.is_empty() {
+            wanted.push((view, keyed));
         }
+    }
+    // One batched read per view, all views at once.
+    let reads = wanted.iter().map(|(view, keyed)| {
         let keys: Vec<String> = keyed.iter().map(|(_, k)| k.clone()).collect();
-        let rows = online.read(&view.name, &keys).await.map_err(|e| {
+        async move { online.read(&view.name, &keys).await }
+    });
+    let results = futures_util::future::join_all(reads).await;
+    for ((view, keyed), rows) in wanted.into_iter().zip(results) {
+        let rows = rows.map_err(|e| {
             ApiError::unavailable("online_store_unavailable", "the online feature store", e)
         })?;
         for ((i, key), row) in keyed.into_iter().zip(rows) {
