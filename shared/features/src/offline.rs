@@ -144,6 +144,21 @@ pub struct Ingested {
     pub created: bool,
 }
 
+/// The snapshot that already holds this content for this view version, if any.
+fn already_ingested(
+    existing: &[Snapshot],
+    content: &ContentDigest,
+    view_version: u32,
+) -> Option<Ingested> {
+    existing
+        .iter()
+        .find(|s| s.content.sha256 == content.sha256 && s.view_version == view_version)
+        .map(|s| Ingested {
+            snapshot: s.clone(),
+            created: false,
+        })
+}
+
 /// The offline store of all views on one object store.
 #[derive(Clone)]
 pub struct OfflineStore {
@@ -210,14 +225,8 @@ impl OfflineStore {
         let name = &view.definition.view.name;
         let content = ContentDigest::of_file(path).map_err(|e| file_error(path, e))?;
         let existing = self.snapshots(name).await?;
-        if let Some(s) = existing
-            .iter()
-            .find(|s| s.content.sha256 == content.sha256 && s.view_version == view.version)
-        {
-            return Ok(Ingested {
-                snapshot: s.clone(),
-                created: false,
-            });
+        if let Some(done) = already_ingested(&existing, &content, view.version) {
+            return Ok(done);
         }
         let tag = &sha256_hex(format!("{}:{}", content.sha256, view.sha256).as_bytes())[..16];
         let scratch =
@@ -285,14 +294,8 @@ impl OfflineStore {
     ) -> Result<Ingested, OfflineError> {
         let name = &view.definition.view.name;
         loop {
-            if let Some(s) = existing
-                .iter()
-                .find(|s| s.content.sha256 == content.sha256 && s.view_version == view.version)
-            {
-                return Ok(Ingested {
-                    snapshot: s.clone(),
-                    created: false,
-                });
+            if let Some(done) = already_ingested(&existing, &content, view.version) {
+                return Ok(done);
             }
             let seq = existing.last().map_or(1, |s| s.seq + 1);
             let snapshot = Snapshot {

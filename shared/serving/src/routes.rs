@@ -183,7 +183,7 @@ fn kind(v: &serde_json::Value) -> &'static str {
     request_body(content = crate::api::PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Predictions", body = PredictResponse),
-        (status = 400, description = "Malformed body, invalid fields, too many records, or more records than MLOPS_MAX_EXPLAIN_RECORDS with explain=true", body = ErrorBody),
+        (status = 400, description = "Malformed body, invalid fields, too many records, more records than MLOPS_MAX_EXPLAIN_RECORDS with explain=true, or (models trained from feature views) an entity key without values in the online store or with values past the view's TTL (`unknown_entity`)", body = ErrorBody),
         (status = 404, description = "Model not served", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
