@@ -99,7 +99,19 @@ impl Ttl {
 
 impl Serialize for Ttl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
+        s.serialize_str(&ttl_text(self.0))
+    }
+}
+
+/// A TTL in the largest whole unit: `45days`, `12h`, `90m` or `3601s` (humantime syntax).
+pub fn ttl_text(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s % 86_400 == 0 => format!("{}days", s / 86_400),
+        _ if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
     }
 }
 
@@ -414,6 +426,8 @@ features = [
         assert_eq!(defs.entities[0].join_keys, ["customerID"]);
         let v = &defs.feature_views[0];
         assert_eq!(v.ttl.unwrap().0, Duration::from_secs(45 * 86_400));
+        assert_eq!(serde_json::to_value(v.ttl.unwrap()).unwrap(), "45days");
+        assert_eq!(ttl_text(Duration::from_secs(5_400)), "90m");
         assert_eq!(v.features[1].dtype, FeatureType::Float64);
         assert_eq!(v.tags["domain"], "billing");
     }

@@ -280,6 +280,7 @@ impl FeatureRegistry {
             None => {
                 let versions = self.versions::<T>(name).await?;
                 let hint = match versions.last() {
+                    Some(1) => " (only version 1 is)".to_string(),
                     Some(last) => format!(" (versions 1 to {last} are)"),
                     None => format!(" (registered: {})", self.names::<T>().await?.join(", ")),
                 };

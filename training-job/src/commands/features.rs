@@ -319,19 +319,12 @@ async fn list(registry: &FeatureRegistry, offline: &OfflineStore) -> Result<()> 
             v.definition
                 .view
                 .ttl
-                .map_or("none".into(), |t| humantime_text(t.0)),
+                .map_or("none".into(), |t| mlops_features::definition::ttl_text(t.0)),
             snapshots.len(),
             v.definition.view.owner,
         );
     }
     Ok(())
-}
-
-fn humantime_text(d: std::time::Duration) -> String {
-    serde_json::to_value(mlops_features::definition::Ttl(d))
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 async fn show(registry: &FeatureRegistry, offline: &OfflineStore, at: &ViewRef) -> Result<()> {
