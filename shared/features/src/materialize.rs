@@ -59,6 +59,14 @@ pub enum MaterializeError {
         /// When it may be taken over.
         lease_ends: DateTime<Utc>,
     },
+    /// No snapshot to start an incremental run from.
+    #[error(
+        "feature view '{view}' has no ingested snapshot yet; run `mlops features ingest {view}` first"
+    )]
+    NothingIngested {
+        /// View.
+        view: String,
+    },
     /// A bad range.
     #[error("materialization range: start {start} is not before end {end}")]
     EmptyRange {
@@ -327,7 +335,13 @@ pub async fn materialize_incremental(
             None => {
                 let from = match w.applied_until {
                     Some(t) => t,
-                    None => earliest(offline, name).await?.unwrap_or(end),
+                    // Nothing ingested yet: nothing to apply, and no watermark to write.
+                    None => match earliest(offline, name).await? {
+                        Some(t) => t,
+                        None => {
+                            return Err(MaterializeError::NothingIngested { view: name.clone() });
+                        }
+                    },
                 };
                 if from >= end {
                     return Ok(Incremental::UpToDate {
