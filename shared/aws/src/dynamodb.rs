@@ -313,8 +313,7 @@ impl OnlineStore for DynamoOnline {
         }
         let mut total = Written::default();
         for w in bounded(jobs).await? {
-            total.stored += w.stored;
-            total.older += w.older;
+            total += w;
         }
         Ok(total)
     }

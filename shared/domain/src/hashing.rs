@@ -110,6 +110,25 @@ impl DvcManifest {
         }
     }
 
+    /// Writes the manifest of `file` (a data set named `dataset`) to the store, content-addressed
+    /// at `datasets/{dataset}/{sha256}/{file}.dvc`, create-only: an existing one is the same record.
+    pub async fn record(
+        store: &dyn crate::store::ObjectStore,
+        dataset: &str,
+        file: &str,
+        digest: &ContentDigest,
+    ) -> Result<(), crate::store::StoreError> {
+        let key = format!("datasets/{dataset}/{}/{file}.dvc", digest.sha256);
+        let bytes = Self::for_file(file, digest).to_yaml().into_bytes();
+        match store
+            .put(&key, bytes, crate::store::PutCondition::IfAbsent)
+            .await
+        {
+            Ok(_) | Err(crate::store::StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The `.dvc` file text (YAML, in the layout `dvc add` writes).
     pub fn to_yaml(&self) -> String {
         let mut s = String::from("outs:\n");

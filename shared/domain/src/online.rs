@@ -58,6 +58,13 @@ pub struct Written {
     pub older: u64,
 }
 
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.stored += other.stored;
+        self.older += other.older;
+    }
+}
+
 /// The online store.
 #[async_trait]
 pub trait OnlineStore: Send + Sync {
@@ -157,24 +164,20 @@ impl OnlineStore for StoreOnline {
         // round trip on S3), independent of the others.
         const IN_FLIGHT: usize = 4;
         let mut total = Written::default();
-        let mut add = |w: Written| {
-            total.stored += w.stored;
-            total.older += w.older;
-        };
         let mut running = tokio::task::JoinSet::new();
         for (bucket, rows) in by_bucket {
             if running.len() >= IN_FLIGHT {
-                add(running
+                total += running
                     .join_next()
                     .await
                     .expect("a task runs")
-                    .expect("no panic")?);
+                    .expect("no panic")?;
             }
             let (this, key) = (self.clone(), Self::key(view, bucket));
             running.spawn(async move { this.merge(&key, &rows).await });
         }
         while let Some(done) = running.join_next().await {
-            add(done.expect("no panic")?);
+            total += done.expect("no panic")?;
         }
         Ok(total)
     }

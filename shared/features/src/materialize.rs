@@ -196,8 +196,7 @@ pub async fn materialize(
             })
             .collect();
         let w = online.write(&def.view.name, rows).await?;
-        written.stored += w.stored;
-        written.older += w.older;
+        written += w;
     }
     Ok(Materialized {
         view: def.view.name.clone(),

@@ -259,21 +259,7 @@ impl OfflineStore {
         let file_name = path
             .file_name()
             .map_or("data".into(), |n| n.to_string_lossy().into_owned());
-        let dvc = format!("datasets/{name}/{}/{file_name}.dvc", content.sha256);
-        match self
-            .store
-            .put(
-                &dvc,
-                DvcManifest::for_file(&file_name, &content)
-                    .to_yaml()
-                    .into_bytes(),
-                PutCondition::IfAbsent,
-            )
-            .await
-        {
-            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        DvcManifest::record(self.store.as_ref(), name, &file_name, &content).await?;
         self.commit(view, source, content, rows, range, parts, by, existing)
             .await
     }

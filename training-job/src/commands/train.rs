@@ -19,7 +19,6 @@ use mlops_domain::registry::{
     CHALLENGER, CHAMPION, CardEdit, RegisterOptions, Registry, RegistryError, VersionRecord,
 };
 use mlops_domain::schema::Schema;
-use mlops_domain::store::{PutCondition, StoreError};
 use mlops_domain::tracking::{RunStatus, Tracker};
 use mlops_engine::Predictor;
 use mlops_trainer::report::{ReportContext, write_report};
@@ -515,20 +514,7 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
     let file = data_path
         .file_name()
         .map_or("data.csv".into(), |n| n.to_string_lossy().into_owned());
-    let dvc_key = format!("datasets/{}/{}/{file}.dvc", schema.name, data.digest.sha256);
-    match store
-        .put(
-            &dvc_key,
-            DvcManifest::for_file(&file, &data.digest)
-                .to_yaml()
-                .into_bytes(),
-            PutCondition::IfAbsent,
-        )
-        .await
-    {
-        Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
+    DvcManifest::record(store.as_ref(), &schema.name, &file, &data.digest).await?;
 
     let version = registry
         .register(
