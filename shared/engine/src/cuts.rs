@@ -23,6 +23,7 @@ use std::cell::RefCell;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+use crate::image::{self, ImageError, tag};
 use crate::tree::{Ensemble, SplitRule};
 
 /// Trees walked together.
@@ -79,6 +80,41 @@ pub(crate) struct Group {
     values_start: usize,
     /// Explicit layout: start of each lane's tree, relative to `nodes_start`.
     tree_starts: [u32; LANES],
+}
+
+/// Words of a [`Group`] in an engine image: trees, steps, layout, nodes start, values start and
+/// the lanes' tree starts.
+const GROUP_WORDS: usize = 5 + LANES;
+
+impl Group {
+    fn words(&self) -> [u32; GROUP_WORDS] {
+        let mut w = [0u32; GROUP_WORDS];
+        w[0] = self.trees as u32;
+        w[1] = self.steps as u32;
+        w[2] = match self.layout {
+            Layout::Complete => 0,
+            Layout::Explicit => 1,
+        };
+        w[3] = self.nodes_start as u32;
+        w[4] = self.values_start as u32;
+        w[5..].copy_from_slice(&self.tree_starts);
+        w
+    }
+
+    fn from_words(w: &[u32; GROUP_WORDS]) -> Option<Self> {
+        Some(Group {
+            trees: w[0] as usize,
+            steps: w[1] as usize,
+            layout: match w[2] {
+                0 => Layout::Complete,
+                1 => Layout::Explicit,
+                _ => return None,
+            },
+            nodes_start: w[3] as usize,
+            values_start: w[4] as usize,
+            tree_starts: w[5..].try_into().ok()?,
+        })
+    }
 }
 
 /// Leaf values at the precision the library sums them in: f32 for XGBoost, f64 for LightGBM.
@@ -246,6 +282,180 @@ impl CutForest {
             forest.avx512 = avx512::Blocked::build(&forest);
         }
         Some(forest)
+    }
+
+    /// The layout constants an image of this forest depends on.
+    pub(crate) fn layout_signature() -> String {
+        format!(
+            "cut lanes {LANES}, complete depth <= {COMPLETE_MAX_DEPTH}, explicit lanes \
+             {EXPLICIT_LANES}, padding {COMPLETE_MAX_PADDING}, flag block {FLAG_BLOCK}"
+        )
+    }
+
+    /// Appends the forest's arrays to an engine image.
+    pub(crate) fn write_image(&self, w: &mut image::Writer) {
+        w.section(tag::CUTS, &self.cuts);
+        let counts: Vec<u32> = self.cut_counts.iter().map(|&c| c as u32).collect();
+        w.section(tag::CUT_COUNTS, &counts);
+        let groups: Vec<[u32; GROUP_WORDS]> = self.groups.iter().map(Group::words).collect();
+        w.section(tag::GROUPS, &groups);
+        w.section(tag::COMPLETE_NODES, &self.complete_nodes);
+        w.section(tag::EXPLICIT_NODES, &self.explicit_nodes);
+        match &self.leaves {
+            Leaves::F32(v) => {
+                w.section(tag::COMPLETE_LEAVES, &v.complete);
+                w.section(tag::EXPLICIT_LEAVES, &v.explicit);
+            }
+            Leaves::F64(v) => {
+                w.section(tag::COMPLETE_LEAVES, &v.complete);
+                w.section(tag::EXPLICIT_LEAVES, &v.explicit);
+            }
+        }
+    }
+
+    /// Reads the forest of a validated ensemble `e` from an engine image, checking that it has
+    /// the shape [`CutForest::build`] gives `e`'s trees and that every index stays inside the
+    /// array it addresses (the cuts' values themselves are covered by the image's hash).
+    pub(crate) fn read_image(r: &mut image::Reader, e: &Ensemble) -> Result<Self, ImageError> {
+        let bad = |m: String| Err(ImageError::Corrupt(format!("cut layout: {m}")));
+        let cuts: Vec<f64> = r.section(tag::CUTS, "cuts")?;
+        let counts: Vec<u32> = r.section(tag::CUT_COUNTS, "cut counts")?;
+        let words: Vec<[u32; GROUP_WORDS]> = r.section(tag::GROUPS, "groups")?;
+        let complete_nodes: Vec<u16> = r.section(tag::COMPLETE_NODES, "complete nodes")?;
+        let explicit_nodes: Vec<u32> = r.section(tag::EXPLICIT_NODES, "explicit nodes")?;
+        let leaves = match e.trees.rule {
+            SplitRule::XgboostLess => Leaves::F32(LeafValues {
+                complete: r.section(tag::COMPLETE_LEAVES, "leaf values")?,
+                explicit: r.section(tag::EXPLICIT_LEAVES, "leaf values")?,
+            }),
+            SplitRule::LightgbmLessEqual => Leaves::F64(LeafValues {
+                complete: r.section(tag::COMPLETE_LEAVES, "leaf values")?,
+                explicit: r.section(tag::EXPLICIT_LEAVES, "leaf values")?,
+            }),
+        };
+        if !e.plain_splits || counts.len() != e.trees.n_features || cuts.len() > MAX_CUTS {
+            return bad("does not fit the trees".into());
+        }
+        let mut cut_starts = Vec::with_capacity(counts.len());
+        let mut cut_counts = Vec::with_capacity(counts.len());
+        for &count in &counts {
+            let start = cut_starts.last().map_or(0, |&s| s) + cut_counts.last().map_or(0, |&c| c);
+            cut_starts.push(start);
+            cut_counts.push(count as usize);
+        }
+        let total = cut_starts.last().map_or(0, |&s| s) + cut_counts.last().map_or(0, |&c| c);
+        if total != cuts.len() {
+            return bad(format!("{total} cuts counted, {} stored", cuts.len()));
+        }
+        for (&s, &c) in cut_starts.iter().zip(&cut_counts) {
+            if cuts[s..s + c].iter().any(|x| x.is_nan())
+                || cuts[s..s + c].windows(2).any(|w| w[0] >= w[1])
+            {
+                return bad("a feature's cuts are not strictly ascending".into());
+            }
+        }
+        let (n_complete, n_explicit) = match &leaves {
+            Leaves::F32(v) => (v.complete.len(), v.explicit.len()),
+            Leaves::F64(v) => (v.complete.len(), v.explicit.len()),
+        };
+        if n_complete != complete_nodes.len() || n_explicit != explicit_nodes.len() {
+            return bad("leaf values and nodes differ in number".into());
+        }
+        let n_cuts = cuts.len();
+        let cut_ok = |cut: u16| usize::from(cut) < n_cuts || cut == NEVER_RIGHT;
+        if !complete_nodes.iter().all(|&c| cut_ok(c)) {
+            return bad("a complete node names a missing cut".into());
+        }
+        let n_trees = e.trees.roots.len();
+        if words.len() != n_trees.div_ceil(LANES) {
+            return bad(format!("{} groups for {n_trees} trees", words.len()));
+        }
+        let tree_size = |t: usize| {
+            let end = e
+                .trees
+                .roots
+                .get(t + 1)
+                .map_or(e.eval.len(), |&r| r as usize);
+            end - e.trees.roots[t] as usize
+        };
+        let (mut complete_at, mut explicit_at) = (0usize, 0usize);
+        let mut groups = Vec::with_capacity(words.len());
+        for (g, w) in words.iter().enumerate() {
+            let group = Group::from_words(w).ok_or(ImageError::Corrupt(format!(
+                "cut layout: group {g} is malformed"
+            )))?;
+            let first = g * LANES;
+            let steps = e.tree_depths[first..first + group.trees.min(n_trees - first)]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0);
+            if group.trees != LANES.min(n_trees - first) || group.steps != steps {
+                return bad(format!("group {g} does not match its trees"));
+            }
+            match group.layout {
+                Layout::Complete => {
+                    if steps > COMPLETE_MAX_DEPTH
+                        || group.nodes_start != complete_at
+                        || group.values_start != complete_at
+                    {
+                        return bad(format!("complete group {g} is misplaced"));
+                    }
+                    complete_at += LANES << steps;
+                }
+                Layout::Explicit => {
+                    if group.nodes_start != explicit_at {
+                        return bad(format!("explicit group {g} is misplaced"));
+                    }
+                    let mut at = 0usize;
+                    for lane in 0..group.trees {
+                        let size = tree_size(first + lane);
+                        if group.tree_starts[lane] as usize != at || size > MAX_EXPLICIT_TREE {
+                            return bad(format!("explicit group {g}: lane {lane} is misplaced"));
+                        }
+                        let start = explicit_at + at;
+                        let Some(nodes) = explicit_nodes.get(start..start + size) else {
+                            return bad(format!("explicit group {g} runs past its nodes"));
+                        };
+                        for &node in nodes {
+                            let (target, cut) = ((node >> 16) as usize, node as u16);
+                            let last = if cut == NEVER_RIGHT {
+                                target
+                            } else {
+                                target + 1
+                            };
+                            if !cut_ok(cut) || last >= size {
+                                return bad(format!("explicit group {g}: a node leaves its tree"));
+                            }
+                        }
+                        at += size;
+                    }
+                    explicit_at += at;
+                }
+            }
+            groups.push(group);
+        }
+        if complete_at != complete_nodes.len() || explicit_at != explicit_nodes.len() {
+            return bad("nodes left over after the last group".into());
+        }
+        #[allow(unused_mut)]
+        let mut forest = CutForest {
+            rule: e.trees.rule,
+            cuts,
+            cut_starts,
+            cut_counts,
+            groups,
+            complete_nodes,
+            explicit_nodes,
+            leaves,
+            #[cfg(target_arch = "x86_64")]
+            avx512: None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            forest.avx512 = avx512::Blocked::build(&forest);
+        }
+        Ok(forest)
     }
 
     /// The cuts of feature `f`.
@@ -825,5 +1035,110 @@ mod tests {
             let e = ensemble(&mut rng, &shape, trees);
             check(&e, &rows(&mut rng, rule, n_features, 32));
         }
+
+        /// An engine image loads back to the same decisions, sums and explanations, bit for bit,
+        /// on every layout (complete and explicit groups, AVX-512 and scalar walks, NaN rows).
+        #[test]
+        fn images_load_back_bit_for_bit(
+            seed in any::<u64>(),
+            lightgbm in any::<bool>(),
+            n_features in 1usize..9,
+            max_depth in 0usize..14,
+            dense in any::<bool>(),
+            trees in 1usize..50,
+        ) {
+            let rule = if lightgbm { SplitRule::LightgbmLessEqual } else { SplitRule::XgboostLess };
+            let shape = Shape { rule, n_features, max_depth, dense };
+            let mut rng = Rng(seed);
+            let e = ensemble(&mut rng, &shape, trees);
+            let loaded = image_round_trip(&e);
+            let mut rows = rows(&mut rng, rule, n_features, 32);
+            rows[0][0] = f64::NAN;
+            check(&loaded, &rows[1..]);
+            for row in &rows {
+                prop_assert_eq!(loaded.margin(row).to_bits(), e.margin(row).to_bits());
+                let (a, b) = (loaded.contributions(row), e.contributions(row));
+                prop_assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{:?} vs {:?}", a, b);
+            }
+            prop_assert_eq!(&loaded.tree_depths, &e.tree_depths);
+        }
+
+        /// Altered or truncated images are refused or load into something that evaluates; none
+        /// panics (the mutation lands anywhere: header, section headers, nodes, cuts, groups).
+        #[test]
+        fn altered_images_never_panic(
+            seed in any::<u64>(),
+            lightgbm in any::<bool>(),
+            max_depth in 0usize..12,
+            dense in any::<bool>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in 0usize..64,
+        ) {
+            let rule = if lightgbm { SplitRule::LightgbmLessEqual } else { SplitRule::XgboostLess };
+            let shape = Shape { rule, n_features: 3, max_depth, dense };
+            let mut rng = Rng(seed);
+            let e = ensemble(&mut rng, &shape, 20);
+            let mut bytes = image::compile(&e, b"model");
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] ^= byte.max(1);
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut * 8));
+            let source = image::source_sha256(&bytes).unwrap_or_default();
+            if let Ok(m) = image::load(&bytes, &source, image::Integrity::Verified) {
+                for row in rows(&mut rng, rule, 3, 8) {
+                    let _ = m.margin(&row);
+                    let _ = m.contributions(&row);
+                }
+            }
+        }
+    }
+
+    fn image_round_trip(e: &Ensemble) -> Ensemble {
+        let bytes = image::compile(e, b"model");
+        let source = mlops_domain::hashing::sha256_hex(b"model");
+        image::load(&bytes, &source, image::Integrity::CheckBody).unwrap()
+    }
+
+    #[test]
+    fn an_image_names_what_is_wrong_with_it() {
+        let mut rng = Rng(7);
+        let shape = Shape {
+            rule: SplitRule::XgboostLess,
+            n_features: 4,
+            max_depth: 6,
+            dense: true,
+        };
+        let e = ensemble(&mut rng, &shape, 20);
+        let bytes = image::compile(&e, b"model");
+        let source = mlops_domain::hashing::sha256_hex(b"model");
+        let err = |b: &[u8], src: &str, i| image::load(b, src, i).unwrap_err().to_string();
+        assert!(
+            err(&bytes, &"0".repeat(64), image::Integrity::Verified)
+                .contains("compiled from model sha256")
+        );
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 20;
+        flipped[last] ^= 1;
+        assert!(
+            err(&flipped, &source, image::Integrity::CheckBody)
+                .contains("does not match its SHA-256")
+        );
+        assert!(
+            err(
+                &bytes[..bytes.len() / 2],
+                &source,
+                image::Integrity::Verified
+            )
+            .contains("truncated")
+        );
+        let mut old = bytes.clone();
+        old[8] = 0;
+        let e = image::load(&old, &source, image::Integrity::Verified).unwrap_err();
+        assert!(e.is_stale() && e.to_string().contains("format 0"), "{e}");
+        assert!(
+            err(b"tree\nversion=v4", &source, image::Integrity::Verified)
+                .contains("no MLOPSENG magic")
+        );
     }
 }

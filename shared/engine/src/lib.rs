@@ -9,17 +9,19 @@
 //! nodes and depths over [`tree::MAX_DEPTH`], and thresholds and leaf values must be finite.
 
 pub mod cuts;
+pub mod image;
 pub mod lightgbm;
 pub mod linear;
 pub mod mlp;
 pub mod tree;
 pub mod xgboost;
 
-use mlops_domain::artifact::{Bundle, ModelKind};
+use mlops_domain::artifact::{Bundle, Manifest, ModelKind};
 use mlops_domain::data::Value;
 use mlops_domain::features::{FeatureError, FeaturePipeline, TransformStats};
 use mlops_domain::schema::Task;
 
+use crate::image::{IMAGE_FILE, ImageError, Integrity};
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::tree::Ensemble;
@@ -99,6 +101,15 @@ impl CompiledModel {
             ));
         }
         Ok(self)
+    }
+
+    /// The engine image of this model, compiled from `model_bytes` (its native file): tree
+    /// ensembles only; linear models and MLPs (safetensors) load from their native file as fast.
+    pub fn image(&self, model_bytes: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            CompiledModel::Trees(e) => Some(image::compile(e, model_bytes)),
+            _ => None,
+        }
     }
 
     /// Input width, where the model file states it.
@@ -209,10 +220,50 @@ pub struct Explanation {
 }
 
 impl Predictor {
-    /// Compiles a verified bundle.
+    /// Loads a verified bundle: from its engine image when it has a usable one, else by
+    /// compiling its native model file.
     pub fn from_bundle(bundle: &Bundle) -> Result<Self, EngineError> {
+        if let Some(image) = bundle.files.get(IMAGE_FILE)
+            && let Ok(p) = Self::from_image(&bundle.manifest, image, Integrity::Verified)
+        {
+            return Ok(p);
+        }
+        Self::from_bundle_native(bundle)
+    }
+
+    /// Compiles a verified bundle's native model file (ignoring any engine image).
+    pub fn from_bundle_native(bundle: &Bundle) -> Result<Self, EngineError> {
         let m = &bundle.manifest;
-        let model = CompiledModel::load(m.model_kind, bundle.model_bytes())?;
+        Self::with_model(m, CompiledModel::load(m.model_kind, bundle.model_bytes())?)
+    }
+
+    /// Loads the engine image of a bundle whose manifest is verified; the image must have been
+    /// compiled from the model file the manifest lists.
+    pub fn from_image(
+        manifest: &Manifest,
+        image: &[u8],
+        integrity: Integrity,
+    ) -> Result<Self, ImageError> {
+        if !matches!(
+            manifest.model_kind,
+            ModelKind::Xgboost | ModelKind::Lightgbm
+        ) {
+            return Err(ImageError::Stale(format!(
+                "{} models load from their native file",
+                manifest.model_kind
+            )));
+        }
+        let source = manifest
+            .files
+            .get(&manifest.model_file)
+            .map_or("", |f| f.sha256.as_str());
+        let ensemble = image::load(image, source, integrity)?;
+        Self::with_model(manifest, CompiledModel::Trees(ensemble))
+            .map_err(|e| ImageError::Corrupt(e.to_string()))
+    }
+
+    fn with_model(m: &Manifest, model: CompiledModel) -> Result<Self, EngineError> {
+        let model = model.with_inputs()?;
         if model.n_features() != m.feature_names.len() {
             return Err(EngineError::InvalidModel(format!(
                 "the model takes {} features but the pipeline produces {}",

@@ -212,13 +212,13 @@ impl Rule for LightgbmPlainRule {
 }
 
 /// Bits of [`EvalNode::packed`].
-const FEATURE_MASK: u32 = (1 << 28) - 1;
-const DEFAULT_LEFT: u32 = 1 << 28;
-const MISSING_SHIFT: u32 = 29;
-const CATEGORICAL: u32 = 1 << 31;
-const MISSING_NONE: u32 = 0;
-const MISSING_ZERO: u32 = 1;
-const MISSING_NAN: u32 = 2;
+pub(crate) const FEATURE_MASK: u32 = (1 << 28) - 1;
+pub(crate) const DEFAULT_LEFT: u32 = 1 << 28;
+pub(crate) const MISSING_SHIFT: u32 = 29;
+pub(crate) const CATEGORICAL: u32 = 1 << 31;
+pub(crate) const MISSING_NONE: u32 = 0;
+pub(crate) const MISSING_ZERO: u32 = 1;
+pub(crate) const MISSING_NAN: u32 = 2;
 /// Trees walked in lockstep by the single-row path, so their cache misses overlap.
 const LANES: usize = 8;
 /// Walks of trees deeper than this stop early once no lane moves (shallow trees run the fixed
