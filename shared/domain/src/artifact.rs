@@ -238,6 +238,84 @@ pub enum ArtifactError {
     },
 }
 
+impl Manifest {
+    /// Parses a stored manifest: a supported format, plain file names within the size limit,
+    /// and a pipeline consistent with the feature names. `origin` names the bundle in errors.
+    pub fn parse(origin: &str, bytes: &[u8]) -> Result<Self, ArtifactError> {
+        let probe: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ArtifactError::CorruptManifest {
+                origin: origin.into(),
+                message: e.to_string(),
+            })?;
+        let found = probe
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
+        if found != BUNDLE_FORMAT {
+            return Err(ArtifactError::UnsupportedFormat {
+                origin: origin.into(),
+                found,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_value(probe).map_err(|e| ArtifactError::CorruptManifest {
+                origin: origin.into(),
+                message: e.to_string(),
+            })?;
+        for (name, entry) in &manifest.files {
+            if !safe_name(name) {
+                return Err(ArtifactError::UnsafeName {
+                    origin: origin.into(),
+                    name: name.clone(),
+                });
+            }
+            if entry.size > MAX_BUNDLE_FILE_BYTES {
+                return Err(ArtifactError::Inconsistent {
+                    origin: origin.into(),
+                    message: format!("file '{name}' claims {} bytes, over the limit", entry.size),
+                });
+            }
+        }
+        manifest.check_pipeline(origin)?;
+        Ok(manifest)
+    }
+
+    /// Checks a listed file's bytes against the size and SHA-256 the manifest records.
+    pub fn verify_file(&self, origin: &str, name: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let Some(entry) = self.files.get(name) else {
+            return Err(ArtifactError::Inconsistent {
+                origin: origin.into(),
+                message: format!("'{name}' is not listed in the manifest"),
+            });
+        };
+        let actual = sha256_hex(bytes);
+        if bytes.len() as u64 != entry.size || actual != entry.sha256 {
+            return Err(ArtifactError::Checksum {
+                origin: origin.into(),
+                name: name.into(),
+                expected: format!("{} bytes, sha256 {}", entry.size, entry.sha256),
+                actual: format!("{} bytes, sha256 {actual}", bytes.len()),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_pipeline(&self, origin: &str) -> Result<(), ArtifactError> {
+        if self.feature_names != self.pipeline.feature_names {
+            return Err(ArtifactError::Inconsistent {
+                origin: origin.into(),
+                message: "feature names differ between the manifest and its pipeline".into(),
+            });
+        }
+        self.pipeline
+            .check()
+            .map_err(|message| ArtifactError::Inconsistent {
+                origin: origin.into(),
+                message: format!("pipeline: {message}"),
+            })
+    }
+}
+
 /// A verified bundle in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bundle {
@@ -299,19 +377,7 @@ impl Bundle {
                 ),
             });
         }
-        if self.manifest.feature_names != self.manifest.pipeline.feature_names {
-            return Err(ArtifactError::Inconsistent {
-                origin: origin.into(),
-                message: "feature names differ between the manifest and its pipeline".into(),
-            });
-        }
-        self.manifest
-            .pipeline
-            .check()
-            .map_err(|message| ArtifactError::Inconsistent {
-                origin: origin.into(),
-                message: format!("pipeline: {message}"),
-            })
+        self.manifest.check_pipeline(origin)
     }
 
     /// The manifest as stored (pretty JSON).
@@ -347,53 +413,14 @@ impl Bundle {
         manifest_bytes: &[u8],
         mut read: impl FnMut(&str) -> Result<Option<Vec<u8>>, ArtifactError>,
     ) -> Result<Self, ArtifactError> {
-        let probe: serde_json::Value =
-            serde_json::from_slice(manifest_bytes).map_err(|e| ArtifactError::CorruptManifest {
-                origin: origin.into(),
-                message: e.to_string(),
-            })?;
-        let found = probe
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as u32;
-        if found != BUNDLE_FORMAT {
-            return Err(ArtifactError::UnsupportedFormat {
-                origin: origin.into(),
-                found,
-            });
-        }
-        let manifest: Manifest =
-            serde_json::from_value(probe).map_err(|e| ArtifactError::CorruptManifest {
-                origin: origin.into(),
-                message: e.to_string(),
-            })?;
+        let manifest = Manifest::parse(origin, manifest_bytes)?;
         let mut files = BTreeMap::new();
-        for (name, entry) in &manifest.files {
-            if !safe_name(name) {
-                return Err(ArtifactError::UnsafeName {
-                    origin: origin.into(),
-                    name: name.clone(),
-                });
-            }
-            if entry.size > MAX_BUNDLE_FILE_BYTES {
-                return Err(ArtifactError::Inconsistent {
-                    origin: origin.into(),
-                    message: format!("file '{name}' claims {} bytes, over the limit", entry.size),
-                });
-            }
+        for name in manifest.files.keys() {
             let bytes = read(name)?.ok_or_else(|| ArtifactError::MissingFile {
                 origin: origin.into(),
                 name: name.clone(),
             })?;
-            let actual = sha256_hex(&bytes);
-            if bytes.len() as u64 != entry.size || actual != entry.sha256 {
-                return Err(ArtifactError::Checksum {
-                    origin: origin.into(),
-                    name: name.clone(),
-                    expected: format!("{} bytes, sha256 {}", entry.size, entry.sha256),
-                    actual: format!("{} bytes, sha256 {actual}", bytes.len()),
-                });
-            }
+            manifest.verify_file(origin, name, &bytes)?;
             files.insert(name.clone(), bytes);
         }
         let bundle = Bundle { manifest, files };

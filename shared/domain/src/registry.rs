@@ -186,6 +186,25 @@ impl AliasState {
     }
 }
 
+/// The manifest and engine image of a version, for serving.
+#[derive(Debug)]
+pub struct ServingParts {
+    /// The verified manifest.
+    pub manifest: crate::artifact::Manifest,
+    /// The engine image, when the bundle has one.
+    pub image: Option<ServingImage>,
+}
+
+/// An engine image as fetched.
+#[derive(Debug)]
+pub struct ServingImage {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Listed (and so verified) in the manifest; otherwise added later, and verified by the
+    /// hashes it carries.
+    pub listed: bool,
+}
+
 /// Registry failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -709,6 +728,95 @@ impl Registry {
         Ok(Bundle::from_parts(&origin, &manifest.bytes, |name| {
             Ok(fetched.remove(name))
         })?)
+    }
+
+    /// What serving needs of a version, fetched together: its manifest (verified against the
+    /// record's digest) and the file `image` of its bundle when there is one (verified against
+    /// the manifest when it is listed there). Only a manifest failure is an error: an image that
+    /// cannot be read is `None`, and the caller falls back to [`Registry::load_bundle`].
+    pub async fn serving_parts(
+        &self,
+        record: &VersionRecord,
+        image: &str,
+    ) -> Result<ServingParts, RegistryError> {
+        let manifest_key = format!("{}/{MANIFEST_FILE}", record.bundle_prefix);
+        let image_key = format!("{}/{image}", record.bundle_prefix);
+        let (manifest, image_object) =
+            tokio::join!(self.store.get(&manifest_key), self.store.get(&image_key));
+        let manifest = manifest?
+            .ok_or_else(|| RegistryError::NotFound(format!("bundle manifest '{manifest_key}'")))?;
+        let origin = self.store.uri(&record.bundle_prefix);
+        let actual = sha256_hex(&manifest.bytes);
+        if actual != record.bundle_digest {
+            return Err(ArtifactError::Checksum {
+                origin,
+                name: MANIFEST_FILE.into(),
+                expected: format!("sha256 {}", record.bundle_digest),
+                actual: format!("sha256 {actual}"),
+            }
+            .into());
+        }
+        let manifest = crate::artifact::Manifest::parse(&origin, &manifest.bytes)?;
+        let image = match image_object {
+            Ok(Some(object)) if manifest.files.contains_key(image) => {
+                match manifest.verify_file(&origin, image, &object.bytes) {
+                    Ok(()) => Some(ServingImage {
+                        bytes: object.bytes,
+                        listed: true,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "engine image does not match the manifest");
+                        None
+                    }
+                }
+            }
+            Ok(Some(object)) => Some(ServingImage {
+                bytes: object.bytes,
+                listed: false,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, key = %image_key, "engine image not readable");
+                None
+            }
+        };
+        Ok(ServingParts { manifest, image })
+    }
+
+    /// One file of a version's bundle, verified against its (verified) manifest.
+    pub async fn bundle_file(
+        &self,
+        record: &VersionRecord,
+        manifest: &crate::artifact::Manifest,
+        name: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let key = format!("{}/{name}", record.bundle_prefix);
+        let origin = self.store.uri(&record.bundle_prefix);
+        let object = self.store.get(&key).await?.ok_or_else(|| {
+            RegistryError::from(ArtifactError::MissingFile {
+                origin: origin.clone(),
+                name: name.into(),
+            })
+        })?;
+        manifest.verify_file(&origin, name, &object.bytes)?;
+        Ok(object.bytes)
+    }
+
+    /// Adds an engine image to an existing version's bundle, create-only (its manifest, hashed
+    /// in the version record, cannot change: the image carries the hash of the model file it
+    /// was compiled from and of its own body instead). `false` when the bundle already has one.
+    pub async fn add_image(
+        &self,
+        record: &VersionRecord,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<bool, RegistryError> {
+        let key = format!("{}/{name}", record.bundle_prefix);
+        match self.store.put(&key, bytes, PutCondition::IfAbsent).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::PreconditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Current aliases and audit log (with the tag for compare-and-swap).

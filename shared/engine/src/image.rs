@@ -27,8 +27,16 @@ use crate::tree::{
     MISSING_NONE, MISSING_SHIFT, MISSING_ZERO, Missing, Node, OutputTransform, SplitRule, Trees,
 };
 
-/// File name of the image inside a bundle.
-pub const IMAGE_FILE: &str = "model.engine";
+/// File name of this engine's images inside a bundle: `engine-HASH.img`, with HASH naming the
+/// format and layout, so an engine with another layout looks for (and `mlops registry compile`
+/// writes) its own image beside the old one, which stays immutable.
+pub fn file_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let id = sha256(format!("{FORMAT_VERSION} {}", layout_signature()).as_bytes());
+        format!("engine-{}.img", &hex(&id)[..12])
+    })
+}
 /// Version of the container format (header and sections).
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"MLOPSENG";

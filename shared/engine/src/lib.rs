@@ -21,7 +21,7 @@ use mlops_domain::data::Value;
 use mlops_domain::features::{FeatureError, FeaturePipeline, TransformStats};
 use mlops_domain::schema::Task;
 
-use crate::image::{IMAGE_FILE, ImageError, Integrity};
+use crate::image::{ImageError, Integrity};
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::tree::Ensemble;
@@ -223,7 +223,7 @@ impl Predictor {
     /// Loads a verified bundle: from its engine image when it has a usable one, else by
     /// compiling its native model file.
     pub fn from_bundle(bundle: &Bundle) -> Result<Self, EngineError> {
-        if let Some(image) = bundle.files.get(IMAGE_FILE)
+        if let Some(image) = bundle.files.get(image::file_name())
             && let Ok(p) = Self::from_image(&bundle.manifest, image, Integrity::Verified)
         {
             return Ok(p);
@@ -233,8 +233,15 @@ impl Predictor {
 
     /// Compiles a verified bundle's native model file (ignoring any engine image).
     pub fn from_bundle_native(bundle: &Bundle) -> Result<Self, EngineError> {
-        let m = &bundle.manifest;
-        Self::with_model(m, CompiledModel::load(m.model_kind, bundle.model_bytes())?)
+        Self::from_model_file(&bundle.manifest, bundle.model_bytes())
+    }
+
+    /// Compiles the native model file of a bundle whose manifest (and file) are verified.
+    pub fn from_model_file(manifest: &Manifest, model_bytes: &[u8]) -> Result<Self, EngineError> {
+        Self::with_model(
+            manifest,
+            CompiledModel::load(manifest.model_kind, model_bytes)?,
+        )
     }
 
     /// Loads the engine image of a bundle whose manifest is verified; the image must have been

@@ -12,6 +12,7 @@ use mlops_domain::artifact::Manifest;
 use mlops_domain::registry::{ModelCard, Registry, VersionRecord};
 use mlops_domain::traffic::{TrafficSplit, Variant};
 use mlops_engine::Predictor;
+use mlops_engine::image::{self, Integrity};
 
 /// One loaded model version.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct LoadedModel {
     pub loaded_at: DateTime<Utc>,
     /// Milliseconds spent fetching, verifying and compiling it.
     pub load_ms: f64,
+    /// Loaded from the bundle's engine image rather than compiled from the model file.
+    pub from_image: bool,
 }
 
 /// What one model serves: its split and the version behind each alias in it.
@@ -242,33 +245,26 @@ impl ModelSet {
         let split = split?.unwrap_or_else(|| TrafficSplit::single(&self.default_alias));
         let aliases = aliases?;
         let split = self.approved_arms(name, split, &aliases.aliases).await?;
-        let mut by_alias = BTreeMap::new();
-        for variant in &split.variants {
-            let Some(&version) = aliases.aliases.get(&variant.alias) else {
-                if self.configured.is_none() && split.revision == 0 {
-                    return Ok(None);
-                }
-                anyhow::bail!("alias '{}' is not set", variant.alias);
-            };
-            let reuse = current
-                .and_then(|c| c.by_alias.values().find(|m| m.version == version))
-                .cloned()
-                .or_else(|| {
-                    by_alias
-                        .values()
-                        .find(|m: &&Arc<LoadedModel>| m.version == version)
-                        .cloned()
-                });
-            let loaded = match reuse {
-                Some(m) => m,
-                None => Arc::new(self.load_version(name, version).await?),
-            };
-            by_alias.insert(variant.alias.clone(), loaded);
+        // The registry view (listing, version records, card) is read while the arms load.
+        let primary = split
+            .variants
+            .first()
+            .and_then(|v| aliases.aliases.get(&v.alias))
+            .copied();
+        let arms = self.load_arms(name, &split, &aliases.aliases, current);
+        if primary.is_none() {
+            // Nothing to serve (or an unset alias, reported by `load_arms`): no view to read.
+            arms.await?;
+            return Ok(None);
         }
-        let view = Arc::new(
-            self.registry_view(name, aliases.aliases, &by_alias, &split, current)
-                .await?,
+        let (by_alias, view) = tokio::join!(
+            arms,
+            self.registry_view(name, aliases.aliases.clone(), primary, current)
         );
+        let Some(by_alias) = by_alias? else {
+            return Ok(None);
+        };
+        let view = Arc::new(view?);
         let unchanged = current.is_some_and(|c| {
             c.split.variants == split.variants
                 && *c.registry == *view
@@ -289,6 +285,41 @@ impl ModelSet {
             by_alias,
             registry: view,
         })))
+    }
+
+    /// The loaded version behind each arm of `split` (reusing what is served already);
+    /// `Ok(None)` for a discovered model without the default alias.
+    async fn load_arms(
+        &self,
+        name: &str,
+        split: &TrafficSplit,
+        aliases: &BTreeMap<String, u64>,
+        current: Option<&Arc<ModelRoutes>>,
+    ) -> anyhow::Result<Option<BTreeMap<String, Arc<LoadedModel>>>> {
+        let mut by_alias = BTreeMap::new();
+        for variant in &split.variants {
+            let Some(&version) = aliases.get(&variant.alias) else {
+                if self.configured.is_none() && split.revision == 0 {
+                    return Ok(None);
+                }
+                anyhow::bail!("alias '{}' is not set", variant.alias);
+            };
+            let reuse = current
+                .and_then(|c| c.by_alias.values().find(|m| m.version == version))
+                .cloned()
+                .or_else(|| {
+                    by_alias
+                        .values()
+                        .find(|m: &&Arc<LoadedModel>| m.version == version)
+                        .cloned()
+                });
+            let loaded = match reuse {
+                Some(m) => m,
+                None => Arc::new(self.load_version(name, version).await?),
+            };
+            by_alias.insert(variant.alias.clone(), loaded);
+        }
+        Ok(Some(by_alias))
     }
 
     /// The arms of a split whose version has an approved card: traffic never reaches an
@@ -331,8 +362,7 @@ impl ModelSet {
         &self,
         name: &str,
         aliases: BTreeMap<String, u64>,
-        by_alias: &BTreeMap<String, Arc<LoadedModel>>,
-        split: &TrafficSplit,
+        primary: Option<u64>,
         current: Option<&Arc<ModelRoutes>>,
     ) -> anyhow::Result<RegistryView> {
         let mut known: BTreeMap<u64, VersionRecord> = current
@@ -363,11 +393,6 @@ impl ModelSet {
             }
         }
         let versions = numbers.iter().filter_map(|n| known.remove(n)).collect();
-        let primary = split
-            .variants
-            .first()
-            .and_then(|v| by_alias.get(&v.alias))
-            .map(|m| m.version);
         let card = async {
             match primary {
                 Some(v) => self.registry.card(name, v).await.ok(),
@@ -394,24 +419,55 @@ impl ModelSet {
     async fn load_version(&self, name: &str, version: u64) -> anyhow::Result<LoadedModel> {
         let started = Instant::now();
         let record = self.registry.version(name, version).await?;
-        let bundle = self.registry.load_bundle(&record).await?;
-        let predictor = Predictor::from_bundle(&bundle)?;
+        let parts = self
+            .registry
+            .serving_parts(&record, image::file_name())
+            .await?;
+        let manifest = &parts.manifest;
+        let from_image = parts.image.and_then(|image| {
+            let integrity = if image.listed {
+                Integrity::Verified
+            } else {
+                Integrity::CheckBody
+            };
+            Predictor::from_image(manifest, &image.bytes, integrity)
+                .inspect_err(|e| {
+                    if e.is_stale() {
+                        tracing::info!(model = %name, version, reason = %e, "compiling the model file instead of the engine image");
+                    } else {
+                        tracing::warn!(model = %name, version, error = %e, "engine image refused; compiling the model file");
+                    }
+                })
+                .ok()
+        });
+        let manifest = parts.manifest;
+        let (predictor, source) = match from_image {
+            Some(predictor) => (predictor, "engine image"),
+            None => {
+                let file = &manifest.model_file;
+                let bytes = self.registry.bundle_file(&record, &manifest, file).await?;
+                (Predictor::from_model_file(&manifest, &bytes)?, "model file")
+            }
+        };
+        let digest = record.bundle_digest;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
             model = %name,
             version,
-            kind = %bundle.manifest.model_kind,
+            kind = %manifest.model_kind,
+            from = source,
             load_ms,
             "loaded model"
         );
         Ok(LoadedModel {
             model: name.into(),
             version,
-            digest: bundle.digest(),
-            manifest: bundle.manifest,
+            digest,
+            manifest,
             predictor,
             loaded_at: Utc::now(),
             load_ms,
+            from_image: source == "engine image",
         })
     }
 }

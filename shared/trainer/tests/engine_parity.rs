@@ -1,7 +1,8 @@
 //! The pure-Rust engine against the native libraries, on the whole test split of both data sets,
 //! for every model kind the project trains: predictions within 1e-6 relative on every row;
 //! TreeSHAP sums to the margin and matches the native contributions within 1e-5 on every tenth
-//! row (TreeSHAP costs trees × leaves × depth² per row).
+//! row (TreeSHAP costs trees × leaves × depth² per row). Tree models loaded from their engine
+//! image equal the natively compiled ones bit for bit on every row.
 
 use mlops_domain::artifact::ModelKind;
 use mlops_engine::CompiledModel;
@@ -80,7 +81,53 @@ fn check(dataset: &str) {
             "{dataset} {}: contributions sum off by {worst_sum}",
             c.name
         );
+        check_image(dataset, &c.name, &engine, &c.model.to_bytes().unwrap(), &x);
     }
+}
+
+/// A tree model loaded from its engine image predicts every test row, single and batched, and
+/// explains every tenth, bit for bit as the model compiled from its native file.
+fn check_image(
+    dataset: &str,
+    name: &str,
+    engine: &CompiledModel,
+    model_bytes: &[u8],
+    x: &mlops_domain::features::FeatureMatrix,
+) {
+    let Some(image) = engine.image(model_bytes) else {
+        return;
+    };
+    let source = mlops_domain::hashing::sha256_hex(model_bytes);
+    let loaded = CompiledModel::Trees(
+        mlops_engine::image::load(&image, &source, mlops_engine::image::Integrity::CheckBody)
+            .unwrap(),
+    );
+    let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+    assert_eq!(
+        bits(loaded.predict_batch(&x.values)),
+        bits(engine.predict_batch(&x.values)),
+        "{dataset} {name}: image batch predictions"
+    );
+    for i in 0..x.rows {
+        assert_eq!(
+            loaded.margin(x.row(i)).to_bits(),
+            engine.margin(x.row(i)).to_bits(),
+            "{dataset} {name}: image margin of row {i}"
+        );
+    }
+    for i in (0..x.rows).step_by(10) {
+        assert_eq!(
+            bits(loaded.contributions(x.row(i)).unwrap()),
+            bits(engine.contributions(x.row(i)).unwrap()),
+            "{dataset} {name}: image contributions of row {i}"
+        );
+    }
+    println!(
+        "{dataset} {name:<9} engine image: {} bytes (model file {}), {} rows bit for bit",
+        image.len(),
+        model_bytes.len(),
+        x.rows
+    );
 }
 
 #[test]

@@ -109,6 +109,66 @@ pub enum RegistryCommand {
         /// Model name.
         model: String,
     },
+    /// Write the engine image (the compiled model serving loads without parsing) of versions
+    /// registered without one, or whose image an engine upgrade made stale. New versions get
+    /// theirs when they are registered.
+    Compile {
+        /// Model name.
+        model: String,
+        /// Version numbers or aliases (default: every version).
+        versions: Vec<String>,
+    },
+}
+
+/// Gives one version an engine image unless it has a usable one; says what it did.
+async fn compile_image(registry: &Registry, model: &str, version: u64) -> Result<String> {
+    use mlops_engine::Predictor;
+    use mlops_engine::image::{Integrity, file_name};
+    let record = registry.version(model, version).await?;
+    let parts = registry.serving_parts(&record, file_name()).await?;
+    let stale = match &parts.image {
+        Some(image) => {
+            let integrity = if image.listed {
+                Integrity::Verified
+            } else {
+                Integrity::CheckBody
+            };
+            match Predictor::from_image(&parts.manifest, &image.bytes, integrity) {
+                Ok(_) => return Ok("has a usable engine image".into()),
+                Err(e) => e,
+            }
+        }
+        None => {
+            if !matches!(
+                parts.manifest.model_kind,
+                mlops_domain::artifact::ModelKind::Xgboost
+                    | mlops_domain::artifact::ModelKind::Lightgbm
+            ) {
+                return Ok(format!(
+                    "{} models load from their native file (no image needed)",
+                    parts.manifest.model_kind
+                ));
+            }
+            let bundle = registry.load_bundle(&record).await?;
+            let predictor = Predictor::from_bundle_native(&bundle)?;
+            let image = predictor
+                .model
+                .image(bundle.model_bytes())
+                .ok_or_else(|| anyhow::anyhow!("the engine has no image for this model"))?;
+            let size = image.len();
+            return Ok(if registry.add_image(&record, file_name(), image).await? {
+                format!("engine image written ({size} bytes)")
+            } else {
+                "an engine image was written meanwhile".into()
+            });
+        }
+    };
+    // An image exists but cannot be used: the bundle's name for it is taken (create-only), so
+    // the operator learns why serving compiles the model file instead.
+    bail!(
+        "its engine image cannot be used ({stale}); serving compiles the model file instead. \
+         Images are immutable: retrain or re-register the version to get a new one"
+    )
 }
 
 /// Checks that a model exists, naming the known ones when it does not.
@@ -283,6 +343,27 @@ pub async fn run(args: RegistryArgs, settings: &Settings) -> Result<()> {
         RegistryCommand::Traffic { model, split, by } => {
             ensure_model(&registry, &model).await?;
             traffic(&registry, &model, split, &by, as_json).await?;
+        }
+        RegistryCommand::Compile { model, versions } => {
+            ensure_model(&registry, &model).await?;
+            let numbers = if versions.is_empty() {
+                registry.version_numbers(&model).await?
+            } else {
+                let mut out = Vec::new();
+                for v in &versions {
+                    out.push(resolve_version(&registry, &model, v).await?);
+                }
+                out
+            };
+            let mut results = Vec::new();
+            for version in numbers {
+                let outcome = compile_image(&registry, &model, version).await?;
+                eprintln!("{model} v{version}: {outcome}");
+                results.push(serde_json::json!({"version": version, "image": outcome}));
+            }
+            if as_json {
+                println!("{}", json(&results));
+            }
         }
         RegistryCommand::Audit { model } => {
             ensure_model(&registry, &model).await?;

@@ -1078,17 +1078,22 @@ fn attribution_profile(
 }
 
 /// The bundle with the profile of its model's predictions on the training rows (as the pure-Rust
-/// engine serves them), the reference of prediction drift.
+/// engine serves them), the reference of prediction drift, and the engine image of its model.
 fn with_prediction_profile(bundle: Bundle, train_data: &Dataset) -> Result<Bundle> {
     let predictor = Predictor::from_bundle(&bundle)
         .context("the engine cannot load the model it just trained")?;
     let (predictions, _) = predictor
         .predict(&train_data.rows)
         .context("the engine cannot score the training rows")?;
+    let image = predictor.model.image(bundle.model_bytes());
     let Bundle {
         mut manifest,
-        files,
+        mut files,
     } = bundle;
+    // The engine image serving loads instead of compiling the model file (tree ensembles).
+    if let Some(image) = image {
+        files.insert(mlops_engine::image::file_name().into(), image);
+    }
     manifest.prediction_profile = Some(mlops_domain::profile::profile_values(
         "prediction",
         &predictions,
