@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 export RUSTC_BOOTSTRAP=1
-for target in xgboost_json lightgbm_text linear_json mlp_safetensors; do
+for target in ${FUZZ_TARGETS:-xgboost_json lightgbm_text linear_json mlp_safetensors engine_image}; do
   corpus="fuzz/corpus/$target"
   mkdir -p "$corpus"
   cp -n fuzz/seeds/"$target"/* "$corpus"/ 2>/dev/null || true

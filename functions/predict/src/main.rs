@@ -67,7 +67,10 @@ async fn flush_old_predictions(
 async fn main() -> Result<(), lambda_http::Error> {
     let started = Instant::now();
     mlops_function_env::init_logging();
-    let config = ServeConfig::from_env()?;
+    let config = ServeConfig {
+        view_after_ready: true,
+        ..ServeConfig::from_env()?
+    };
     let registry = mlops_function_env::registry().await?;
     let backends = mlops_serving::Backends {
         online: mlops_function_env::online_store().await,

@@ -168,9 +168,32 @@ pub struct AliasState {
     pub aliases: BTreeMap<String, u64>,
     /// Append-only audit log.
     pub history: Vec<AliasEvent>,
+    /// Where each alias's version keeps its bundle, copied from the (immutable) version record
+    /// when the alias moves, so that serving fetches the bundle without reading the record
+    /// first; used only while it names the version the alias points at. Absent in files
+    /// written before it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bundles: BTreeMap<String, BundleRef>,
+}
+
+/// A version's bundle location, as its record states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRef {
+    /// Version.
+    pub version: u64,
+    /// Store prefix of the bundle.
+    pub bundle_prefix: String,
+    /// SHA-256 of its manifest.
+    pub bundle_digest: String,
 }
 
 impl AliasState {
+    /// The bundle of the version `alias` points at, when recorded for that version.
+    pub fn bundle(&self, alias: &str) -> Option<&BundleRef> {
+        let version = *self.aliases.get(alias)?;
+        self.bundles.get(alias).filter(|b| b.version == version)
+    }
+
     /// The versions an alias pointed at, oldest first, after replaying promotions and rollbacks.
     pub fn stack(&self, alias: &str) -> Vec<u64> {
         let mut stack = Vec::new();
@@ -183,6 +206,17 @@ impl AliasState {
             }
         }
         stack
+    }
+}
+
+impl VersionRecord {
+    /// Where this version keeps its bundle.
+    pub fn bundle_ref(&self) -> BundleRef {
+        BundleRef {
+            version: self.version,
+            bundle_prefix: self.bundle_prefix.clone(),
+            bundle_digest: self.bundle_digest.clone(),
+        }
     }
 }
 
@@ -736,7 +770,7 @@ impl Registry {
     /// cannot be read is `None`, and the caller falls back to [`Registry::load_bundle`].
     pub async fn serving_parts(
         &self,
-        record: &VersionRecord,
+        record: &BundleRef,
         image: &str,
     ) -> Result<ServingParts, RegistryError> {
         let manifest_key = format!("{}/{MANIFEST_FILE}", record.bundle_prefix);
@@ -786,7 +820,7 @@ impl Registry {
     /// One file of a version's bundle, verified against its (verified) manifest.
     pub async fn bundle_file(
         &self,
-        record: &VersionRecord,
+        record: &BundleRef,
         manifest: &crate::artifact::Manifest,
         name: &str,
     ) -> Result<Vec<u8>, RegistryError> {
@@ -807,7 +841,7 @@ impl Registry {
     /// was compiled from and of its own body instead). `false` when the bundle already has one.
     pub async fn add_image(
         &self,
-        record: &VersionRecord,
+        record: &BundleRef,
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<bool, RegistryError> {
@@ -881,7 +915,7 @@ impl Registry {
             {
                 return Ok(last.clone());
             }
-            self.version(model, to).await?;
+            let record = self.version(model, to).await?;
             if (alias == CHAMPION || self.in_split(model, alias).await?)
                 && self.card(model, to).await?.approval.is_none()
             {
@@ -911,6 +945,14 @@ impl Registry {
                 request_id: request_id.map(str::to_owned),
             };
             state.aliases.insert(alias.into(), to);
+            state.bundles.insert(
+                alias.into(),
+                BundleRef {
+                    version: to,
+                    bundle_prefix: record.bundle_prefix,
+                    bundle_digest: record.bundle_digest,
+                },
+            );
             state.history.push(event.clone());
             let condition = etag.map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
             match self.store.put(&key, json(&state), condition).await {

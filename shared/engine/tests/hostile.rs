@@ -344,6 +344,60 @@ fn the_fuzz_seeds_load() {
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }
 
+/// The fuzz seeds of the engine image target: the images of the tree seeds above. They carry the
+/// layout signature, so a layout change makes this test fail until they are written again with
+/// `cargo test -p mlops-engine --test hostile -- --ignored write_image_seeds`.
+const IMAGE_SEEDS: [(&str, ModelKind, &str); 3] = [
+    (
+        "xgboost_tiny.img",
+        ModelKind::Xgboost,
+        "xgboost_json/tiny.json",
+    ),
+    (
+        "lightgbm_tiny.img",
+        ModelKind::Lightgbm,
+        "lightgbm_text/tiny.txt",
+    ),
+    (
+        "lightgbm_categorical.img",
+        ModelKind::Lightgbm,
+        "lightgbm_text/categorical.txt",
+    ),
+];
+
+fn seeds_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds")
+}
+
+fn seed_image(kind: ModelKind, model: &str) -> Vec<u8> {
+    let bytes = std::fs::read(seeds_dir().join(model)).unwrap();
+    CompiledModel::load(kind, &bytes)
+        .unwrap()
+        .image(&bytes)
+        .unwrap()
+}
+
+#[test]
+fn the_image_fuzz_seeds_are_this_layouts_images() {
+    for (name, kind, model) in IMAGE_SEEDS {
+        let stored = std::fs::read(seeds_dir().join("engine_image").join(name)).unwrap();
+        assert!(
+            stored == seed_image(kind, model),
+            "fuzz/seeds/engine_image/{name} is stale: write it again (see IMAGE_SEEDS)"
+        );
+    }
+}
+
+#[test]
+#[ignore = "writes the image fuzz seeds"]
+fn write_image_seeds() {
+    let dir = seeds_dir().join("engine_image");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, kind, model) in IMAGE_SEEDS {
+        std::fs::write(dir.join(name), seed_image(kind, model)).unwrap();
+    }
+}
+
 /// erf by its Maclaurin series (converges fast for |x| ≤ 3).
 fn libm_erf(x: f64) -> f64 {
     let mut sum = 0.0;

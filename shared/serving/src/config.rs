@@ -18,6 +18,10 @@ pub struct ServeConfig {
     /// Longest the registry (S3) may take to answer one refresh, the first one at start (Lambda
     /// init) included; past it the last good models keep serving and health says `degraded`.
     pub registry_deadline: Duration,
+    /// At start, mark a model ready as soon as its arms are loaded and read the rest of its
+    /// registry view (version list, card, A/B verdicts) right after, in the background: the
+    /// predict function's cold start, where the view's reads would add their round trips.
+    pub view_after_ready: bool,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Print CloudWatch Embedded Metric Format lines to stdout.
@@ -65,6 +69,7 @@ impl Default for ServeConfig {
             max_records: 1_000,
             max_explain_records: 50,
             registry_deadline: Duration::from_secs(3),
+            view_after_ready: false,
             max_body_bytes: 1 << 20,
             emf: false,
             metrics_namespace: "mlops".into(),

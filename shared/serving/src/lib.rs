@@ -114,14 +114,18 @@ impl AppState {
             )))
         });
         let started = Instant::now();
-        let models = Arc::new(ModelSet::new(
-            registry.clone(),
-            config.models.clone(),
-            &config.default_alias,
-            config.refresh_every,
-            config.registry_deadline,
-        ));
+        let models = Arc::new(
+            ModelSet::new(
+                registry.clone(),
+                config.models.clone(),
+                &config.default_alias,
+                config.refresh_every,
+                config.registry_deadline,
+            )
+            .with_view_after_ready(config.view_after_ready),
+        );
         let errors = models.refresh().await;
+        models.complete_views();
         let metrics = Metrics::new(config.emf, &config.metrics_namespace);
         let predictions_log = config.prediction_log.then(|| {
             PredictionLog::start(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use mlops_domain::artifact::Manifest;
-use mlops_domain::registry::{ModelCard, Registry, VersionRecord};
+use mlops_domain::registry::{AliasState, BundleRef, ModelCard, Registry, VersionRecord};
 use mlops_domain::traffic::{TrafficSplit, Variant};
 use mlops_engine::Predictor;
 use mlops_engine::image::{self, Integrity};
@@ -90,6 +90,12 @@ pub struct ModelSet {
     state: ArcSwap<RefreshState>,
     last_check: std::sync::Mutex<Instant>,
     refreshing: AtomicBool,
+    /// Read the registry views after the first load (see [`ServeConfig::view_after_ready`]).
+    ///
+    /// [`ServeConfig::view_after_ready`]: crate::ServeConfig::view_after_ready
+    view_after_ready: bool,
+    /// Some model serves with a provisional view: the next refresh reads it.
+    views_pending: AtomicBool,
 }
 
 impl ModelSet {
@@ -111,7 +117,29 @@ impl ModelSet {
             state: ArcSwap::from_pointee(RefreshState::default()),
             last_check: std::sync::Mutex::new(Instant::now()),
             refreshing: AtomicBool::new(false),
+            view_after_ready: false,
+            views_pending: AtomicBool::new(false),
         }
+    }
+
+    /// Reads the registry views after the first load instead of before it.
+    pub fn with_view_after_ready(mut self, enabled: bool) -> Self {
+        self.view_after_ready = enabled;
+        self
+    }
+
+    /// Starts a background refresh now when some model serves with a provisional view.
+    pub fn complete_views(self: &Arc<Self>) {
+        if !self.views_pending.swap(false, Ordering::AcqRel)
+            || self.refreshing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.refresh().await;
+            me.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// The registry behind it.
@@ -251,16 +279,28 @@ impl ModelSet {
             .first()
             .and_then(|v| aliases.aliases.get(&v.alias))
             .copied();
-        let arms = self.load_arms(name, &split, &aliases.aliases, current);
+        let arms = self.load_arms(name, &split, &aliases, current);
         if primary.is_none() {
             // Nothing to serve (or an unset alias, reported by `load_arms`): no view to read.
             arms.await?;
             return Ok(None);
         }
-        let (by_alias, view) = tokio::join!(
-            arms,
-            self.registry_view(name, aliases.aliases.clone(), primary, current)
-        );
+        let (by_alias, view) = if current.is_none() && self.view_after_ready {
+            // Provisional: the aliases only; `complete_views` reads the rest.
+            self.views_pending.store(true, Ordering::Release);
+            let view = RegistryView {
+                aliases: aliases.aliases.clone(),
+                versions: Vec::new(),
+                card: None,
+                ab: None,
+            };
+            (arms.await, Ok(view))
+        } else {
+            tokio::join!(
+                arms,
+                self.registry_view(name, aliases.aliases.clone(), primary, current)
+            )
+        };
         let Some(by_alias) = by_alias? else {
             return Ok(None);
         };
@@ -293,12 +333,12 @@ impl ModelSet {
         &self,
         name: &str,
         split: &TrafficSplit,
-        aliases: &BTreeMap<String, u64>,
+        aliases: &AliasState,
         current: Option<&Arc<ModelRoutes>>,
     ) -> anyhow::Result<Option<BTreeMap<String, Arc<LoadedModel>>>> {
         let mut by_alias = BTreeMap::new();
         for variant in &split.variants {
-            let Some(&version) = aliases.get(&variant.alias) else {
+            let Some(&version) = aliases.aliases.get(&variant.alias) else {
                 if self.configured.is_none() && split.revision == 0 {
                     return Ok(None);
                 }
@@ -315,7 +355,10 @@ impl ModelSet {
                 });
             let loaded = match reuse {
                 Some(m) => m,
-                None => Arc::new(self.load_version(name, version).await?),
+                None => {
+                    let bundle = aliases.bundle(&variant.alias);
+                    Arc::new(self.load_version(name, version, bundle).await?)
+                }
             };
             by_alias.insert(variant.alias.clone(), loaded);
         }
@@ -416,9 +459,18 @@ impl ModelSet {
         })
     }
 
-    async fn load_version(&self, name: &str, version: u64) -> anyhow::Result<LoadedModel> {
+    /// Loads one version; `bundle` (recorded with its alias) spares reading its record.
+    async fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        bundle: Option<&BundleRef>,
+    ) -> anyhow::Result<LoadedModel> {
         let started = Instant::now();
-        let record = self.registry.version(name, version).await?;
+        let record = match bundle {
+            Some(b) => b.clone(),
+            None => self.registry.version(name, version).await?.bundle_ref(),
+        };
         let parts = self
             .registry
             .serving_parts(&record, image::file_name())

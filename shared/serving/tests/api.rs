@@ -896,6 +896,41 @@ async fn explanations_have_their_own_record_cap() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// The predict function's cold start: ready once the model is loaded, the registry view (version
+/// list, card) read right after in the background, without a request asking for it.
+#[tokio::test]
+async fn with_the_view_after_ready_model_info_fills_in_after_start() {
+    let f = fixture(ServeConfig {
+        view_after_ready: true,
+        ..config()
+    })
+    .await;
+    assert!(f.state.models.is_ready());
+    let app = router(Arc::clone(&f.state), RouteSet::ALL);
+    let info = || async {
+        let request = Request::get("/v1/models/california_housing")
+            .body(Body::empty())
+            .unwrap();
+        call(&app, request).await.2
+    };
+    let first = info().await;
+    assert_eq!(first["aliases"]["champion"], 1, "{first}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = info().await;
+        if now["versions"].as_array().is_some_and(|v| v.len() == 1)
+            && now["card"]["approval"].is_object()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "view never filled: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn model_info_is_answered_without_reading_the_registry() {
     let f = fixture(config()).await;

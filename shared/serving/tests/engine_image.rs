@@ -136,13 +136,13 @@ async fn an_image_added_later_is_checked_by_its_own_hashes() {
         .unwrap();
     assert!(
         registry
-            .add_image(&record, image::file_name(), image.clone())
+            .add_image(&record.bundle_ref(), image::file_name(), image.clone())
             .await
             .unwrap()
     );
     assert!(
         !registry
-            .add_image(&record, image::file_name(), image.clone())
+            .add_image(&record.bundle_ref(), image::file_name(), image.clone())
             .await
             .unwrap(),
         "create-only"

@@ -127,6 +127,34 @@ async fn champion_needs_approval_and_rollback_walks_back() {
     ));
 }
 
+/// Every alias change records the bundle of the version it now points at (serving then fetches
+/// it without reading the record); an entry naming another version is never used.
+#[tokio::test]
+async fn an_alias_carries_its_versions_bundle() {
+    let (r, _dir) = registry();
+    let mut second = sample_bundle();
+    second.manifest.model_name = "other".into();
+    let second = mlops_domain::artifact::Bundle::new(second.manifest, second.files).unwrap();
+    let v1 = r
+        .register("m", &sample_bundle(), RegisterOptions::default())
+        .await
+        .unwrap();
+    let v2 = r
+        .register("m", &second, RegisterOptions::default())
+        .await
+        .unwrap();
+    r.promote("m", "staging", 2, "me", "").await.unwrap();
+    r.promote("m", "staging", 1, "me", "").await.unwrap();
+    let state = r.aliases("m").await.unwrap();
+    assert_eq!(state.bundle("staging"), Some(&v1.bundle_ref()));
+    r.rollback("m", "staging", "me", "", None).await.unwrap();
+    let mut state = r.aliases("m").await.unwrap();
+    assert_eq!(state.bundle("staging"), Some(&v2.bundle_ref()));
+    // An alias moved by an older writer, which kept the old entry: ignored.
+    state.aliases.insert("staging".into(), 1);
+    assert_eq!(state.bundle("staging"), None);
+}
+
 async fn fill_card(r: &Registry, version: u64) {
     let edit = CardEdit {
         intended_use: Some("tests".into()),

@@ -131,6 +131,45 @@ fn depth_summary(e: &mlops_engine::tree::Ensemble) -> String {
     )
 }
 
+/// Loading each model: compiling its native file against loading its engine image (with the
+/// image's body hash checked, as for an image added after registration, and without, as for one
+/// the bundle manifest lists and so verifies).
+fn load(c: &mut Criterion, f: &Fixture) {
+    use mlops_domain::artifact::ModelKind;
+    use mlops_engine::image::{self, Integrity};
+    let mut group = c.benchmark_group("load");
+    group.sample_size(20);
+    for (name, kind, bytes) in [
+        ("xgboost", ModelKind::Xgboost, f.xgb.to_bytes().unwrap()),
+        ("lightgbm", ModelKind::Lightgbm, f.lgbm.to_bytes().unwrap()),
+    ] {
+        let compiled = CompiledModel::load(kind, &bytes).unwrap();
+        let image_bytes = compiled.image(&bytes).unwrap();
+        let source = mlops_domain::hashing::sha256_hex(&bytes);
+        eprintln!(
+            "{name}: model file {} bytes, engine image {} bytes",
+            bytes.len(),
+            image_bytes.len()
+        );
+        group.bench_function(BenchmarkId::new(name, "native file"), |b| {
+            b.iter(|| CompiledModel::load(kind, &bytes).unwrap().n_features())
+        });
+        for (label, integrity) in [
+            ("image", Integrity::Verified),
+            ("image + body hash", Integrity::CheckBody),
+        ] {
+            group.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| {
+                    image::load(&image_bytes, &source, integrity)
+                        .unwrap()
+                        .n_trees()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let f = fixture();
     let xgb_engine = CompiledModel::load(
@@ -159,6 +198,7 @@ fn benches(c: &mut Criterion) {
             depth_summary(e)
         );
     }
+    load(c, &f);
     let rows: Vec<FeatureMatrix> = (0..256).map(|i| one_row(&f.test, i * 13)).collect();
 
     let mut single = c.benchmark_group("single_row");

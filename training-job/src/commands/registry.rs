@@ -125,7 +125,9 @@ async fn compile_image(registry: &Registry, model: &str, version: u64) -> Result
     use mlops_engine::Predictor;
     use mlops_engine::image::{Integrity, file_name};
     let record = registry.version(model, version).await?;
-    let parts = registry.serving_parts(&record, file_name()).await?;
+    let parts = registry
+        .serving_parts(&record.bundle_ref(), file_name())
+        .await?;
     let stale = match &parts.image {
         Some(image) => {
             let integrity = if image.listed {
@@ -156,11 +158,16 @@ async fn compile_image(registry: &Registry, model: &str, version: u64) -> Result
                 .image(bundle.model_bytes())
                 .ok_or_else(|| anyhow::anyhow!("the engine has no image for this model"))?;
             let size = image.len();
-            return Ok(if registry.add_image(&record, file_name(), image).await? {
-                format!("engine image written ({size} bytes)")
-            } else {
-                "an engine image was written meanwhile".into()
-            });
+            return Ok(
+                if registry
+                    .add_image(&record.bundle_ref(), file_name(), image)
+                    .await?
+                {
+                    format!("engine image written ({size} bytes)")
+                } else {
+                    "an engine image was written meanwhile".into()
+                },
+            );
         }
     };
     // An image exists but cannot be used: the bundle's name for it is taken (create-only), so
