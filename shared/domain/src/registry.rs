@@ -239,6 +239,20 @@ pub struct ServingImage {
     pub listed: bool,
 }
 
+/// Checks a stored manifest against the digest its version record pins.
+fn check_manifest_digest(origin: &str, bytes: &[u8], expected: &str) -> Result<(), ArtifactError> {
+    let actual = sha256_hex(bytes);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(ArtifactError::Checksum {
+        origin: origin.into(),
+        name: MANIFEST_FILE.into(),
+        expected: format!("sha256 {expected}"),
+        actual: format!("sha256 {actual}"),
+    })
+}
+
 /// Registry failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -732,15 +746,7 @@ impl Registry {
                 RegistryError::NotFound(format!("bundle manifest '{manifest_key}'"))
             })?;
         let origin = self.store.uri(&record.bundle_prefix);
-        if sha256_hex(&manifest.bytes) != record.bundle_digest {
-            return Err(ArtifactError::Checksum {
-                origin,
-                name: MANIFEST_FILE.into(),
-                expected: format!("sha256 {}", record.bundle_digest),
-                actual: format!("sha256 {}", sha256_hex(&manifest.bytes)),
-            }
-            .into());
-        }
+        check_manifest_digest(&origin, &manifest.bytes, &record.bundle_digest)?;
         // Fetch the listed files first (async), then verify synchronously.
         let probe: crate::artifact::Manifest =
             serde_json::from_slice(&manifest.bytes).map_err(|e| {
@@ -767,7 +773,8 @@ impl Registry {
     /// What serving needs of a version, fetched together: its manifest (verified against the
     /// record's digest) and the file `image` of its bundle when there is one (verified against
     /// the manifest when it is listed there). Only a manifest failure is an error: an image that
-    /// cannot be read is `None`, and the caller falls back to [`Registry::load_bundle`].
+    /// cannot be read is `None`, and the caller compiles the model file
+    /// ([`Registry::bundle_file`]).
     pub async fn serving_parts(
         &self,
         record: &BundleRef,
@@ -780,16 +787,7 @@ impl Registry {
         let manifest = manifest?
             .ok_or_else(|| RegistryError::NotFound(format!("bundle manifest '{manifest_key}'")))?;
         let origin = self.store.uri(&record.bundle_prefix);
-        let actual = sha256_hex(&manifest.bytes);
-        if actual != record.bundle_digest {
-            return Err(ArtifactError::Checksum {
-                origin,
-                name: MANIFEST_FILE.into(),
-                expected: format!("sha256 {}", record.bundle_digest),
-                actual: format!("sha256 {actual}"),
-            }
-            .into());
-        }
+        check_manifest_digest(&origin, &manifest.bytes, &record.bundle_digest)?;
         let manifest = crate::artifact::Manifest::parse(&origin, &manifest.bytes)?;
         let image = match image_object {
             Ok(Some(object)) if manifest.files.contains_key(image) => {
@@ -945,14 +943,7 @@ impl Registry {
                 request_id: request_id.map(str::to_owned),
             };
             state.aliases.insert(alias.into(), to);
-            state.bundles.insert(
-                alias.into(),
-                BundleRef {
-                    version: to,
-                    bundle_prefix: record.bundle_prefix,
-                    bundle_digest: record.bundle_digest,
-                },
-            );
+            state.bundles.insert(alias.into(), record.bundle_ref());
             state.history.push(event.clone());
             let condition = etag.map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
             match self.store.put(&key, json(&state), condition).await {

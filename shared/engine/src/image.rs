@@ -20,10 +20,12 @@
 //! the cut layout is checked against the arrays it addresses. A bad image is an
 //! [`ImageError`], never a panic; callers fall back to the native file.
 
+use mlops_domain::artifact::ModelKind;
+
 use crate::EngineError;
 use crate::cuts::CutForest;
 use crate::tree::{
-    CATEGORICAL, DEFAULT_LEFT, Ensemble, EvalNode, FEATURE_MASK, LEAF, MAX_DEPTH, MISSING_NAN,
+    CATEGORICAL, DEFAULT_LEFT, Ensemble, EvalNode, FEATURE_MASK, MAX_DEPTH, MISSING_NAN,
     MISSING_NONE, MISSING_SHIFT, MISSING_ZERO, Missing, Node, OutputTransform, SplitRule, Trees,
 };
 
@@ -42,6 +44,12 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"MLOPSENG";
 /// Most bytes of the layout signature.
 const MAX_SIGNATURE: usize = 256;
+
+/// Whether models of `kind` have engine images: tree ensembles. Linear models and MLPs
+/// (safetensors) load from their native file as fast.
+pub fn has_image(kind: ModelKind) -> bool {
+    matches!(kind, ModelKind::Xgboost | ModelKind::Lightgbm)
+}
 
 /// Why an image was not used.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +294,7 @@ fn hex(bytes: &[u8; 32]) -> String {
 
 /// Writes the image of a compiled ensemble, compiled from the native model file whose hex
 /// SHA-256 is `source_sha256`.
-pub fn write(ensemble: &Ensemble, source_sha256: &str) -> Vec<u8> {
+fn write(ensemble: &Ensemble, source_sha256: &str) -> Vec<u8> {
     let mut w = Writer::default();
     write_trees(ensemble, &mut w);
     if let Some(forest) = &ensemble.cut_forest {
@@ -547,16 +555,7 @@ fn nodes_of(
                     );
                 }
                 depth = depth.max(levels[i]);
-                nodes.push(Node {
-                    value: n.value,
-                    feature: 0,
-                    left: LEAF,
-                    right: LEAF,
-                    default_left: false,
-                    missing: Missing::NoneAsZero,
-                    category_set: None,
-                    cover,
-                });
+                nodes.push(Node::leaf(n.value, cover));
                 continue;
             }
             let left = n.left as usize;

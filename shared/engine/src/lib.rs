@@ -19,6 +19,7 @@ pub mod xgboost;
 use mlops_domain::artifact::{Bundle, Manifest, ModelKind};
 use mlops_domain::data::Value;
 use mlops_domain::features::{FeatureError, FeaturePipeline, TransformStats};
+use mlops_domain::registry::ServingImage;
 use mlops_domain::schema::Task;
 
 use crate::image::{ImageError, Integrity};
@@ -251,10 +252,7 @@ impl Predictor {
         image: &[u8],
         integrity: Integrity,
     ) -> Result<Self, ImageError> {
-        if !matches!(
-            manifest.model_kind,
-            ModelKind::Xgboost | ModelKind::Lightgbm
-        ) {
+        if !image::has_image(manifest.model_kind) {
             return Err(ImageError::Stale(format!(
                 "{} models load from their native file",
                 manifest.model_kind
@@ -267,6 +265,20 @@ impl Predictor {
         let ensemble = image::load(image, source, integrity)?;
         Self::with_model(manifest, CompiledModel::Trees(ensemble))
             .map_err(|e| ImageError::Corrupt(e.to_string()))
+    }
+
+    /// Loads an image as the registry fetched it: one the manifest lists was verified against it;
+    /// one added later is checked against the hashes it carries.
+    pub fn from_fetched_image(
+        manifest: &Manifest,
+        image: &ServingImage,
+    ) -> Result<Self, ImageError> {
+        let integrity = if image.listed {
+            Integrity::Verified
+        } else {
+            Integrity::CheckBody
+        };
+        Self::from_image(manifest, &image.bytes, integrity)
     }
 
     fn with_model(m: &Manifest, model: CompiledModel) -> Result<Self, EngineError> {

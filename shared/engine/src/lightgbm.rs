@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::EngineError;
-use crate::tree::{Ensemble, LEAF, Missing, Node, OutputTransform, SplitRule, Trees};
+use crate::tree::{Ensemble, Missing, Node, OutputTransform, SplitRule, Trees};
 
 fn parse_err(message: impl std::fmt::Display) -> EngineError {
     EngineError::Parse {
@@ -235,16 +235,7 @@ pub fn load(bytes: &[u8]) -> Result<Ensemble, EngineError> {
             });
         }
         for j in 0..n_leaves {
-            nodes.push(Node {
-                value: leaf_value[j],
-                feature: 0,
-                left: LEAF,
-                right: LEAF,
-                default_left: false,
-                missing: Missing::NoneAsZero,
-                category_set: None,
-                cover: leaf_count[j],
-            });
+            nodes.push(Node::leaf(leaf_value[j], leaf_count[j]));
         }
     }
     Trees {

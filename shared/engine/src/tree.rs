@@ -63,6 +63,20 @@ pub struct Node {
 pub const LEAF: u32 = u32::MAX;
 
 impl Node {
+    /// A leaf of value `value` and training cover `cover`.
+    pub fn leaf(value: f64, cover: f64) -> Self {
+        Node {
+            value,
+            feature: 0,
+            left: LEAF,
+            right: LEAF,
+            default_left: false,
+            missing: Missing::NoneAsZero,
+            category_set: None,
+            cover,
+        }
+    }
+
     /// Whether the node is a leaf.
     pub fn is_leaf(&self) -> bool {
         self.left == LEAF

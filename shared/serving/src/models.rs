@@ -12,7 +12,7 @@ use mlops_domain::artifact::Manifest;
 use mlops_domain::registry::{AliasState, BundleRef, ModelCard, Registry, VersionRecord};
 use mlops_domain::traffic::{TrafficSplit, Variant};
 use mlops_engine::Predictor;
-use mlops_engine::image::{self, Integrity};
+use mlops_engine::image;
 
 /// One loaded model version.
 #[derive(Debug)]
@@ -477,12 +477,7 @@ impl ModelSet {
             .await?;
         let manifest = &parts.manifest;
         let from_image = parts.image.and_then(|image| {
-            let integrity = if image.listed {
-                Integrity::Verified
-            } else {
-                Integrity::CheckBody
-            };
-            Predictor::from_image(manifest, &image.bytes, integrity)
+            Predictor::from_fetched_image(manifest, &image)
                 .inspect_err(|e| {
                     if e.is_stale() {
                         tracing::info!(model = %name, version, reason = %e, "compiling the model file instead of the engine image");

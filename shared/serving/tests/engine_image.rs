@@ -59,23 +59,7 @@ async fn registry_with(bundle: &Bundle) -> (tempfile::TempDir, Registry, Arc<dyn
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("store")));
     let registry = Registry::new(Arc::clone(&store));
-    let v = registry
-        .register("california_housing", bundle, Default::default())
-        .await
-        .unwrap()
-        .version;
-    registry
-        .edit_card("california_housing", v, reviewed_card())
-        .await
-        .unwrap();
-    registry
-        .approve_card("california_housing", v, "tester", "ok")
-        .await
-        .unwrap();
-    registry
-        .promote("california_housing", "champion", v, "tester", "test")
-        .await
-        .unwrap();
+    publish_bundle(&registry, "california_housing", bundle, "champion").await;
     (dir, registry, store)
 }
 

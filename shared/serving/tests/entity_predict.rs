@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::http::{Request, StatusCode};
 use mlops_domain::online::{OnlineRow, OnlineStore, ServingView, StoreOnline};
-use mlops_domain::registry::{RegisterOptions, Registry};
+use mlops_domain::registry::Registry;
 use mlops_serving::{AppState, RouteSet, router};
 use serde_json::{Value, json};
 use support::*;
@@ -42,23 +42,7 @@ async fn a_key_and_request_fields_predict_like_every_feature_and_the_log_keeps_t
         ttl_seconds: Some(86_400),
     }];
     let b = mlops_domain::artifact::Bundle::new(b.manifest, b.files).unwrap();
-    let v = registry
-        .register("telco_churn", &b, RegisterOptions::default())
-        .await
-        .unwrap()
-        .version;
-    registry
-        .edit_card("telco_churn", v, reviewed_card())
-        .await
-        .unwrap();
-    registry
-        .approve_card("telco_churn", v, "tester", "ok")
-        .await
-        .unwrap();
-    registry
-        .promote("telco_churn", "champion", v, "tester", "test")
-        .await
-        .unwrap();
+    publish_bundle(&registry, "telco_churn", &b, "champion").await;
     let values = BTreeMap::from([
         ("tenure".to_string(), json!(5)),
         ("MonthlyCharges".to_string(), json!(29.85)),

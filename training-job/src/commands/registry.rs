@@ -123,59 +123,41 @@ pub enum RegistryCommand {
 /// Gives one version an engine image unless it has a usable one; says what it did.
 async fn compile_image(registry: &Registry, model: &str, version: u64) -> Result<String> {
     use mlops_engine::Predictor;
-    use mlops_engine::image::{Integrity, file_name};
-    let record = registry.version(model, version).await?;
-    let parts = registry
-        .serving_parts(&record.bundle_ref(), file_name())
+    use mlops_engine::image::{file_name, has_image};
+    let bundle = registry.version(model, version).await?.bundle_ref();
+    let parts = registry.serving_parts(&bundle, file_name()).await?;
+    let manifest = &parts.manifest;
+    if let Some(image) = &parts.image {
+        let stale = match Predictor::from_fetched_image(manifest, image) {
+            Ok(_) => return Ok("has a usable engine image".into()),
+            Err(e) => e,
+        };
+        // The bundle's name for this engine's image is taken (create-only): the operator learns
+        // why serving compiles the model file instead.
+        bail!(
+            "its engine image cannot be used ({stale}); serving compiles the model file instead. \
+             Images are immutable: retrain or re-register the version to get a new one"
+        );
+    }
+    if !has_image(manifest.model_kind) {
+        return Ok(format!(
+            "{} models load from their native file (no image needed)",
+            manifest.model_kind
+        ));
+    }
+    let model_bytes = registry
+        .bundle_file(&bundle, manifest, &manifest.model_file)
         .await?;
-    let stale = match &parts.image {
-        Some(image) => {
-            let integrity = if image.listed {
-                Integrity::Verified
-            } else {
-                Integrity::CheckBody
-            };
-            match Predictor::from_image(&parts.manifest, &image.bytes, integrity) {
-                Ok(_) => return Ok("has a usable engine image".into()),
-                Err(e) => e,
-            }
-        }
-        None => {
-            if !matches!(
-                parts.manifest.model_kind,
-                mlops_domain::artifact::ModelKind::Xgboost
-                    | mlops_domain::artifact::ModelKind::Lightgbm
-            ) {
-                return Ok(format!(
-                    "{} models load from their native file (no image needed)",
-                    parts.manifest.model_kind
-                ));
-            }
-            let bundle = registry.load_bundle(&record).await?;
-            let predictor = Predictor::from_bundle_native(&bundle)?;
-            let image = predictor
-                .model
-                .image(bundle.model_bytes())
-                .ok_or_else(|| anyhow::anyhow!("the engine has no image for this model"))?;
-            let size = image.len();
-            return Ok(
-                if registry
-                    .add_image(&record.bundle_ref(), file_name(), image)
-                    .await?
-                {
-                    format!("engine image written ({size} bytes)")
-                } else {
-                    "an engine image was written meanwhile".into()
-                },
-            );
-        }
-    };
-    // An image exists but cannot be used: the bundle's name for it is taken (create-only), so
-    // the operator learns why serving compiles the model file instead.
-    bail!(
-        "its engine image cannot be used ({stale}); serving compiles the model file instead. \
-         Images are immutable: retrain or re-register the version to get a new one"
-    )
+    let image = Predictor::from_model_file(manifest, &model_bytes)?
+        .model
+        .image(&model_bytes)
+        .ok_or_else(|| anyhow::anyhow!("the engine has no image for this model"))?;
+    let size = image.len();
+    Ok(if registry.add_image(&bundle, file_name(), image).await? {
+        format!("engine image written ({size} bytes)")
+    } else {
+        "an engine image was written meanwhile".into()
+    })
 }
 
 /// Checks that a model exists, naming the known ones when it does not.

@@ -77,7 +77,16 @@ pub fn bundle(name: &str, slope: f64) -> Bundle {
 }
 
 pub async fn publish(registry: &Registry, name: &str, slope: f64, alias: &str) -> u64 {
-    let v = register(registry, name, slope).await;
+    publish_bundle(registry, name, &bundle(name, slope), alias).await
+}
+
+/// Registers `bundle` as `name`, approves its card and points `alias` at it.
+pub async fn publish_bundle(registry: &Registry, name: &str, bundle: &Bundle, alias: &str) -> u64 {
+    let v = registry
+        .register(name, bundle, RegisterOptions::default())
+        .await
+        .unwrap()
+        .version;
     registry.edit_card(name, v, reviewed_card()).await.unwrap();
     registry
         .approve_card(name, v, "tester", "ok")
