@@ -178,7 +178,12 @@ impl CompiledModel {
                 .into_iter()
                 .map(|m| e.transform(m))
                 .collect(),
-            _ => values
+            CompiledModel::Mlp(m) => m
+                .margins(values)
+                .into_iter()
+                .map(|x| m.transform(x))
+                .collect(),
+            CompiledModel::Linear(_) => values
                 .chunks(width)
                 .map(|r| self.transform(self.margin(r)))
                 .collect(),
