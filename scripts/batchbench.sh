@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Throughput and peak memory of `mlops batch-predict` (release build) with input and output on moto
 # S3: California Housing repeated BATCHBENCH_COPIES times (default 49, ~1M rows / 67 MB; 1430 makes
-# ~2 GB), for a linear model and for the quickstart's selected model (LightGBM, skipped with
-# BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear job into one output, checked
+# ~2 GB), for a linear model, an XGBoost model and the quickstart's selected model (LightGBM; the
+# tree models are skipped with BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear job into one output, checked
 # byte for byte against the single run's parts. Needs the test venv (scripts/setup.sh --test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,9 +41,12 @@ sys.exit(rc)' "$@"
 }
 S3=(--store s3://batchbench/registry --s3-endpoint "http://127.0.0.1:$PORT")
 "$BIN" --home "$RUN/home" "${S3[@]}" train california_housing --data "$DATA" --candidates linear --model-name housing_linear >"$RUN/train.log" 2>&1
-"$BIN" --home "$RUN/home" "${S3[@]}" quickstart --data "$DATA" >"$RUN/quickstart.log" 2>&1
 models=("housing_linear 1")
-[ "${BATCHBENCH_LINEAR_ONLY:-0}" = 1 ] || models+=("california_housing champion")
+if [ "${BATCHBENCH_LINEAR_ONLY:-0}" != 1 ]; then
+  "$BIN" --home "$RUN/home" "${S3[@]}" train california_housing --data "$DATA" --candidates xgboost --model-name housing_xgboost >"$RUN/train-xgboost.log" 2>&1
+  "$BIN" --home "$RUN/home" "${S3[@]}" quickstart --data "$DATA" >"$RUN/quickstart.log" 2>&1
+  models+=("housing_xgboost 1" "california_housing champion")
+fi
 for model in "${models[@]}"; do
   set -- $model
   echo "== $1 ($2), parts of 100,000 rows, ranged GETs of $CHUNK_MIB MiB"
