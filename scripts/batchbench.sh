@@ -2,8 +2,9 @@
 # Throughput and peak memory of `mlops batch-predict` (release build) with input and output on moto
 # S3: California Housing repeated BATCHBENCH_COPIES times (default 49, ~1M rows / 67 MB; 1430 makes
 # ~2 GB), for a linear model, an XGBoost model and the quickstart's selected model (LightGBM; the
-# tree models are skipped with BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear job into one output, checked
-# byte for byte against the single run's parts. Needs the test venv (scripts/setup.sh --test).
+# tree models are skipped with BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear
+# job into one output, checked byte for byte against the single run's parts. Needs the test venv
+# (scripts/setup.sh --test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 eval "$("$ROOT/scripts/setup.sh" --test)"
