@@ -460,6 +460,10 @@ mod tests {
         x[0]
     }
 
+    fn bits(values: &[f64]) -> Vec<u64> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
     #[test]
     fn batches_give_each_row_the_bits_it_gets_alone() {
         // Widths off the eight-lane chunks, and batches off the row blocks.
@@ -474,8 +478,17 @@ mod tests {
                     .map(|i| ((i * 7919) % 1000) as f64 / 125.0 - 4.0)
                     .collect();
                 let batch = m.margins(&values);
-                let portable =
-                    m.margins_with::<Portable>(&values.chunks(widths[0]).collect::<Vec<_>>());
+                let row_slices: Vec<&[f64]> = values.chunks(widths[0]).collect();
+                let portable = m.margins_with::<Portable>(&row_slices);
+                // The AVX kernel too, where the CPU would pick AVX-512 for `margins`.
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx") {
+                    assert_eq!(
+                        bits(&m.margins_with::<Avx>(&row_slices)),
+                        bits(&batch),
+                        "AVX kernel"
+                    );
+                }
                 assert_eq!(batch.len(), rows);
                 for (i, row) in values.chunks(widths[0]).enumerate() {
                     let alone = m.margin(row).to_bits();
