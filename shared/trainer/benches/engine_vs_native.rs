@@ -5,7 +5,9 @@
 //!   do not change the work) on standardized California Housing features.
 //!
 //! Single-row latency (native: libxgboost with a DMatrix per call, LightGBM's single-row C API,
-//! libtorch's forward pass) and batch throughput on 100,000 rows at one thread.
+//! libtorch's forward pass) and batch throughput on 100,000 rows at one thread. With
+//! `MLOPS_BENCH_EXPORT=DIR` the LightGBM model and rows are written out for
+//! `scripts/lightgbm_peers.py` (lleaves, TL2cgen).
 
 use std::path::PathBuf;
 
@@ -170,8 +172,31 @@ fn load(c: &mut Criterion, f: &Fixture) {
     group.finish();
 }
 
+/// With `MLOPS_BENCH_EXPORT=DIR`, writes the LightGBM model file and the batch rows this bench
+/// times (`lightgbm.txt`, `rows.f64`: little-endian f64, row-major), so that
+/// `scripts/lightgbm_peers.py` times lleaves and TL2cgen on the same file and rows.
+fn export_for_peers(f: &Fixture) {
+    let Some(dir) = std::env::var_os("MLOPS_BENCH_EXPORT").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lightgbm.txt"), f.lgbm.to_bytes().unwrap()).unwrap();
+    let rows: Vec<u8> = f
+        .batch
+        .values
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(dir.join("rows.f64"), rows).unwrap();
+    eprintln!(
+        "exported the LightGBM model and the batch rows to {}",
+        dir.display()
+    );
+}
+
 fn benches(c: &mut Criterion) {
     let f = fixture();
+    export_for_peers(&f);
     let xgb_engine = CompiledModel::load(
         mlops_domain::artifact::ModelKind::Xgboost,
         &f.xgb.to_bytes().unwrap(),
