@@ -22,6 +22,7 @@ async fn registry_operations_converge_at_every_crash_point_on_s3() {
     explore_and_print("promote (S3)", &Promote).await;
     explore_and_print("rollback (S3)", &Rollback).await;
     explore_and_print("card approval (S3)", &ApproveCard).await;
+    explore_and_print("engine image added by registry compile (S3)", &AddImage).await;
 }
 
 #[tokio::test]

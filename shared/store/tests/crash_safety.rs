@@ -41,6 +41,7 @@ async fn promote_rollback_and_approval_converge_at_every_crash_point() {
     explore_and_print("promote", &Promote).await;
     explore_and_print("rollback", &Rollback).await;
     explore_and_print("card approval", &ApproveCard).await;
+    explore_and_print("engine image added by registry compile", &AddImage).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

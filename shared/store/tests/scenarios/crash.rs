@@ -109,6 +109,19 @@ pub async fn registry_invariants(r: &Registry) -> Result<Vec<VersionRecord>, Str
             state.aliases
         ));
     }
+    // Every alias here was moved by this code, which records its version's bundle in the same
+    // write: serving reads the bundle from it without the version record.
+    for (alias, &version) in &state.aliases {
+        let record = versions
+            .get(version as usize - 1)
+            .ok_or(format!("alias {alias} points at a missing v{version}"))?;
+        if state.bundle(alias) != Some(&record.bundle_ref()) {
+            return Err(format!(
+                "alias {alias} (v{version}) carries {:?}, not its record's bundle",
+                state.bundles.get(alias)
+            ));
+        }
+    }
     Ok(versions)
 }
 
@@ -308,6 +321,49 @@ impl CrashScenario for ApproveCard {
             .filter(|a| a.approved_by == "carol")
             .map(drop)
             .ok_or("v2's card is not approved by carol".into())
+    }
+}
+
+/// `registry compile`'s one write: an engine image added, create-only, to v1's existing bundle.
+pub struct AddImage;
+
+const IMAGE_NAME: &str = "engine-test.img";
+const IMAGE: &[u8] = b"an engine image's bytes";
+
+#[async_trait]
+impl CrashScenario for AddImage {
+    type World = Disk;
+    async fn world(&self) -> Disk {
+        two_versions().await
+    }
+    async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
+        let r = d.registry_with(plan);
+        let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
+        outcome(
+            r.add_image(&v1.bundle_ref(), IMAGE_NAME, IMAGE.to_vec())
+                .await,
+        )
+    }
+    async fn recover(&self, d: &Disk) -> Result<(), String> {
+        let r = Registry::new(Arc::clone(&d.store));
+        let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
+        // Written by this call or by the cut one: either way the retry succeeds.
+        outcome(
+            r.add_image(&v1.bundle_ref(), IMAGE_NAME, IMAGE.to_vec())
+                .await,
+        )
+    }
+    async fn check(&self, d: &Disk) -> Result<(), String> {
+        let (r, _) = checked(d).await?;
+        let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
+        let parts = r
+            .serving_parts(&v1.bundle_ref(), IMAGE_NAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        match parts.image {
+            Some(image) if image.bytes == IMAGE && !image.listed => Ok(()),
+            other => Err(format!("v1's image after the retry: {other:?}")),
+        }
     }
 }
 
