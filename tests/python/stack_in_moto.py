@@ -2,7 +2,8 @@
 offline (transform_template.py), each function's code a zip in moto S3. Prints what the stack
 made, resolved by CloudFormation, as JSON on stdout:
 {"status", "reason", "outputs": {key: value}, "roles": {logical id: [policy document, ...]},
- "environments": {function logical id: {variable: value}}, "stand_ins": {logical id: type},
+ "environments": {function logical id: {variable: value}}, "job_images": {job definition logical
+ id: container image}, "stand_ins": {logical id: type},
  "not_created": {type: [logical id, ...]}} — what moto was given in place of a resource it cannot
 create (STAND_INS), and what it skipped.
 
@@ -188,6 +189,12 @@ def main():
         if resource["Type"] == "AWS::Lambda::Function" and physical.get(name):
             config = lam.get_function_configuration(FunctionName=physical[name])
             environments[name] = config.get("Environment", {}).get("Variables", {})
+    batch = client("batch", endpoint)
+    job_images = {}
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::Batch::JobDefinition" and physical.get(name):
+            found = batch.describe_job_definitions(jobDefinitions=[physical[name]])["jobDefinitions"]
+            job_images[name] = found[0]["containerProperties"]["image"] if found else None
     json.dump(
         {
             "status": described["StackStatus"],
@@ -195,6 +202,7 @@ def main():
             "outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
             "roles": roles,
             "environments": environments,
+            "job_images": job_images,
             "stand_ins": replaced,
             # What moto skipped (no physical resource), by type.
             "not_created": not_created,

@@ -65,6 +65,7 @@ pub struct Settings {
 }
 
 impl Settings {
+    #[cfg(feature = "train")]
     /// `mlops` with the global flags this invocation was given (`--home`, `--store`, S3
     /// endpoint, tracking), for printing commands a user can paste as they are.
     pub fn command_prefix(&self) -> String {
@@ -153,6 +154,7 @@ impl Settings {
     }
 }
 
+#[cfg(feature = "train")]
 /// The commit of the code: `MLOPS_CODE_COMMIT` at run time, else the one embedded at build time.
 pub fn code_commit() -> String {
     std::env::var("MLOPS_CODE_COMMIT").unwrap_or_else(|_| env!("MLOPS_BUILD_COMMIT").to_string())
@@ -233,6 +235,7 @@ pub fn locate_data(
         })
 }
 
+#[cfg(feature = "train")]
 /// A word quoted for a POSIX shell when it needs to be.
 pub fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()

@@ -2,9 +2,11 @@
 
 mod commands;
 mod config;
+#[cfg(feature = "train")]
 mod device;
 mod exit;
 mod local_queue;
+#[cfg(feature = "train")]
 mod monitor;
 mod progress;
 
@@ -35,18 +37,21 @@ enum Command {
     /// Feature store: definitions, offline snapshots, point-in-time training sets.
     Features(commands::features::FeaturesArgs),
     /// Train candidates, select the best, register it.
+    #[cfg(feature = "train")]
     Train(Box<commands::train::TrainArgs>),
     /// Model registry: versions, aliases, cards, audit log.
     Registry(commands::registry::RegistryArgs),
     /// Predict rows from CSV or JSON with a registered model.
     Predict(commands::predict::PredictArgs),
     /// Train on California Housing, register, promote and predict, on the local default.
+    #[cfg(feature = "train")]
     Quickstart(commands::quickstart::QuickstartArgs),
     /// Serve the prediction API on localhost (the Lambda functions' routes).
     Serve(commands::serve::ServeArgs),
     /// Create, list and revoke API keys.
     Keys(commands::keys::KeysArgs),
     /// Run a training job from a TOML spec (the AWS Batch entry point).
+    #[cfg(feature = "train")]
     Job(commands::job::JobArgs),
     /// Predict a CSV from S3 or disk in resumable, checkpointed parts (the batch-prediction job).
     BatchPredict(commands::batch_predict::BatchPredictArgs),
@@ -60,6 +65,10 @@ enum Command {
     /// Submit the training job to AWS Batch, once per trigger window, optionally with the
     /// labelled production rows added to its data.
     Retrain(commands::retrain::RetrainArgs),
+    /// A training command in a build without training (the batch-prediction image).
+    #[cfg(not(feature = "train"))]
+    #[command(external_subcommand)]
+    NotInThisBuild(Vec<String>),
     /// Print a shell completion script (e.g. `mlops completions bash > /etc/bash_completion.d/mlops`).
     Completions {
         /// Shell.
@@ -97,6 +106,22 @@ fn init_logging(serving: bool) {
     }
 }
 
+/// Why a command is missing from a build without the `train` feature.
+#[cfg(not(feature = "train"))]
+fn not_in_this_build(args: &[String]) -> anyhow::Error {
+    let name = args.first().map_or("", String::as_str);
+    let hint = if ["train", "job", "quickstart"].contains(&name) {
+        "it trains models, and this build has no trainer (the batch-prediction image, built \
+         without the `train` feature): run it with the training image or a default build"
+    } else {
+        "no such command (see `mlops --help`)"
+    };
+    anyhow::Error::new(exit::ExitWith {
+        code: 2,
+        message: format!("error: `mlops {name}`: {hint}"),
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -104,18 +129,23 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(c) => commands::data::run(c, &cli.settings).await,
         Command::Features(a) => commands::features::run(a, &cli.settings).await,
+        #[cfg(feature = "train")]
         Command::Train(a) => commands::train::train(&a, &cli.settings).await.map(|_| ()),
         Command::Registry(c) => commands::registry::run(c, &cli.settings).await,
         Command::Predict(a) => commands::predict::run(a, &cli.settings).await,
+        #[cfg(feature = "train")]
         Command::Quickstart(a) => commands::quickstart::run(a, &cli.settings).await,
         Command::Serve(a) => commands::serve::run(a, &cli.settings).await,
         Command::Keys(a) => commands::keys::run(a, &cli.settings).await,
+        #[cfg(feature = "train")]
         Command::Job(a) => commands::job::run(a, &cli.settings).await,
         Command::BatchPredict(a) => commands::batch_predict::run(a, &cli.settings).await,
         Command::Monitor(a) => commands::monitor::run(a, &cli.settings).await,
         Command::Feedback(a) => commands::feedback::run(a, &cli.settings).await,
         Command::Ab(a) => commands::monitor::run_ab(a, &cli.settings).await,
         Command::Retrain(a) => commands::retrain::run(a, &cli.settings).await,
+        #[cfg(not(feature = "train"))]
+        Command::NotInThisBuild(args) => Err(not_in_this_build(&args)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "mlops", &mut std::io::stdout());

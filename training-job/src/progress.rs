@@ -2,6 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[cfg(feature = "train")]
 /// A spinner for work of unknown length.
 pub fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
@@ -10,6 +11,7 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
+#[cfg(feature = "train")]
 /// A bar over a known number of steps.
 pub fn steps(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
@@ -33,6 +35,7 @@ pub fn bytes(total: Option<u64>, message: &str) -> ProgressBar {
     bar
 }
 
+#[cfg(feature = "train")]
 /// Prints a line above `bar`, or plainly on standard error when the bar is hidden (not a
 /// terminal: AWS Batch and CI logs), so that the log has it either way.
 pub fn line(bar: &ProgressBar, text: String) {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+#[cfg(feature = "train")]
 use crate::commands::train::{TrainArgs, train};
 use crate::config::Settings;
 
@@ -148,6 +149,7 @@ pub(crate) async fn read(uri: &str, settings: &Settings) -> Result<Vec<u8>> {
 }
 
 /// Runs the training job.
+#[cfg(feature = "train")]
 pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
     let text = read(&args.spec, settings).await?;
     let text =

@@ -8,8 +8,10 @@ pub mod job;
 pub mod keys;
 pub mod monitor;
 pub mod predict;
+#[cfg(feature = "train")]
 pub mod quickstart;
 pub mod registry;
 pub mod retrain;
 pub mod serve;
+#[cfg(feature = "train")]
 pub mod train;
