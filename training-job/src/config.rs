@@ -65,9 +65,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    #[cfg(feature = "train")]
     /// `mlops` with the global flags this invocation was given (`--home`, `--store`, S3
     /// endpoint, tracking), for printing commands a user can paste as they are.
+    #[cfg(feature = "train")]
     pub fn command_prefix(&self) -> String {
         std::iter::once("mlops".to_string())
             .chain(self.global_args().iter().map(|a| shell_word(a)))
@@ -154,8 +154,8 @@ impl Settings {
     }
 }
 
-#[cfg(feature = "train")]
 /// The commit of the code: `MLOPS_CODE_COMMIT` at run time, else the one embedded at build time.
+#[cfg(feature = "train")]
 pub fn code_commit() -> String {
     std::env::var("MLOPS_CODE_COMMIT").unwrap_or_else(|_| env!("MLOPS_BUILD_COMMIT").to_string())
 }
@@ -235,8 +235,8 @@ pub fn locate_data(
         })
 }
 
-#[cfg(feature = "train")]
 /// A word quoted for a POSIX shell when it needs to be.
+#[cfg(feature = "train")]
 pub fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word

@@ -2,8 +2,8 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-#[cfg(feature = "train")]
 /// A spinner for work of unknown length.
+#[cfg(feature = "train")]
 pub fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_message(message.to_string());
@@ -11,8 +11,8 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
-#[cfg(feature = "train")]
 /// A bar over a known number of steps.
+#[cfg(feature = "train")]
 pub fn steps(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -35,9 +35,9 @@ pub fn bytes(total: Option<u64>, message: &str) -> ProgressBar {
     bar
 }
 
-#[cfg(feature = "train")]
 /// Prints a line above `bar`, or plainly on standard error when the bar is hidden (not a
 /// terminal: AWS Batch and CI logs), so that the log has it either way.
+#[cfg(feature = "train")]
 pub fn line(bar: &ProgressBar, text: String) {
     if bar.is_hidden() {
         eprintln!("{text}");

@@ -169,8 +169,8 @@ fn read_rows(bundle: &Bundle, args: &PredictArgs) -> Result<(Vec<InputRow>, Vec<
     Ok((rows, problems))
 }
 
-#[cfg(feature = "train")]
 /// Predicts raw rows with a bundle through the pure-Rust engine.
+#[cfg(feature = "train")]
 pub fn predict_rows(bundle: &Bundle, rows: &[Vec<Value>]) -> Result<Vec<f64>> {
     let predictor = Predictor::from_bundle(bundle)?;
     Ok(predictor.predict(rows)?.0)
