@@ -87,6 +87,8 @@ if [ -n "$native" ]; then
   echo "test.sh: mlops --no-default-features depends on native libraries:" $native >&2
   exit 1
 fi
+# ... and it compiles, warning-free (its own check artifacts: the debug binary stays the default one).
+cargo clippy -p mlops --no-default-features --all-targets --locked -- -D warnings
 "$ROOT/scripts/audit.sh"
 cargo build --workspace --all-targets --locked --features mlops/torch
 cargo test --workspace --locked --features mlops/torch "$@"
