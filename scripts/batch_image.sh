@@ -3,7 +3,8 @@
 # infra/docker/batch.Dockerfile) beside the default build: size stripped and gzipped, the shared
 # libraries each needs, and the same batch-predict run with both (a linear, an XGBoost and the
 # quickstart's LightGBM model on California Housing repeated BATCH_IMAGE_COPIES times, default 10),
-# output compared byte for byte and timed. The lean build goes to its own target directory, so the
+# output compared byte for byte and timed; the image's size estimated by
+# scripts/distroless_rootfs.sh. The lean build goes to its own target directory, so the
 # default release binary is not replaced. Needs the test venv (scripts/setup.sh --test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -59,6 +60,10 @@ for model in "housing_linear 1" "housing_xgboost 1" "california_housing champion
     echo "$1: outputs DIFFER" && status=1
   fi
 done
+# The image's size, estimated from distroless's Debian packages (no container engine here).
+if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+  "$ROOT/scripts/distroless_rootfs.sh" "$LEAN"
+fi
 # A training command in the lean build names the image to use instead.
 set +e
 "$LEAN" --home "$HOME_DIR" train california_housing --data "$DATA" 2>"$RUN/train-lean.err"
