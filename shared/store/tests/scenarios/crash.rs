@@ -337,21 +337,11 @@ impl CrashScenario for AddImage {
         two_versions().await
     }
     async fn run(&self, d: &Disk, plan: &FaultPlan) -> Result<(), String> {
-        let r = d.registry_with(plan);
-        let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
-        outcome(
-            r.add_image(&v1.bundle_ref(), IMAGE_NAME, IMAGE.to_vec())
-                .await,
-        )
+        add_image_to_v1(&d.registry_with(plan)).await
     }
     async fn recover(&self, d: &Disk) -> Result<(), String> {
-        let r = Registry::new(Arc::clone(&d.store));
-        let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
         // Written by this call or by the cut one: either way the retry succeeds.
-        outcome(
-            r.add_image(&v1.bundle_ref(), IMAGE_NAME, IMAGE.to_vec())
-                .await,
-        )
+        add_image_to_v1(&Registry::new(Arc::clone(&d.store))).await
     }
     async fn check(&self, d: &Disk) -> Result<(), String> {
         let (r, _) = checked(d).await?;
@@ -365,6 +355,15 @@ impl CrashScenario for AddImage {
             other => Err(format!("v1's image after the retry: {other:?}")),
         }
     }
+}
+
+/// `registry compile` on v1: its engine image, written create-only into its bundle.
+async fn add_image_to_v1(r: &Registry) -> Result<(), String> {
+    let v1 = r.version(MODEL, 1).await.map_err(|e| e.to_string())?;
+    outcome(
+        r.add_image(&v1.bundle_ref(), IMAGE_NAME, IMAGE.to_vec())
+            .await,
+    )
 }
 
 pub async fn explore_and_print<S: CrashScenario>(name: &str, scenario: &S) {
