@@ -245,6 +245,7 @@ async fn runs_a_job_record_of_the_batch_function() {
         input_uri: format!("s3://{}/in.csv", root.bucket()),
         input_version: None,
         output_uri: format!("{store}/batch-jobs/{id}/output/"),
+        shards: None,
         state: JobState::Queued,
         queue_job_id: Some(unique("batch")),
         reason: None,

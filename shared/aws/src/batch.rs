@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_batch::Client;
-use aws_sdk_batch::types::{ContainerOverrides, JobStatus, KeyValuePair, KeyValuesPair};
+use aws_sdk_batch::types::{
+    ArrayProperties, ContainerOverrides, JobStatus, KeyValuePair, KeyValuesPair,
+};
 use mlops_domain::jobs::{JobQueue, JobState, JobSubmission, QueueError, QueueStatus};
 
 use crate::describe;
@@ -58,6 +60,10 @@ impl JobQueue for BatchQueue {
             .job_queue(&self.queue)
             .job_definition(&self.definition)
             .container_overrides(overrides)
+            .set_array_properties(
+                job.array_size
+                    .map(|n| ArrayProperties::builder().size(n as i32).build()),
+            )
             .send()
             .await
             .map_err(|e| QueueError {

@@ -26,8 +26,8 @@ use serde::Serialize;
 
 use crate::hashing::sha256_hex;
 use crate::jobs::{
-    BatchJob, Checkpoint, JobQueue, JobState, JobSubmission, QueueError, checkpoint_key, input_key,
-    job_key, output_prefix,
+    BatchJob, Checkpoint, JobQueue, JobState, JobSubmission, QueueError, SHARD_PLAN, ShardPlan,
+    checkpoint_key, input_key, job_key, output_prefix, shard_checkpoint_name,
 };
 use crate::store::{ETag, ObjectStore, PutCondition, StoreError};
 
@@ -98,6 +98,8 @@ pub struct NewJob {
     pub alias: Option<String>,
     /// Input on S3; `None` asks for a presigned upload URL.
     pub input_uri: Option<String>,
+    /// Children of the array job that runs it (2 or more), or one container.
+    pub shards: Option<u32>,
     /// SHA-256 of the request, to tell a retry from another request under the same key.
     pub request_sha256: String,
 }
@@ -283,6 +285,7 @@ impl BatchJobs {
                 .unwrap_or_else(|| self.store.uri(&input_key(&id))),
             input_version: None,
             output_uri: self.store.uri(&output_prefix(&id)),
+            shards: new.shards,
             state: if upload {
                 JobState::AwaitingUpload
             } else {
@@ -406,6 +409,7 @@ impl BatchJobs {
         }
         let checkpoint = match self.store.get(&checkpoint_key(&job.id)).await? {
             Some(obj) => serde_json::from_slice::<Checkpoint>(&obj.bytes).ok(),
+            None if job.shards.is_some() => self.shard_progress(&job.id).await?,
             None => None,
         };
         Ok(JobView {
@@ -413,6 +417,27 @@ impl BatchJobs {
             queue_state,
             checkpoint,
         })
+    }
+
+    /// A sharded job's progress before its last child writes the checkpoint: the sum over the
+    /// shards' checkpoints, once a child has written the plan.
+    async fn shard_progress(&self, id: &str) -> Result<Option<Checkpoint>, BatchJobError> {
+        let prefix = output_prefix(id);
+        let Some(plan) = self.store.get(&format!("{prefix}{SHARD_PLAN}")).await? else {
+            return Ok(None);
+        };
+        let Ok(plan) = serde_json::from_slice::<ShardPlan>(&plan.bytes) else {
+            return Ok(None);
+        };
+        let mut shards = Vec::with_capacity(plan.shards.len());
+        for index in 0..plan.shards.len() as u32 {
+            let key = format!("{prefix}{}", shard_checkpoint_name(index));
+            shards.push(match self.store.get(&key).await? {
+                Some(obj) => serde_json::from_slice::<Checkpoint>(&obj.bytes).ok(),
+                None => None,
+            });
+        }
+        Ok(Some(plan.progress(&shards)))
     }
 
     /// Whether a record was left in `submitting` longer than the takeover window.
@@ -537,6 +562,7 @@ impl BatchJobs {
                 ("MLOPS_JOB_ID".into(), job.id.clone()),
                 ("MLOPS_STORE".into(), self.store.describe()),
             ],
+            array_size: job.shards.filter(|n| *n > 1),
         }
     }
 }

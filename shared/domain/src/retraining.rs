@@ -248,6 +248,7 @@ fn submission(record: &RetrainRecord) -> JobSubmission {
                 record.window_start.to_rfc3339(),
             ),
         ],
+        array_size: None,
     }
 }
 

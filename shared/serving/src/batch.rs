@@ -50,6 +50,15 @@ pub struct BatchJobRequest {
     /// `s3://bucket/key.csv` of the input; omit it to get a presigned upload URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_uri: Option<String>,
+    /// Spread the job over an AWS Batch array job of this many containers, each predicting a
+    /// contiguous share of the output (the same output as one container). Default 1.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::optional_whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub shards: Option<u32>,
 }
 
 /// Progress read from the job's checkpoint.
@@ -88,6 +97,9 @@ pub struct BatchJobOut {
     pub input_uri: String,
     /// Output prefix.
     pub output_uri: String,
+    /// Containers of the array job that runs it (absent: one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
     /// Presigned PUT URL for the input (only in the response that created the job; valid for
     /// 5 minutes and for one upload: send it with `upload_headers`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +118,9 @@ pub struct BatchJobOut {
     /// Last change.
     pub updated_at: chrono::DateTime<Utc>,
 }
+
+/// Most children of one AWS Batch array job.
+pub const MAX_SHARDS: u32 = 10_000;
 
 fn store_error(e: StoreError) -> ApiError {
     ApiError::unavailable("store_unavailable", "the job store", e)
@@ -193,6 +208,17 @@ pub async fn create_job(
             "give either alias or version, not both",
         ));
     }
+    if request
+        .shards
+        .is_some_and(|n| !(1..=MAX_SHARDS).contains(&n))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "shards must be from 1 to {MAX_SHARDS} (the children of one AWS Batch array job)"
+            ),
+        ));
+    }
     if let Some(uri) = &request.input_uri {
         let s3 = uri
             .strip_prefix("s3://")
@@ -253,6 +279,7 @@ pub async fn create_job(
         version,
         alias,
         input_uri: request.input_uri.clone(),
+        shards: request.shards.filter(|n| *n > 1),
         request_sha256: sha256_hex(&json(&request)),
     };
     let created = state.batch_jobs.create(new, idempotency.as_deref()).await?;
@@ -378,6 +405,7 @@ fn out(view: JobView, upload_url: Option<String>) -> BatchJobOut {
         reason: job.reason,
         input_uri: job.input_uri,
         output_uri: job.output_uri,
+        shards: job.shards,
         upload_headers: upload_url
             .is_some()
             .then(|| BTreeMap::from([("If-None-Match".to_string(), "*".to_string())])),

@@ -224,3 +224,75 @@ async fn a_key_claimed_by_an_older_build_finds_its_job() {
 async fn retraining_submits_one_job_per_window_at_every_crash_point() {
     explore_and_print("retrain", &Retrain).await;
 }
+
+#[tokio::test]
+async fn a_sharded_job_is_one_array_job_and_its_progress_sums_the_shards() {
+    use mlops_domain::jobs::{
+        Checkpoint, PartStart, SHARD_PLAN, ShardPlan, output_prefix, shard_checkpoint_name,
+    };
+    let w = jobs_world().await;
+    let job = NewJob {
+        shards: Some(4),
+        ..new_job()
+    };
+    let created = plain(&w).create(job, None).await.unwrap().job;
+    let submissions = w.queue.submissions();
+    assert_eq!(submissions.len(), 1, "one array job, not four jobs");
+    assert_eq!(submissions[0].1.array_size, Some(4));
+    assert_eq!(created.shards, Some(4));
+    // Before a child writes the plan there is no progress; then it is the sum over the shards.
+    assert!(
+        plain(&w)
+            .get(&created.id)
+            .await
+            .unwrap()
+            .checkpoint
+            .is_none()
+    );
+    let prefix = output_prefix(&created.id);
+    let part = |p: u64| PartStart {
+        part: p,
+        rows_before: p * 100,
+        offset: 10 + p * 1000,
+        lines: 1 + p * 100,
+    };
+    let parts: Vec<PartStart> = (0..8).map(part).collect();
+    let plan = ShardPlan::new("f".into(), &parts, part(8), 8010, 4);
+    let put = |key: String, bytes: Vec<u8>| {
+        let store = Arc::clone(&w.disk.store);
+        async move { store.put(&key, bytes, PutCondition::None).await.unwrap() }
+    };
+    put(
+        format!("{prefix}{SHARD_PLAN}"),
+        serde_json::to_vec(&plan).unwrap(),
+    )
+    .await;
+    for (index, rows) in [(0, 200), (2, 50)] {
+        let shard = Checkpoint {
+            rows_done: rows,
+            rows_rejected: 1,
+            complete: rows == 200,
+            ..Checkpoint::default()
+        };
+        put(
+            format!("{prefix}{}", shard_checkpoint_name(index)),
+            serde_json::to_vec(&shard).unwrap(),
+        )
+        .await;
+    }
+    let progress = plain(&w)
+        .get(&created.id)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    assert_eq!(
+        (
+            progress.rows_done,
+            progress.rows_total,
+            progress.rows_rejected
+        ),
+        (250, Some(800), 2)
+    );
+    assert!(!progress.complete);
+}

@@ -32,13 +32,17 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mlops_domain::data::{RowParser, Value};
 use mlops_domain::hashing::sha256_hex;
-use mlops_domain::jobs::{BatchJob, Checkpoint, checkpoint_key, job_key, output_prefix};
+use mlops_domain::jobs::{
+    BatchJob, Checkpoint, JobQueue, PartStart, SHARD_PLAN, ShardPlan, checkpoint_key, job_key,
+    output_prefix, shard_checkpoint_name,
+};
 use mlops_domain::registry::CHAMPION;
 use mlops_domain::schema::{Schema, Task};
 use mlops_domain::store::{ETag, ObjectStore, ObjectVersion, PutCondition, StoreError};
 use mlops_engine::{EngineError, Predictor};
 use tokio::runtime::Handle;
 
+use crate::commands::batch_shards::ArrayJob;
 use crate::commands::registry::resolve_version;
 use crate::config::Settings;
 use crate::exit::ExitWith;
@@ -84,9 +88,91 @@ pub struct BatchPredictArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_quoted_lines: u64,
     /// Replace the output of an earlier job at the same place (its parts, errors files and
-    /// checkpoint) instead of refusing or resuming it.
+    /// checkpoints) instead of refusing or resuming it.
     #[arg(long)]
     pub overwrite: bool,
+    /// Spread the job over an AWS Batch array job of this many containers (submitted to
+    /// --queue with --job-definition), each writing a contiguous share of the parts; the output
+    /// is the one a single container writes. Input and output must be on S3.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), conflicts_with = "job")]
+    pub shards: Option<u32>,
+    /// Run only this shard (0 to N-1) of --shards N, here, instead of submitting the array job.
+    #[arg(long, requires = "shards")]
+    pub shard_index: Option<u32>,
+    /// Run as a child of the array job --shards submitted: the shard is AWS_BATCH_JOB_ARRAY_INDEX
+    /// (what the submitted children run; rows rejected do not fail the child).
+    #[arg(long, requires = "shards", conflicts_with_all = ["shard_index", "overwrite"])]
+    pub array_child: bool,
+    /// AWS Batch job queue that --shards submits to.
+    #[arg(long, env = "MLOPS_BATCH_QUEUE")]
+    pub queue: Option<String>,
+    /// AWS Batch job definition of the batch-prediction image, for --shards.
+    #[arg(long, env = "MLOPS_BATCH_JOB_DEFINITION")]
+    pub job_definition: Option<String>,
+}
+
+/// What this invocation does with a job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// The whole job in this process.
+    Single,
+    /// One shard of a sharded job; `child`: as an array job's child (rejected rows do not fail
+    /// it).
+    Shard {
+        shards: u32,
+        index: u32,
+        child: bool,
+    },
+    /// Submit the array job that runs the shards.
+    Submit { shards: u32 },
+}
+
+/// The array index AWS Batch gives each child of an array job.
+const ARRAY_INDEX: &str = "AWS_BATCH_JOB_ARRAY_INDEX";
+
+/// The array index of this container, if it is an array job's child.
+fn array_index(shards: u32) -> Result<u32> {
+    match std::env::var(ARRAY_INDEX) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{ARRAY_INDEX}='{text}' is not a shard index")),
+        // One shard runs as a plain job, without an array index.
+        Err(_) if shards == 1 => Ok(0),
+        Err(_) => bail!(
+            "{ARRAY_INDEX} is not set: this job has {shards} shards and runs as an AWS Batch array job's child (or give --shard-index)"
+        ),
+    }
+}
+
+impl Mode {
+    /// The mode of these arguments; `job_shards`: the job record's shards, in `--job` mode.
+    fn of(args: &BatchPredictArgs, job_shards: Option<u32>) -> Result<Self> {
+        if args.job.is_some() {
+            return Ok(match job_shards.filter(|n| *n > 1) {
+                Some(shards) => Mode::Shard {
+                    shards,
+                    index: args.shard_index.map_or_else(|| array_index(shards), Ok)?,
+                    child: true,
+                },
+                None => Mode::Single,
+            });
+        }
+        Ok(match (args.shards, args.shard_index, args.array_child) {
+            (None, _, _) => Mode::Single,
+            (Some(shards), Some(index), _) => Mode::Shard {
+                shards,
+                index,
+                child: false,
+            },
+            (Some(shards), None, true) => Mode::Shard {
+                shards,
+                index: array_index(shards)?,
+                child: true,
+            },
+            (Some(shards), None, false) => Mode::Submit { shards },
+        })
+    }
 }
 
 /// `--max-rejected`: a number of rows or a percentage of the rows read.
@@ -114,6 +200,14 @@ impl MaxRejected {
         }
     }
 
+    /// The option's text, for a child's command line.
+    fn to_arg(self) -> String {
+        match self {
+            Self::Rows(n) => n.to_string(),
+            Self::Percent(p) => format!("{p}%"),
+        }
+    }
+
     /// Whether `rejected` of `rows` is over the limit.
     fn exceeded(self, rejected: u64, rows: u64) -> bool {
         match self {
@@ -132,15 +226,15 @@ impl MaxRejected {
 
 /// Where the output goes: a store and a key prefix in it.
 pub(crate) struct Output {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: String,
 }
 
 /// The checkpoint object's name inside the output prefix.
-const CHECKPOINT: &str = "_checkpoint.json";
+pub(crate) const CHECKPOINT: &str = "_checkpoint.json";
 
 impl Output {
-    fn key(&self, name: &str) -> String {
+    pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 }
@@ -447,12 +541,56 @@ pub(crate) struct JobRun {
     pub copy_columns: Vec<String>,
     pub max_quoted_lines: u64,
     pub max_rejected: Option<MaxRejected>,
+    /// The share of the output this run writes, when the job is sharded.
+    pub shard: Option<ShardSlice>,
+}
+
+/// One shard's share of a sharded job: its parts, from where it starts to where the next
+/// shard starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShardSlice {
+    pub index: u32,
+    pub start: PartStart,
+    pub end: PartStart,
+}
+
+/// Reads the records of one part, handing each to `each` with the line it ended on (relative to
+/// where `reader` started; 0 for a record that could not be read); returns how many it read.
+/// This is the one rule that cuts the input into parts: a run and a shard plan both cut with it,
+/// so a shard's parts are those a single run writes.
+fn read_part<R: Read>(
+    reader: &mut csv::Reader<R>,
+    record: &mut csv::StringRecord,
+    (part_rows, part_bytes): (u64, u64),
+    name: &str,
+    mut each: impl FnMut(Result<&csv::StringRecord, csv::Error>, u64) -> Result<()>,
+) -> Result<u64> {
+    let part_start = reader.position().byte();
+    let mut rows = 0;
+    while rows < part_rows && reader.position().byte() - part_start < part_bytes {
+        match reader.read_record(record) {
+            Ok(true) => {
+                rows += 1;
+                let end_line = reader.position().line();
+                each(Ok(record), end_line)?;
+            }
+            Ok(false) => break,
+            Err(e) if e.is_io_error() => {
+                return Err(anyhow::Error::new(e).context(format!("cannot read {name}")));
+            }
+            Err(e) => {
+                rows += 1;
+                each(Err(e), 0)?;
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// Runs the job.
 pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let registry = settings.registry().await?;
-    let (model, version, input, pinned, output) = match &args.job {
+    let (model, version, input, pinned, output, job_shards) = match &args.job {
         Some(uri) => {
             let id = uri
                 .strip_suffix("/job.json")
@@ -482,6 +620,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 job.input_uri,
                 job.input_version,
                 output,
+                job.shards,
             )
         }
         None => {
@@ -500,10 +639,17 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                     store,
                     prefix: String::new(),
                 },
+                None,
             )
         }
     };
+    let mode = Mode::of(&args, job_shards)?;
     if args.overwrite {
+        if matches!(mode, Mode::Shard { .. }) {
+            bail!(
+                "--overwrite with one shard would remove the other shards' output: clear the output once, before the shards start (--overwrite with --shards and no --shard-index)"
+            );
+        }
         output.clear().await?;
     }
     let started = Instant::now();
@@ -526,7 +672,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         predictor,
         schema: bundle.manifest.schema.clone(),
         input: source,
-        input_name: input,
+        input_name: input.clone(),
         output,
         part_rows: args.part_rows,
         part_bytes: args.part_mib << 20,
@@ -535,22 +681,60 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         copy_columns: args.copy_columns.clone(),
         max_quoted_lines: args.max_quoted_lines,
         max_rejected: args.max_rejected,
+        shard: None,
     };
-    let job_mode = args.job.is_some();
     let handle = Handle::current();
-    let summary = tokio::task::spawn_blocking(move || job.run(&handle))
-        .await
-        .context("the batch-prediction thread panicked")??;
+    let (shards, index, child) = match mode {
+        Mode::Single => {
+            let summary = tokio::task::spawn_blocking(move || job.run(&handle))
+                .await
+                .context("the batch-prediction thread panicked")??;
+            let done = report(&summary, None, started);
+            return finish(&done, &args, args.job.is_some());
+        }
+        Mode::Submit { shards } => {
+            return submit_shards(&args, settings, (&model, version, &input), &job, shards).await;
+        }
+        Mode::Shard {
+            shards,
+            index,
+            child,
+        } => (shards, index, child),
+    };
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::commands::batch_shards::run_shard(job, shards, index, &handle)
+    })
+    .await
+    .context("the batch-prediction thread panicked")??;
+    let shard = report(&outcome.shard, Some((index, shards)), started);
+    match &outcome.job {
+        Some(whole) => {
+            eprintln!(
+                "job complete: {} rows, {} rejected, {} parts (every shard done)",
+                whole.rows_done,
+                whole.rows_rejected,
+                whole.parts.len()
+            );
+            finish(whole, &args, child)?;
+        }
+        None => eprintln!("other shards are still running: the last to finish writes {CHECKPOINT}"),
+    }
+    finish(&shard, &args, child)
+}
+
+/// Prints how a run (or a shard's run, `shard` = (index, count)) ended; returns its checkpoint.
+fn report(summary: &Summary, shard: Option<(u32, u32)>, started: Instant) -> Checkpoint {
     let seconds = started.elapsed().as_secs_f64();
-    let done = match summary {
+    let what = shard.map_or_else(String::new, |(i, n)| format!("shard {i} of {n}: "));
+    match summary {
         Summary::AlreadyComplete(c) => {
             eprintln!(
-                "already complete: {} rows, {} rejected, {} parts",
+                "{what}already complete: {} rows, {} rejected, {} parts",
                 c.rows_done,
                 c.rows_rejected,
                 c.parts.len()
             );
-            c
+            c.clone()
         }
         Summary::Done {
             checkpoint: c,
@@ -558,14 +742,19 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
             location,
         } => {
             eprintln!(
-                "done: {} rows ({} rejected) with {model} v{version} in {seconds:.2} s ({:.0} rows/s this run) → {location}",
+                "{what}done: {} rows ({} rejected) in {seconds:.2} s ({:.0} rows/s this run) → {location}",
                 c.rows_done,
                 c.rows_rejected,
-                rows_this_run as f64 / seconds
+                *rows_this_run as f64 / seconds
             );
-            c
+            c.clone()
         }
-    };
+    }
+}
+
+/// The exit status of a finished run: 4 past --max-rejected, 3 with rejected rows (not for a
+/// job of the batch function or an array job's child, whose checkpoint reports them).
+fn finish(done: &Checkpoint, args: &BatchPredictArgs, job_mode: bool) -> Result<()> {
     if let Some(limit) = args.max_rejected
         && limit.exceeded(done.rows_rejected, done.rows_done)
     {
@@ -593,17 +782,97 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// `--shards N` without a shard: submits the array job whose children run the shards.
+async fn submit_shards(
+    args: &BatchPredictArgs,
+    settings: &Settings,
+    (model, version, input): (&str, u64, &str),
+    job: &JobRun,
+    shards: u32,
+) -> Result<()> {
+    let output = args.output.clone().unwrap_or_default();
+    for (flag, uri) in [("--input", input), ("--output", output.as_str())] {
+        if !uri.starts_with("s3://") {
+            bail!(
+                "--shards: {flag} {uri} is not on S3, and the array job's containers cannot read this machine's files (put it on S3, or run without --shards)"
+            );
+        }
+    }
+    let (Some(queue), Some(definition)) = (&args.queue, &args.job_definition) else {
+        bail!(
+            "--shards submits an AWS Batch array job: give --queue and --job-definition (or set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION), or run one shard here with --shard-index"
+        );
+    };
+    let mut command = vec!["mlops".to_string()];
+    command.extend(settings.global_args());
+    let numbers = [
+        ("--version", version.to_string()),
+        ("--shards", shards.to_string()),
+        ("--part-rows", args.part_rows.to_string()),
+        ("--part-mib", args.part_mib.to_string()),
+        ("--read-chunk-mib", args.read_chunk_mib.to_string()),
+        ("--max-quoted-lines", args.max_quoted_lines.to_string()),
+    ];
+    command.extend(
+        [
+            ("batch-predict", String::new()),
+            ("--model", model.to_owned()),
+            ("--input", input.to_owned()),
+            ("--output", output.clone()),
+        ]
+        .into_iter()
+        .chain(numbers)
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .filter(|a| !a.is_empty()),
+    );
+    command.push("--array-child".into());
+    if !args.copy_columns.is_empty() {
+        command.extend(["--copy-columns".into(), args.copy_columns.join(",")]);
+    }
+    if let Some(limit) = args.max_rejected {
+        command.extend(["--max-rejected".into(), limit.to_arg()]);
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .or(settings.s3_endpoint.clone());
+    let config = mlops_aws::sdk_config(endpoint.as_deref()).await;
+    let queue: Arc<dyn JobQueue> = Arc::new(mlops_aws::BatchQueue::new(&config, queue, definition));
+    let described = queue.describe();
+    let (id, submitted) = crate::commands::batch_shards::submit(ArrayJob {
+        queue,
+        command,
+        output_uri: &output,
+        fingerprint: &job.fingerprint,
+        shards,
+    })
+    .await?;
+    println!(
+        "{} {model} v{version} over {shards} shards: queue job {id} on {described}; progress in {}",
+        if submitted {
+            "submitted"
+        } else {
+            "already in the queue:"
+        },
+        job.output.store.uri(&job.output.key(CHECKPOINT))
+    );
+    Ok(())
+}
+
 impl Output {
     /// Removes an earlier job's output here: the checkpoint first (so a crash midway leaves no
-    /// checkpoint claiming parts that are gone), then its parts and errors files.
+    /// checkpoint claiming parts that are gone), then a sharded job's plan and shard checkpoints,
+    /// then its parts and errors files.
     async fn clear(&self) -> Result<()> {
         self.store.delete(&self.key(CHECKPOINT)).await?;
+        self.store.delete(&self.key(SHARD_PLAN)).await?;
         let mut removed = 0;
         for key in self.store.list(&self.prefix).await? {
             let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
-            let ours = (name.starts_with("part-") || name.starts_with("errors-"))
-                && name.ends_with(".csv")
-                && !name.contains('/');
+            let shard_checkpoint = name.starts_with("_checkpoint-") && name.ends_with(".json");
+            let ours = shard_checkpoint
+                || (name.starts_with("part-") || name.starts_with("errors-"))
+                    && name.ends_with(".csv")
+                    && !name.contains('/');
             if ours {
                 self.store.delete(&key).await?;
                 removed += 1;
@@ -631,6 +900,92 @@ pub(crate) enum Summary {
 }
 
 impl JobRun {
+    /// This run's checkpoint: the job's, or its shard's.
+    fn checkpoint_name(&self) -> String {
+        self.shard
+            .map_or_else(|| CHECKPOINT.to_owned(), |s| shard_checkpoint_name(s.index))
+    }
+
+    /// The input's header, and where its first part starts.
+    fn header(&self, handle: &Handle) -> Result<(csv::StringRecord, PartStart)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(self.input.reader(
+                0,
+                1,
+                self.max_quoted_lines,
+                self.read_chunk.min(64 << 10),
+                handle,
+            )?);
+        let header = reader
+            .headers()
+            .with_context(|| format!("{}: cannot read the header", self.input_name))?
+            .clone();
+        let first = PartStart {
+            part: 0,
+            rows_before: 0,
+            offset: reader.position().byte(),
+            lines: reader.position().line() - 1,
+        };
+        Ok((header, first))
+    }
+
+    /// A CSV reader of the records from byte `offset`, which follows input line `lines`.
+    fn records(
+        &self,
+        offset: u64,
+        lines: u64,
+        handle: &Handle,
+    ) -> Result<csv::Reader<Box<dyn Read + Send>>> {
+        Ok(csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(self.input.reader(
+                offset,
+                lines + 1,
+                self.max_quoted_lines,
+                self.read_chunk,
+                handle,
+            )?))
+    }
+
+    /// Reads the whole input, cutting it into parts as a run does, and deals the parts out to
+    /// `shards` shards.
+    pub(crate) fn plan(&self, handle: &Handle, shards: u32) -> Result<ShardPlan> {
+        let (_, first) = self.header(handle)?;
+        let mut reader = self.records(first.offset, first.lines, handle)?;
+        let mut record = csv::StringRecord::new();
+        let mut parts = Vec::new();
+        let mut at = first;
+        loop {
+            let rows = read_part(
+                &mut reader,
+                &mut record,
+                (self.part_rows, self.part_bytes),
+                &self.input_name,
+                |_, _| Ok(()),
+            )?;
+            if rows == 0 {
+                break;
+            }
+            parts.push(at);
+            let position = reader.position();
+            at = PartStart {
+                part: at.part + 1,
+                rows_before: at.rows_before + rows,
+                offset: first.offset + position.byte(),
+                lines: first.lines + position.line() - 1,
+            };
+        }
+        Ok(ShardPlan::new(
+            self.fingerprint.clone(),
+            &parts,
+            at,
+            self.input.size(),
+            shards,
+        ))
+    }
+
     fn put(
         &self,
         handle: &Handle,
@@ -648,7 +1003,7 @@ impl JobRun {
     /// Takes the next generation of the checkpoint (creating it on the first run): from then on
     /// only this run can commit.
     fn acquire(&self, handle: &Handle) -> Result<Result<(Checkpoint, ETag), Checkpoint>> {
-        let key = self.output.key(CHECKPOINT);
+        let key = self.output.key(&self.checkpoint_name());
         let location = self.output.store.uri(&key);
         for _ in 0..100 {
             let (mut checkpoint, condition) = match handle.block_on(self.output.store.get(&key))? {
@@ -677,7 +1032,7 @@ impl JobRun {
             checkpoint.generation += 1;
             match self.put(
                 handle,
-                CHECKPOINT,
+                &self.checkpoint_name(),
                 serde_json::to_vec_pretty(&checkpoint)?,
                 condition,
             ) {
@@ -691,16 +1046,17 @@ impl JobRun {
 
     /// Commits the checkpoint if this run is still the latest.
     fn commit(&self, handle: &Handle, checkpoint: &Checkpoint, etag: ETag) -> Result<ETag> {
+        let name = self.checkpoint_name();
         match self.put(
             handle,
-            CHECKPOINT,
+            &name,
             serde_json::to_vec_pretty(checkpoint)?,
             PutCondition::IfMatch(etag),
         ) {
             Ok(etag) => Ok(etag),
             Err(StoreError::PreconditionFailed { .. }) => bail!(
                 "superseded: a newer run of this job took over {} (this run was generation {}); it stops here and the newer run finishes",
-                self.output.store.uri(&self.output.key(CHECKPOINT)),
+                self.output.store.uri(&self.output.key(&name)),
                 checkpoint.generation
             ),
             Err(e) => Err(e.into()),
@@ -722,64 +1078,31 @@ impl JobRun {
             );
         }
         let name = &self.input_name;
-        let mut header_reader =
-            csv::ReaderBuilder::new()
-                .flexible(true)
-                .from_reader(self.input.reader(
-                    0,
-                    1,
-                    self.max_quoted_lines,
-                    self.read_chunk.min(64 << 10),
-                    handle,
-                )?);
-        let header = header_reader
-            .headers()
-            .with_context(|| format!("{name}: cannot read the header"))?
-            .clone();
-        let header_end = header_reader.position().byte();
-        let header_lines = header_reader.position().line() - 1;
-        drop(header_reader);
+        let (header, first) = self.header(handle)?;
+        let start = self.shard.map_or(first, |s| s.start);
         if checkpoint.input_offset == 0 {
-            checkpoint.input_offset = header_end;
-            checkpoint.input_lines = header_lines;
+            checkpoint.input_offset = start.offset;
+            checkpoint.input_lines = start.lines;
         }
         let parser = RowParser::new(&header, name, &self.schema)?;
         let copied = copied_columns(&header, &self.copy_columns, name)?;
         let labels =
             (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .has_headers(false)
-            .from_reader(self.input.reader(
-                checkpoint.input_offset,
-                checkpoint.input_lines + 1,
-                self.max_quoted_lines,
-                self.read_chunk,
-                handle,
-            )?);
+        let mut reader = self.records(checkpoint.input_offset, checkpoint.input_lines, handle)?;
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
         let mut record = csv::StringRecord::new();
         loop {
-            // Rows are validated as they are read: a part holds parsed values, not records.
-            let first_row = checkpoint.rows_done;
-            let index = checkpoint.parts.len();
-            let mut part = PartBuilder::new(&parser, first_row, base_lines, &copied)?;
-            let part_start = reader.position().byte();
-            while part.rows_read < self.part_rows
-                && reader.position().byte() - part_start < self.part_bytes
-            {
-                match reader.read_record(&mut record) {
-                    Ok(true) => {
-                        let end_line = base_lines + reader.position().line();
-                        part.add(Ok(&record), end_line)?
-                    }
-                    Ok(false) => break,
-                    Err(e) if e.is_io_error() => {
-                        return Err(anyhow::Error::new(e).context(format!("cannot read {name}")));
-                    }
-                    Err(e) => part.add(Err(e), 0)?,
-                }
+            let index = start.part + checkpoint.parts.len() as u64;
+            if self.shard.is_some_and(|s| index >= s.end.part) {
+                break;
             }
+            // Rows are validated as they are read: a part holds parsed values, not records.
+            let first_row = start.rows_before + checkpoint.rows_done;
+            let mut part = PartBuilder::new(&parser, first_row, base_lines, &copied)?;
+            let cut = (self.part_rows, self.part_bytes);
+            read_part(&mut reader, &mut record, cut, name, |r, line| {
+                part.add(r, base_lines + line)
+            })?;
             if part.rows_read == 0 {
                 break;
             }
@@ -805,7 +1128,7 @@ impl JobRun {
             eprintln!(
                 "part {index}: rows {}–{} committed ({} rejected)",
                 first_row + 1,
-                checkpoint.rows_done,
+                first_row + rows_read,
                 part.rejected
             );
             if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
@@ -823,6 +1146,19 @@ impl JobRun {
                 }
                 .into());
             }
+        }
+        if let Some(shard) = self.shard
+            && (checkpoint.input_offset, checkpoint.input_lines)
+                != (shard.end.offset, shard.end.lines)
+        {
+            bail!(
+                "shard {}: its parts end at byte {} (line {}), not where the plan has the next shard start (byte {}, line {}): the input is not what the plan was made from",
+                shard.index,
+                checkpoint.input_offset,
+                checkpoint.input_lines,
+                shard.end.offset,
+                shard.end.lines
+            );
         }
         checkpoint.rows_total = Some(checkpoint.rows_done);
         checkpoint.complete = true;
@@ -1134,6 +1470,7 @@ mod tests {
             copy_columns: Vec::new(),
             max_quoted_lines: 100,
             max_rejected: None,
+            shard: None,
         }
     }
 
@@ -1211,6 +1548,188 @@ mod tests {
         match explore(&PartCommits).await {
             Ok(report) => println!("batch-predict part commits: {report}"),
             Err(e) => panic!("batch-predict part commits: {e}"),
+        }
+    }
+
+    /// Runs shard `index` of `shards` of `job`.
+    async fn run_shard(job: JobRun, shards: u32, index: u32) -> Result<Option<Checkpoint>> {
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            crate::commands::batch_shards::run_shard(job, shards, index, &handle)
+        })
+        .await
+        .unwrap()
+        .map(|outcome| outcome.job)
+    }
+
+    /// The parts and errors files under a prefix, by name.
+    async fn data_files(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let mut out = files(store, prefix).await;
+        out.retain(|name, _| !name.starts_with('_'));
+        out
+    }
+
+    /// An input whose rows span lines (a quoted note in the target column, which is copied, with
+    /// newlines and commas), with bad rows.
+    fn quoted_world(rows: usize) -> World {
+        let mut csv = String::from("x,y\n");
+        for i in 0..rows {
+            let x = if i % 97 == 5 {
+                "bad".into()
+            } else {
+                format!("{i}.25")
+            };
+            let note = if i % 3 == 0 {
+                format!("\"line one, {i}\nline \"\"two\"\"\"")
+            } else {
+                format!("n{i}")
+            };
+            csv += &format!("{x},{note}\n");
+        }
+        world_of(&csv)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sharded_output_equals_one_run_for_any_shard_count() {
+        let w = quoted_world(1_000);
+        let copying = |prefix: &str| {
+            let mut j = job(&w, Arc::clone(&w.store), prefix, 37);
+            j.copy_columns = vec!["y".into()];
+            j.part_bytes = 500; // some parts end at 37 rows, others at 500 bytes
+            j
+        };
+        run_job(copying("reference/")).await.unwrap();
+        let want = data_files(&w.store, "reference/").await;
+        let one = checkpoint(&w.store, "reference/").await;
+        let parts = want.keys().filter(|k| k.starts_with("part-")).count();
+        assert!(
+            parts > 1_000 / 37 + 1,
+            "{parts} parts: the byte bound cuts some"
+        );
+        assert!(want.keys().any(|k| k.starts_with("errors-")));
+        for shards in [1u32, 2, 3, 8, 100] {
+            let prefix = format!("sharded-{shards}/");
+            // Children start in any order: here the last first.
+            let mut whole = None;
+            for index in (0..shards).rev() {
+                let done = run_shard(copying(&prefix), shards, index).await.unwrap();
+                assert_eq!(done.is_some(), index == 0, "shard {index} of {shards}");
+                whole = done;
+            }
+            let got = data_files(&w.store, &prefix).await;
+            let differing: Vec<&String> = want
+                .keys()
+                .filter(|k| got.get(*k) != want.get(*k))
+                .collect();
+            assert!(
+                got.len() == want.len() && differing.is_empty(),
+                "{shards} shards: {differing:?} differ"
+            );
+            let whole = whole.unwrap();
+            assert_eq!(whole, checkpoint(&w.store, &prefix).await);
+            assert_eq!(
+                (
+                    whole.rows_done,
+                    whole.rows_rejected,
+                    &whole.parts,
+                    whole.input_offset
+                ),
+                (
+                    one.rows_done,
+                    one.rows_rejected,
+                    &one.parts,
+                    one.input_offset
+                ),
+                "{shards} shards"
+            );
+            assert_eq!(whole.input_lines, one.input_lines);
+            // A child retried after the job is complete finds it so.
+            assert!(
+                run_shard(copying(&prefix), shards, 1 % shards)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_refuses_another_shard_count_or_a_single_runs_output() {
+        let w = world(50);
+        run_shard(job(&w, Arc::clone(&w.store), "out/", 5), 2, 0)
+            .await
+            .unwrap();
+        let e = run_shard(job(&w, Arc::clone(&w.store), "out/", 5), 3, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            error_text(&e).contains("started with --shards 2, not 3"),
+            "{e:#}"
+        );
+        let e = run_shard(job(&w, Arc::clone(&w.store), "out/", 5), 2, 2)
+            .await
+            .unwrap_err();
+        assert!(
+            error_text(&e).contains("shard index 2 is out of range"),
+            "{e:#}"
+        );
+        // A single run killed partway leaves its checkpoint: shards do not mix with it.
+        let mut partial = job(&w, Arc::clone(&w.store), "single/", 5);
+        partial.max_rejected = Some(MaxRejected::Rows(0));
+        assert!(run_job(partial).await.is_err());
+        let e = run_shard(job(&w, Arc::clone(&w.store), "single/", 5), 2, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            error_text(&e).contains("without --shards wrote part"),
+            "{e:#}"
+        );
+    }
+
+    /// A job of 5 rows in parts of 2 over 2 shards, the second shard run first: the plan, each
+    /// shard's parts and checkpoints, and the job's checkpoint written by the last shard.
+    struct ShardCommits;
+
+    #[async_trait]
+    impl CrashScenario for ShardCommits {
+        type World = World;
+        async fn world(&self) -> World {
+            world(5)
+        }
+        async fn run(&self, w: &World, plan: &FaultPlan) -> Result<(), String> {
+            for index in [1, 0] {
+                run_shard(
+                    job(w, plan.store(Arc::clone(&w.store)), "out/", 2),
+                    2,
+                    index,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        async fn check(&self, w: &World) -> Result<(), String> {
+            run_job(job(w, Arc::clone(&w.store), "reference/", 2))
+                .await
+                .map_err(|e| e.to_string())?;
+            if data_files(&w.store, "out/").await != data_files(&w.store, "reference/").await {
+                return Err("the shards' output differs from one run's".into());
+            }
+            let (got, want) = (
+                checkpoint(&w.store, "out/").await,
+                checkpoint(&w.store, "reference/").await,
+            );
+            (got.complete && got.rows_done == want.rows_done && got.parts == want.parts)
+                .then_some(())
+                .ok_or(format!("checkpoint {got:?}"))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sharded_commits_converge_at_every_crash_point() {
+        match explore(&ShardCommits).await {
+            Ok(report) => println!("sharded batch-predict: {report}"),
+            Err(e) => panic!("sharded batch-predict: {e}"),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod batch_predict;
+pub(crate) mod batch_shards;
 pub mod data;
 pub mod features;
 pub mod feedback;

@@ -415,6 +415,7 @@ pub fn new_job() -> NewJob {
         version: 1,
         alias: None,
         input_uri: Some("s3://inputs/houses.csv".into()),
+        shards: None,
         request_sha256: "r1".into(),
     }
 }
@@ -568,6 +569,7 @@ impl CrashScenario for Start {
             input_uri: w.disk.store.uri(&input_key(UPLOADED)),
             input_version: None,
             output_uri: "out".into(),
+            shards: None,
             state: JobState::AwaitingUpload,
             queue_job_id: None,
             reason: None,
