@@ -1,6 +1,9 @@
 //! The batch-prediction job against moto S3: bad rows go to the errors file without stopping it;
 //! killed (SIGKILL) at 5 random points and restarted each time, it produces output
-//! byte-identical to an uninterrupted run; the batch function's job records drive it.
+//! byte-identical to an uninterrupted run; the batch function's job records drive it; spread
+//! over a moto AWS Batch array job (`--shards N`, children run here with the command and array
+//! index the job holds), it writes the same output for N = 1, 2, 4 and 8, and with two children
+//! killed (SIGKILL) and retried.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -8,7 +11,10 @@ use std::time::Instant;
 
 use mlops_domain::jobs::{BatchJob, Checkpoint, JobState};
 use mlops_domain::store::{ObjectStore, PutCondition};
-use mlops_e2e::{mlops_bin, moto_endpoint, publish_housing, s3_store, shared_data, unique};
+use mlops_e2e::{
+    batch_queue, boto3, mlops_bin, moto_endpoint, publish_housing, s3_store, shared_data, unique,
+};
+use rand::{Rng, SeedableRng};
 
 /// Rows of the housing data repeated `copies` times, with malformed rows inserted; returns the
 /// CSV and the number of bad rows.
@@ -282,4 +288,212 @@ async fn runs_a_job_record_of_the_batch_function() {
     wrong.args(["--home", &home.path().to_string_lossy(), "--store", &store]);
     let out = wrong.output().unwrap();
     assert!(!out.status.success());
+}
+
+/// The command and array size moto's Batch holds for a submitted job (`describe_jobs`).
+fn submitted(queue_job_id: &str) -> (Vec<String>, Option<u32>) {
+    let job = boto3(
+        "import boto3, json, sys; print(json.dumps(boto3.client('batch', endpoint_url=sys.argv[1], region_name='us-east-1').describe_jobs(jobs=[sys.argv[2]])['jobs'][0], default=str))",
+        &[queue_job_id],
+    );
+    let command = job["container"]["command"]
+        .as_array()
+        .expect("a container command")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let size = job["arrayProperties"]["size"].as_u64().map(|n| n as u32);
+    (command, size)
+}
+
+/// The child that runs array index `index` of a submitted command, as AWS Batch would start it.
+fn child(command: &[String], index: Option<u32>) -> Command {
+    let mut c = Command::new(mlops_bin());
+    c.args(&command[1..])
+        .env("AWS_REGION", "us-east-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(i) = index {
+        c.env("AWS_BATCH_JOB_ARRAY_INDEX", i.to_string());
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sharded_over_an_array_job_the_output_equals_one_container() {
+    let bucket = s3_store("").await;
+    let b = bucket.bucket().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let store = format!("s3://{b}/registry");
+    publish_housing(home.path(), &store, &moto_endpoint(), 42, true);
+    let (csv, _) = input(10);
+    bucket
+        .put("inputs/houses.csv", csv.into_bytes(), PutCondition::None)
+        .await
+        .unwrap();
+    let input_uri = format!("s3://{b}/inputs/houses.csv");
+    let batch = batch_queue("shards");
+    let (queue, definition) = (
+        batch["queue"].as_str().unwrap().to_string(),
+        batch["definition"].as_str().unwrap().to_string(),
+    );
+    let predict = |out: &str, extra: &[&str]| {
+        let mut c = batch_predict(&[
+            "--model",
+            "california_housing",
+            "--input",
+            &input_uri,
+            "--output",
+            &format!("s3://{b}/{out}"),
+            "--part-rows",
+            "5000",
+        ]);
+        c.args(extra)
+            .args(["--home", &home.path().to_string_lossy(), "--store", &store]);
+        c
+    };
+    run_to_end(predict("one", &[]), 3);
+    let want = data_files(&objects(bucket.as_ref(), "one/").await);
+    let one: Checkpoint = serde_json::from_slice(
+        &bucket
+            .get("one/_checkpoint.json")
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes,
+    )
+    .unwrap();
+    assert_eq!(want.keys().filter(|k| k.starts_with("part-")).count(), 42);
+
+    let mut seed = rand::random::<u64>();
+    if let Ok(s) = std::env::var("MLOPS_TEST_SEED") {
+        seed = s.parse().unwrap();
+    }
+    println!("kill seed {seed} (MLOPS_TEST_SEED={seed} replays it)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for shards in [1u32, 2, 4, 8] {
+        let out = format!("sharded-{shards}");
+        let mut submit = predict(&out, &["--shards", &shards.to_string()]);
+        submit
+            .args(["--queue", &queue, "--job-definition", &definition])
+            .stdout(Stdio::piped());
+        let output = submit.output().unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let queue_job = said
+            .split("queue job ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no queue job id in: {said}"));
+        let (command, size) = submitted(queue_job);
+        assert_eq!(size, (shards > 1).then_some(shards), "{command:?}");
+        assert!(
+            command.contains(&"--array-child".to_string()),
+            "{command:?}"
+        );
+        let indices: Vec<Option<u32>> = match size {
+            Some(n) => (0..n).map(Some).collect(),
+            None => vec![None],
+        };
+        // All children at once; with four, two are killed at random points and retried.
+        let started = Instant::now();
+        let mut running: Vec<_> = indices
+            .iter()
+            .map(|i| child(&command, *i).spawn().unwrap())
+            .collect();
+        let mut killed = Vec::new();
+        if shards == 4 {
+            // Each victim is killed once its shard has committed a part, after a random share of
+            // a part's time, so the kill lands between a part's writes and its checkpoint too.
+            let mut victims: Vec<usize> = (0..4).collect();
+            for _ in 0..2 {
+                let v = victims.remove(rng.gen_range(0..victims.len()));
+                let key = format!("{out}/_checkpoint-{v:05}.json");
+                while running[v].try_wait().unwrap().is_none() {
+                    let committed = match bucket.get(&key).await.unwrap() {
+                        Some(o) => !serde_json::from_slice::<Checkpoint>(&o.bytes)
+                            .unwrap()
+                            .parts
+                            .is_empty(),
+                        None => false,
+                    };
+                    if committed {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(0..150)));
+                if running[v].try_wait().unwrap().is_none() {
+                    running[v].kill().unwrap();
+                    killed.push(v);
+                }
+            }
+            assert!(
+                !killed.is_empty(),
+                "no child was still running to be killed"
+            );
+        }
+        for (i, c) in running.into_iter().enumerate() {
+            let out = c.wait_with_output().unwrap();
+            if !killed.contains(&i) {
+                assert!(
+                    out.status.success(),
+                    "child {i}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let mut retries = Vec::new();
+        for &v in &killed {
+            let out = child(&command, indices[v]).output().unwrap();
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "retried child {v}: {log}");
+            let resumed = log
+                .lines()
+                .find(|l| l.starts_with("resuming"))
+                .unwrap_or("from the start");
+            retries.push(format!("child {v}: {resumed}"));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let got = data_files(&objects(bucket.as_ref(), &format!("{out}/")).await);
+        let differing: Vec<&String> = want
+            .keys()
+            .filter(|k| got.get(*k) != want.get(*k))
+            .collect();
+        assert!(
+            got.len() == want.len() && differing.is_empty(),
+            "{shards} shards: {differing:?} differ from one container's output"
+        );
+        let whole: Checkpoint = serde_json::from_slice(
+            &bucket
+                .get(&format!("{out}/_checkpoint.json"))
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
+        assert!(whole.complete);
+        assert_eq!(
+            (whole.rows_done, whole.rows_rejected, &whole.parts),
+            (one.rows_done, one.rows_rejected, &one.parts)
+        );
+        println!(
+            "{shards} shards: {} rows, output identical, {seconds:.1} s; killed and retried: {retries:?}",
+            whole.rows_done
+        );
+    }
+}
+
+/// The parts and errors files of an output, by name.
+fn data_files(all: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    all.iter()
+        .filter(|(name, _)| !name.starts_with('_'))
+        .map(|(name, bytes)| (name.clone(), bytes.clone()))
+        .collect()
 }

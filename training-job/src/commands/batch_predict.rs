@@ -702,7 +702,8 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         } => (shards, index, child),
     };
     let outcome = tokio::task::spawn_blocking(move || {
-        crate::commands::batch_shards::run_shard(job, shards, index, &handle)
+        use crate::commands::batch_shards::{PLAN_LEASE, run_shard};
+        run_shard(job, (shards, index), PLAN_LEASE, &handle)
     })
     .await
     .context("the batch-prediction thread panicked")??;
@@ -865,6 +866,7 @@ impl Output {
     async fn clear(&self) -> Result<()> {
         self.store.delete(&self.key(CHECKPOINT)).await?;
         self.store.delete(&self.key(SHARD_PLAN)).await?;
+        self.store.delete(&self.key("_shards.lock")).await?;
         let mut removed = 0;
         for key in self.store.list(&self.prefix).await? {
             let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
@@ -951,7 +953,13 @@ impl JobRun {
 
     /// Reads the whole input, cutting it into parts as a run does, and deals the parts out to
     /// `shards` shards.
-    pub(crate) fn plan(&self, handle: &Handle, shards: u32) -> Result<ShardPlan> {
+    /// `on_part` is called after each part (the planner renews its lease there).
+    pub(crate) fn plan(
+        &self,
+        handle: &Handle,
+        shards: u32,
+        on_part: &mut dyn FnMut(),
+    ) -> Result<ShardPlan> {
         let (_, first) = self.header(handle)?;
         let mut reader = self.records(first.offset, first.lines, handle)?;
         let mut record = csv::StringRecord::new();
@@ -969,6 +977,7 @@ impl JobRun {
                 break;
             }
             parts.push(at);
+            on_part();
             let position = reader.position();
             at = PartStart {
                 part: at.part + 1,
@@ -1070,16 +1079,17 @@ impl JobRun {
             Err(done) => return Ok(Summary::AlreadyComplete(done)),
         };
         let resumed_at = checkpoint.rows_done;
+        let name = &self.input_name;
+        let (header, first) = self.header(handle)?;
+        let start = self.shard.map_or(first, |s| s.start);
         if resumed_at > 0 {
             eprintln!(
-                "resuming after row {resumed_at} (byte {}, {} parts committed)",
+                "resuming after row {} (byte {}, {} parts committed)",
+                start.rows_before + resumed_at,
                 checkpoint.input_offset,
                 checkpoint.parts.len()
             );
         }
-        let name = &self.input_name;
-        let (header, first) = self.header(handle)?;
-        let start = self.shard.map_or(first, |s| s.start);
         if checkpoint.input_offset == 0 {
             checkpoint.input_offset = start.offset;
             checkpoint.input_lines = start.lines;
@@ -1555,7 +1565,12 @@ mod tests {
     async fn run_shard(job: JobRun, shards: u32, index: u32) -> Result<Option<Checkpoint>> {
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
-            crate::commands::batch_shards::run_shard(job, shards, index, &handle)
+            crate::commands::batch_shards::run_shard(
+                job,
+                (shards, index),
+                std::time::Duration::ZERO,
+                &handle,
+            )
         })
         .await
         .unwrap()

@@ -1,10 +1,12 @@
 //! `batch-predict --shards N`: one batch-prediction job spread over the children of an AWS
 //! Batch array job, with the output a single container would write, byte for byte.
 //!
-//! - **Plan.** The first child to start reads the input once, cutting it into parts by the rule a
+//! - **Plan.** The first child to start takes a lease on `_shards.lock` (create-only, renewed by
+//!   compare-and-swap while it plans), reads the input once, cutting it into parts by the rule a
 //!   single run uses ([`JobRun::plan`]), and writes where each part starts to `_shards.json`,
-//!   create-only; the parts are dealt out to the shards in contiguous runs. A child that finds
-//!   the plan written uses it (a plan for another job or another N is refused).
+//!   create-only; the parts are dealt out to the shards in contiguous runs. The other children
+//!   wait for the plan, and take the lease over if it is not renewed (a planner that died). A
+//!   plan for another job or another N is refused.
 //! - **Shards.** Shard `i` (`AWS_BATCH_JOB_ARRAY_INDEX`) writes its parts as a single run resumed
 //!   at its first part would: `part-NNNNN.csv` keeps its global number, rows and lines keep
 //!   theirs. It has its own checkpoint (`_checkpoint-IIIII.json`) with its own fencing
@@ -15,16 +17,45 @@
 //!   before writing it is retried and writes it then.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{
     Checkpoint, JobQueue, JobState, JobSubmission, SHARD_PLAN, ShardPlan, shard_checkpoint_name,
 };
-use mlops_domain::store::{PutCondition, StoreError};
+use mlops_domain::store::{ETag, PutCondition, StoreError};
 use tokio::runtime::Handle;
 
 use super::batch_predict::{CHECKPOINT, JobRun, ShardSlice, Summary};
+
+/// How long the planner's lease on the plan lasts without a renewal: a child that finds it older
+/// takes the planning over.
+pub(crate) const PLAN_LEASE: Duration = Duration::from_secs(60);
+/// How often a waiting child looks for the plan.
+const PLAN_POLL: Duration = Duration::from_millis(500);
+/// The lock a planner holds.
+const PLAN_LOCK: &str = "_shards.lock";
+
+/// The planner's lease (`_shards.lock`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PlanLock {
+    /// Who holds it (process id), for a reader.
+    holder: String,
+    /// When it was taken or last renewed.
+    renewed_at: DateTime<Utc>,
+}
+
+impl PlanLock {
+    fn now() -> Vec<u8> {
+        let lock = PlanLock {
+            holder: format!("pid {}", std::process::id()),
+            renewed_at: Utc::now(),
+        };
+        serde_json::to_vec(&lock).expect("a lock serializes")
+    }
+}
 
 /// How a shard's run ended.
 pub(crate) struct ShardOutcome {
@@ -34,12 +65,13 @@ pub(crate) struct ShardOutcome {
     pub job: Option<Checkpoint>,
 }
 
-/// Runs shard `index` of `shards` (on a blocking thread): the plan if none is written yet, the
-/// shard's parts, then the job's checkpoint if this shard was the last to finish.
+/// Runs shard `index` of `shards` (on a blocking thread): the plan if none is written yet (a
+/// planner's `lease`, [`PLAN_LEASE`] but in tests), the shard's parts, then the job's checkpoint
+/// if this shard was the last to finish.
 pub(crate) fn run_shard(
     mut job: JobRun,
-    shards: u32,
-    index: u32,
+    (shards, index): (u32, u32),
+    lease: Duration,
     handle: &Handle,
 ) -> Result<ShardOutcome> {
     if index >= shards {
@@ -54,7 +86,7 @@ pub(crate) fn run_shard(
             job: Some(done),
         });
     }
-    let plan = plan(&job, shards, handle)?;
+    let plan = plan(&job, shards, lease, handle)?;
     job.shard = Some(ShardSlice {
         index,
         start: plan.shards[index as usize],
@@ -87,8 +119,9 @@ fn job_checkpoint(job: &JobRun, handle: &Handle) -> Result<Option<Checkpoint>> {
     Ok(Some(checkpoint))
 }
 
-/// The job's plan: the one written, or one made now and written create-only.
-fn plan(job: &JobRun, shards: u32, handle: &Handle) -> Result<ShardPlan> {
+/// The job's plan: the one written, or one this child makes under the planner's lease, or the one
+/// another child makes while this one waits.
+fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<ShardPlan> {
     let key = job.output.key(SHARD_PLAN);
     let location = job.output.store.uri(&key);
     let read = |bytes: &[u8]| -> Result<ShardPlan> {
@@ -107,11 +140,74 @@ fn plan(job: &JobRun, shards: u32, handle: &Handle) -> Result<ShardPlan> {
         }
         Ok(plan)
     };
-    if let Some(object) = handle.block_on(job.output.store.get(&key))? {
-        return read(&object.bytes);
+    let mut waiting = false;
+    loop {
+        if let Some(object) = handle.block_on(job.output.store.get(&key))? {
+            return read(&object.bytes);
+        }
+        if let Some(lock) = take_lock(job, lease, handle)? {
+            return make_plan(job, shards, lock, lease, handle);
+        }
+        if !waiting {
+            eprintln!("waiting for the plan another child is making ({location})");
+            waiting = true;
+        }
+        std::thread::sleep(PLAN_POLL);
     }
-    let started = std::time::Instant::now();
-    let plan = job.plan(handle, shards)?;
+}
+
+/// Takes the planner's lease: free, or not renewed for `lease`. `None` while another child
+/// holds it.
+fn take_lock(job: &JobRun, lease: Duration, handle: &Handle) -> Result<Option<ETag>> {
+    let store = &job.output.store;
+    let key = job.output.key(PLAN_LOCK);
+    let condition = match handle.block_on(store.get(&key))? {
+        None => PutCondition::IfAbsent,
+        Some(object) => {
+            let renewed = serde_json::from_slice::<PlanLock>(&object.bytes)
+                .map_or(DateTime::<Utc>::MIN_UTC, |l| l.renewed_at);
+            let age = (Utc::now() - renewed).to_std().unwrap_or_default();
+            if age < lease {
+                return Ok(None);
+            }
+            eprintln!("taking over the planning: the lease was last renewed {age:?} ago");
+            PutCondition::IfMatch(object.etag)
+        }
+    };
+    match handle.block_on(store.put(&key, PlanLock::now(), condition)) {
+        Ok(etag) => Ok(Some(etag)),
+        Err(StoreError::PreconditionFailed { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the plan under the lease (renewed as it reads), writes it create-only, and frees the
+/// lease.
+fn make_plan(
+    job: &JobRun,
+    shards: u32,
+    mut lock: ETag,
+    lease: Duration,
+    handle: &Handle,
+) -> Result<ShardPlan> {
+    let store = &job.output.store;
+    let (key, lock_key) = (job.output.key(SHARD_PLAN), job.output.key(PLAN_LOCK));
+    let started = Instant::now();
+    let mut renewed = Instant::now();
+    let plan = job.plan(handle, shards, &mut || {
+        if renewed.elapsed() >= lease / 4 {
+            // A lease lost to a child that took over is not an error: both make the same plan.
+            let put = store.put(
+                &lock_key,
+                PlanLock::now(),
+                PutCondition::IfMatch(lock.clone()),
+            );
+            if let Ok(etag) = handle.block_on(put) {
+                lock = etag;
+            }
+            renewed = Instant::now();
+        }
+    })?;
     eprintln!(
         "planned {} rows in {} parts over {shards} shards ({:.2} s to read {} bytes)",
         plan.end.rows_before,
@@ -120,17 +216,20 @@ fn plan(job: &JobRun, shards: u32, handle: &Handle) -> Result<ShardPlan> {
         plan.input_bytes
     );
     let bytes = serde_json::to_vec_pretty(&plan)?;
-    match handle.block_on(job.output.store.put(&key, bytes, PutCondition::IfAbsent)) {
-        Ok(_) => Ok(plan),
-        // Another child wrote it first: use that one (the same, when the input is).
+    let plan = match handle.block_on(store.put(&key, bytes, PutCondition::IfAbsent)) {
+        Ok(_) => plan,
+        // A child that took the lease over wrote it first: use that one (the same).
         Err(StoreError::PreconditionFailed { .. }) => {
             let object = handle
-                .block_on(job.output.store.get(&key))?
-                .with_context(|| format!("{location} vanished after it was written"))?;
-            read(&object.bytes)
+                .block_on(store.get(&key))?
+                .with_context(|| format!("{} vanished after it was written", store.uri(&key)))?;
+            serde_json::from_slice(&object.bytes)
+                .with_context(|| format!("{} is not a valid shard plan", store.uri(&key)))?
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    handle.block_on(store.delete(&lock_key))?;
+    Ok(plan)
 }
 
 /// Writes the job's checkpoint once every shard is complete; `None` while some are not.
