@@ -321,9 +321,16 @@ def main():
                     break
                 dst.write(line)
         page.get_by_label("Input (S3 URI or store path)").fill(batch_input)
+        # Over two containers: the local queue runs the array job's two children side by side.
+        page.get_by_label("Containers").fill("2")
         page.get_by_role("button", name="Submit").click()
         expect(page.locator("#message")).to_contain_text("succeeded", timeout=120_000)
+        expect(page.locator("#message")).to_contain_text("500 rows of 500")
         expect(page.locator("#jobs tbody tr").first).to_contain_text("succeeded")
+        sharded = [j for j in call(base, admin, "GET", "/v1/batch-jobs")["jobs"] if j.get("shards") == 2]
+        assert sharded, "the job was not recorded with 2 shards"
+        outputs = sorted(os.listdir(os.path.join(args.store, "batch-jobs", sharded[0]["id"], "output")))
+        assert "_shards.json" in outputs and "_checkpoint-00001.json" in outputs, outputs
         print(f"ok   a batch job submitted from the page ran: {page.locator('#message').inner_text()} ({len(store['jobs'])} job(s) before)")
         snap(page, shots, "batch")
 

@@ -566,9 +566,9 @@ async function loadBatch() {
   const rows = reply.json.jobs.map((j) => {
     const check = el("button", j.id.slice(0, 12), { type: "button", "aria-label": `progress of job ${j.id}` });
     check.addEventListener("click", () => jobProgress(j.id));
-    return [check, j.model, j.version, j.state, j.created_at, j.input_uri, j.results_uri || j.output_uri];
+    return [check, j.model, j.version, j.state, j.shards || 1, j.created_at, j.input_uri, j.results_uri || j.output_uri];
   });
-  $("jobs").replaceChildren(rows.length ? table(["Job", "Model", "Version", "State", "Created", "Input", "Results"], rows) : el("p", "No batch jobs yet."));
+  $("jobs").replaceChildren(rows.length ? table(["Job", "Model", "Version", "State", "Containers", "Created", "Input", "Results"], rows) : el("p", "No batch jobs yet."));
 }
 
 async function jobProgress(id) {
@@ -585,6 +585,8 @@ async function submitBatch(event) {
   const file = $("b-file").files[0], uri = $("b-uri").value.trim();
   const body = { model: info.name, alias: $("b-alias").value.trim() || "champion" };
   if (!file) body.input_uri = uri;
+  const shards = Number($("b-shards").value || "1");
+  if (shards > 1) body.shards = shards;
   const reply = await api("POST", "/v1/batch-jobs", body);
   if (failed(reply, "The job was refused", "admin")) return;
   let job = reply.json;

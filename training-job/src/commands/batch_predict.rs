@@ -16,6 +16,11 @@
 //! reports), `errors-NNNNN.csv` (`row,line,field,message`) where a part had bad rows, and
 //! `_checkpoint.json` ([`Checkpoint`]).
 //!
+//! With `--shards N` one job is spread over an AWS Batch array job whose children each write a
+//! contiguous share of the parts, the output a single run writes ([`crate::commands::batch_shards`]):
+//! `_shards.json` holds the plan and `_checkpoint-IIIII.json` each shard's checkpoint; the last
+//! child to finish writes `_checkpoint.json`.
+//!
 //! A quoted field left open (an unterminated quote) cannot swallow the rest of the input: a
 //! quoted field may span at most `--max-quoted-lines` lines, past which the job stops naming the
 //! line where the field began; a shorter one makes its row rejected with that line.
