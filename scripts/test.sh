@@ -118,8 +118,9 @@ python3 scripts/smoke_test.py "http://127.0.0.1:$SERVE_PORT" --key "$SMOKE_KEY"
 # The web console in headless Chromium (Playwright), every page: key, form, field errors,
 # prediction, chart, category values that are markup (a second model) shown as text, history and
 # its CSV export against the API, a flagged feature after a shifted window and a monitor run,
-# promote with its audit entry, training runs, A/B, a batch job run from the page over two containers. Screenshots of
-# each page go to the run directory (docs/console holds a copy made the same way).
+# promote with its audit entry, training runs, A/B, a batch job run from the page over two
+# containers. Screenshots of each page go to the run directory (docs/console holds a copy made the
+# same way).
 python3 tests/browser/markup_probe.py "$RUN_DIR/markup_probe.csv"
 {
   "$MLOPS" --home "$ST_HOME" train tests/browser/markup_probe.schema.toml --data "$RUN_DIR/markup_probe.csv" \
