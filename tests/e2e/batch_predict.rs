@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mlops_domain::jobs::{BatchJob, Checkpoint, JobState};
@@ -14,6 +15,7 @@ use mlops_domain::store::{ObjectStore, PutCondition};
 use mlops_e2e::{
     batch_queue, boto3, mlops_bin, moto_endpoint, publish_housing, s3_store, shared_data, unique,
 };
+use mlops_store::S3Store;
 use rand::{Rng, SeedableRng};
 
 /// Rows of the housing data repeated `copies` times, with malformed rows inserted; returns the
@@ -60,6 +62,31 @@ fn run_to_end(mut command: Command, status: i32) -> String {
     stderr
 }
 
+/// A bucket with the housing model published to its registry and `input(10)` uploaded to
+/// `inputs/houses.csv`: the bucket, the CLI's home, the registry store URI, the input URI, and
+/// the input's rows and bad rows.
+async fn housing_job() -> (Arc<S3Store>, tempfile::TempDir, String, String, u64, u64) {
+    let bucket = s3_store("").await;
+    let b = bucket.bucket().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let store = format!("s3://{b}/registry");
+    publish_housing(home.path(), &store, &moto_endpoint(), 42, true);
+    let (csv, bad_rows) = input(10);
+    let rows = csv.lines().count() as u64 - 1;
+    bucket
+        .put("inputs/houses.csv", csv.into_bytes(), PutCondition::None)
+        .await
+        .unwrap();
+    let input_uri = format!("s3://{b}/inputs/houses.csv");
+    (bucket, home, store, input_uri, rows, bad_rows)
+}
+
+/// The checkpoint stored at `key`, if one is.
+async fn checkpoint_at(store: &dyn ObjectStore, key: &str) -> Option<Checkpoint> {
+    let object = store.get(key).await.unwrap()?;
+    Some(serde_json::from_slice(&object.bytes).unwrap())
+}
+
 async fn objects(store: &dyn ObjectStore, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for key in store.list(prefix).await.unwrap() {
@@ -71,18 +98,8 @@ async fn objects(store: &dyn ObjectStore, prefix: &str) -> BTreeMap<String, Vec<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_five_times_the_output_equals_an_uninterrupted_run() {
-    let bucket = s3_store("").await;
+    let (bucket, home, store, input_uri, total_rows, bad_rows) = housing_job().await;
     let b = bucket.bucket().to_string();
-    let home = tempfile::tempdir().unwrap();
-    let store = format!("s3://{b}/registry");
-    publish_housing(home.path(), &store, &moto_endpoint(), 42, true);
-    let (csv, bad_rows) = input(10);
-    let total_rows = csv.lines().count() as u64 - 1;
-    bucket
-        .put("inputs/houses.csv", csv.into_bytes(), PutCondition::None)
-        .await
-        .unwrap();
-    let input_uri = format!("s3://{b}/inputs/houses.csv");
     let common = |out: &str| {
         let mut c = batch_predict(&[
             "--model",
@@ -112,14 +129,9 @@ async fn killed_five_times_the_output_equals_an_uninterrupted_run() {
     let mut kills = Vec::new();
     let mut attempts = 0;
     let rows_done = || async {
-        match bucket.get("out-b/_checkpoint.json").await.unwrap() {
-            Some(o) => {
-                serde_json::from_slice::<Checkpoint>(&o.bytes)
-                    .unwrap()
-                    .rows_done
-            }
-            None => 0,
-        }
+        checkpoint_at(bucket.as_ref(), "out-b/_checkpoint.json")
+            .await
+            .map_or(0, |c| c.rows_done)
     };
     while kills.len() < 5 && attempts < 30 {
         attempts += 1;
@@ -270,14 +282,11 @@ async fn runs_a_job_record_of_the_batch_function() {
     let mut c = batch_predict(&["--job", &format!("{store}/batch-jobs/{id}/job.json")]);
     c.args(["--home", &home.path().to_string_lossy(), "--store", &store]);
     run_to_end(c, 0);
-    let checkpoint: Checkpoint = serde_json::from_slice(
-        &bucket
-            .get(&format!("batch-jobs/{id}/output/_checkpoint.json"))
-            .await
-            .unwrap()
-            .unwrap()
-            .bytes,
+    let checkpoint = checkpoint_at(
+        bucket.as_ref(),
+        &format!("batch-jobs/{id}/output/_checkpoint.json"),
     )
+    .await
     .unwrap();
     assert!(
         checkpoint.complete && checkpoint.rows_rejected == 4,
@@ -322,17 +331,8 @@ fn child(command: &[String], index: Option<u32>) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sharded_over_an_array_job_the_output_equals_one_container() {
-    let bucket = s3_store("").await;
+    let (bucket, home, store, input_uri, _, _) = housing_job().await;
     let b = bucket.bucket().to_string();
-    let home = tempfile::tempdir().unwrap();
-    let store = format!("s3://{b}/registry");
-    publish_housing(home.path(), &store, &moto_endpoint(), 42, true);
-    let (csv, _) = input(10);
-    bucket
-        .put("inputs/houses.csv", csv.into_bytes(), PutCondition::None)
-        .await
-        .unwrap();
-    let input_uri = format!("s3://{b}/inputs/houses.csv");
     let batch = batch_queue("shards");
     let (queue, definition) = (
         batch["queue"].as_str().unwrap().to_string(),
@@ -355,15 +355,9 @@ async fn sharded_over_an_array_job_the_output_equals_one_container() {
     };
     run_to_end(predict("one", &[]), 3);
     let want = data_files(&objects(bucket.as_ref(), "one/").await);
-    let one: Checkpoint = serde_json::from_slice(
-        &bucket
-            .get("one/_checkpoint.json")
-            .await
-            .unwrap()
-            .unwrap()
-            .bytes,
-    )
-    .unwrap();
+    let one = checkpoint_at(bucket.as_ref(), "one/_checkpoint.json")
+        .await
+        .unwrap();
     assert_eq!(want.keys().filter(|k| k.starts_with("part-")).count(), 42);
 
     let mut seed = rand::random::<u64>();
@@ -415,13 +409,9 @@ async fn sharded_over_an_array_job_the_output_equals_one_container() {
                 let v = victims.remove(rng.gen_range(0..victims.len()));
                 let key = format!("{out}/_checkpoint-{v:05}.json");
                 while running[v].try_wait().unwrap().is_none() {
-                    let committed = match bucket.get(&key).await.unwrap() {
-                        Some(o) => !serde_json::from_slice::<Checkpoint>(&o.bytes)
-                            .unwrap()
-                            .parts
-                            .is_empty(),
-                        None => false,
-                    };
+                    let committed = checkpoint_at(bucket.as_ref(), &key)
+                        .await
+                        .is_some_and(|c| !c.parts.is_empty());
                     if committed {
                         break;
                     }
@@ -469,15 +459,9 @@ async fn sharded_over_an_array_job_the_output_equals_one_container() {
             got.len() == want.len() && differing.is_empty(),
             "{shards} shards: {differing:?} differ from one container's output"
         );
-        let whole: Checkpoint = serde_json::from_slice(
-            &bucket
-                .get(&format!("{out}/_checkpoint.json"))
-                .await
-                .unwrap()
-                .unwrap()
-                .bytes,
-        )
-        .unwrap();
+        let whole = checkpoint_at(bucket.as_ref(), &format!("{out}/_checkpoint.json"))
+            .await
+            .unwrap();
         assert!(whole.complete);
         assert_eq!(
             (whole.rows_done, whole.rows_rejected, &whole.parts),
