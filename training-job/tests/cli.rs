@@ -1639,3 +1639,123 @@ fn feedback_gives_live_quality_and_an_ab_verdict() {
     assert_eq!(verdict["verdict"]["decision"], "promote", "{info}");
     drop(server);
 }
+
+#[test]
+fn sharded_batch_predict_runs_shard_by_shard_and_checks_the_whole_jobs_limits() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = shared("california_housing.csv");
+    let d = data.to_str().unwrap();
+    ok(&mlops(
+        h,
+        &[
+            "train",
+            "california_housing",
+            "--data",
+            d,
+            "--candidates",
+            "linear",
+        ],
+    ));
+    // 20 rows in parts of 5; rows 13 to 15 (in the second shard's parts) have a bad longitude.
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines: Vec<String> = text.lines().take(21).map(str::to_owned).collect();
+    for line in &mut lines[13..=15] {
+        let rest = line[line.find(',').unwrap()..].to_owned();
+        *line = format!("oops{rest}");
+    }
+    let input = h.join("in.csv");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "batch-predict",
+            "--model",
+            "california_housing",
+            "--version",
+            "1",
+            "--input",
+            input.to_str().unwrap(),
+            "--part-rows",
+            "5",
+            "--output",
+        ];
+        let out = h.join(out);
+        let out = out.to_str().unwrap().to_owned();
+        args.push(&out);
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .arg("--home")
+            .arg(h)
+            .args(&args)
+            .env_remove("MLOPS_STORE")
+            .env_remove("MLOPS_BATCH_QUEUE")
+            .env_remove("MLOPS_BATCH_JOB_DEFINITION")
+            .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
+            .output()
+            .expect("run mlops")
+    };
+    let err = fails(&run("out", &["--shards", "2"]));
+    assert!(err.contains("give --queue and --job-definition"), "{err}");
+    let err = fails(&run(
+        "out",
+        &["--shards", "2", "--queue", "q", "--job-definition", "d"],
+    ));
+    assert!(err.contains("is not on S3"), "{err}");
+    let err = fails(&run("out", &["--shards", "2", "--array-child"]));
+    assert!(
+        err.contains("AWS_BATCH_JOB_ARRAY_INDEX is not set"),
+        "{err}"
+    );
+
+    // Shard 0 has no bad row and leaves the job to the other; shard 1 finishes the job, and the
+    // limit applies to the whole job's 3 of 20 rows (15%), not to shard 1's 3 of 10 (30%).
+    let limit = ["--max-rejected", "16%"];
+    let first = run(
+        "out",
+        &[&["--shards", "2", "--shard-index", "0"][..], &limit].concat(),
+    );
+    assert!(
+        stderr(&first).contains("other shards are still running"),
+        "{}",
+        stderr(&first)
+    );
+    ok(&first);
+    let last = run(
+        "out",
+        &[&["--shards", "2", "--shard-index", "1"][..], &limit].concat(),
+    );
+    assert_eq!(last.status.code(), Some(3), "{}", stderr(&last));
+    assert!(
+        stderr(&last).contains("finished with 3 rejected rows of 20"),
+        "{}",
+        stderr(&last)
+    );
+    // Run again (the job is complete) under a stricter limit: the whole job is over it.
+    let strict = run(
+        "out",
+        &[
+            "--shards",
+            "2",
+            "--shard-index",
+            "1",
+            "--max-rejected",
+            "10%",
+        ],
+    );
+    assert_eq!(strict.status.code(), Some(4), "{}", stderr(&strict));
+    let said = stderr(&strict);
+    assert!(said.contains("already complete"), "{said}");
+    assert!(said.contains("3 of 20 rows rejected"), "{said}");
+
+    let one = run("one", &[]);
+    assert_eq!(one.status.code(), Some(3), "{}", stderr(&one));
+    for name in [
+        "part-00000.csv",
+        "part-00002.csv",
+        "part-00003.csv",
+        "errors-00002.csv",
+    ] {
+        let read = |dir: &str| std::fs::read(h.join(dir).join(name)).unwrap();
+        assert_eq!(read("out"), read("one"), "{name}");
+    }
+}

@@ -695,7 +695,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 .await
                 .context("the batch-prediction thread panicked")??;
             let done = report(&summary, None, started);
-            return finish(&done, &args, args.job.is_some());
+            return finish(&done, args.max_rejected, args.job.is_some());
         }
         Mode::Submit { shards } => {
             return submit_shards(&args, settings, (&model, version, &input), &job, shards).await;
@@ -714,6 +714,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     .context("the batch-prediction thread panicked")??;
     let shard = report(&outcome.shard, Some((index, shards)), started);
     match &outcome.job {
+        // --max-rejected applies to the whole job (a shard over a row count stopped earlier).
         Some(whole) => {
             eprintln!(
                 "job complete: {} rows, {} rejected, {} parts (every shard done)",
@@ -721,11 +722,13 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
                 whole.rows_rejected,
                 whole.parts.len()
             );
-            finish(whole, &args, child)?;
+            finish(whole, args.max_rejected, child)
         }
-        None => eprintln!("other shards are still running: the last to finish writes {CHECKPOINT}"),
+        None => {
+            eprintln!("other shards are still running: the last to finish writes {CHECKPOINT}");
+            finish(&shard, None, child)
+        }
     }
-    finish(&shard, &args, child)
 }
 
 /// Prints how a run (or a shard's run, `shard` = (index, count)) ended; returns its checkpoint.
@@ -758,10 +761,10 @@ fn report(summary: &Summary, shard: Option<(u32, u32)>, started: Instant) -> Che
     }
 }
 
-/// The exit status of a finished run: 4 past --max-rejected, 3 with rejected rows (not for a
-/// job of the batch function or an array job's child, whose checkpoint reports them).
-fn finish(done: &Checkpoint, args: &BatchPredictArgs, job_mode: bool) -> Result<()> {
-    if let Some(limit) = args.max_rejected
+/// The exit status of a finished run: 4 past `limit` (--max-rejected), 3 with rejected rows (not
+/// for a job of the batch function or an array job's child, whose checkpoint reports them).
+fn finish(done: &Checkpoint, limit: Option<MaxRejected>, job_mode: bool) -> Result<()> {
+    if let Some(limit) = limit
         && limit.exceeded(done.rows_rejected, done.rows_done)
     {
         return Err(ExitWith {
@@ -796,6 +799,11 @@ async fn submit_shards(
     job: &JobRun,
     shards: u32,
 ) -> Result<()> {
+    let (Some(queue), Some(definition)) = (&args.queue, &args.job_definition) else {
+        bail!(
+            "--shards submits an AWS Batch array job: give --queue and --job-definition (or set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION), or run one shard here with --shard-index"
+        );
+    };
     let output = args.output.clone().unwrap_or_default();
     for (flag, uri) in [("--input", input), ("--output", output.as_str())] {
         if !uri.starts_with("s3://") {
@@ -804,11 +812,6 @@ async fn submit_shards(
             );
         }
     }
-    let (Some(queue), Some(definition)) = (&args.queue, &args.job_definition) else {
-        bail!(
-            "--shards submits an AWS Batch array job: give --queue and --job-definition (or set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION), or run one shard here with --shard-index"
-        );
-    };
     let mut command = vec!["mlops".to_string()];
     command.extend(settings.global_args());
     let numbers = [
