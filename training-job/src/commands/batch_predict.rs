@@ -1157,7 +1157,7 @@ impl JobRun {
                     message: format!(
                         "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
                          (the output so far is kept; rerun to resume)",
-                        checkpoint.rows_done,
+                        start.rows_before + checkpoint.rows_done,
                         checkpoint.rows_rejected,
                         limit.describe()
                     ),
