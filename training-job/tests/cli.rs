@@ -1700,7 +1700,33 @@ fn sharded_batch_predict_runs_shard_by_shard_and_checks_the_whole_jobs_limits() 
         "out",
         &["--shards", "2", "--queue", "q", "--job-definition", "d"],
     ));
+    assert!(err.contains("--input /"), "{err}");
     assert!(err.contains("is not on S3"), "{err}");
+    // Refused before anything is read: the registry here is this machine's directory.
+    let err = fails(&mlops(
+        h,
+        &[
+            "batch-predict",
+            "--model",
+            "california_housing",
+            "--version",
+            "1",
+            "--input",
+            "s3://b/in.csv",
+            "--output",
+            "s3://b/out/",
+            "--shards",
+            "2",
+            "--queue",
+            "q",
+            "--job-definition",
+            "d",
+        ],
+    ));
+    assert!(
+        err.contains("the registry store (--store)") && err.contains("is not on S3"),
+        "{err}"
+    );
     let err = fails(&run("out", &["--shards", "2", "--array-child"]));
     assert!(
         err.contains("AWS_BATCH_JOB_ARRAY_INDEX is not set"),

@@ -649,6 +649,9 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         }
     };
     let mode = Mode::of(&args, job_shards)?;
+    if let Mode::Submit { .. } = mode {
+        submittable(&args, settings)?;
+    }
     if args.overwrite {
         if matches!(mode, Mode::Shard { .. }) {
             bail!(
@@ -791,6 +794,29 @@ fn finish(done: &Checkpoint, limit: Option<MaxRejected>, job_mode: bool) -> Resu
     Ok(())
 }
 
+/// What an array job's submission needs, checked before anything is read: the queue and job
+/// definition, and the input, output and registry on S3 (where the containers can reach them).
+fn submittable<'a>(args: &'a BatchPredictArgs, settings: &Settings) -> Result<(&'a str, &'a str)> {
+    let (Some(queue), Some(definition)) = (&args.queue, &args.job_definition) else {
+        bail!(
+            "--shards submits an AWS Batch array job: give --queue and --job-definition (or set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION), or run one shard here with --shard-index"
+        );
+    };
+    let store = settings.store_uri();
+    for (what, uri) in [
+        ("--input", args.input.as_deref().unwrap_or_default()),
+        ("--output", args.output.as_deref().unwrap_or_default()),
+        ("the registry store (--store)", store.as_str()),
+    ] {
+        if !uri.starts_with("s3://") {
+            bail!(
+                "--shards: {what} {uri} is not on S3, and the array job's containers cannot read this machine's files (put it on S3, or run without --shards)"
+            );
+        }
+    }
+    Ok((queue, definition))
+}
+
 /// `--shards N` without a shard: submits the array job whose children run the shards.
 async fn submit_shards(
     args: &BatchPredictArgs,
@@ -799,21 +825,18 @@ async fn submit_shards(
     job: &JobRun,
     shards: u32,
 ) -> Result<()> {
-    let (Some(queue), Some(definition)) = (&args.queue, &args.job_definition) else {
-        bail!(
-            "--shards submits an AWS Batch array job: give --queue and --job-definition (or set MLOPS_BATCH_QUEUE and MLOPS_BATCH_JOB_DEFINITION), or run one shard here with --shard-index"
-        );
-    };
+    let (queue, definition) = submittable(args, settings)?;
     let output = args.output.clone().unwrap_or_default();
-    for (flag, uri) in [("--input", input), ("--output", output.as_str())] {
-        if !uri.starts_with("s3://") {
-            bail!(
-                "--shards: {flag} {uri} is not on S3, and the array job's containers cannot read this machine's files (put it on S3, or run without --shards)"
-            );
+    // The children get the store and endpoint, not this machine's --home.
+    let mut command = vec!["mlops".to_string()];
+    let global = settings.global_args();
+    let mut global = global.iter();
+    while let Some(flag) = global.next() {
+        let value = global.next().cloned().unwrap_or_default();
+        if flag != "--home" {
+            command.extend([flag.clone(), value]);
         }
     }
-    let mut command = vec!["mlops".to_string()];
-    command.extend(settings.global_args());
     let numbers = [
         ("--version", version.to_string()),
         ("--shards", shards.to_string()),
