@@ -98,7 +98,7 @@ pub struct BatchPredictArgs {
     pub overwrite: bool,
     /// Spread the job over an AWS Batch array job of this many containers (submitted to
     /// --queue with --job-definition), each writing a contiguous share of the parts; the output
-    /// is the one a single container writes. Input and output must be on S3.
+    /// is the one a single container writes. Input, output and the registry store must be on S3.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), conflicts_with = "job")]
     pub shards: Option<u32>,
     /// Run only this shard (0 to N-1) of --shards N, here, instead of submitting the array job.
