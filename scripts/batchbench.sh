@@ -7,32 +7,11 @@
 # (scripts/setup.sh --test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-eval "$("$ROOT/scripts/setup.sh" --test)"
-cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" -p mlops >&2
-BIN="$CARGO_TARGET_DIR/release/mlops"
-RUN="$(mktemp -d "${TMPDIR:-/tmp}/mlops-batch.XXXXXX")"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-setsid "$MLOPS_VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$RUN/moto.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/moto-api/" && break; sleep 0.2; done
-export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
-DATA="$ROOT/../shared/data/california_housing.csv"
-COPIES="${BATCHBENCH_COPIES:-49}"
+source "$ROOT/scripts/bench_moto.sh"
+bench_moto_setup batch batchbench "${BATCHBENCH_COPIES:-49}"
 CHUNK_MIB="${BATCHBENCH_READ_CHUNK_MIB:-8}"
 # moto reads a whole object for every ranged GET: bigger ranges keep the concurrency check short.
 CONCURRENT_CHUNK_MIB="${BATCHBENCH_CONCURRENT_CHUNK_MIB:-$CHUNK_MIB}"
-{ head -1 "$DATA"; for _ in $(seq 1 "$COPIES"); do tail -n +2 "$DATA"; done; } >"$RUN/input.csv"
-"$MLOPS_VENV/bin/python" - "$PORT" "$RUN/input.csv" <<'PY'
-import sys, boto3
-s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
-s3.create_bucket(Bucket="batchbench")
-s3.upload_file(sys.argv[2], "batchbench", "input.csv")
-PY
-echo "input: $(($(wc -l <"$RUN/input.csv") - 1)) rows, $(du -m "$RUN/input.csv" | cut -f1) MB on moto S3"
-rm "$RUN/input.csv"
 # Runs a command and prints its peak resident set size (the child's ru_maxrss).
 peak_rss() {
   "$MLOPS_VENV/bin/python" -c 'import resource, subprocess, sys
