@@ -402,31 +402,46 @@ async fn sharded_over_an_array_job_the_output_equals_one_container() {
             .collect();
         let mut killed = Vec::new();
         if shards == 4 {
-            // Each victim is killed once its shard has committed a part, after a random share of
-            // a part's time, so the kill lands between a part's writes and its checkpoint too.
+            // Two victims, watched together: each is killed once its shard has committed a part,
+            // after a random share of a part's time, so a kill lands between a part's writes and
+            // its checkpoint too.
             let mut victims: Vec<usize> = (0..4).collect();
-            for _ in 0..2 {
-                let v = victims.remove(rng.gen_range(0..victims.len()));
-                let key = format!("{out}/_checkpoint-{v:05}.json");
-                while running[v].try_wait().unwrap().is_none() {
-                    let committed = checkpoint_at(bucket.as_ref(), &key)
-                        .await
-                        .is_some_and(|c| !c.parts.is_empty());
-                    if committed {
-                        break;
+            let victims: Vec<usize> = (0..2)
+                .map(|_| victims.remove(rng.gen_range(0..victims.len())))
+                .collect();
+            let mut due: Vec<Option<Instant>> = vec![None; victims.len()];
+            let mut left: Vec<usize> = (0..victims.len()).collect();
+            while !left.is_empty() {
+                let mut still = Vec::new();
+                for k in left {
+                    let v = victims[k];
+                    if running[v].try_wait().unwrap().is_some() {
+                        continue;
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    match due[k] {
+                        Some(at) if Instant::now() >= at => {
+                            running[v].kill().unwrap();
+                            killed.push(v);
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let key = format!("{out}/_checkpoint-{v:05}.json");
+                            let committed = checkpoint_at(bucket.as_ref(), &key)
+                                .await
+                                .is_some_and(|c| !c.parts.is_empty());
+                            if committed {
+                                let wait = std::time::Duration::from_millis(rng.gen_range(0..150));
+                                due[k] = Some(Instant::now() + wait);
+                            }
+                        }
+                    }
+                    still.push(k);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(0..150)));
-                if running[v].try_wait().unwrap().is_none() {
-                    running[v].kill().unwrap();
-                    killed.push(v);
-                }
+                left = still;
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            assert!(
-                !killed.is_empty(),
-                "no child was still running to be killed"
-            );
+            assert_eq!(killed.len(), 2, "children still running to be killed");
         }
         for (i, c) in running.into_iter().enumerate() {
             let out = c.wait_with_output().unwrap();

@@ -23,6 +23,9 @@ fn mlops(home: &Path, args: &[&str]) -> Output {
         .env_remove("MLOPS_STORE")
         .env_remove("MLOPS_TRACKING_URI")
         .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLOPS_BATCH_QUEUE")
+        .env_remove("MLOPS_BATCH_JOB_DEFINITION")
+        .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
         .output()
         .expect("run mlops")
 }
@@ -1683,16 +1686,7 @@ fn sharded_batch_predict_runs_shard_by_shard_and_checks_the_whole_jobs_limits() 
         let out = out.to_str().unwrap().to_owned();
         args.push(&out);
         args.extend(extra);
-        Command::new(env!("CARGO_BIN_EXE_mlops"))
-            .arg("--home")
-            .arg(h)
-            .args(&args)
-            .env_remove("MLOPS_STORE")
-            .env_remove("MLOPS_BATCH_QUEUE")
-            .env_remove("MLOPS_BATCH_JOB_DEFINITION")
-            .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
-            .output()
-            .expect("run mlops")
+        mlops(h, &args)
     };
     let err = fails(&run("out", &["--shards", "2"]));
     assert!(err.contains("give --queue and --job-definition"), "{err}");
