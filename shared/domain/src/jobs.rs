@@ -7,7 +7,8 @@
 //! - `batch-jobs/ID/input.csv`: the input, when uploaded through a presigned URL;
 //! - `batch-jobs/ID/output/part-NNNNN.csv` and `batch-jobs/ID/output/_checkpoint.json`;
 //! - for a job sharded over an array job: `batch-jobs/ID/output/_shards.json` (the
-//!   [`ShardPlan`]) and `batch-jobs/ID/output/_checkpoint-SSSSS.json`, one per shard;
+//!   [`ShardPlan`]), `_shards.lock` while a child makes it, and
+//!   `batch-jobs/ID/output/_checkpoint-SSSSS.json`, one per shard;
 //! - `batch-jobs/idempotency/SHA256.json`: the job an idempotency key claimed.
 
 use async_trait::async_trait;
@@ -39,6 +40,9 @@ pub fn checkpoint_key(id: &str) -> String {
 
 /// Name of a sharded job's plan inside its output prefix.
 pub const SHARD_PLAN: &str = "_shards.json";
+
+/// Name of the lease the child making a sharded job's plan holds, inside the output prefix.
+pub const SHARD_PLAN_LOCK: &str = "_shards.lock";
 
 /// Name of one shard's checkpoint inside the output prefix.
 pub fn shard_checkpoint_name(index: u32) -> String {

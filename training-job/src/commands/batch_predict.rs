@@ -38,8 +38,8 @@ use anyhow::{Context, Result, bail};
 use mlops_domain::data::{RowParser, Value};
 use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{
-    BatchJob, Checkpoint, JobQueue, PartStart, SHARD_PLAN, ShardPlan, checkpoint_key, job_key,
-    output_prefix, shard_checkpoint_name,
+    BatchJob, Checkpoint, JobQueue, PartStart, SHARD_PLAN, SHARD_PLAN_LOCK, ShardPlan,
+    checkpoint_key, job_key, output_prefix, shard_checkpoint_name,
 };
 use mlops_domain::registry::CHAMPION;
 use mlops_domain::schema::{Schema, Task};
@@ -663,7 +663,6 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
     let started = Instant::now();
     let record = registry.version(&model, version).await?;
     let bundle = registry.load_bundle(&record).await?;
-    let predictor = Predictor::from_bundle(&bundle)?;
     let source = Input::open(&input, pinned, settings).await?;
     let fingerprint = sha256_hex(
         format!(
@@ -676,8 +675,12 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         )
         .as_bytes(),
     );
+    if let Mode::Submit { shards } = mode {
+        let what = (model.as_str(), version, input.as_str());
+        return submit_shards(&args, settings, what, (&output, &fingerprint), shards).await;
+    }
     let job = JobRun {
-        predictor,
+        predictor: Predictor::from_bundle(&bundle)?,
         schema: bundle.manifest.schema.clone(),
         input: source,
         input_name: input.clone(),
@@ -692,22 +695,18 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         shard: None,
     };
     let handle = Handle::current();
-    let (shards, index, child) = match mode {
-        Mode::Single => {
-            let summary = tokio::task::spawn_blocking(move || job.run(&handle))
-                .await
-                .context("the batch-prediction thread panicked")??;
-            let done = report(&summary, None, started);
-            return finish(&done, args.max_rejected, args.job.is_some());
-        }
-        Mode::Submit { shards } => {
-            return submit_shards(&args, settings, (&model, version, &input), &job, shards).await;
-        }
-        Mode::Shard {
-            shards,
-            index,
-            child,
-        } => (shards, index, child),
+    let Mode::Shard {
+        shards,
+        index,
+        child,
+    } = mode
+    else {
+        // The whole job here (a submission returned above).
+        let summary = tokio::task::spawn_blocking(move || job.run(&handle))
+            .await
+            .context("the batch-prediction thread panicked")??;
+        let done = report(&summary, None, started);
+        return finish(&done, args.max_rejected, args.job.is_some());
     };
     let outcome = tokio::task::spawn_blocking(move || {
         use crate::commands::batch_shards::{PLAN_LEASE, run_shard};
@@ -822,7 +821,7 @@ async fn submit_shards(
     args: &BatchPredictArgs,
     settings: &Settings,
     (model, version, input): (&str, u64, &str),
-    job: &JobRun,
+    (job_output, fingerprint): (&Output, &str),
     shards: u32,
 ) -> Result<()> {
     let (queue, definition) = submittable(args, settings)?;
@@ -874,7 +873,7 @@ async fn submit_shards(
         queue,
         command,
         output_uri: &output,
-        fingerprint: &job.fingerprint,
+        fingerprint,
         shards,
     })
     .await?;
@@ -885,7 +884,7 @@ async fn submit_shards(
         } else {
             "already in the queue:"
         },
-        job.output.store.uri(&job.output.key(CHECKPOINT))
+        job_output.store.uri(&job_output.key(CHECKPOINT))
     );
     Ok(())
 }
@@ -897,7 +896,7 @@ impl Output {
     async fn clear(&self) -> Result<()> {
         self.store.delete(&self.key(CHECKPOINT)).await?;
         self.store.delete(&self.key(SHARD_PLAN)).await?;
-        self.store.delete(&self.key("_shards.lock")).await?;
+        self.store.delete(&self.key(SHARD_PLAN_LOCK)).await?;
         let mut removed = 0;
         for key in self.store.list(&self.prefix).await? {
             let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
@@ -919,6 +918,13 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// The error for a checkpoint or plan at `location` that another job wrote.
+pub(crate) fn another_job(location: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{location} belongs to another job (different model, input or part size): use another output"
+    )
 }
 
 /// How a run ended.
@@ -1051,9 +1057,7 @@ impl JobRun {
                     let c: Checkpoint = serde_json::from_slice(&obj.bytes)
                         .with_context(|| format!("{location} is not a valid checkpoint"))?;
                     if c.fingerprint != self.fingerprint {
-                        bail!(
-                            "{location} belongs to another job (different model, input or part size): use another output"
-                        );
+                        return Err(another_job(&location));
                     }
                     (c, PutCondition::IfMatch(obj.etag))
                 }

@@ -23,20 +23,19 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{
-    Checkpoint, JobQueue, JobState, JobSubmission, SHARD_PLAN, ShardPlan, shard_checkpoint_name,
+    Checkpoint, JobQueue, JobState, JobSubmission, SHARD_PLAN, SHARD_PLAN_LOCK, ShardPlan,
+    shard_checkpoint_name,
 };
 use mlops_domain::store::{ETag, PutCondition, StoreError};
 use tokio::runtime::Handle;
 
-use super::batch_predict::{CHECKPOINT, JobRun, ShardSlice, Summary};
+use super::batch_predict::{CHECKPOINT, JobRun, ShardSlice, Summary, another_job};
 
 /// How long the planner's lease on the plan lasts without a renewal: a child that finds it older
 /// takes the planning over.
 pub(crate) const PLAN_LEASE: Duration = Duration::from_secs(60);
 /// How often a waiting child looks for the plan.
 const PLAN_POLL: Duration = Duration::from_millis(500);
-/// The lock a planner holds.
-const PLAN_LOCK: &str = "_shards.lock";
 
 /// The planner's lease (`_shards.lock`).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -107,9 +106,7 @@ fn job_checkpoint(job: &JobRun, handle: &Handle) -> Result<Option<Checkpoint>> {
     let checkpoint: Checkpoint = serde_json::from_slice(&object.bytes)
         .with_context(|| format!("{location} is not a valid checkpoint"))?;
     if checkpoint.fingerprint != job.fingerprint {
-        bail!(
-            "{location} belongs to another job (different model, input or part size): use another output"
-        );
+        return Err(another_job(&location));
     }
     if !checkpoint.complete {
         bail!(
@@ -128,9 +125,7 @@ fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<S
         let plan: ShardPlan = serde_json::from_slice(bytes)
             .with_context(|| format!("{location} is not a valid shard plan"))?;
         if plan.fingerprint != job.fingerprint {
-            bail!(
-                "{location} belongs to another job (different model, input or part size): use another output"
-            );
+            return Err(another_job(&location));
         }
         if plan.shards.len() != shards as usize {
             bail!(
@@ -160,7 +155,7 @@ fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<S
 /// holds it.
 fn take_lock(job: &JobRun, lease: Duration, handle: &Handle) -> Result<Option<ETag>> {
     let store = &job.output.store;
-    let key = job.output.key(PLAN_LOCK);
+    let key = job.output.key(SHARD_PLAN_LOCK);
     let condition = match handle.block_on(store.get(&key))? {
         None => PutCondition::IfAbsent,
         Some(object) => {
@@ -191,7 +186,7 @@ fn make_plan(
     handle: &Handle,
 ) -> Result<ShardPlan> {
     let store = &job.output.store;
-    let (key, lock_key) = (job.output.key(SHARD_PLAN), job.output.key(PLAN_LOCK));
+    let (key, lock_key) = (job.output.key(SHARD_PLAN), job.output.key(SHARD_PLAN_LOCK));
     let started = Instant::now();
     let mut renewed = Instant::now();
     let plan = job.plan(handle, shards, &mut || {
