@@ -9,6 +9,7 @@
 //! fold. Only trials scored on every fold compete for selection, and all of them on the same
 //! folds, so their scores are paired.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use mlops_domain::data::Dataset;
@@ -152,6 +153,8 @@ pub struct Trial {
     pub family: usize,
     /// Bracket number within the family (0 holds the configured parameters).
     pub bracket: usize,
+    /// Place among the configurations its bracket sampled.
+    pub slot: usize,
     /// The configuration.
     pub spec: CandidateSpec,
     /// Primary metric on folds 0, 1, … as far as the trial got.
@@ -208,6 +211,223 @@ impl SearchOutcome {
     }
 }
 
+/// One fold fit of one trial: the unit of work a search can spread over workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FoldUnit {
+    /// Family index.
+    pub family: usize,
+    /// Bracket within the family.
+    pub bracket: usize,
+    /// The trial's place among its bracket's samples.
+    pub slot: usize,
+    /// Fold.
+    pub fold: usize,
+}
+
+impl FoldUnit {
+    /// Its name, usable as a file or store key: `f0-b00001-t003-k02`.
+    pub fn name(&self) -> String {
+        format!(
+            "f{}-b{:05}-t{:03}-k{:02}",
+            self.family, self.bracket, self.slot, self.fold
+        )
+    }
+
+    /// Reads a [`FoldUnit::name`] back.
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.split('-');
+        let mut field = |prefix: char| parts.next()?.strip_prefix(prefix)?.parse::<usize>().ok();
+        let unit = Self {
+            family: field('f')?,
+            bracket: field('b')?,
+            slot: field('t')?,
+            fold: field('k')?,
+        };
+        (parts.next().is_none() && unit.name() == name).then_some(unit)
+    }
+}
+
+/// What one fold fit scored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FoldScore {
+    /// Primary metric on the fold's held-out rows.
+    pub score: f64,
+    /// Seconds the fit and its scoring took.
+    pub seconds: f64,
+    /// Seconds from the start of the search to the end of the fit.
+    pub finished: f64,
+}
+
+/// A fold fit the search waits for, with the configuration to fit.
+#[derive(Debug, Clone)]
+pub struct PendingFit {
+    /// Which fit.
+    pub unit: FoldUnit,
+    /// The trial's configuration.
+    pub spec: CandidateSpec,
+}
+
+/// What the workers of a shared search know, as one of them read it from where they meet.
+#[derive(Debug, Clone, Default)]
+pub struct SharedProgress {
+    /// Every fold fit scored so far.
+    pub scores: BTreeMap<FoldUnit, FoldScore>,
+    /// Fits a live worker has claimed and not yet scored.
+    pub claimed: BTreeSet<FoldUnit>,
+    /// Whether the time budget has run out: no new fit starts then, but for the configured
+    /// parameters (bracket 0) and fits already claimed.
+    pub out_of_time: bool,
+}
+
+/// Where a shared search stands.
+#[derive(Debug)]
+pub enum Step {
+    /// These fits, earliest first, must be scored before the search can end; those not in
+    /// [`SharedProgress::claimed`] are free to take. The list stops at the first free one past
+    /// the claimed ones, so it is short even with no trial budget.
+    Wait(Vec<PendingFit>),
+    /// Every fit the search needs is scored: its outcome, as one container would have found it.
+    Done(SearchOutcome),
+}
+
+/// One search: the folds of the training split, the families and the budget. [`run`] searches
+/// here, one fit after another; [`step`] and [`fit`] let workers share one search, each fitting
+/// what [`step`] says is waiting, and end with the outcome [`run`] would have had.
+///
+/// [`run`]: SearchProblem::run
+/// [`step`]: SearchProblem::step
+/// [`fit`]: SearchProblem::fit
+pub struct SearchProblem<'a> {
+    schema: &'a Schema,
+    folds: Folds,
+    families: Vec<CandidateSpec>,
+    config: SearchConfig,
+    validation_fraction: f64,
+    seed: u64,
+    metric: Metric,
+}
+
+impl<'a> SearchProblem<'a> {
+    /// Checks the budget and cuts `train_data` into the folds.
+    pub fn new(
+        schema: &'a Schema,
+        train_data: &Dataset,
+        families: &[CandidateSpec],
+        config: &SearchConfig,
+        (validation_fraction, seed): (f64, u64),
+        metric: Metric,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        if train_data.len() < config.folds * 2 {
+            return Err(TrainError::Config(format!(
+                "search: {} training rows are too few for {} folds",
+                train_data.len(),
+                config.folds
+            )));
+        }
+        Ok(Self {
+            schema,
+            folds: Folds::new(train_data, config.folds, seed),
+            families: families.to_vec(),
+            config: config.clone(),
+            validation_fraction,
+            seed,
+            metric,
+        })
+    }
+
+    /// The budget.
+    pub fn config(&self) -> &SearchConfig {
+        &self.config
+    }
+
+    /// Searches here, fitting one fold after another until the budget is spent.
+    pub fn run(&self, on: &mut dyn FnMut(SearchEvent)) -> Result<SearchOutcome, TrainError> {
+        let here = FitHere {
+            problem: self,
+            started: Instant::now(),
+            max_seconds: self.config.max_seconds,
+            out_of_time: false,
+        };
+        let mut searcher = Searcher::new(self, here);
+        searcher.search(on)?;
+        Ok(searcher.outcome())
+    }
+
+    /// Fits and scores one fold fit (`finished` left at 0: the caller knows when it started).
+    pub fn fit(&self, pending: &PendingFit) -> Result<FoldScore, TrainError> {
+        let started = Instant::now();
+        let (fold_train, fold_test) = self.folds.parts.get(pending.unit.fold).ok_or_else(|| {
+            TrainError::Config(format!(
+                "search: fold {} of {} folds",
+                pending.unit.fold,
+                self.folds.parts.len()
+            ))
+        })?;
+        let fitted = fit_once(
+            self.schema,
+            &pending.spec,
+            fold_train,
+            self.validation_fraction,
+            self.seed,
+        )?;
+        let (x, _) = fitted.pipeline.transform(fold_test);
+        let predictions = fitted.model.predict(&x)?;
+        Ok(FoldScore {
+            score: self.metric.compute(&fold_test.labels, &predictions),
+            seconds: started.elapsed().as_secs_f64(),
+            finished: 0.0,
+        })
+    }
+
+    /// Replays the search over what the workers know: the fits still waiting, or the outcome
+    /// once none is (`on` then sees every trial end, in order).
+    pub fn step(
+        &self,
+        progress: &SharedProgress,
+        on: &mut dyn FnMut(SearchEvent),
+    ) -> Result<Step, TrainError> {
+        let known = FromWorkers {
+            progress,
+            waiting: Vec::new(),
+            latest: 0.0,
+            out_of_time: false,
+        };
+        let mut searcher = Searcher::new(self, known);
+        let mut events = Vec::new();
+        searcher.search(&mut |e| events.push(e))?;
+        if !searcher.source.waiting.is_empty() {
+            return Ok(Step::Wait(std::mem::take(&mut searcher.source.waiting)));
+        }
+        events.into_iter().for_each(on);
+        Ok(Step::Done(searcher.outcome()))
+    }
+}
+
+/// Where a search's fits run: [`Here`] fits them one after another in this process; a shared
+/// search spreads them over workers that meet in a store (the training job's `--search-workers`).
+pub trait SearchRunner {
+    /// Runs `problem` to its outcome; `on` sees every trial end, in order.
+    fn run(
+        &mut self,
+        problem: &SearchProblem<'_>,
+        on: &mut dyn FnMut(SearchEvent),
+    ) -> Result<SearchOutcome, TrainError>;
+}
+
+/// Every fit here, one after another.
+pub struct Here;
+
+impl SearchRunner for Here {
+    fn run(
+        &mut self,
+        problem: &SearchProblem<'_>,
+        on: &mut dyn FnMut(SearchEvent),
+    ) -> Result<SearchOutcome, TrainError> {
+        problem.run(on)
+    }
+}
+
 /// The folds of the training split, their data sets built once.
 struct Folds {
     parts: Vec<(Dataset, Dataset)>,
@@ -223,142 +443,326 @@ impl Folds {
     }
 }
 
-/// Budget bookkeeping.
-struct Budget {
+/// What became of a fold fit the search asked for.
+enum Fit {
+    Scored(FoldScore),
+    /// Not scored yet (a shared search waits for it).
+    Waiting,
+    /// The budget stops it.
+    OutOfBudget,
+}
+
+/// Where the search's scores come from: fits made here, or what workers stored.
+trait ScoreSource {
+    /// Whether bracket `bracket` of `family` may start (the time budget).
+    fn may_start(&mut self, family: usize, bracket: usize) -> bool;
+    /// The score of `unit`, a fit of `spec`.
+    fn fit(&mut self, unit: FoldUnit, spec: &CandidateSpec) -> Result<Fit, TrainError>;
+    /// Seconds since the search started, as far as this source knows.
+    fn elapsed(&self) -> f64;
+    /// Whether the time budget stopped anything.
+    fn out_of_time(&self) -> bool;
+    /// Whether enough waiting work is known to stop looking further.
+    fn enough(&self) -> bool {
+        false
+    }
+}
+
+/// Fits made here, one after another, within the time budget.
+struct FitHere<'p> {
+    problem: &'p SearchProblem<'p>,
     started: Instant,
     max_seconds: Option<f64>,
-    max_trials: Option<usize>,
-    sampled: usize,
     out_of_time: bool,
 }
 
-impl Budget {
+impl FitHere<'_> {
     fn time_left(&mut self) -> bool {
         let ok = self
             .max_seconds
             .is_none_or(|s| self.started.elapsed().as_secs_f64() < s);
-        if !ok {
-            self.out_of_time = true;
-        }
+        self.out_of_time |= !ok;
         ok
-    }
-
-    fn trials_left(&self) -> usize {
-        self.max_trials
-            .map_or(usize::MAX, |m| m.saturating_sub(self.sampled))
     }
 }
 
-/// The shared state of one search.
-struct Searcher<'a> {
-    schema: &'a Schema,
-    folds: Folds,
-    validation_fraction: f64,
-    seed: u64,
-    metric: Metric,
-    budget: Budget,
+impl ScoreSource for FitHere<'_> {
+    fn may_start(&mut self, _family: usize, bracket: usize) -> bool {
+        bracket == 0 || self.time_left()
+    }
+
+    fn fit(&mut self, unit: FoldUnit, spec: &CandidateSpec) -> Result<Fit, TrainError> {
+        // The configured parameters are scored on every fold whatever the time budget says.
+        if unit.bracket != 0 && !self.time_left() {
+            return Ok(Fit::OutOfBudget);
+        }
+        let pending = PendingFit {
+            unit,
+            spec: spec.clone(),
+        };
+        let mut score = self.problem.fit(&pending)?;
+        score.finished = self.elapsed();
+        Ok(Fit::Scored(score))
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.out_of_time
+    }
+}
+
+/// The scores workers stored; what is missing is waiting, or out of the budget.
+struct FromWorkers<'k> {
+    progress: &'k SharedProgress,
+    waiting: Vec<PendingFit>,
+    latest: f64,
+    out_of_time: bool,
+}
+
+impl FromWorkers<'_> {
+    fn known(&self, family: usize, bracket: usize) -> bool {
+        let first = FoldUnit {
+            family,
+            bracket,
+            slot: 0,
+            fold: 0,
+        };
+        let in_bracket = |u: &&FoldUnit| u.family == family && u.bracket == bracket;
+        self.progress
+            .scores
+            .range(first..)
+            .next()
+            .map(|(u, _)| u)
+            .filter(in_bracket)
+            .is_some()
+            || self
+                .progress
+                .claimed
+                .range(first..)
+                .next()
+                .filter(in_bracket)
+                .is_some()
+    }
+}
+
+impl ScoreSource for FromWorkers<'_> {
+    fn may_start(&mut self, family: usize, bracket: usize) -> bool {
+        let ok = bracket == 0 || !self.progress.out_of_time || self.known(family, bracket);
+        self.out_of_time |= !ok;
+        ok
+    }
+
+    fn fit(&mut self, unit: FoldUnit, spec: &CandidateSpec) -> Result<Fit, TrainError> {
+        if let Some(score) = self.progress.scores.get(&unit) {
+            self.latest = self.latest.max(score.finished);
+            return Ok(Fit::Scored(*score));
+        }
+        if unit.bracket == 0 || !self.progress.out_of_time || self.progress.claimed.contains(&unit)
+        {
+            self.waiting.push(PendingFit {
+                unit,
+                spec: spec.clone(),
+            });
+            return Ok(Fit::Waiting);
+        }
+        self.out_of_time = true;
+        Ok(Fit::OutOfBudget)
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.latest
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.out_of_time
+    }
+
+    fn enough(&self) -> bool {
+        self.waiting
+            .iter()
+            .any(|p| !self.progress.claimed.contains(&p.unit))
+    }
+}
+
+/// How a bracket (or a trial's rung) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Done as far as it goes.
+    Scored,
+    /// Some fit is not scored yet.
+    Waiting,
+    /// The budget ran out: the search ends.
+    OutOfBudget,
+}
+
+/// The search's algorithm, over a source of scores.
+struct Searcher<'p, S> {
+    problem: &'p SearchProblem<'p>,
+    source: S,
+    sampled: usize,
     trials: Vec<Trial>,
     best: Option<f64>,
 }
 
-impl Searcher<'_> {
-    /// Scores `trial` on folds until it has `upto` scores; false if the budget ran out first.
-    fn extend(&mut self, trial: &mut Trial, upto: usize) -> Result<bool, TrainError> {
-        while trial.fold_scores.len() < upto {
-            if !self.budget.time_left() {
-                return Ok(false);
-            }
-            let started = Instant::now();
-            let (fold_train, fold_test) = &self.folds.parts[trial.fold_scores.len()];
-            let fitted = fit_once(
-                self.schema,
-                &trial.spec,
-                fold_train,
-                self.validation_fraction,
-                self.seed,
-            )?;
-            let (x, _) = fitted.pipeline.transform(fold_test);
-            let predictions = fitted.model.predict(&x)?;
-            trial
-                .fold_scores
-                .push(self.metric.compute(&fold_test.labels, &predictions));
-            trial.seconds += started.elapsed().as_secs_f64();
+impl<'p, S: ScoreSource> Searcher<'p, S> {
+    fn new(problem: &'p SearchProblem<'p>, source: S) -> Self {
+        Self {
+            problem,
+            source,
+            sampled: 0,
+            trials: Vec::new(),
+            best: None,
         }
-        Ok(true)
     }
 
-    fn end(&mut self, mut trial: Trial, status: TrialStatus, on: &mut impl FnMut(SearchEvent)) {
+    fn outcome(self) -> SearchOutcome {
+        SearchOutcome {
+            seconds: self.source.elapsed(),
+            out_of_time: self.source.out_of_time(),
+            trials: self.trials,
+        }
+    }
+
+    fn trials_left(&self) -> usize {
+        self.problem
+            .config
+            .max_trials
+            .map_or(usize::MAX, |m| m.saturating_sub(self.sampled))
+    }
+
+    /// Bracket 0 of each family (the configured parameters on every fold), then brackets of
+    /// sampled configurations in turn for each family until the budget is spent.
+    fn search(&mut self, on: &mut dyn FnMut(SearchEvent)) -> Result<(), TrainError> {
+        let config = &self.problem.config;
+        let (folds, bracket_size) = (config.folds, config.bracket_size);
+        let rungs = config.rungs();
+        for (family, spec) in self.problem.families.iter().enumerate() {
+            self.bracket(family, 0, vec![spec.clone()], &[folds], on)?;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.problem.seed ^ 0x5ea7c4);
+        let mut bracket = 1;
+        'search: loop {
+            for (family, base) in self.problem.families.iter().enumerate() {
+                let n = bracket_size.min(self.trials_left());
+                if self.source.enough() || n == 0 || !self.source.may_start(family, bracket) {
+                    break 'search;
+                }
+                let specs = (0..n).map(|_| sample(base, &mut rng)).collect();
+                if self.bracket(family, bracket, specs, &rungs, on)? == Ended::OutOfBudget {
+                    break 'search;
+                }
+            }
+            bracket += 1;
+        }
+        Ok(())
+    }
+
+    /// Scores `trial` on folds until it has `upto` scores.
+    fn extend(&mut self, trial: &mut Trial, upto: usize) -> Result<Ended, TrainError> {
+        let mut ended = Ended::Scored;
+        for fold in trial.fold_scores.len()..upto {
+            let unit = FoldUnit {
+                family: trial.family,
+                bracket: trial.bracket,
+                slot: trial.slot,
+                fold,
+            };
+            match self.source.fit(unit, &trial.spec)? {
+                Fit::Scored(score) if ended == Ended::Scored => {
+                    trial.fold_scores.push(score.score);
+                    trial.seconds += score.seconds;
+                }
+                Fit::Scored(_) => {}
+                Fit::Waiting => ended = Ended::Waiting,
+                Fit::OutOfBudget => return Ok(Ended::OutOfBudget),
+            }
+        }
+        Ok(ended)
+    }
+
+    fn end(&mut self, mut trial: Trial, status: TrialStatus, on: &mut dyn FnMut(SearchEvent)) {
+        trial.id = self.trials.len();
         trial.status = status;
         if status == TrialStatus::Complete {
             let score = trial.mean_score();
-            if self.best.is_none_or(|b| self.metric.better(score, b)) {
+            if self
+                .best
+                .is_none_or(|b| self.problem.metric.better(score, b))
+            {
                 self.best = Some(score);
             }
         }
         on(SearchEvent::TrialEnded {
             trial: trial.clone(),
             best: self.best,
-            elapsed: self.budget.started.elapsed().as_secs_f64(),
+            elapsed: self.source.elapsed(),
         });
         self.trials.push(trial);
     }
 
-    /// Runs one successive-halving bracket over `specs`; false once the budget is spent.
+    /// Runs one successive-halving bracket over `specs`.
     fn bracket(
         &mut self,
         family: usize,
         bracket: usize,
         specs: Vec<CandidateSpec>,
         rungs: &[usize],
-        eta: usize,
-        on: &mut impl FnMut(SearchEvent),
-    ) -> Result<bool, TrainError> {
+        on: &mut dyn FnMut(SearchEvent),
+    ) -> Result<Ended, TrainError> {
         let mut alive: Vec<Trial> = specs
             .into_iter()
-            .map(|spec| {
-                self.budget.sampled += 1;
-                Trial {
-                    id: 0,
-                    family,
-                    bracket,
-                    spec,
-                    fold_scores: Vec::new(),
-                    status: TrialStatus::Complete,
-                    seconds: 0.0,
-                }
+            .enumerate()
+            .map(|(slot, spec)| Trial {
+                id: 0,
+                family,
+                bracket,
+                slot,
+                spec,
+                fold_scores: Vec::new(),
+                status: TrialStatus::Complete,
+                seconds: 0.0,
             })
             .collect();
+        self.sampled += alive.len();
         for (r, &folds) in rungs.iter().enumerate() {
             let mut scored = Vec::with_capacity(alive.len());
-            let mut budget_left = true;
+            let mut ended = Ended::Scored;
             for mut trial in alive.drain(..) {
-                if budget_left && !self.extend(&mut trial, folds)? {
-                    budget_left = false;
+                if ended != Ended::OutOfBudget {
+                    match self.extend(&mut trial, folds)? {
+                        Ended::Waiting => ended = Ended::Waiting,
+                        Ended::OutOfBudget => ended = Ended::OutOfBudget,
+                        Ended::Scored => {}
+                    }
                 }
-                if budget_left {
-                    scored.push(trial);
+                if ended == Ended::OutOfBudget {
+                    self.end(trial, TrialStatus::OutOfBudget, on);
                 } else {
-                    trial.id = self.next_id();
-                    self.end(trial, TrialStatus::OutOfBudget, on);
+                    scored.push(trial);
                 }
             }
-            if !budget_left {
-                for mut trial in scored {
-                    trial.id = self.next_id();
-                    self.end(trial, TrialStatus::OutOfBudget, on);
+            match ended {
+                Ended::OutOfBudget => {
+                    for trial in scored {
+                        self.end(trial, TrialStatus::OutOfBudget, on);
+                    }
+                    return Ok(Ended::OutOfBudget);
                 }
-                return Ok(false);
+                // The rung's scores decide who goes on: wait for all of them.
+                Ended::Waiting => return Ok(Ended::Waiting),
+                Ended::Scored => {}
             }
-            let last = r + 1 == rungs.len();
-            if last {
-                for mut trial in scored {
-                    trial.id = self.next_id();
+            if r + 1 == rungs.len() {
+                for trial in scored {
                     self.end(trial, TrialStatus::Complete, on);
                 }
                 break;
             }
             // Keep the best 1/eta (at least one), by mean over the same folds.
-            let metric = self.metric;
+            let metric = self.problem.metric;
             scored.sort_by(|a, b| {
                 let (x, y) = (a.mean_score(), b.mean_score());
                 if metric.better(x, y) {
@@ -369,94 +773,14 @@ impl Searcher<'_> {
                     std::cmp::Ordering::Equal
                 }
             });
-            let keep = (scored.len() / eta).max(1);
-            for mut trial in scored.split_off(keep) {
-                trial.id = self.next_id();
+            let keep = (scored.len() / self.problem.config.eta).max(1);
+            for trial in scored.split_off(keep) {
                 self.end(trial, TrialStatus::Pruned, on);
             }
             alive = scored;
         }
-        Ok(true)
+        Ok(Ended::Scored)
     }
-
-    fn next_id(&self) -> usize {
-        self.trials.len()
-    }
-}
-
-/// Searches every family in `families` (each a configured candidate) on `train_data` within the
-/// budget; `on` sees every trial as it ends.
-#[allow(clippy::too_many_arguments)]
-pub fn search(
-    schema: &Schema,
-    train_data: &Dataset,
-    families: &[CandidateSpec],
-    config: &SearchConfig,
-    validation_fraction: f64,
-    seed: u64,
-    metric: Metric,
-    mut on: impl FnMut(SearchEvent),
-) -> Result<SearchOutcome, TrainError> {
-    config.validate()?;
-    if train_data.len() < config.folds * 2 {
-        return Err(TrainError::Config(format!(
-            "search: {} training rows are too few for {} folds",
-            train_data.len(),
-            config.folds
-        )));
-    }
-    let rungs = config.rungs();
-    let mut searcher = Searcher {
-        schema,
-        folds: Folds::new(train_data, config.folds, seed),
-        validation_fraction,
-        seed,
-        metric,
-        budget: Budget {
-            started: Instant::now(),
-            max_seconds: config.max_seconds,
-            max_trials: config.max_trials,
-            sampled: 0,
-            out_of_time: false,
-        },
-        trials: Vec::new(),
-        best: None,
-    };
-    // Bracket 0 of each family: the configured parameters on every fold, whatever the budget
-    // says, so that every family has a complete trial.
-    let budget_seconds = searcher.budget.max_seconds.take();
-    for (family, spec) in families.iter().enumerate() {
-        searcher.bracket(
-            family,
-            0,
-            vec![spec.clone()],
-            &[config.folds],
-            config.eta,
-            &mut on,
-        )?;
-    }
-    searcher.budget.max_seconds = budget_seconds;
-
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ea7c4);
-    let mut bracket = 1;
-    'search: loop {
-        for (family, base) in families.iter().enumerate() {
-            let n = config.bracket_size.min(searcher.budget.trials_left());
-            if n == 0 || !searcher.budget.time_left() {
-                break 'search;
-            }
-            let specs = (0..n).map(|_| sample(base, &mut rng)).collect();
-            if !searcher.bracket(family, bracket, specs, &rungs, config.eta, &mut on)? {
-                break 'search;
-            }
-        }
-        bracket += 1;
-    }
-    Ok(SearchOutcome {
-        seconds: searcher.budget.started.elapsed().as_secs_f64(),
-        out_of_time: searcher.budget.out_of_time,
-        trials: searcher.trials,
-    })
 }
 
 fn log_uniform(rng: &mut impl Rng, low: f64, high: f64) -> f64 {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::lightgbm::{LgbmModel, LgbmParams};
 use crate::linear::LinearModel;
 use crate::mlp::MlpParams;
-use crate::search::{SearchConfig, SearchEvent, SearchOutcome, search};
+use crate::search::{Here, SearchConfig, SearchEvent, SearchOutcome, SearchProblem, SearchRunner};
 use crate::significance::{PairedTest, corrected_paired_t_test};
 use crate::xgboost::{XgbModel, XgbParams};
 use crate::{Labelled, Model, Params, TrainError};
@@ -339,13 +339,18 @@ pub(crate) fn fit_once(
     })
 }
 
-/// Trains every candidate and selects the best.
+/// Trains every candidate and selects the best; a search runs here.
 pub fn train_and_select(
     schema: &Schema,
     data: &Dataset,
     config: &TrainConfig,
-    mut progress: impl FnMut(Progress),
+    progress: impl FnMut(Progress),
 ) -> Result<TrainingOutcome, TrainError> {
+    train_and_select_with(schema, data, config, &mut Here, progress)
+}
+
+/// The held-out split: checks the candidates and the data, then cuts the training and test rows.
+fn split(data: &Dataset, config: &TrainConfig) -> Result<(Split, Dataset, Dataset), TrainError> {
     if config.candidates.is_empty() {
         return Err(TrainError::Config("no candidates to train".into()));
     }
@@ -355,32 +360,69 @@ pub fn train_and_select(
     if data.labels.len() != data.len() {
         return Err(TrainError::Config("the data set has no labels".into()));
     }
-    let task = schema.task;
-    let primary = Metric::primary(task);
-    let Split { train, test } = train_test_split(data.len(), config.test_fraction, config.seed);
-    if train.len() < 10 || test.is_empty() {
+    let split = train_test_split(data.len(), config.test_fraction, config.seed);
+    if split.train.len() < 10 || split.test.is_empty() {
         return Err(TrainError::Config(format!(
             "too few rows to train and test: {} training, {} test",
-            train.len(),
-            test.len()
+            split.train.len(),
+            split.test.len()
         )));
     }
-    let train_data = data.subset(&train);
-    let test_data = data.subset(&test);
+    let (train_data, test_data) = (data.subset(&split.train), data.subset(&split.test));
+    Ok((split, train_data, test_data))
+}
+
+/// The search of `config` on the training split, through `runner`: what a search worker that
+/// does not go on to train the selected candidates runs.
+pub fn search_training_split(
+    schema: &Schema,
+    data: &Dataset,
+    config: &TrainConfig,
+    runner: &mut dyn SearchRunner,
+    on: &mut dyn FnMut(SearchEvent),
+) -> Result<SearchOutcome, TrainError> {
+    let search = config
+        .search
+        .as_ref()
+        .ok_or_else(|| TrainError::Config("no search is configured".into()))?;
+    let (_, train_data, _) = split(data, config)?;
+    let problem = search_problem(schema, &train_data, config, search)?;
+    runner.run(&problem, on)
+}
+
+fn search_problem<'a>(
+    schema: &'a Schema,
+    train_data: &Dataset,
+    config: &TrainConfig,
+    search: &SearchConfig,
+) -> Result<SearchProblem<'a>, TrainError> {
+    SearchProblem::new(
+        schema,
+        train_data,
+        &config.candidates,
+        search,
+        (config.validation_fraction, config.seed),
+        Metric::primary(schema.task),
+    )
+}
+
+/// Trains every candidate and selects the best; a search runs through `runner`.
+pub fn train_and_select_with(
+    schema: &Schema,
+    data: &Dataset,
+    config: &TrainConfig,
+    runner: &mut dyn SearchRunner,
+    mut progress: impl FnMut(Progress),
+) -> Result<TrainingOutcome, TrainError> {
+    let task = schema.task;
+    let primary = Metric::primary(task);
+    let (Split { train, .. }, train_data, test_data) = split(data, config)?;
 
     // With a search, each family's best complete trial is its candidate, with its CV scores.
     let (specs, searched): (Vec<SearchedSpec>, _) = match &config.search {
         Some(search_config) => {
-            let outcome = search(
-                schema,
-                &train_data,
-                &config.candidates,
-                search_config,
-                config.validation_fraction,
-                config.seed,
-                primary,
-                |event| progress(Progress::Search(event)),
-            )?;
+            let problem = search_problem(schema, &train_data, config, search_config)?;
+            let outcome = runner.run(&problem, &mut |event| progress(Progress::Search(event)))?;
             let specs = (0..config.candidates.len())
                 .filter_map(|family| outcome.best_of_family(family, primary))
                 .map(|t| (t.spec.clone(), Some(t.fold_scores.clone())))
