@@ -5,6 +5,7 @@ mod config;
 #[cfg(feature = "train")]
 mod device;
 mod exit;
+mod lease;
 mod local_queue;
 #[cfg(feature = "train")]
 mod monitor;

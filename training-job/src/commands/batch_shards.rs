@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chrono::{DateTime, Utc};
 use mlops_domain::hashing::sha256_hex;
 use mlops_domain::jobs::{
     Checkpoint, JobQueue, JobState, JobSubmission, SHARD_PLAN, SHARD_PLAN_LOCK, ShardPlan,
     shard_checkpoint_name,
 };
 use mlops_domain::store::{ETag, PutCondition, StoreError};
+
+use crate::lease;
 use tokio::runtime::Handle;
 
 use super::batch_predict::{CHECKPOINT, JobRun, ShardSlice, Summary, another_job};
@@ -37,23 +38,9 @@ pub(crate) const PLAN_LEASE: Duration = Duration::from_secs(60);
 /// How often a waiting child looks for the plan.
 const PLAN_POLL: Duration = Duration::from_millis(500);
 
-/// The planner's lease (`_shards.lock`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PlanLock {
-    /// Who holds it (process id), for a reader.
-    holder: String,
-    /// When it was taken or last renewed.
-    renewed_at: DateTime<Utc>,
-}
-
-impl PlanLock {
-    fn now() -> Vec<u8> {
-        let lock = PlanLock {
-            holder: format!("pid {}", std::process::id()),
-            renewed_at: Utc::now(),
-        };
-        serde_json::to_vec(&lock).expect("a lock serializes")
-    }
+/// Who holds a lease this process takes.
+fn holder() -> String {
+    format!("pid {}", std::process::id())
 }
 
 /// How a shard's run ended.
@@ -154,26 +141,10 @@ fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<S
 /// Takes the planner's lease: free, or not renewed for `lease`. `None` while another child
 /// holds it.
 fn take_lock(job: &JobRun, lease: Duration, handle: &Handle) -> Result<Option<ETag>> {
-    let store = &job.output.store;
+    let store = job.output.store.as_ref();
     let key = job.output.key(SHARD_PLAN_LOCK);
-    let condition = match handle.block_on(store.get(&key))? {
-        None => PutCondition::IfAbsent,
-        Some(object) => {
-            let renewed = serde_json::from_slice::<PlanLock>(&object.bytes)
-                .map_or(DateTime::<Utc>::MIN_UTC, |l| l.renewed_at);
-            let age = (Utc::now() - renewed).to_std().unwrap_or_default();
-            if age < lease {
-                return Ok(None);
-            }
-            eprintln!("taking over the planning: the lease was last renewed {age:?} ago");
-            PutCondition::IfMatch(object.etag)
-        }
-    };
-    match handle.block_on(store.put(&key, PlanLock::now(), condition)) {
-        Ok(etag) => Ok(Some(etag)),
-        Err(StoreError::PreconditionFailed { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let seen = handle.block_on(lease::read(store, &key))?;
+    Ok(handle.block_on(lease::take(store, &key, &holder(), lease, seen.as_ref()))?)
 }
 
 /// Makes the plan under the lease (renewed as it reads), writes it create-only, and frees the
@@ -189,15 +160,12 @@ fn make_plan(
     let (key, lock_key) = (job.output.key(SHARD_PLAN), job.output.key(SHARD_PLAN_LOCK));
     let started = Instant::now();
     let mut renewed = Instant::now();
+    let me = holder();
     let plan = job.plan(handle, shards, &mut || {
         if renewed.elapsed() >= lease / 4 {
             // A lease lost to a child that took over is not an error: both make the same plan.
-            let put = store.put(
-                &lock_key,
-                PlanLock::now(),
-                PutCondition::IfMatch(lock.clone()),
-            );
-            if let Ok(etag) = handle.block_on(put) {
+            let renewal = lease::renew(store.as_ref(), &lock_key, &me, &lock);
+            if let Ok(Some(etag)) = handle.block_on(renewal) {
                 lock = etag;
             }
             renewed = Instant::now();
