@@ -160,6 +160,28 @@ pub fn code_commit() -> String {
     std::env::var("MLOPS_CODE_COMMIT").unwrap_or_else(|_| env!("MLOPS_BUILD_COMMIT").to_string())
 }
 
+/// The array index AWS Batch gives each child of an array job.
+pub const ARRAY_INDEX: &str = "AWS_BATCH_JOB_ARRAY_INDEX";
+
+/// This container's index among `children` (`what`: "shards", "search workers"), as an array
+/// job's child; a single child runs as a plain job, without an index. `option` gives it by hand.
+pub fn array_index(children: u32, what: &str, option: &str) -> Result<u32> {
+    let index = match std::env::var(ARRAY_INDEX) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{ARRAY_INDEX}='{text}' is not an array index"))?,
+        Err(_) if children == 1 => 0,
+        Err(_) => bail!(
+            "{ARRAY_INDEX} is not set: this job has {children} {what} and runs as an AWS Batch array job's children (or give {option})"
+        ),
+    };
+    if index >= children {
+        bail!("{ARRAY_INDEX}={index} is out of range for {children} {what}");
+    }
+    Ok(index)
+}
+
 /// Resolves a data-set name (a shipped schema) or a path to a schema file.
 pub fn load_schema(name_or_path: &str) -> Result<Schema> {
     if let Some((_, text)) = BUILTIN_SCHEMAS.iter().find(|(n, _)| *n == name_or_path) {

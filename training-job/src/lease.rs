@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError};
+use mlops_domain::store::{ETag, ObjectStore, PutCondition, StoreError, StoredObject};
 
 /// A lease's object.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -24,18 +24,30 @@ fn record(holder: &str) -> Vec<u8> {
     serde_json::to_vec(&lease).expect("a lease serializes")
 }
 
-/// How long ago the lease in `bytes` was renewed; an unreadable one counts as never renewed.
-pub(crate) fn age(bytes: &[u8]) -> Duration {
-    let renewed = serde_json::from_slice::<LeaseRecord>(bytes)
-        .map_or(DateTime::<Utc>::MIN_UTC, |l| l.renewed_at);
-    (Utc::now() - renewed).to_std().unwrap_or_default()
-}
-
-/// A lease as a reader found it: its tag and how long ago it was renewed.
+/// A lease as a reader found it.
 #[derive(Debug, Clone)]
 pub(crate) struct SeenLease {
+    /// Its tag, to take it over.
     pub etag: ETag,
+    /// Who holds it (empty if unreadable).
+    pub holder: String,
+    /// How long ago it was renewed; an unreadable one counts as never renewed.
     pub age: Duration,
+}
+
+impl SeenLease {
+    /// The lease in `object`.
+    pub(crate) fn of(object: StoredObject) -> Self {
+        let record = serde_json::from_slice::<LeaseRecord>(&object.bytes).ok();
+        let renewed = record
+            .as_ref()
+            .map_or(DateTime::<Utc>::MIN_UTC, |l| l.renewed_at);
+        Self {
+            etag: object.etag,
+            holder: record.map(|l| l.holder).unwrap_or_default(),
+            age: (Utc::now() - renewed).to_std().unwrap_or_default(),
+        }
+    }
 }
 
 /// Reads the lease at `key`, if any.
@@ -43,14 +55,12 @@ pub(crate) async fn read(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<Option<SeenLease>, StoreError> {
-    Ok(store.get(key).await?.map(|object| SeenLease {
-        age: age(&object.bytes),
-        etag: object.etag,
-    }))
+    Ok(store.get(key).await?.map(SeenLease::of))
 }
 
-/// Takes the lease at `key` for `holder` if it is free, or if `seen` (what a reader found there)
-/// has gone unrenewed for `length`. `None` while another holds it, or when another took it first.
+/// Takes the lease at `key` for `holder` if it is free, if `seen` (what a reader found there)
+/// has gone unrenewed for `length`, or if `holder` held it (a retry of a holder that died takes
+/// its lease back at once). `None` while another holds it, or when another took it first.
 pub(crate) async fn take(
     store: &dyn ObjectStore,
     key: &str,
@@ -60,7 +70,8 @@ pub(crate) async fn take(
 ) -> Result<Option<ETag>, StoreError> {
     let condition = match seen {
         None => PutCondition::IfAbsent,
-        Some(lease) if lease.age < length => return Ok(None),
+        Some(lease) if lease.age < length && lease.holder != holder => return Ok(None),
+        Some(lease) if lease.holder == holder => PutCondition::IfMatch(lease.etag.clone()),
         Some(lease) => {
             eprintln!(
                 "taking over {}: its lease was last renewed {:.0?} ago",
@@ -130,6 +141,22 @@ mod tests {
             .unwrap();
         // The old holder's renewal fails once the lease is taken over.
         assert!(renew(&store, key, "a", &mine).await.unwrap().is_none());
-        assert!(renew(&store, key, "b", &theirs).await.unwrap().is_some());
+        let theirs = renew(&store, key, "b", &theirs).await.unwrap().unwrap();
+        // A holder's retry takes its own lease back at once.
+        let seen = read(&store, key).await.unwrap().unwrap();
+        assert!(seen.age < length);
+        assert!(
+            take(&store, key, "a", length, Some(&seen))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            take(&store, key, "b", length, Some(&seen))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(renew(&store, key, "b", &theirs).await.unwrap().is_none());
     }
 }

@@ -131,7 +131,7 @@ async fn main() -> ExitCode {
         Command::Data(c) => commands::data::run(c, &cli.settings).await,
         Command::Features(a) => commands::features::run(a, &cli.settings).await,
         #[cfg(feature = "train")]
-        Command::Train(a) => commands::train::train(&a, &cli.settings).await.map(|_| ()),
+        Command::Train(a) => commands::train::run(&a, &cli.settings).await,
         Command::Registry(c) => commands::registry::run(c, &cli.settings).await,
         Command::Predict(a) => commands::predict::run(a, &cli.settings).await,
         #[cfg(feature = "train")]

@@ -13,8 +13,8 @@ use mlops_domain::metrics::Metric;
 use mlops_domain::schema::{Schema, Task};
 use mlops_domain::tracking::{RunStatus, Tracker};
 use mlops_gpu::{GpuSample, Telemetry};
-use mlops_trainer::search::{SearchEvent, Trial, TrialStatus};
-use mlops_trainer::select::{Progress, TrainConfig, TrainingOutcome, train_and_select};
+use mlops_trainer::search::{SearchEvent, SearchRunner, Trial, TrialStatus};
+use mlops_trainer::select::{Progress, TrainConfig, TrainingOutcome, train_and_select_with};
 use tokio::sync::mpsc;
 
 use crate::progress;
@@ -49,6 +49,7 @@ impl Monitor {
         schema: &Schema,
         data: &Dataset,
         config: &TrainConfig,
+        search: &mut (dyn SearchRunner + Send),
     ) -> Result<(TrainingOutcome, Vec<GpuSample>)> {
         let (tx, rx) = mpsc::unbounded_channel::<Event>();
         let telemetry = match self.telemetry_interval {
@@ -81,7 +82,7 @@ impl Monitor {
         let bar = progress::steps(config.candidates.len() as u64, "training");
         let recorder = tokio::spawn(self.record_all(rx, families, schema.task, bar));
         let outcome = tokio::task::block_in_place(|| {
-            train_and_select(schema, data, config, |event| {
+            train_and_select_with(schema, data, config, search, |event| {
                 let _ = tx.send(Event::Training(event));
             })
         });

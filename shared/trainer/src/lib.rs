@@ -52,6 +52,9 @@ pub enum TrainError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// A search shared by workers could not read or write where they meet.
+    #[error("shared search: {0}")]
+    SharedSearch(String),
     /// Report files could not be written.
     #[error("report {path}: {message}")]
     Report {

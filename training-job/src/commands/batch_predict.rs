@@ -49,7 +49,7 @@ use tokio::runtime::Handle;
 
 use crate::commands::batch_shards::ArrayJob;
 use crate::commands::registry::resolve_version;
-use crate::config::Settings;
+use crate::config::{Settings, array_index};
 use crate::exit::ExitWith;
 
 /// Arguments of `mlops batch-predict`.
@@ -132,24 +132,6 @@ enum Mode {
     Submit { shards: u32 },
 }
 
-/// The array index AWS Batch gives each child of an array job.
-const ARRAY_INDEX: &str = "AWS_BATCH_JOB_ARRAY_INDEX";
-
-/// The array index of this container, if it is an array job's child.
-fn array_index(shards: u32) -> Result<u32> {
-    match std::env::var(ARRAY_INDEX) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .with_context(|| format!("{ARRAY_INDEX}='{text}' is not a shard index")),
-        // One shard runs as a plain job, without an array index.
-        Err(_) if shards == 1 => Ok(0),
-        Err(_) => bail!(
-            "{ARRAY_INDEX} is not set: this job has {shards} shards and runs as an AWS Batch array job's child (or give --shard-index)"
-        ),
-    }
-}
-
 impl Mode {
     /// The mode of these arguments; `job_shards`: the job record's shards, in `--job` mode.
     fn of(args: &BatchPredictArgs, job_shards: Option<u32>) -> Result<Self> {
@@ -157,7 +139,9 @@ impl Mode {
             return Ok(match job_shards.filter(|n| *n > 1) {
                 Some(shards) => Mode::Shard {
                     shards,
-                    index: args.shard_index.map_or_else(|| array_index(shards), Ok)?,
+                    index: args
+                        .shard_index
+                        .map_or_else(|| array_index(shards, "shards", "--shard-index"), Ok)?,
                     child: true,
                 },
                 None => Mode::Single,
@@ -172,7 +156,7 @@ impl Mode {
             },
             (Some(shards), None, true) => Mode::Shard {
                 shards,
-                index: array_index(shards)?,
+                index: array_index(shards, "shards", "--shard-index")?,
                 child: true,
             },
             (Some(shards), None, false) => Mode::Submit { shards },

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 #[cfg(feature = "train")]
-use crate::commands::train::{TrainArgs, train};
+use crate::commands::train::{TrainArgs, run as train};
 use crate::config::Settings;
 
 /// Arguments of `mlops job`.
@@ -72,6 +72,9 @@ pub struct SearchBudget {
     pub max_trials: Option<usize>,
     /// Stop after this many minutes.
     pub minutes: Option<f64>,
+    /// Share the search with this many workers: run the job as an AWS Batch array job of this
+    /// size (each child takes its index from AWS_BATCH_JOB_ARRAY_INDEX); child 0 registers.
+    pub workers: Option<u32>,
 }
 
 /// What happens to the new version.
@@ -136,6 +139,9 @@ impl JobSpec {
             }
             if search.max_trials == Some(0) {
                 bail!("job spec {origin}: 'search.max_trials' must be at least 1");
+            }
+            if search.workers.is_some_and(|w| !(1..=10_000).contains(&w)) {
+                bail!("job spec {origin}: 'search.workers' must be between 1 and 10000");
             }
         }
         Ok(spec)
@@ -202,6 +208,9 @@ pub async fn run(args: JobArgs, settings: &Settings) -> Result<()> {
             device: spec.device.clone(),
             search_minutes: spec.search.as_ref().and_then(|s| s.minutes),
             search_trials: spec.search.as_ref().and_then(|s| s.max_trials),
+            search_workers: spec.search.as_ref().and_then(|s| s.workers),
+            search_worker_index: None,
+            search_claim_seconds: 60.0,
             telemetry_seconds: spec.telemetry_seconds,
             experiment: spec.experiment.clone(),
             out: None,
@@ -264,7 +273,8 @@ mod tests {
             spec.search,
             Some(SearchBudget {
                 max_trials: Some(200),
-                minutes: Some(10.0)
+                minutes: Some(10.0),
+                workers: None,
             })
         );
         assert_eq!(spec.device, "auto");
@@ -279,6 +289,10 @@ mod tests {
                 "search.max_trials",
             ),
             ("dataset = \"x\"\n[search]\nhours = 1\n", "hours"),
+            (
+                "dataset = \"x\"\n[search]\nmax_trials = 9\nworkers = 0\n",
+                "search.workers",
+            ),
             ("dataset = \"x\"\ndevice = \"tpu\"\n", "device"),
         ] {
             let e = JobSpec::parse(text, "j.toml").unwrap_err().to_string();

@@ -15,4 +15,6 @@ pub mod registry;
 pub mod retrain;
 pub mod serve;
 #[cfg(feature = "train")]
+pub(crate) mod shared_search;
+#[cfg(feature = "train")]
 pub mod train;

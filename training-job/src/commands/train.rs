@@ -12,7 +12,7 @@ use mlops_domain::data::{Dataset, TargetPolicy, load_csv};
 use mlops_domain::gate::{
     GateDecision, GateRows, MIN_GATE_ROWS, RowSet, SPLIT_METHOD, SplitRecord,
 };
-use mlops_domain::hashing::DvcManifest;
+use mlops_domain::hashing::{DvcManifest, sha256_hex};
 use mlops_domain::profile::profile;
 use mlops_domain::quality::Calibration;
 use mlops_domain::registry::{
@@ -22,15 +22,17 @@ use mlops_domain::schema::Schema;
 use mlops_domain::tracking::{RunStatus, Tracker};
 use mlops_engine::Predictor;
 use mlops_trainer::report::{ReportContext, write_report};
-use mlops_trainer::search::{SearchConfig, TrialStatus};
-use mlops_trainer::select::{CandidateSpec, TrainConfig, TrainingOutcome};
+use mlops_trainer::search::{Here, SearchConfig, SearchRunner, TrialStatus};
+use mlops_trainer::select::{CandidateSpec, TrainConfig, TrainingOutcome, search_training_split};
 use mlops_trainer::{lightgbm::LgbmParams, mlp::MlpParams, xgboost::XgbParams};
 
-use crate::config::{Settings, code_commit, load_schema, locate_data};
+use crate::commands::shared_search::SharedSearch;
+use crate::config::{Settings, array_index, code_commit, load_schema, locate_data};
 use crate::device::{self, DevicePlan};
 use crate::monitor::{self, Monitor};
 use crate::progress;
 use mlops_domain::online::ServingView;
+use tokio::runtime::Handle;
 
 /// Arguments of `mlops train`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,6 +83,20 @@ pub struct TrainArgs {
     /// Hyper-parameter search: stop after this many trials (all families together).
     #[arg(long)]
     pub search_trials: Option<usize>,
+    /// Share the search with N workers, this process one of them: the children of an AWS Batch
+    /// array job of N (each takes its index from AWS_BATCH_JOB_ARRAY_INDEX), or N processes given
+    /// --search-worker-index 0 to N-1. They meet in the registry store and select what one
+    /// container would (same seed and trial budget); worker 0 then trains, tests and registers
+    /// the selected candidates, the others exit once the search is done.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub search_workers: Option<u32>,
+    /// This process's index among --search-workers (default: AWS_BATCH_JOB_ARRAY_INDEX).
+    #[arg(long, requires = "search_workers")]
+    pub search_worker_index: Option<u32>,
+    /// A search worker's claim on a fit lapses after this many seconds without a renewal (it is
+    /// renewed every quarter of that while the fit runs); then another worker makes the fit.
+    #[arg(long, default_value_t = 60.0, requires = "search_workers")]
+    pub search_claim_seconds: f64,
     /// Sample GPU utilization, memory, temperature and power this often while training on a
     /// GPU (NVML), as metrics of the training run and in CloudWatch.
     #[arg(long, default_value_t = 5.0)]
@@ -181,6 +197,15 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if args.search_trials == Some(0) {
         bail!("--search-trials must be at least 1");
+    }
+    if !(args.search_claim_seconds.is_finite() && args.search_claim_seconds >= 0.2) {
+        bail!(
+            "--search-claim-seconds must be at least 0.2, got {}",
+            args.search_claim_seconds
+        );
+    }
+    if args.search_workers.is_some() && search_config(args).is_none() {
+        bail!("--search-workers shares a search: give --search-trials, --search-minutes or both");
     }
     if !(args.telemetry_seconds.is_finite() && args.telemetry_seconds >= 0.1) {
         bail!(
@@ -315,7 +340,45 @@ fn keep_schema_columns(from: &Path, to: &Path, schema: &Schema) -> Result<()> {
 }
 
 /// Trains, bundles, registers and tracks.
-pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
+/// Runs `mlops train`: the whole training, or, for a search worker other than worker 0, its
+/// share of the search.
+pub async fn run(args: &TrainArgs, settings: &Settings) -> Result<()> {
+    match worker_of(args)? {
+        Some((index, workers)) if index != 0 => {
+            search_worker(args, settings, (index, workers)).await
+        }
+        _ => train(args, settings).await.map(|_| ()),
+    }
+}
+
+/// `(index, workers)` with --search-workers.
+fn worker_of(args: &TrainArgs) -> Result<Option<(u32, u32)>> {
+    let Some(workers) = args.search_workers else {
+        return Ok(None);
+    };
+    let index = match args.search_worker_index {
+        Some(i) if i >= workers => bail!(
+            "--search-worker-index {i} is out of range: --search-workers {workers} has workers 0 to {}",
+            workers - 1
+        ),
+        Some(i) => i,
+        None => array_index(workers, "search workers", "--search-worker-index")?,
+    };
+    Ok(Some((index, workers)))
+}
+
+/// What a training run starts from.
+struct Prepared {
+    schema: Schema,
+    model_name: String,
+    devices: DevicePlan,
+    data_path: PathBuf,
+    feature_views: Vec<ServingView>,
+    data: Dataset,
+    config: TrainConfig,
+}
+
+async fn prepare(args: &TrainArgs, settings: &Settings) -> Result<Prepared> {
     check_args(args)?;
     let schema = load_schema(&args.dataset)?;
     let model_name = args
@@ -335,6 +398,109 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         training_set_from_store(args, &schema, settings).await?
     };
     let data = load_dataset(&schema, &data_path)?;
+    let config = TrainConfig {
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        cv_folds: args.cv_folds,
+        candidates,
+        search: search_config(args),
+        ..TrainConfig::default()
+    };
+    Ok(Prepared {
+        schema,
+        model_name,
+        devices,
+        data_path,
+        feature_views,
+        data,
+        config,
+    })
+}
+
+/// The search this run shares, with `workers`: its id is a hash of the data, the training
+/// configuration and the code, so every worker (and a retried one) finds the same.
+async fn shared_search(
+    args: &TrainArgs,
+    prepared: &Prepared,
+    settings: &Settings,
+    worker: (u32, u32),
+) -> Result<SharedSearch> {
+    let material = serde_json::json!({
+        "schema": prepared.schema.name,
+        "data_sha256": prepared.data.digest.sha256,
+        "config": prepared.config,
+        "code": code_commit(),
+    });
+    let id = sha256_hex(material.to_string().as_bytes())[..24].to_string();
+    let about = format!(
+        "{} on {} rows (sha256 {}), seed {}",
+        prepared.model_name,
+        prepared.data.len(),
+        &prepared.data.digest.sha256[..16],
+        prepared.config.seed
+    );
+    let search = SharedSearch::new(
+        settings.store().await?,
+        &id,
+        &about,
+        worker,
+        Handle::current(),
+    )
+    .with_lease(Duration::from_secs_f64(args.search_claim_seconds));
+    eprintln!(
+        "search worker {} of {}: sharing search {id} in {}",
+        worker.0,
+        worker.1,
+        search.location()
+    );
+    Ok(search)
+}
+
+/// A search worker other than worker 0: its share of the search, then it exits.
+async fn search_worker(args: &TrainArgs, settings: &Settings, worker: (u32, u32)) -> Result<()> {
+    let prepared = prepare(args, settings).await?;
+    let mut search = shared_search(args, &prepared, settings, worker).await?;
+    let started = std::time::Instant::now();
+    let outcome = tokio::task::block_in_place(|| {
+        search_training_split(
+            &prepared.schema,
+            &prepared.data,
+            &prepared.config,
+            &mut search,
+            &mut |_| {},
+        )
+    })?;
+    let complete = outcome
+        .trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Complete)
+        .count();
+    println!(
+        "search complete: {} trials ({complete} complete); worker {} of {} made {} fits in {:.1} s; worker 0 trains and registers the selected candidates",
+        outcome.trials.len(),
+        worker.0,
+        worker.1,
+        search.made,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
+    let prepared = prepare(args, settings).await?;
+    let mut search = match worker_of(args)? {
+        Some(worker) => Some(shared_search(args, &prepared, settings, worker).await?),
+        None => None,
+    };
+    let Prepared {
+        schema,
+        model_name,
+        devices,
+        data_path,
+        feature_views,
+        data,
+        config,
+    } = prepared;
     let registry = settings.registry().await?;
     let tracker = settings.tracker();
     let experiment = args
@@ -361,14 +527,6 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
         .await
         .with_context(|| format!("cannot start a tracking run in {}", tracker.describe()))?;
 
-    let config = TrainConfig {
-        seed: args.seed,
-        test_fraction: args.test_fraction,
-        cv_folds: args.cv_folds,
-        candidates,
-        search: search_config(args),
-        ..TrainConfig::default()
-    };
     let cloudwatch = match &args.cloudwatch_namespace {
         Some(namespace) => {
             let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
@@ -389,7 +547,11 @@ pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary
             .then(|| Duration::from_secs_f64(args.telemetry_seconds)),
         cloudwatch: cloudwatch.clone().map(|c| (c, model_name.clone())),
     };
-    let (outcome, gpu_samples) = match monitor.train(&schema, &data, &config).await {
+    let runner: &mut (dyn SearchRunner + Send) = match &mut search {
+        Some(shared) => shared,
+        None => &mut Here,
+    };
+    let (outcome, gpu_samples) = match monitor.train(&schema, &data, &config, runner).await {
         Ok(o) => o,
         Err(e) => {
             let _ = tracker.end_run(&parent.run_id, RunStatus::Failed).await;
