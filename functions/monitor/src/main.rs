@@ -305,12 +305,13 @@ impl Monitor {
             .as_ref()
             .filter(|_| mlops_monitor::retrain::trigger_of(&report).is_some())
         {
-            let (data_uri, data_version) = self.spec_data(r).await?;
+            let (data_uri, data_version, children) = self.spec_data(r).await?;
             let to = mlops_monitor::retrain::RetrainOnAlerts {
                 spec_uri: r.spec_uri.clone(),
                 data_uri,
                 data_version,
                 window: r.window,
+                children,
                 queue: &r.queue,
             };
             let requested = mlops_monitor::retrain::retrain_on_alerts(
@@ -335,7 +336,7 @@ impl Monitor {
     }
 
     /// The data set the training-job spec names, and its version.
-    async fn spec_data(&self, r: &Retraining) -> Result<(String, Option<String>)> {
+    async fn spec_data(&self, r: &Retraining) -> Result<(String, Option<String>, Option<u32>)> {
         let endpoint = env("AWS_ENDPOINT_URL");
         let spec = mlops_store::read_uri(&r.spec_uri, endpoint.clone())
             .await
@@ -345,7 +346,8 @@ impl Monitor {
             format!("training-job spec {}: retraining needs 'data'", r.spec_uri)
         })?;
         let data_version = mlops_store::uri_version(&data_uri, endpoint).await.ok();
-        Ok((data_uri, data_version))
+        let workers = mlops_monitor::retrain::spec_workers(&spec);
+        Ok((data_uri, data_version, workers))
     }
 
     /// Moves the champion back to its previous version (recorded in the audit log).
@@ -376,7 +378,7 @@ impl Monitor {
         let Some(r) = &self.retraining else {
             anyhow::bail!("retraining is not configured (MLOPS_RETRAIN_SPEC)");
         };
-        let (data_uri, data_version) = self.spec_data(r).await?;
+        let (data_uri, data_version, children) = self.spec_data(r).await?;
         let request = RetrainRequest {
             model: model.into(),
             trigger,
@@ -386,6 +388,7 @@ impl Monitor {
             data_version,
             appended: None,
             reasons: vec![format!("{} retraining", trigger.name())],
+            children,
         };
         let (record, submitted) = mlops_domain::retraining::request(
             self.registry.store(),

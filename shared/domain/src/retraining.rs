@@ -84,6 +84,10 @@ pub struct RetrainRecord {
     /// The queue's job id once submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_job_id: Option<String>,
+    /// Children of the training job, when its spec shares the search among workers: it is
+    /// submitted as an AWS Batch array job of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<u32>,
     /// When the record was claimed.
     pub created_at: DateTime<Utc>,
 }
@@ -107,6 +111,8 @@ pub struct RetrainRequest {
     pub appended: Option<AppendedRows>,
     /// Why.
     pub reasons: Vec<String>,
+    /// Children of the training job (the spec's `search.workers`), if more than one.
+    pub children: Option<u32>,
 }
 
 /// Retraining failures.
@@ -180,6 +186,7 @@ pub async fn request(
                     appended: request.appended.clone(),
                     reasons: request.reasons.clone(),
                     queue_job_id: None,
+                    children: request.children,
                     created_at: now,
                 };
                 let bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
@@ -248,7 +255,7 @@ fn submission(record: &RetrainRecord) -> JobSubmission {
                 record.window_start.to_rfc3339(),
             ),
         ],
-        array_size: None,
+        array_size: record.children.filter(|&n| n > 1),
     }
 }
 
@@ -281,11 +288,18 @@ mod tests {
             appended: None,
             reasons: Vec::new(),
             queue_job_id: None,
+            children: None,
             created_at: t,
         };
         assert_eq!(
             submission(&record).command,
             ["mlops", "job", "--spec", "s3://b/spec.toml"]
         );
+        assert_eq!(submission(&record).array_size, None);
+        let shared = RetrainRecord {
+            children: Some(4),
+            ..record
+        };
+        assert_eq!(submission(&shared).array_size, Some(4));
     }
 }

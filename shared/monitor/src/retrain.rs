@@ -91,6 +91,8 @@ pub struct RetrainOnAlerts<'a> {
     pub data_version: Option<String>,
     /// One job per trigger per this long.
     pub window: Duration,
+    /// Children of the training job (the spec's `search.workers`).
+    pub children: Option<u32>,
     /// The training queue.
     pub queue: &'a dyn JobQueue,
 }
@@ -116,6 +118,7 @@ pub async fn retrain_on_alerts(
         data_version: to.data_version.clone(),
         appended: None,
         reasons,
+        children: to.children,
     };
     request_retrain(store, to.queue, &request, now)
         .await
@@ -154,8 +157,36 @@ async fn request_retrain(
         .with_context(|| format!("retraining {} ({})", r.model, r.trigger.name()))
 }
 
+/// The `search.workers` a training-job spec names: its job runs as an array job of that many
+/// children.
+pub fn spec_workers(spec: &str) -> Option<u32> {
+    let value: toml::Value = toml::from_str(spec).ok()?;
+    u32::try_from(value.get("search")?.get("workers")?.as_integer()?).ok()
+}
+
 /// The `data` a training-job spec names.
 pub fn spec_data(spec: &str) -> Option<String> {
     let value: toml::Value = toml::from_str(spec).ok()?;
     value.get("data")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_names_its_data_and_its_search_workers() {
+        let spec =
+            "dataset = \"x\"\ndata = \"s3://b/d.csv\"\n[search]\nmax_trials = 9\nworkers = 4\n";
+        assert_eq!(spec_data(spec).as_deref(), Some("s3://b/d.csv"));
+        assert_eq!(spec_workers(spec), Some(4));
+        assert_eq!(
+            spec_workers("dataset = \"x\"\n[search]\nmax_trials = 9\n"),
+            None
+        );
+        assert_eq!(
+            spec_workers("dataset = \"x\"\n[search]\nworkers = -1\n"),
+            None
+        );
+    }
 }

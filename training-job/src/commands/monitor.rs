@@ -398,6 +398,7 @@ async fn retrain_on_alerts(
         data_uri,
         data_version,
         window: Duration::hours(i64::from(args.retrain_window_hours)),
+        children: mlops_monitor::retrain::spec_workers(&text),
         queue: &queue,
     };
     let requested =

@@ -103,6 +103,7 @@ pub async fn run(args: RetrainArgs, settings: &Settings) -> Result<()> {
         } else {
             vec![args.reason.clone()]
         },
+        children: spec.search.as_ref().and_then(|s| s.workers),
     };
     if let Some(days) = args.append_feedback_days {
         let until = Utc::now();

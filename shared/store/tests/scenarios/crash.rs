@@ -627,6 +627,7 @@ pub fn retrain_request() -> mlops_domain::retraining::RetrainRequest {
         data_version: Some("v1".into()),
         appended: None,
         reasons: vec!["drift alert".into()],
+        children: None,
     }
 }
 
