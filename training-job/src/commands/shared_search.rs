@@ -475,7 +475,6 @@ mod tests {
             fits(&one),
             "fits per worker: {made:?}"
         );
-        assert!(made.iter().filter(|&&n| n > 0).count() >= 2, "{made:?}");
         assert_eq!(
             store.list("searches/s1/scores/").await.unwrap().len(),
             fits(&one)

@@ -1195,11 +1195,19 @@ fn print_summary(
             c.name, c.validation_metrics[primary], c.train_seconds
         );
     }
-    println!(
-        "\nselected {} — test metrics ({} rows):",
-        outcome.best().name,
-        outcome.test_labels.len()
-    );
+    let params: Vec<String> = outcome
+        .best()
+        .params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_string)
+            )
+        })
+        .collect();
+    println!("\nselected {} ({})", outcome.best().name, params.join(", "));
+    println!("test metrics ({} rows):", outcome.test_labels.len());
     for (k, v) in &outcome.test_metrics {
         println!("  {k:<9} {v:.4}");
     }
