@@ -339,7 +339,6 @@ fn keep_schema_columns(from: &Path, to: &Path, schema: &Schema) -> Result<()> {
     Ok(())
 }
 
-/// Trains, bundles, registers and tracks.
 /// Runs `mlops train`: the whole training, or, for a search worker other than worker 0, its
 /// share of the search.
 pub async fn run(args: &TrainArgs, settings: &Settings) -> Result<()> {
@@ -486,6 +485,7 @@ async fn search_worker(args: &TrainArgs, settings: &Settings, worker: (u32, u32)
     Ok(())
 }
 
+/// Trains, bundles, registers and tracks (with --search-workers, as worker 0 of the search).
 pub async fn train(args: &TrainArgs, settings: &Settings) -> Result<TrainSummary> {
     let prepared = prepare(args, settings).await?;
     let mut search = match worker_of(args)? {
