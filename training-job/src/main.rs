@@ -10,6 +10,7 @@ mod local_queue;
 #[cfg(feature = "train")]
 mod monitor;
 mod progress;
+mod write_once;
 
 use std::process::ExitCode;
 

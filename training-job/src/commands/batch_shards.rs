@@ -28,6 +28,7 @@ use mlops_domain::jobs::{
 use mlops_domain::store::{ETag, PutCondition, StoreError};
 
 use crate::lease;
+use crate::write_once::write_once;
 use tokio::runtime::Handle;
 
 use super::batch_predict::{CHECKPOINT, JobRun, ShardSlice, Summary, another_job};
@@ -178,19 +179,8 @@ fn make_plan(
         started.elapsed().as_secs_f64(),
         plan.input_bytes
     );
-    let bytes = serde_json::to_vec_pretty(&plan)?;
-    let plan = match handle.block_on(store.put(&key, bytes, PutCondition::IfAbsent)) {
-        Ok(_) => plan,
-        // A child that took the lease over wrote it first: use that one (the same).
-        Err(StoreError::PreconditionFailed { .. }) => {
-            let object = handle
-                .block_on(store.get(&key))?
-                .with_context(|| format!("{} vanished after it was written", store.uri(&key)))?;
-            serde_json::from_slice(&object.bytes)
-                .with_context(|| format!("{} is not a valid shard plan", store.uri(&key)))?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // A child that took the lease over may have written it first: then that one (the same).
+    let plan = handle.block_on(write_once(store.as_ref(), &key, plan, "shard plan"))?;
     handle.block_on(store.delete(&lock_key))?;
     Ok(plan)
 }

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
 use crate::lease::{self, SeenLease};
+use crate::write_once::write_once;
 
 /// How long a claim on a fit lasts without a renewal.
 pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(60);
@@ -129,22 +130,8 @@ impl SharedSearch {
             about: self.about.clone(),
             started_at: Utc::now(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)?;
-        match self
-            .handle
-            .block_on(self.store.put(&key, bytes, PutCondition::IfAbsent))
-        {
-            Ok(_) => Ok(record.started_at),
-            Err(StoreError::PreconditionFailed { .. }) => {
-                let object = self
-                    .block(self.store.get(&key))?
-                    .with_context(|| format!("{} vanished", self.store.uri(&key)))?;
-                let record: SearchRecord = serde_json::from_slice(&object.bytes)
-                    .with_context(|| format!("{} is not a search record", self.store.uri(&key)))?;
-                Ok(record.started_at)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let written = write_once(self.store.as_ref(), &key, record, "search record");
+        Ok(self.handle.block_on(written)?.started_at)
     }
 
     /// The fits under `dir` (`claims/` or `scores/`) by their keys.
