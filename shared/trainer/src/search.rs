@@ -283,8 +283,8 @@ pub struct SharedProgress {
 #[derive(Debug)]
 pub enum Step {
     /// These fits, earliest first, must be scored before the search can end; those not in
-    /// [`SharedProgress::claimed`] are free to take. The list stops at the first free one past
-    /// the claimed ones, so it is short even with no trial budget.
+    /// [`SharedProgress::claimed`] are free to take. The list ends with the first bracket that
+    /// has a free one, so it is short even with no trial budget.
     Wait(Vec<PendingFit>),
     /// Every fit the search needs is scored: its outcome, as one container would have found it.
     Done(SearchOutcome),

@@ -223,10 +223,7 @@ impl SharedSearch {
             };
             let mut made = false;
             for fit in &waiting {
-                let mine = claims.get(&fit.unit).filter(|c| c.holder == self.worker);
-                if progress.claimed.contains(&fit.unit) && mine.is_none() {
-                    continue;
-                }
+                // Writes nothing while another live worker holds the fit.
                 let seen = claims.get(&fit.unit);
                 let key = self.claim_key(fit.unit);
                 let take = lease::take(self.store.as_ref(), &key, &self.worker, self.lease, seen);
