@@ -163,21 +163,30 @@ pub fn code_commit() -> String {
 /// The array index AWS Batch gives each child of an array job.
 pub const ARRAY_INDEX: &str = "AWS_BATCH_JOB_ARRAY_INDEX";
 
-/// This container's index among `children` (`what`: "shards", "search workers"), as an array
-/// job's child; a single child runs as a plain job, without an index. `option` gives it by hand.
-pub fn array_index(children: u32, what: &str, option: &str) -> Result<u32> {
-    let index = match std::env::var(ARRAY_INDEX) {
-        Ok(text) => text
+/// This container's index among `children` (`what`: "shards", "search workers"): `given` by
+/// hand (`option`), else as an array job's child; a single child runs as a plain job, without
+/// an index. Out of range, it is refused, naming where it came from.
+pub fn array_index(given: Option<u32>, children: u32, what: &str, option: &str) -> Result<u32> {
+    let index = match (given, std::env::var(ARRAY_INDEX)) {
+        (Some(index), _) => index,
+        (None, Ok(text)) => text
             .trim()
             .parse()
             .with_context(|| format!("{ARRAY_INDEX}='{text}' is not an array index"))?,
-        Err(_) if children == 1 => 0,
-        Err(_) => bail!(
+        (None, Err(_)) if children == 1 => 0,
+        (None, Err(_)) => bail!(
             "{ARRAY_INDEX} is not set: this job has {children} {what} and runs as an AWS Batch array job's children (or give {option})"
         ),
     };
     if index >= children {
-        bail!("{ARRAY_INDEX}={index} is out of range for {children} {what}");
+        let from = match given {
+            Some(_) => format!("{option} {index}"),
+            None => format!("{ARRAY_INDEX}={index}"),
+        };
+        bail!(
+            "{from} is out of range: {children} {what} are numbered 0 to {}",
+            children - 1
+        );
     }
     Ok(index)
 }
@@ -268,5 +277,25 @@ pub fn shell_word(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_given_by_hand_is_checked_against_the_children() {
+        assert_eq!(
+            array_index(Some(3), 4, "search workers", "--search-worker-index").unwrap(),
+            3
+        );
+        let e = array_index(Some(4), 4, "search workers", "--search-worker-index")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--search-worker-index 4 is out of range: 4 search workers are numbered 0 to 3"
+        );
     }
 }

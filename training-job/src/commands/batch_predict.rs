@@ -141,7 +141,7 @@ impl Mode {
                     shards,
                     index: args
                         .shard_index
-                        .map_or_else(|| array_index(shards, "shards", "--shard-index"), Ok)?,
+                        .map_or_else(|| array_index(None, shards, "shards", "--shard-index"), Ok)?,
                     child: true,
                 },
                 None => Mode::Single,
@@ -156,7 +156,7 @@ impl Mode {
             },
             (Some(shards), None, true) => Mode::Shard {
                 shards,
-                index: array_index(shards, "shards", "--shard-index")?,
+                index: array_index(None, shards, "shards", "--shard-index")?,
                 child: true,
             },
             (Some(shards), None, false) => Mode::Submit { shards },

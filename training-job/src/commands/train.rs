@@ -355,14 +355,12 @@ fn worker_of(args: &TrainArgs) -> Result<Option<(u32, u32)>> {
     let Some(workers) = args.search_workers else {
         return Ok(None);
     };
-    let index = match args.search_worker_index {
-        Some(i) if i >= workers => bail!(
-            "--search-worker-index {i} is out of range: --search-workers {workers} has workers 0 to {}",
-            workers - 1
-        ),
-        Some(i) => i,
-        None => array_index(workers, "search workers", "--search-worker-index")?,
-    };
+    let index = array_index(
+        args.search_worker_index,
+        workers,
+        "search workers",
+        "--search-worker-index",
+    )?;
     Ok(Some((index, workers)))
 }
 
