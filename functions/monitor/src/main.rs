@@ -335,19 +335,19 @@ impl Monitor {
         Ok(outcome)
     }
 
-    /// The data set the training-job spec names, and its version.
+    /// The data set the training-job spec names, its version, and the spec's search workers.
     async fn spec_data(&self, r: &Retraining) -> Result<(String, Option<String>, Option<u32>)> {
         let endpoint = env("AWS_ENDPOINT_URL");
         let spec = mlops_store::read_uri(&r.spec_uri, endpoint.clone())
             .await
             .with_context(|| format!("MLOPS_RETRAIN_SPEC={}", r.spec_uri))?;
         let spec = String::from_utf8(spec).context("the training-job spec is not UTF-8")?;
-        let data_uri = mlops_monitor::retrain::spec_data(&spec).with_context(|| {
+        let fields = mlops_monitor::retrain::spec_fields(&spec);
+        let data_uri = fields.data.with_context(|| {
             format!("training-job spec {}: retraining needs 'data'", r.spec_uri)
         })?;
         let data_version = mlops_store::uri_version(&data_uri, endpoint).await.ok();
-        let workers = mlops_monitor::retrain::spec_workers(&spec);
-        Ok((data_uri, data_version, workers))
+        Ok((data_uri, data_version, fields.workers))
     }
 
     /// Moves the champion back to its previous version (recorded in the audit log).

@@ -157,17 +157,31 @@ async fn request_retrain(
         .with_context(|| format!("retraining {} ({})", r.model, r.trigger.name()))
 }
 
-/// The `search.workers` a training-job spec names: its job runs as an array job of that many
-/// children.
-pub fn spec_workers(spec: &str) -> Option<u32> {
-    let value: toml::Value = toml::from_str(spec).ok()?;
-    u32::try_from(value.get("search")?.get("workers")?.as_integer()?).ok()
+/// What retraining reads of a training-job spec (leniently: the job checks the rest).
+#[derive(Debug, Default, PartialEq)]
+pub struct SpecFields {
+    /// The `data` it names.
+    pub data: Option<String>,
+    /// Its `search.workers`: the job runs as an array job of that many children.
+    pub workers: Option<u32>,
 }
 
-/// The `data` a training-job spec names.
-pub fn spec_data(spec: &str) -> Option<String> {
-    let value: toml::Value = toml::from_str(spec).ok()?;
-    value.get("data")?.as_str().map(str::to_owned)
+/// Reads [`SpecFields`] from a spec's text; what is missing or unreadable is `None`.
+pub fn spec_fields(spec: &str) -> SpecFields {
+    let Ok(value) = toml::from_str::<toml::Value>(spec) else {
+        return SpecFields::default();
+    };
+    SpecFields {
+        data: value
+            .get("data")
+            .and_then(|d| d.as_str())
+            .map(str::to_owned),
+        workers: value
+            .get("search")
+            .and_then(|s| s.get("workers"))
+            .and_then(toml::Value::as_integer)
+            .and_then(|w| u32::try_from(w).ok()),
+    }
 }
 
 #[cfg(test)]
@@ -178,14 +192,19 @@ mod tests {
     fn a_spec_names_its_data_and_its_search_workers() {
         let spec =
             "dataset = \"x\"\ndata = \"s3://b/d.csv\"\n[search]\nmax_trials = 9\nworkers = 4\n";
-        assert_eq!(spec_data(spec).as_deref(), Some("s3://b/d.csv"));
-        assert_eq!(spec_workers(spec), Some(4));
         assert_eq!(
-            spec_workers("dataset = \"x\"\n[search]\nmax_trials = 9\n"),
+            spec_fields(spec),
+            SpecFields {
+                data: Some("s3://b/d.csv".into()),
+                workers: Some(4)
+            }
+        );
+        assert_eq!(
+            spec_fields("dataset = \"x\"\n[search]\nmax_trials = 9\n").workers,
             None
         );
         assert_eq!(
-            spec_workers("dataset = \"x\"\n[search]\nworkers = -1\n"),
+            spec_fields("dataset = \"x\"\n[search]\nworkers = -1\n").workers,
             None
         );
     }

@@ -381,7 +381,9 @@ async fn retrain_on_alerts(
     report: &MonitorReport,
 ) -> Result<()> {
     let text = String::from_utf8(crate::commands::job::read(spec, settings).await?)?;
-    let data_uri = mlops_monitor::retrain::spec_data(&text)
+    let fields = mlops_monitor::retrain::spec_fields(&text);
+    let data_uri = fields
+        .data
         .ok_or_else(|| anyhow::anyhow!("job spec {spec}: retraining needs 'data'"))?;
     let data_version = crate::commands::retrain::data_version(&data_uri, settings).await?;
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
@@ -398,7 +400,7 @@ async fn retrain_on_alerts(
         data_uri,
         data_version,
         window: Duration::hours(i64::from(args.retrain_window_hours)),
-        children: mlops_monitor::retrain::spec_workers(&text),
+        children: fields.workers,
         queue: &queue,
     };
     let requested =
