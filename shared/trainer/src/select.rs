@@ -12,7 +12,7 @@ use mlops_domain::data::Dataset;
 use mlops_domain::features::{FeatureMatrix, FeaturePipeline, PipelineOptions};
 use mlops_domain::metrics::{Metric, evaluate};
 use mlops_domain::schema::{Schema, Task};
-use mlops_domain::split::{Split, k_fold, train_test_split};
+use mlops_domain::split::{k_fold, train_test_split};
 use serde::{Deserialize, Serialize};
 
 use crate::lightgbm::{LgbmModel, LgbmParams};
@@ -350,7 +350,7 @@ pub fn train_and_select(
 }
 
 /// The held-out split: checks the candidates and the data, then cuts the training and test rows.
-fn split(data: &Dataset, config: &TrainConfig) -> Result<(Split, Dataset, Dataset), TrainError> {
+fn split(data: &Dataset, config: &TrainConfig) -> Result<(Dataset, Dataset), TrainError> {
     if config.candidates.is_empty() {
         return Err(TrainError::Config("no candidates to train".into()));
     }
@@ -368,8 +368,7 @@ fn split(data: &Dataset, config: &TrainConfig) -> Result<(Split, Dataset, Datase
             split.test.len()
         )));
     }
-    let (train_data, test_data) = (data.subset(&split.train), data.subset(&split.test));
-    Ok((split, train_data, test_data))
+    Ok((data.subset(&split.train), data.subset(&split.test)))
 }
 
 /// The search of `config` on the training split, through `runner`: what a search worker that
@@ -385,7 +384,7 @@ pub fn search_training_split(
         .search
         .as_ref()
         .ok_or_else(|| TrainError::Config("no search is configured".into()))?;
-    let (_, train_data, _) = split(data, config)?;
+    let (train_data, _) = split(data, config)?;
     let problem = search_problem(schema, &train_data, config, search)?;
     runner.run(&problem, on)
 }
@@ -416,7 +415,7 @@ pub fn train_and_select_with(
 ) -> Result<TrainingOutcome, TrainError> {
     let task = schema.task;
     let primary = Metric::primary(task);
-    let (Split { train, .. }, train_data, test_data) = split(data, config)?;
+    let (train_data, test_data) = split(data, config)?;
 
     // With a search, each family's best complete trial is its candidate, with its CV scores.
     let (specs, searched): (Vec<SearchedSpec>, _) = match &config.search {
@@ -542,7 +541,7 @@ pub fn train_and_select_with(
         test_predictions,
         test_features,
         test_data,
-        train_rows: train.len(),
+        train_rows: train_data.len(),
         candidates,
         search: searched,
         selection_test,
