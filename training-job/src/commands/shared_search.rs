@@ -41,6 +41,9 @@ use crate::write_once::write_once;
 
 /// How long a claim on a fit lasts without a renewal.
 pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(60);
+/// Where claims and scores live under a search's prefix.
+const CLAIMS: &str = "claims/";
+const SCORES: &str = "scores/";
 /// How often a worker with nothing free to fit looks again.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -134,7 +137,7 @@ impl SharedSearch {
         Ok(self.handle.block_on(written)?.started_at)
     }
 
-    /// The fits under `dir` (`claims/` or `scores/`) by their keys.
+    /// The fits under `dir` ([`CLAIMS`] or [`SCORES`]) by their keys.
     fn listed(&self, dir: &str) -> Result<Vec<(FoldUnit, String)>> {
         let prefix = format!("{}{dir}", self.prefix);
         let keys = self.block(self.store.list(&prefix))?;
@@ -147,10 +150,10 @@ impl SharedSearch {
             .collect())
     }
 
-    /// The claims of fits not scored yet, as read now.
+    /// Every claim, as read now.
     fn claims(&self) -> Result<BTreeMap<FoldUnit, SeenLease>> {
         let mut claims = BTreeMap::new();
-        for (unit, key) in self.listed("claims/")? {
+        for (unit, key) in self.listed(CLAIMS)? {
             if let Some(object) = self.block(self.store.get(&key))? {
                 claims.insert(unit, SeenLease::of(object));
             }
@@ -160,7 +163,7 @@ impl SharedSearch {
 
     /// Reads the scores not in `scores` yet.
     fn read_scores(&self, scores: &mut BTreeMap<FoldUnit, FoldScore>) -> Result<()> {
-        for (unit, key) in self.listed("scores/")? {
+        for (unit, key) in self.listed(SCORES)? {
             if scores.contains_key(&unit) {
                 continue;
             }
@@ -181,12 +184,9 @@ impl SharedSearch {
         Ok(())
     }
 
-    fn claim_key(&self, unit: FoldUnit) -> String {
-        format!("{}claims/{}.json", self.prefix, unit.name())
-    }
-
-    fn score_key(&self, unit: FoldUnit) -> String {
-        format!("{}scores/{}.json", self.prefix, unit.name())
+    /// The key of `unit` under `dir` ([`CLAIMS`] or [`SCORES`]), as [`Self::listed`] reads it.
+    fn key(&self, dir: &str, unit: FoldUnit) -> String {
+        format!("{}{dir}{}.json", self.prefix, unit.name())
     }
 
     /// The search, shared: claim, fit and score what is waiting until nothing is.
@@ -225,7 +225,7 @@ impl SharedSearch {
             for fit in &waiting {
                 // Writes nothing while another live worker holds the fit.
                 let seen = claims.get(&fit.unit);
-                let key = self.claim_key(fit.unit);
+                let key = self.key(CLAIMS, fit.unit);
                 let take = lease::take(self.store.as_ref(), &key, &self.worker, self.lease, seen);
                 if let Some(claim) = self.block(take)? {
                     self.make(problem, fit, claim, started)?;
@@ -246,7 +246,7 @@ impl SharedSearch {
         progress: &SharedProgress,
     ) -> Result<()> {
         for unit in claims.keys().filter(|u| progress.scores.contains_key(u)) {
-            self.block(self.store.delete(&self.claim_key(*unit)))?;
+            self.block(self.store.delete(&self.key(CLAIMS, *unit)))?;
         }
         Ok(())
     }
@@ -259,7 +259,7 @@ impl SharedSearch {
         claim: ETag,
         started: DateTime<Utc>,
     ) -> Result<()> {
-        let (claim_key, score_key) = (self.claim_key(fit.unit), self.score_key(fit.unit));
+        let (claim_key, score_key) = (self.key(CLAIMS, fit.unit), self.key(SCORES, fit.unit));
         // Another worker may have scored it between the reads and the claim.
         if self.block(self.store.head(&score_key))?.is_none() {
             let renewing = self.handle.spawn(renew_while_fitting(
