@@ -1582,14 +1582,18 @@ mod tests {
 
     /// Runs shard `index` of `shards` of `job`.
     async fn run_shard(job: JobRun, shards: u32, index: u32) -> Result<Option<Checkpoint>> {
+        run_shard_leased(job, (shards, index), std::time::Duration::ZERO).await
+    }
+
+    /// [`run_shard`] with the planner's lease `lease` long.
+    async fn run_shard_leased(
+        job: JobRun,
+        (shards, index): (u32, u32),
+        lease: std::time::Duration,
+    ) -> Result<Option<Checkpoint>> {
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
-            crate::commands::batch_shards::run_shard(
-                job,
-                (shards, index),
-                std::time::Duration::ZERO,
-                &handle,
-            )
+            crate::commands::batch_shards::run_shard(job, (shards, index), lease, &handle)
         })
         .await
         .unwrap()
@@ -1685,6 +1689,40 @@ mod tests {
                     .is_some()
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_planner_is_waited_for_and_a_retried_one_takes_its_lease_back() {
+        use std::time::{Duration, Instant};
+        let w = world(50);
+        let long = crate::commands::batch_shards::PLAN_LEASE;
+        // Shard 1 holds the planner's lease: shard 0 waits until it lapses, then plans.
+        let lock = "a/".to_string() + SHARD_PLAN_LOCK;
+        crate::lease::take(w.store.as_ref(), &lock, "shard 1 of 2", long, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let lease = Duration::from_millis(600);
+        let started = Instant::now();
+        run_shard_leased(job(&w, Arc::clone(&w.store), "a/", 5), (2, 0), lease)
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= lease, "{:?}", started.elapsed());
+        // Shard 0 died planning: its retry takes its own lease back without waiting for it.
+        let lock = "b/".to_string() + SHARD_PLAN_LOCK;
+        crate::lease::take(w.store.as_ref(), &lock, "shard 0 of 2", long, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let started = Instant::now();
+        run_shard_leased(job(&w, Arc::clone(&w.store), "b/", 5), (2, 0), long)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < long / 2, "{:?}", started.elapsed());
+        assert!(
+            w.store.get(&lock).await.unwrap().is_none(),
+            "the lease is freed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

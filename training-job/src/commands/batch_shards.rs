@@ -39,9 +39,11 @@ pub(crate) const PLAN_LEASE: Duration = Duration::from_secs(60);
 /// How often a waiting child looks for the plan.
 const PLAN_POLL: Duration = Duration::from_millis(500);
 
-/// Who holds a lease this process takes.
-fn holder() -> String {
-    format!("pid {}", std::process::id())
+/// Who holds the planner's lease: the child's shard, so that a retry of the child that died
+/// planning takes its lease back at once, and no other child does (process ids repeat across
+/// containers).
+fn holder(shards: u32, index: u32) -> String {
+    format!("shard {index} of {shards}")
 }
 
 /// How a shard's run ended.
@@ -73,7 +75,7 @@ pub(crate) fn run_shard(
             job: Some(done),
         });
     }
-    let plan = plan(&job, shards, lease, handle)?;
+    let plan = plan(&job, (shards, index), lease, handle)?;
     job.shard = Some(ShardSlice {
         index,
         start: plan.shards[index as usize],
@@ -106,7 +108,13 @@ fn job_checkpoint(job: &JobRun, handle: &Handle) -> Result<Option<Checkpoint>> {
 
 /// The job's plan: the one written, or one this child makes under the planner's lease, or the one
 /// another child makes while this one waits.
-fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<ShardPlan> {
+fn plan(
+    job: &JobRun,
+    (shards, index): (u32, u32),
+    lease: Duration,
+    handle: &Handle,
+) -> Result<ShardPlan> {
+    let me = holder(shards, index);
     let key = job.output.key(SHARD_PLAN);
     let location = job.output.store.uri(&key);
     let read = |bytes: &[u8]| -> Result<ShardPlan> {
@@ -128,8 +136,8 @@ fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<S
         if let Some(object) = handle.block_on(job.output.store.get(&key))? {
             return read(&object.bytes);
         }
-        if let Some(lock) = take_lock(job, lease, handle)? {
-            return make_plan(job, shards, lock, lease, handle);
+        if let Some(lock) = take_lock(job, &me, lease, handle)? {
+            return make_plan(job, shards, (&me, lock), lease, handle);
         }
         if !waiting {
             eprintln!("waiting for the plan another child is making ({location})");
@@ -139,13 +147,13 @@ fn plan(job: &JobRun, shards: u32, lease: Duration, handle: &Handle) -> Result<S
     }
 }
 
-/// Takes the planner's lease: free, or not renewed for `lease`. `None` while another child
-/// holds it.
-fn take_lock(job: &JobRun, lease: Duration, handle: &Handle) -> Result<Option<ETag>> {
+/// Takes the planner's lease (as `me`): free, not renewed for `lease`, or this shard's own from
+/// a run that died. `None` while another child holds it.
+fn take_lock(job: &JobRun, me: &str, lease: Duration, handle: &Handle) -> Result<Option<ETag>> {
     let store = job.output.store.as_ref();
     let key = job.output.key(SHARD_PLAN_LOCK);
     let seen = handle.block_on(lease::read(store, &key))?;
-    Ok(handle.block_on(lease::take(store, &key, &holder(), lease, seen.as_ref()))?)
+    Ok(handle.block_on(lease::take(store, &key, me, lease, seen.as_ref()))?)
 }
 
 /// Makes the plan under the lease (renewed as it reads), writes it create-only, and frees the
@@ -153,7 +161,7 @@ fn take_lock(job: &JobRun, lease: Duration, handle: &Handle) -> Result<Option<ET
 fn make_plan(
     job: &JobRun,
     shards: u32,
-    mut lock: ETag,
+    (me, mut lock): (&str, ETag),
     lease: Duration,
     handle: &Handle,
 ) -> Result<ShardPlan> {
@@ -161,11 +169,10 @@ fn make_plan(
     let (key, lock_key) = (job.output.key(SHARD_PLAN), job.output.key(SHARD_PLAN_LOCK));
     let started = Instant::now();
     let mut renewed = Instant::now();
-    let me = holder();
     let plan = job.plan(handle, shards, &mut || {
         if renewed.elapsed() >= lease / 4 {
             // A lease lost to a child that took over is not an error: both make the same plan.
-            let renewal = lease::renew(store.as_ref(), &lock_key, &me, &lock);
+            let renewal = lease::renew(store.as_ref(), &lock_key, me, &lock);
             if let Ok(Some(etag)) = handle.block_on(renewal) {
                 lock = etag;
             }
