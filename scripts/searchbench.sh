@@ -3,15 +3,17 @@
 # container, on the embedded store: California Housing, linear + XGBoost + LightGBM,
 # SEARCHBENCH_TRIALS trials (default 30), seed 7, CPU.
 #   1. one container (both cores);
-#   2. four workers side by side here (both cores), worker 1 SIGKILLed once after
-#      SEARCHBENCH_KILL_AFTER seconds (default 20) and started again, as AWS Batch retries it;
+#   2. four workers side by side here, two pinned to each core (taskset), worker 1 SIGKILLed once
+#      after SEARCHBENCH_KILL_AFTER seconds (default 20) and started again, as AWS Batch
+#      retries it;
 #   3. one container pinned to one core, then two workers pinned to a core each (taskset): the
 #      speed-up on CPUs of their own.
 # Every run must select the same candidate with the same parameters and test metrics as run 1, and
 # every worker must report the same trials. Prints wall times and the fits each worker made.
-# The four workers run one OpenMP thread each (OMP_NUM_THREADS=1), as children on one core each
-# would: four processes of two spinning OpenMP threads each on two cores measure the
-# oversubscription (245 s against 35 s for 12 trials), not the search.
+# Pinned, a worker sees one CPU, so its learners use one thread, as a child on one core would:
+# four unpinned workers each run two spinning OpenMP threads on the two cores and measure the
+# oversubscription (245 s against 35 s for 12 trials), not the search. (OMP_NUM_THREADS does not
+# do it: the learners' thread count is the CPUs the process may use.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${MLOPS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mlops/target}/release/mlops}"
@@ -31,10 +33,9 @@ def command(home, extra=(), core=None):
     pin = ["taskset", "-c", str(core)] if core is not None else []
     return pin + [binary, "--home", f"{run}/{home}"] + MLOPS_TRAIN + list(extra)
 
-def start(home, name, extra=(), core=None, threads=None):
+def start(home, name, extra=(), core=None):
     log = open(f"{run}/{name}.log", "ab")
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    return subprocess.Popen(command(home, extra, core), stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(command(home, extra, core), stdout=log, stderr=subprocess.STDOUT)
 
 def read(name):
     return open(f"{run}/{name}.log", errors="replace").read()
@@ -60,13 +61,13 @@ def one(home, core=None):
     assert p.wait() == 0, read(home)[-3000:]
     return time.time() - started
 
-def workers(home, n, cores=None, kill=None, threads=None):
+def workers(home, n, cores=None, kill=None):
     started = time.time()
     procs = {}
     for i in range(n):
         core = cores[i] if cores else None
         procs[i] = start(home, f"{home}-{i}", ["--search-workers", str(n), "--search-worker-index", str(i),
-                                                "--search-claim-seconds", "10"], core, threads)
+                                                "--search-claim-seconds", "10"], core)
     killed = False
     while any(p.poll() is None for p in procs.values()):
         if kill is not None and not killed and time.time() - started >= kill_after:
@@ -76,7 +77,8 @@ def workers(home, n, cores=None, kill=None, threads=None):
                 victim.wait()
                 print(f"  worker {kill} SIGKILLed at {time.time() - started:.1f} s; started again")
                 procs[kill] = start(home, f"{home}-{kill}", ["--search-workers", str(n), "--search-worker-index",
-                                                            str(kill), "--search-claim-seconds", "10"], core, threads)
+                                                            str(kill), "--search-claim-seconds", "10"],
+                                 cores[kill] if cores else None)
             killed = True
         time.sleep(0.2)
     for i, p in procs.items():
@@ -89,12 +91,12 @@ reference = selection("one")
 print(f"one container (2 cores): {reference_time:.1f} s")
 print("  " + reference.replace("\n", "\n  "))
 
-four = workers("four", 4, kill=1, threads=1)
+four = workers("four", 4, cores=[0, 1, 0, 1], kill=1)
 assert selection("four-0") == reference, f"4 workers selected otherwise:\n{selection('four-0')}"
 summaries = [search_line(f"four-{i}") for i in range(1, 4)]
 assert len({(t, c) for t, c, _ in summaries}) == 1, summaries
 made = [fits_of_leader("four-0")] + [m for _, _, m in summaries]
-print(f"4 workers here (2 cores, 1 thread each): {four:.1f} s ({four / reference_time:.2f}x one container), same selection; "
+print(f"4 workers here (two pinned to each core): {four:.1f} s ({four / reference_time:.2f}x one container), same selection; "
       f"fits per worker {made} (worker 1's after its restart), {summaries[0][0]} trials")
 
 pinned_one = one("pinned-one", core=0)
