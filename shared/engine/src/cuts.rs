@@ -15,8 +15,9 @@
 //! - deep or sparse groups keep explicit child indices (the right child follows the left one)
 //!   and a leaf points at itself, so a walk may run past it; it stops once no lane moves.
 //!
-//! On x86-64 CPUs with AVX-512, complete groups are walked 16 trees to a vector instead
-//! (module `avx512`); the scalar walk stays for other CPUs and for explicit groups.
+//! On x86-64 CPUs with AVX-512, groups are walked 16 trees to a vector instead (module
+//! `avx512`); the scalar walk stays for other CPUs and for explicit groups of more than 65,536
+//! nodes.
 
 use std::cell::RefCell;
 
@@ -580,6 +581,7 @@ impl CutForest {
         for segment in &blocked.segments {
             sum = match segment {
                 avx512::Segment::Runs(runs) => blocked.sum_runs(runs, ranks, sum),
+                avx512::Segment::Deep(runs) => blocked.sum_deep(runs, ranks, sum),
                 avx512::Segment::Explicit(g) => {
                     self.sum_explicit(&self.groups[*g], row_cuts, values, sum)
                 }
@@ -918,8 +920,10 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             let forest = e.cut_forest.as_ref().unwrap();
+            // Explicit groups take the vector walk when 16 trees fit its 16-bit child indices.
             let has_complete = forest.groups.iter().any(|g| g.layout == Layout::Complete);
-            if has_complete && avx512_cpu() && avx512::node_bits(forest).is_some() {
+            let deep_fits = forest.explicit_nodes.len() <= 1 << 16;
+            if (has_complete || deep_fits) && avx512_cpu() && avx512::node_bits(forest).is_some() {
                 assert!(forest.avx512.is_some(), "AVX-512 layout built");
             }
             let mut scalar = e.clone();
@@ -975,6 +979,43 @@ mod tests {
             assert_eq!(forest.groups.len(), 3);
             assert_eq!(forest.groups[2].trees, 8);
             check(&e, &rows(&mut rng, shape.rule, 5, 64));
+        }
+    }
+
+    /// Deep, sparse groups take the AVX-512 vector walk (interleaved runs, a short last run,
+    /// a partial last group) unless 16 trees overflow its 16-bit child indices; either way the
+    /// sums are the libraries', bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn explicit_groups_take_the_vector_walk_when_they_fit() {
+        if !avx512_cpu() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        let mut rng = Rng(4);
+        for (rule, dense, max_depth, trees, vector) in [
+            (SplitRule::LightgbmLessEqual, false, 15, 87, true),
+            (SplitRule::XgboostLess, false, 14, 70, true),
+            (SplitRule::LightgbmLessEqual, true, 13, 17, false),
+        ] {
+            let shape = Shape {
+                rule,
+                n_features: 6,
+                max_depth,
+                dense,
+            };
+            let e = ensemble(&mut rng, &shape, trees);
+            let forest = e.cut_forest.as_ref().unwrap();
+            assert!(forest.groups.iter().all(|g| g.layout == Layout::Explicit));
+            let blocked = forest.avx512.as_ref();
+            let deep = blocked.is_some_and(|b| {
+                b.segments
+                    .iter()
+                    .any(|s| matches!(s, avx512::Segment::Deep(_)))
+            });
+            assert_eq!(deep, vector, "{rule:?}, depth {max_depth}");
+            assert!(!blocked.is_some_and(|b| b.has_explicit));
+            check(&e, &rows(&mut rng, rule, 6, 200));
         }
     }
 

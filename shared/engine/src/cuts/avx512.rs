@@ -1,6 +1,6 @@
-//! The cut forest's complete groups walked with AVX-512 (x86-64 CPUs with AVX-512F, AVX-512BW
-//! and POPCNT, detected when the model loads; other CPUs, Graviton included, take the scalar
-//! walk of [`super`]). Same decisions and the same f32/f64 sums in tree order, bit for bit.
+//! The cut forest walked with AVX-512 (x86-64 CPUs with AVX-512F, AVX-512BW and POPCNT,
+//! detected when the model loads; other CPUs, Graviton included, take the scalar walk of
+//! [`super`]). Same decisions and the same f32/f64 sums in tree order, bit for bit.
 //!
 //! - Nodes: 16 bits, the feature (high bits) and the cut's index among that feature's cuts (low
 //!   bits). A row is its rank per feature (how many of the feature's cuts send it right), found
@@ -16,10 +16,16 @@
 //! - Four groups are walked interleaved, and runs of four are software-pipelined: a run's top
 //!   walk is issued before the previous run's bottom walk, and a run's leaf values are added two
 //!   per step of the runs after it, so the serial chain of adds overlaps their latency.
+//! - Explicit (deep or sparse) groups: one 32-bit node a step, gathered for 16 trees — its node
+//!   bits and its left child's index within the group (the right child follows it; a leaf names
+//!   itself and never goes right) — four groups interleaved, until no lane of the four moves.
+//!   Their leaf values are added as the complete groups' are. Groups of more than 65,536 nodes
+//!   keep the scalar walk.
 //!
 //! The loads and gathers read through raw pointers, hence the `unsafe`: every offset stays
-//! inside its group's lines whatever the nodes hold (see [`walk`]). It pays: on the benchmark
-//! model (597 trees of depth 8), one row takes about three quarters of the scalar walk's time.
+//! inside its group whatever the nodes hold (see [`walk`] and [`walk_deep`]). It pays: on the
+//! benchmark models, one row takes about three quarters of the scalar walk's time (XGBoost, 597
+//! trees of depth 8) and under half of it (LightGBM, 718 trees of depth 9 to 26).
 
 use std::arch::x86_64::*;
 
@@ -86,8 +92,10 @@ impl BlockGroup {
 #[derive(Debug, Clone)]
 pub(super) struct Blocked {
     lines: Vec<Line>,
-    /// The forest's groups in order: runs of complete groups, and explicit groups (walked by
-    /// the scalar code).
+    /// The explicit groups laid out for the vector walk.
+    deep: DeepNodes,
+    /// The forest's groups in order: runs of complete groups, runs of explicit groups, and
+    /// explicit groups left to the scalar walk.
     pub segments: Vec<Segment>,
     /// Rank tables of 16 features the row needs: 1, 2 or 4.
     tables: usize,
@@ -95,7 +103,7 @@ pub(super) struct Blocked {
     cut_bits: u32,
     /// Bytes of a leaf value: 4 (f32) or 8 (f64).
     leaf_bytes: usize,
-    /// Whether some group is explicit, so a row also needs its flags.
+    /// Whether some explicit group is left to the scalar walk, so a row also needs its flags.
     pub has_explicit: bool,
     rank_search: RankSearch,
 }
@@ -131,64 +139,46 @@ impl Blocked {
         };
         let bottom_max = if leaf_bytes == 4 { 3 } else { 2 };
         let mut bytes: Vec<u8> = Vec::new();
-        let mut groups = Vec::with_capacity(forest.groups.len());
+        let mut deep = DeepNodes::default();
+        let mut segments = Vec::new();
         let mut has_explicit = false;
-        for group in &forest.groups {
-            if group.layout == Layout::Explicit {
-                has_explicit = true;
-                groups.push(None);
+        let mut g = 0;
+        while g < forest.groups.len() {
+            let layout = forest.groups[g].layout;
+            let end = (g..forest.groups.len())
+                .find(|&h| forest.groups[h].layout != layout)
+                .unwrap_or(forest.groups.len());
+            if layout == Layout::Explicit {
+                match deep_runs(forest, g..end, &node_of, &mut deep) {
+                    Some(runs) => segments.push(Segment::Deep(runs)),
+                    None => {
+                        has_explicit = true;
+                        segments.extend((g..end).map(Segment::Explicit));
+                    }
+                }
+                g = end;
                 continue;
             }
-            let depth = group.steps as u32;
-            let bottom = depth.min(bottom_max);
-            let block = BlockGroup {
-                start: bytes.len(),
-                top: depth - bottom,
-                bottom,
-            };
-            bytes.resize(bytes.len() + block.bytes(), 0);
-            let stride = 1usize << depth;
-            for lane in 0..LANES {
-                let heap = group.nodes_start + lane * stride;
-                let node = |i: usize| node_of(forest.complete_nodes[heap + i]);
-                let top_nodes = (1usize << block.top) - 1;
-                for level in 0..block.top {
-                    for p in 0..1usize << level {
-                        let at = block.top_node(lane, level, p);
-                        write(&mut bytes, at, &node((1 << level) - 1 + p).to_le_bytes());
-                    }
-                }
-                for s in 0..1usize << block.top {
-                    let line = block.subtree(lane, s);
-                    // Subtree `s`'s root is heap node `top_nodes + s`; its level-`l` nodes are
-                    // the `2^l` heap nodes from `(top_nodes + s + 1) · 2^l − 1`.
-                    for l in 0..bottom as usize {
-                        for j in 0..1usize << l {
-                            let q = (1 << l) - 1 + j;
-                            let i = ((top_nodes + s + 1) << l) - 1 + j;
-                            write(&mut bytes, line + 2 * q, &node(i).to_le_bytes());
-                        }
-                    }
-                    for j in 0..1usize << bottom {
-                        let slot = group.values_start + lane * stride + (s << bottom) + j;
-                        let at = line + LEAVES_AT + leaf_bytes * j;
-                        match &forest.leaves {
-                            Leaves::F32(v) => {
-                                write(&mut bytes, at, &v.complete[slot].to_le_bytes())
-                            }
-                            Leaves::F64(v) => {
-                                write(&mut bytes, at, &v.complete[slot].to_le_bytes())
-                            }
-                        }
-                    }
-                }
+            let mut blocks = Vec::with_capacity(end - g);
+            for group in &forest.groups[g..end] {
+                let depth = group.steps as u32;
+                let bottom = depth.min(bottom_max);
+                let block = BlockGroup {
+                    start: bytes.len(),
+                    top: depth - bottom,
+                    bottom,
+                };
+                bytes.resize(bytes.len() + block.bytes(), 0);
+                lay_out_complete(forest, group, block, &node_of, leaf_bytes, &mut bytes);
+                blocks.push(block);
             }
-            groups.push(Some(block));
+            let trees: Vec<usize> = forest.groups[g..end].iter().map(|gr| gr.trees).collect();
+            segments.push(Segment::Runs(runs(&blocks, &trees)));
+            g = end;
         }
-        if groups.iter().all(Option::is_none) {
+        if segments.iter().all(|s| matches!(s, Segment::Explicit(_))) {
             return None;
         }
-        let segments = segments(&groups, |g| forest.groups[g].trees);
         let lines = bytes
             .chunks(LINE)
             .map(|c| {
@@ -200,6 +190,7 @@ impl Blocked {
         Some(Blocked {
             rank_search: RankSearch::build(forest),
             lines,
+            deep,
             segments,
             tables,
             cut_bits,
@@ -232,6 +223,24 @@ impl Blocked {
                 1 => walk::<V, 1>(base, runs, wide, ranks, self.cut_bits, sum),
                 2 => walk::<V, 2>(base, runs, wide, ranks, self.cut_bits, sum),
                 _ => walk::<V, 4>(base, runs, wide, ranks, self.cut_bits, sum),
+            }
+        }
+    }
+
+    /// Adds the leaves of the explicit groups of `runs` to `sum`, in tree order.
+    pub(super) fn sum_deep<V: LeafValue>(
+        &self,
+        runs: &[DeepRun],
+        ranks: &[u32; MAX_FEATURES],
+        sum: V,
+    ) -> V {
+        // SAFETY: `build` returned this layout only after detecting AVX-512F and AVX-512BW on
+        // this CPU, and laid out `runs` in `self.deep`.
+        unsafe {
+            match self.tables {
+                1 => walk_deep::<V, 1>(&self.deep, runs, ranks, self.cut_bits, sum),
+                2 => walk_deep::<V, 2>(&self.deep, runs, ranks, self.cut_bits, sum),
+                _ => walk_deep::<V, 4>(&self.deep, runs, ranks, self.cut_bits, sum),
             }
         }
     }
@@ -344,7 +353,10 @@ impl RankSearch {
 pub(super) enum Segment {
     /// Consecutive complete groups.
     Runs(Vec<Run>),
-    /// An explicit group (index into the forest's groups).
+    /// Consecutive explicit groups, walked by the vector walk.
+    Deep(Vec<DeepRun>),
+    /// An explicit group the vector walk cannot take (index into the forest's groups), walked
+    /// by the scalar code.
     Explicit(usize),
 }
 
@@ -359,37 +371,155 @@ pub(super) struct Run {
     trees: [usize; INTERLEAVE],
 }
 
-/// Splits the groups (`None`: explicit) into segments; `trees(g)` is group `g`'s tree count.
-fn segments(groups: &[Option<BlockGroup>], trees: impl Fn(usize) -> usize) -> Vec<Segment> {
+/// Splits a stretch of complete groups into runs of up to [`INTERLEAVE`] groups of one shape;
+/// `trees[g]` is group `g`'s tree count.
+fn runs(blocks: &[BlockGroup], trees: &[usize]) -> Vec<Run> {
     let mut out = Vec::new();
     let mut g = 0;
-    while g < groups.len() {
-        let Some(first) = groups[g] else {
-            out.push(Segment::Explicit(g));
-            g += 1;
-            continue;
-        };
+    while g < blocks.len() {
+        let first = blocks[g];
         let mut end = g + 1;
-        while end < groups.len()
+        while end < blocks.len()
             && end - g < INTERLEAVE
-            && groups[end].is_some_and(|b| (b.top, b.bottom) == (first.top, first.bottom))
+            && (blocks[end].top, blocks[end].bottom) == (first.top, first.bottom)
         {
             end += 1;
         }
-        let run = Run {
+        out.push(Run {
             shape: first,
-            starts: std::array::from_fn(|k| {
-                groups[if g + k < end { g + k } else { g }].map_or(0, |b| b.start)
-            }),
-            trees: std::array::from_fn(|k| if g + k < end { trees(g + k) } else { 0 }),
-        };
-        match out.last_mut() {
-            Some(Segment::Runs(runs)) => runs.push(run),
-            _ => out.push(Segment::Runs(vec![run])),
-        }
+            starts: std::array::from_fn(|k| blocks[if g + k < end { g + k } else { g }].start),
+            trees: std::array::from_fn(|k| if g + k < end { trees[g + k] } else { 0 }),
+        });
         g = end;
     }
     out
+}
+
+/// Writes a complete group's top levels, bottom subtrees and leaf values at `block.start`.
+fn lay_out_complete(
+    forest: &CutForest,
+    group: &super::Group,
+    block: BlockGroup,
+    node_of: &impl Fn(u16) -> u16,
+    leaf_bytes: usize,
+    bytes: &mut [u8],
+) {
+    let stride = 1usize << group.steps;
+    let bottom = block.bottom;
+    for lane in 0..LANES {
+        let heap = group.nodes_start + lane * stride;
+        let node = |i: usize| node_of(forest.complete_nodes[heap + i]);
+        let top_nodes = (1usize << block.top) - 1;
+        for level in 0..block.top {
+            for p in 0..1usize << level {
+                let at = block.top_node(lane, level, p);
+                write(bytes, at, &node((1 << level) - 1 + p).to_le_bytes());
+            }
+        }
+        for s in 0..1usize << block.top {
+            let line = block.subtree(lane, s);
+            // Subtree `s`'s root is heap node `top_nodes + s`; its level-`l` nodes are the
+            // `2^l` heap nodes from `(top_nodes + s + 1) · 2^l − 1`.
+            for l in 0..bottom as usize {
+                for j in 0..1usize << l {
+                    let q = (1 << l) - 1 + j;
+                    let i = ((top_nodes + s + 1) << l) - 1 + j;
+                    write(bytes, line + 2 * q, &node(i).to_le_bytes());
+                }
+            }
+            for j in 0..1usize << bottom {
+                let slot = group.values_start + lane * stride + (s << bottom) + j;
+                let at = line + LEAVES_AT + leaf_bytes * j;
+                match &forest.leaves {
+                    Leaves::F32(v) => write(bytes, at, &v.complete[slot].to_le_bytes()),
+                    Leaves::F64(v) => write(bytes, at, &v.complete[slot].to_le_bytes()),
+                }
+            }
+        }
+    }
+}
+
+/// Nodes and leaf values of the explicit groups laid out for the vector walk.
+#[derive(Debug, Clone, Default)]
+struct DeepNodes {
+    /// Per node: its left child's index from its group's start (high half; the right child
+    /// follows it; a leaf names itself) and its node bits (low half; a leaf never goes right).
+    nodes: Vec<u32>,
+    /// Per node: a leaf's value bits (an f32's in the low half), 0 for a split.
+    values: Vec<u64>,
+}
+
+/// Up to [`INTERLEAVE`] consecutive explicit groups walked interleaved by the vector walk; a
+/// short run repeats its first group.
+#[derive(Debug, Clone)]
+pub(super) struct DeepRun {
+    /// Each slot's group start in [`DeepNodes`].
+    starts: [usize; INTERLEAVE],
+    /// Each lane's root, from its group's start (a missing lane walks lane 0's tree).
+    roots: [[u32; LANES]; INTERLEAVE],
+    /// Trees added from each slot: 0 for a repeat.
+    trees: [usize; INTERLEAVE],
+    /// Steps that bring every lane to its leaf: the depth of the deepest tree.
+    steps: usize,
+}
+
+/// Most nodes of a group of the vector walk: child indices take 16 bits.
+const MAX_DEEP_GROUP: usize = 1 << 16;
+
+/// Lays out explicit groups `groups` in `deep` for the vector walk, in runs; `None` when a
+/// group has more than [`MAX_DEEP_GROUP`] nodes.
+fn deep_runs(
+    forest: &CutForest,
+    groups: std::ops::Range<usize>,
+    node_of: &impl Fn(u16) -> u16,
+    deep: &mut DeepNodes,
+) -> Option<Vec<DeepRun>> {
+    let (nodes_before, values_before) = (deep.nodes.len(), deep.values.len());
+    let mut laid_out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let group = &forest.groups[g];
+        let end = forest.groups[g + 1..]
+            .iter()
+            .find(|h| h.layout == Layout::Explicit)
+            .map_or(forest.explicit_nodes.len(), |h| h.nodes_start);
+        if end - group.nodes_start > MAX_DEEP_GROUP {
+            deep.nodes.truncate(nodes_before);
+            deep.values.truncate(values_before);
+            return None;
+        }
+        let start = deep.nodes.len();
+        let mut roots = [0u32; LANES];
+        roots[..group.trees].copy_from_slice(&group.tree_starts[..group.trees]);
+        // A node's child is relative to its tree's start: add the tree's start in the group.
+        let mut lane = 0;
+        for i in group.nodes_start..end {
+            while lane + 1 < group.trees
+                && i >= group.nodes_start + group.tree_starts[lane + 1] as usize
+            {
+                lane += 1;
+            }
+            let node = forest.explicit_nodes[i];
+            let child = group.tree_starts[lane] + (node >> 16);
+            deep.nodes
+                .push((child << 16) | u32::from(node_of(node as u16)));
+            deep.values.push(match &forest.leaves {
+                Leaves::F32(v) => u64::from(v.explicit[i].to_bits()),
+                Leaves::F64(v) => v.explicit[i].to_bits(),
+            });
+        }
+        laid_out.push((start, roots, group.trees, group.steps));
+    }
+    Some(
+        laid_out
+            .chunks(INTERLEAVE)
+            .map(|run| DeepRun {
+                starts: std::array::from_fn(|k| run.get(k).unwrap_or(&run[0]).0),
+                roots: std::array::from_fn(|k| run.get(k).unwrap_or(&run[0]).1),
+                trees: std::array::from_fn(|k| run.get(k).map_or(0, |g| g.2)),
+                steps: run.iter().map(|g| g.3).max().unwrap_or(0),
+            })
+            .collect(),
+    )
 }
 
 fn write(bytes: &mut [u8], at: usize, value: &[u8]) {
@@ -444,26 +574,8 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
     sum: V,
 ) -> V {
     const K: usize = INTERLEAVE;
-    // SAFETY: `ranks` holds 64 u32, four unaligned 64-byte loads.
-    let tables: [__m512i; 4] =
-        std::array::from_fn(|t| unsafe { _mm512_loadu_si512(ranks[16 * t..].as_ptr().cast()) });
-    let shift = _mm_cvtsi32_si128(cut_bits as i32);
-    let cut_mask = _mm512_set1_epi32((1 << cut_bits) - 1);
-    // Whether each lane goes right: its cut index is below the row's rank for its feature.
-    let right = |node: __m512i| {
-        let feature = _mm512_srl_epi32(node, shift);
-        let rank = match TABLES {
-            1 => _mm512_permutexvar_epi32(feature, tables[0]),
-            2 => _mm512_permutex2var_epi32(tables[0], feature, tables[1]),
-            _ => {
-                let low = _mm512_permutex2var_epi32(tables[0], feature, tables[1]);
-                let high = _mm512_permutex2var_epi32(tables[2], feature, tables[3]);
-                let upper = _mm512_test_epi32_mask(feature, _mm512_set1_epi32(32));
-                _mm512_mask_blend_epi32(upper, low, high)
-            }
-        };
-        _mm512_cmplt_epu32_mask(_mm512_and_si512(node, cut_mask), rank)
-    };
+    let decide = Decide::<TABLES>::new(ranks, cut_bits);
+    let right = |node: __m512i| decide.right(node);
     let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let one = _mm512_set1_epi32(1);
     let two = _mm512_set1_epi32(2);
@@ -609,6 +721,121 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
         current = next;
     }
     bottom(current, &pending, &mut adder);
+    adder.add(ADDER_BITS);
+    adder.sum
+}
+
+/// A row's ranks held in registers, and how a node's bits split: which lanes go right.
+#[derive(Clone, Copy)]
+struct Decide<const TABLES: usize> {
+    tables: [__m512i; 4],
+    shift: __m128i,
+    cut_mask: __m512i,
+}
+
+impl<const TABLES: usize> Decide<TABLES> {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn new(ranks: &[u32; MAX_FEATURES], cut_bits: u32) -> Self {
+        Decide {
+            // SAFETY: `ranks` holds 64 u32, four unaligned 64-byte loads.
+            tables: std::array::from_fn(|t| unsafe {
+                _mm512_loadu_si512(ranks[16 * t..].as_ptr().cast())
+            }),
+            shift: _mm_cvtsi32_si128(cut_bits as i32),
+            cut_mask: _mm512_set1_epi32((1 << cut_bits) - 1),
+        }
+    }
+
+    /// Whether each lane goes right: its node's cut index is below the row's rank for the
+    /// node's feature. Bits above a node's 16 are ignored (the permutes read the low 4 or 5
+    /// bits of the feature, the four-table blend its bit 5).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn right(&self, node: __m512i) -> __mmask16 {
+        let tables = &self.tables;
+        let feature = _mm512_srl_epi32(node, self.shift);
+        let rank = match TABLES {
+            1 => _mm512_permutexvar_epi32(feature, tables[0]),
+            2 => _mm512_permutex2var_epi32(tables[0], feature, tables[1]),
+            _ => {
+                let low = _mm512_permutex2var_epi32(tables[0], feature, tables[1]);
+                let high = _mm512_permutex2var_epi32(tables[2], feature, tables[3]);
+                let upper = _mm512_test_epi32_mask(feature, _mm512_set1_epi32(32));
+                _mm512_mask_blend_epi32(upper, low, high)
+            }
+        };
+        _mm512_cmplt_epu32_mask(_mm512_and_si512(node, self.cut_mask), rank)
+    }
+}
+
+/// Walks explicit groups, four interleaved, each run until none of its lanes moves, and adds
+/// their leaf values to `sum` in tree order (a run's values while the next run walks, as in
+/// [`walk`]).
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512BW, and `deep` holds the runs' groups as [`deep_runs`] laid
+/// them out. The gathers then stay in bounds whatever the row: a lane starts at a root of its
+/// group and moves to a left child or the node after it, both inside the group, or stays on its
+/// leaf.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn walk_deep<V: LeafValue, const TABLES: usize>(
+    deep: &DeepNodes,
+    runs: &[DeepRun],
+    ranks: &[u32; MAX_FEATURES],
+    cut_bits: u32,
+    sum: V,
+) -> V {
+    const K: usize = INTERLEAVE;
+    let decide = Decide::<TABLES>::new(ranks, cut_bits);
+    let one = _mm512_set1_epi32(1);
+    let mut adder = Adder {
+        bits: [0; ADDER_BITS],
+        next: 0,
+        len: 0,
+        sum,
+    };
+    for run in runs {
+        let nodes: [*const u32; K] =
+            std::array::from_fn(|k| deep.nodes.as_ptr().wrapping_add(run.starts[k]));
+        // SAFETY: 16 u32 each.
+        let mut at: [__m512i; K] =
+            std::array::from_fn(|k| unsafe { _mm512_loadu_si512(run.roots[k].as_ptr().cast()) });
+        for _ in 0..run.steps {
+            let mut moved = 0;
+            for k in 0..K {
+                // SAFETY: nodes of the group; see the function's contract.
+                let node = unsafe { _mm512_i32gather_epi32::<4>(at[k], nodes[k].cast()) };
+                let left = _mm512_srli_epi32::<16>(node);
+                let next = _mm512_mask_add_epi32(left, decide.right(node), left, one);
+                moved |= _mm512_cmpneq_epi32_mask(next, at[k]);
+                at[k] = next;
+                adder.add(ADDS_PER_STEP);
+            }
+            if moved == 0 {
+                break;
+            }
+        }
+        // The previous run's values must all be added before this run's replace them.
+        adder.add(ADDER_BITS);
+        let mut filled = 0;
+        for ((&start, &trees), &at) in run.starts.iter().zip(&run.trees).zip(&at) {
+            let leaves = deep.values.as_ptr().wrapping_add(start);
+            // Stored after the values kept so far, over the unused lanes of the group before.
+            let out = adder.bits[filled..filled + LANES].as_mut_ptr();
+            // SAFETY: the leaves' values, indexed like their nodes; 16 u64 stored.
+            unsafe {
+                let low = _mm512_castsi512_si256(at);
+                let high = _mm512_extracti64x4_epi64::<1>(at);
+                let low = _mm512_i32gather_epi64::<8>(low, leaves.cast());
+                let high = _mm512_i32gather_epi64::<8>(high, leaves.cast());
+                _mm512_storeu_si512(out.cast(), low);
+                _mm512_storeu_si512(out.add(8).cast(), high);
+            }
+            filled += trees;
+        }
+        adder.next = 0;
+        adder.len = filled;
+    }
     adder.add(ADDER_BITS);
     adder.sum
 }
