@@ -4,7 +4,8 @@
 # ~2 GB), for a linear model, an XGBoost model and the quickstart's selected model (LightGBM; the
 # tree models are skipped with BATCHBENCH_LINEAR_ONLY=1). Then two concurrent runs of the linear
 # job into one output, checked byte for byte against the single run's parts. Needs the test venv
-# (scripts/setup.sh --test).
+# (scripts/setup.sh --test). With BATCHBENCH_BASELINE=PATH (another build of `mlops`), each model
+# is also run by that binary and this one in turn, twice (A B A B), and their outputs compared.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/bench_moto.sh"
@@ -33,6 +34,20 @@ for model in "${models[@]}"; do
   peak_rss "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model "$1" --version "$2" \
     --input s3://batchbench/input.csv --output "s3://batchbench/out-$1" --read-chunk-mib "$CHUNK_MIB" 2>&1 | tail -2
 done
+if [ -n "${BATCHBENCH_BASELINE:-}" ]; then
+  for model in "${models[@]}"; do
+    set -- $model
+    for round in 1 2; do
+      for side in baseline this; do
+        bin="$BIN"; [ "$side" = baseline ] && bin="$BATCHBENCH_BASELINE"
+        printf '%s, %s build, round %s: ' "$1" "$side" "$round"
+        "$bin" --home "$RUN/home" "${S3[@]}" batch-predict --model "$1" --version "$2" \
+          --input s3://batchbench/input.csv --output "s3://batchbench/ab-$1-$side-$round" \
+          --read-chunk-mib "$CHUNK_MIB" 2>&1 | tail -1
+      done
+    done
+  done
+fi
 echo "== two concurrent runs of the linear job into one output (ranged GETs of $CONCURRENT_CHUNK_MIB MiB)"
 for run in a b; do
   "$BIN" --home "$RUN/home" "${S3[@]}" batch-predict --model housing_linear --version 1 \
@@ -42,7 +57,11 @@ for run in a b; do
 done
 for p in "${pids_runs[@]}"; do wait "$p" || true; done
 tail -n 1 "$RUN/concurrent-a.log" "$RUN/concurrent-b.log"
-"$MLOPS_VENV/bin/python" - "$PORT" <<'PY'
+ab_models=()
+if [ -n "${BATCHBENCH_BASELINE:-}" ]; then
+  for model in "${models[@]}"; do ab_models+=("${model%% *}"); done
+fi
+"$MLOPS_VENV/bin/python" - "$PORT" "${ab_models[@]}" <<'PY'
 import sys, hashlib, boto3
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
 def parts(prefix):
@@ -61,5 +80,10 @@ def parts(prefix):
 one, two = parts("out-housing_linear/"), parts("out-concurrent/")
 same = one == two
 print(f"concurrent runs: {len(two)} files, {'byte-identical to' if same else 'DIFFERENT from'} the single run's {len(one)}")
+for model in sys.argv[2:]:
+    runs = {f"{side}-{r}": parts(f"ab-{model}-{side}-{r}/") for side in ("baseline", "this") for r in (1, 2)}
+    alike = all(p == parts(f"out-{model}/") for p in runs.values())
+    print(f"{model}: both builds' outputs {'byte-identical to' if alike else 'DIFFERENT from'} the first run's")
+    same = same and alike
 sys.exit(0 if same else 1)
 PY

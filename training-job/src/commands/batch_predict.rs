@@ -1092,8 +1092,58 @@ impl JobRun {
     }
 
     /// Runs the job on a blocking thread (`handle` runs the store calls).
+    /// Reads and validates parts from `reader`, the first one `next`, and sends each to `parts`
+    /// in order: until the input (or this shard's share of it) ends, a read fails (the error is
+    /// sent), or the receiver is gone.
+    fn read_parts<'p>(
+        &self,
+        mut reader: csv::Reader<Box<dyn Read + Send>>,
+        parser: &'p RowParser<'p>,
+        copied: &'p [(usize, String)],
+        mut next: NextPart,
+        parts: std::sync::mpsc::SyncSender<Result<ReadPart<'p>>>,
+    ) {
+        let mut record = csv::StringRecord::new();
+        let cut = (self.part_rows, self.part_bytes);
+        loop {
+            if self.shard.is_some_and(|s| next.index >= s.end.part) {
+                return;
+            }
+            let read = PartBuilder::new(parser, next.first_row, next.base_lines, copied).and_then(
+                |mut part| {
+                    read_part(
+                        &mut reader,
+                        &mut record,
+                        cut,
+                        &self.input_name,
+                        |r, line| part.add(r, next.base_lines + line),
+                    )?;
+                    Ok(part)
+                },
+            );
+            let read = match read {
+                Ok(part) if part.rows_read == 0 => return,
+                Ok(part) => {
+                    let read = ReadPart {
+                        index: next.index,
+                        position: reader.position().clone(),
+                        part,
+                    };
+                    next.index += 1;
+                    next.first_row += read.part.rows_read;
+                    Ok(read)
+                }
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            if parts.send(read).is_err() || failed {
+                return;
+            }
+        }
+    }
+
     pub(crate) fn run(&self, handle: &Handle) -> Result<Summary> {
-        let (mut checkpoint, mut etag) = match self.acquire(handle)? {
+        let (mut checkpoint, etag) = match self.acquire(handle)? {
             Ok(acquired) => acquired,
             Err(done) => return Ok(Summary::AlreadyComplete(done)),
         };
@@ -1117,65 +1167,68 @@ impl JobRun {
         let copied = copied_columns(&header, &self.copy_columns, name)?;
         let labels =
             (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
-        let mut reader = self.records(checkpoint.input_offset, checkpoint.input_lines, handle)?;
+        let reader = self.records(checkpoint.input_offset, checkpoint.input_lines, handle)?;
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
-        let mut record = csv::StringRecord::new();
-        loop {
-            let index = start.part + checkpoint.parts.len() as u64;
-            if self.shard.is_some_and(|s| index >= s.end.part) {
-                break;
-            }
-            // Rows are validated as they are read: a part holds parsed values, not records.
-            let first_row = start.rows_before + checkpoint.rows_done;
-            let mut part = PartBuilder::new(&parser, first_row, base_lines, &copied)?;
-            let cut = (self.part_rows, self.part_bytes);
-            read_part(&mut reader, &mut record, cut, name, |r, line| {
-                part.add(r, base_lines + line)
-            })?;
-            if part.rows_read == 0 {
-                break;
-            }
-            let rows_read = part.rows_read;
-            let part = part.finish(&self.predictor, labels.as_ref())?;
-            let part_name = format!("part-{index:05}.csv");
-            self.put(handle, &part_name, part.body, PutCondition::None)?;
-            if let Some(errors) = part.errors {
-                self.put(
-                    handle,
-                    &format!("errors-{index:05}.csv"),
-                    errors,
-                    PutCondition::None,
-                )?;
-            }
-            let position = reader.position();
-            checkpoint.parts.push(part_name);
-            checkpoint.rows_done += rows_read;
-            checkpoint.rows_rejected += part.rejected;
-            checkpoint.input_offset = base_offset + position.byte();
-            checkpoint.input_lines = base_lines + position.line() - 1;
-            etag = self.commit(handle, &checkpoint, etag)?;
-            eprintln!(
-                "part {index}: rows {}–{} committed ({} rejected)",
-                first_row + 1,
-                first_row + rows_read,
-                part.rejected
-            );
-            if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
-                && limit.exceeded(checkpoint.rows_rejected, checkpoint.rows_done)
-            {
-                return Err(ExitWith {
-                    code: 4,
-                    message: format!(
-                        "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
-                         (the output so far is kept; rerun to resume)",
-                        start.rows_before + checkpoint.rows_done,
-                        checkpoint.rows_rejected,
-                        limit.describe()
-                    ),
+        let next = NextPart {
+            index: start.part + checkpoint.parts.len() as u64,
+            first_row: start.rows_before + checkpoint.rows_done,
+            base_lines,
+        };
+        // The next part is read and validated on its own thread while this one is predicted,
+        // written and committed: parts are still committed one by one, in order.
+        let etag = std::thread::scope(|scope| -> Result<ETag> {
+            let mut etag = etag;
+            let (parts, read_parts) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(|| self.read_parts(reader, &parser, &copied, next, parts));
+            for read in read_parts {
+                let ReadPart {
+                    part,
+                    index,
+                    position,
+                } = read?;
+                let first_row = part.first_row;
+                let rows_read = part.rows_read;
+                let part = part.finish(&self.predictor, labels.as_ref())?;
+                let part_name = format!("part-{index:05}.csv");
+                self.put(handle, &part_name, part.body, PutCondition::None)?;
+                if let Some(errors) = part.errors {
+                    self.put(
+                        handle,
+                        &format!("errors-{index:05}.csv"),
+                        errors,
+                        PutCondition::None,
+                    )?;
                 }
-                .into());
+                checkpoint.parts.push(part_name);
+                checkpoint.rows_done += rows_read;
+                checkpoint.rows_rejected += part.rejected;
+                checkpoint.input_offset = base_offset + position.byte();
+                checkpoint.input_lines = base_lines + position.line() - 1;
+                etag = self.commit(handle, &checkpoint, etag)?;
+                eprintln!(
+                    "part {index}: rows {}–{} committed ({} rejected)",
+                    first_row + 1,
+                    first_row + rows_read,
+                    part.rejected
+                );
+                if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
+                    && limit.exceeded(checkpoint.rows_rejected, checkpoint.rows_done)
+                {
+                    return Err(ExitWith {
+                        code: 4,
+                        message: format!(
+                            "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
+                             (the output so far is kept; rerun to resume)",
+                            start.rows_before + checkpoint.rows_done,
+                            checkpoint.rows_rejected,
+                            limit.describe()
+                        ),
+                    }
+                    .into());
+                }
             }
-        }
+            Ok(etag)
+        })?;
         if let Some(shard) = self.shard
             && (checkpoint.input_offset, checkpoint.input_lines)
                 != (shard.end.offset, shard.end.lines)
@@ -1198,6 +1251,22 @@ impl JobRun {
             checkpoint,
         })
     }
+}
+
+/// Where the next part starts: its index, the row before its first, and the input line before
+/// the reader's first.
+#[derive(Debug, Clone, Copy)]
+struct NextPart {
+    index: u64,
+    first_row: u64,
+    base_lines: u64,
+}
+
+/// A part read and validated, with its index and the reader's position after it.
+struct ReadPart<'p> {
+    part: PartBuilder<'p>,
+    index: u64,
+    position: csv::Position,
 }
 
 /// One part's output.
