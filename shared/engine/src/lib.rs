@@ -9,6 +9,7 @@
 //! nodes and depths over [`tree::MAX_DEPTH`], and thresholds and leaf values must be finite.
 
 pub mod cuts;
+mod erf;
 pub mod image;
 pub mod lightgbm;
 pub mod linear;

@@ -94,10 +94,33 @@ impl<const R: usize> BlockInputs<R> {
     }
 }
 
-/// How a block's dot products are computed: each kernel gives every row the same bits.
+/// How a block's dot products and activations are computed: each kernel gives every row the
+/// same bits.
 trait Kernel {
     /// Σ w·x of one weight row with each of the block's rows.
     fn dots<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R];
+
+    /// Applies `activation` to a layer's outputs.
+    #[inline(always)]
+    fn activate(activation: Activation, values: &mut [f64]) {
+        activate(activation, values);
+    }
+}
+
+/// Applies `activation` to each value; GELU with [`crate::erf::gelu`], whose loops vectorize
+/// and whose values have `libm::erf`'s bits.
+#[inline(always)]
+fn activate(activation: Activation, values: &mut [f64]) {
+    // Plain loops: an iterator adapter's closure may be left out of line, compiled without the
+    // caller's vector features.
+    match activation {
+        Activation::Relu => {
+            for v in values {
+                *v = v.max(0.0);
+            }
+        }
+        Activation::Gelu => crate::erf::gelu(values),
+    }
 }
 
 /// Finishes a weight row's dot products. Every kernel computes each row's in eight independent
@@ -146,6 +169,18 @@ impl Kernel for Avx512 {
         // SAFETY: `Avx512` is chosen only on CPUs with AVX-512F (`Mlp::margins_of`).
         unsafe { dots_avx512(w, x) }
     }
+
+    #[inline(always)]
+    fn activate(activation: Activation, values: &mut [f64]) {
+        // SAFETY: as above.
+        unsafe { activate_avx512(activation, values) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn activate_avx512(activation: Activation, values: &mut [f64]) {
+    activate(activation, values);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -182,6 +217,18 @@ impl Kernel for Avx {
         // SAFETY: `Avx` is chosen only on CPUs with AVX (`Mlp::margins_of`).
         unsafe { dots_avx(w, x) }
     }
+
+    #[inline(always)]
+    fn activate(activation: Activation, values: &mut [f64]) {
+        // SAFETY: as above.
+        unsafe { activate_avx(activation, values) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn activate_avx(activation: Activation, values: &mut [f64]) {
+    activate(activation, values);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -360,21 +407,13 @@ impl Mlp {
                 }
             }
             if k != last {
-                for v in y.iter_mut().flatten() {
-                    *v = self.activate(*v);
+                for y in &mut y {
+                    K::activate(self.activation, y);
                 }
             }
             x = y;
         }
         x.map(|x| x[0])
-    }
-
-    #[inline(always)]
-    fn activate(&self, v: f64) -> f64 {
-        match self.activation {
-            Activation::Relu => v.max(0.0),
-            Activation::Gelu => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
-        }
     }
 
     /// The prediction for a margin.
@@ -453,7 +492,14 @@ mod tests {
                 *out += dot(&layer.weight[o * layer.inputs..(o + 1) * layer.inputs], &x);
             }
             if k + 1 != m.layers.len() {
-                y.iter_mut().for_each(|v| *v = m.activate(*v));
+                for v in &mut y {
+                    *v = match m.activation {
+                        Activation::Relu => v.max(0.0),
+                        Activation::Gelu => {
+                            0.5 * *v * (1.0 + libm::erf(*v / std::f64::consts::SQRT_2))
+                        }
+                    };
+                }
             }
             x = y;
         }
