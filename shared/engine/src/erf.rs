@@ -6,6 +6,18 @@
 //! only for the values in it), so each result has `libm::erf`'s bits (Rust never fuses a
 //! multiply and an add): the MLP's GELU gives the same values, many at a time.
 
+// Ported from FreeBSD's msun (`s_erf.c`, `e_exp.c`) by way of the `libm` crate, whose notice
+// the port keeps:
+//
+// ====================================================
+// Copyright (C) 1993 by Sun Microsystems, Inc. All rights reserved.
+//
+// Developed at SunPro, a Sun Microsystems, Inc. business.
+// Permission to use, copy, modify, and distribute this
+// software is freely granted, provided that this notice
+// is preserved.
+// ====================================================
+//
 // FreeBSD's constants, digit for digit as the `libm` crate spells them (each is the double
 // nearest to its digits, so the extra digits change no bit).
 #![allow(clippy::excessive_precision)]
