@@ -703,12 +703,7 @@ unsafe fn walk<V: LeafValue, const TABLES: usize>(
 
     // Each run's leaf values are added while the next runs walk, a few after each step, so the
     // serial chain of adds (in tree order, as the libraries add) overlaps their latency.
-    let mut adder = Adder {
-        bits: [0; ADDER_BITS],
-        next: 0,
-        len: 0,
-        sum,
-    };
+    let mut adder = Adder::new(sum);
     let Some((first, rest)) = runs.split_first() else {
         return sum;
     };
@@ -788,12 +783,7 @@ unsafe fn walk_deep<V: LeafValue, const TABLES: usize>(
     const K: usize = INTERLEAVE;
     let decide = Decide::<TABLES>::new(ranks, cut_bits);
     let one = _mm512_set1_epi32(1);
-    let mut adder = Adder {
-        bits: [0; ADDER_BITS],
-        next: 0,
-        len: 0,
-        sum,
-    };
+    let mut adder = Adder::new(sum);
     for run in runs {
         let nodes: [*const u32; K] =
             std::array::from_fn(|k| deep.nodes.as_ptr().wrapping_add(run.starts[k]));
@@ -854,6 +844,16 @@ struct Adder<V> {
 }
 
 impl<V: LeafValue> Adder<V> {
+    /// Nothing to add yet.
+    fn new(sum: V) -> Self {
+        Adder {
+            bits: [0; ADDER_BITS],
+            next: 0,
+            len: 0,
+            sum,
+        }
+    }
+
     /// Adds up to `n` more values.
     #[inline(always)]
     fn add(&mut self, n: usize) {
