@@ -1091,7 +1091,6 @@ impl JobRun {
         }
     }
 
-    /// Runs the job on a blocking thread (`handle` runs the store calls).
     /// Reads and validates parts from `reader`, the first one `next`, and sends each to `parts`
     /// in order: until the input (or this shard's share of it) ends, a read fails (the error is
     /// sent), or the receiver is gone.
@@ -1109,6 +1108,7 @@ impl JobRun {
             if self.shard.is_some_and(|s| next.index >= s.end.part) {
                 return;
             }
+            // Rows are validated as they are read: a part holds parsed values, not records.
             let read = PartBuilder::new(parser, next.first_row, next.base_lines, copied).and_then(
                 |mut part| {
                     read_part(
@@ -1142,6 +1142,7 @@ impl JobRun {
         }
     }
 
+    /// Runs the job on a blocking thread (`handle` runs the store calls).
     pub(crate) fn run(&self, handle: &Handle) -> Result<Summary> {
         let (mut checkpoint, etag) = match self.acquire(handle)? {
             Ok(acquired) => acquired,
