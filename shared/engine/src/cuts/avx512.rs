@@ -109,9 +109,9 @@ pub(super) struct Blocked {
 }
 
 impl Blocked {
-    /// Lays out `forest`'s complete groups; `None` when the CPU lacks AVX-512F, AVX-512BW or
-    /// POPCNT, when `MLOPS_ENGINE_AVX512=off` asks for the portable walk, or when the forest has
-    /// no complete group or does not fit the node bits (see [`node_bits`]).
+    /// Lays out `forest`'s groups; `None` when the CPU lacks AVX-512F, AVX-512BW or POPCNT,
+    /// when `MLOPS_ENGINE_AVX512=off` asks for the portable walk, when every group is left to
+    /// the scalar walk, or when the forest does not fit the node bits (see [`node_bits`]).
     pub(super) fn build(forest: &CutForest) -> Option<Self> {
         if std::env::var_os("MLOPS_ENGINE_AVX512").is_some_and(|v| v == "off")
             || !std::arch::is_x86_feature_detected!("avx512f")
