@@ -2,8 +2,10 @@
 //! function's jobs, or a local command). It streams a CSV input from S3 (ranged GETs pinned to
 //! the object's ETag) or disk, validates every row (bad rows go to an errors file with row, line
 //! and reason; they do not stop the job), predicts with the pure-Rust engine, and writes the
-//! output in parts of `--part-rows` rows, each followed by a checkpoint. Memory is bounded by one
-//! part and one read chunk, whatever the input's size.
+//! output in parts of `--part-rows` rows, each followed by a checkpoint. Reading, predicting (on
+//! all cores) and writing run at once, on threads of their own, a part's rows predicted as they
+//! arrive. Memory is bounded by about three parts (one written, one predicted, up to one read
+//! ahead) and a read chunk, whatever the input's size.
 //!
 //! Killed at any point and restarted, it resumes at the byte offset after the last committed part;
 //! parts are deterministic, so the output is byte-identical to an uninterrupted run. Each run
@@ -32,6 +34,7 @@
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -524,6 +527,8 @@ pub(crate) struct JobRun {
     pub output: Output,
     pub part_rows: u64,
     pub part_bytes: u64,
+    /// Rows the reader hands on at a time ([`CHUNK_ROWS`]; the output does not depend on it).
+    pub chunk_rows: u64,
     pub read_chunk: u64,
     pub fingerprint: String,
     /// Input columns copied into the output.
@@ -671,6 +676,7 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         output,
         part_rows: args.part_rows,
         part_bytes: args.part_mib << 20,
+        chunk_rows: CHUNK_ROWS,
         read_chunk: args.read_chunk_mib << 20,
         fingerprint,
         copy_columns: args.copy_columns.clone(),
@@ -1091,16 +1097,16 @@ impl JobRun {
         }
     }
 
-    /// Reads and validates parts from `reader`, the first one `next`, and sends each to `parts`
-    /// in order: until the input (or this shard's share of it) ends, a read fails (the error is
-    /// sent), or the receiver is gone.
-    fn read_parts<'p>(
+    /// Reads and validates parts from `reader`, the first one `next`, and sends them to `chunks`
+    /// in order, `chunk_rows` rows at a time: until the input (or this shard's share of it)
+    /// ends, a read fails (the error is sent), or the receiver is gone.
+    fn read_chunks<'p>(
         &self,
         mut reader: csv::Reader<Box<dyn Read + Send>>,
         parser: &'p RowParser<'p>,
         copied: &'p [(usize, String)],
         mut next: NextPart,
-        parts: std::sync::mpsc::SyncSender<Result<ReadPart<'p>>>,
+        chunks: SyncSender<Result<ReadChunk<'p>>>,
     ) {
         let mut record = csv::StringRecord::new();
         let cut = (self.part_rows, self.part_bytes);
@@ -1108,38 +1114,141 @@ impl JobRun {
             if self.shard.is_some_and(|s| next.index >= s.end.part) {
                 return;
             }
-            // Rows are validated as they are read: a part holds parsed values, not records.
-            let read = PartBuilder::new(parser, next.first_row, next.base_lines, copied).and_then(
-                |mut part| {
-                    read_part(
-                        &mut reader,
-                        &mut record,
-                        cut,
-                        &self.input_name,
-                        |r, line| part.add(r, next.base_lines + line),
-                    )?;
-                    Ok(part)
+            // Rows are validated as they are read: a chunk holds parsed values, not records.
+            let mut chunk = Chunk::new(parser, next.first_row, next.base_lines, copied);
+            let read = read_part(
+                &mut reader,
+                &mut record,
+                cut,
+                &self.input_name,
+                |r, line| {
+                    chunk.add(r, next.base_lines + line)?;
+                    if chunk.rows_read == self.chunk_rows {
+                        let after = chunk.first_row + self.chunk_rows;
+                        let full = std::mem::replace(
+                            &mut chunk,
+                            Chunk::new(parser, after, next.base_lines, copied),
+                        );
+                        let sent = ReadChunk {
+                            part: next.index,
+                            rows: full,
+                            end: None,
+                        };
+                        chunks.send(Ok(sent)).map_err(|_| ReceiverGone)?;
+                    }
+                    Ok(())
                 },
             );
-            let read = match read {
-                Ok(part) if part.rows_read == 0 => return,
-                Ok(part) => {
-                    let read = ReadPart {
-                        index: next.index,
-                        position: reader.position().clone(),
-                        part,
+            let last = match read {
+                Ok(0) => return,
+                Ok(rows) => {
+                    let last = ReadChunk {
+                        part: next.index,
+                        rows: chunk,
+                        end: Some(PartEnd {
+                            rows,
+                            position: reader.position().clone(),
+                        }),
                     };
                     next.index += 1;
-                    next.first_row += read.part.rows_read;
-                    Ok(read)
+                    next.first_row += rows;
+                    Ok(last)
                 }
+                Err(e) if e.is::<ReceiverGone>() => return,
                 Err(e) => Err(e),
             };
-            let failed = read.is_err();
-            if parts.send(read).is_err() || failed {
+            let failed = last.is_err();
+            if chunks.send(last).is_err() || failed {
                 return;
             }
         }
+    }
+
+    /// Predicts and renders the chunks as they arrive and sends each whole part to `parts`, in
+    /// order: until the chunks end, one is an error (returned), or the receiver is gone.
+    fn predict_chunks(
+        &self,
+        chunks: Receiver<Result<ReadChunk<'_>>>,
+        copied: &[(usize, String)],
+        labels: Option<&(String, String)>,
+        parts: SyncSender<Part>,
+    ) -> Result<()> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16);
+        let header = output_header(copied, labels);
+        let mut part: Option<Part> = None;
+        for chunk in chunks {
+            let ReadChunk {
+                part: index,
+                rows,
+                end,
+            } = chunk?;
+            let out = part.get_or_insert_with(|| Part::new(index, rows.first_row, &header));
+            debug_assert_eq!(out.index, index, "a part's chunks arrive together");
+            out.add(rows, &self.predictor, labels, threads)?;
+            if let Some(end) = end {
+                let mut done = part.take().expect("the part was just filled");
+                done.end = Some(end);
+                if parts.send(done).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each part, its errors file and the checkpoint after it, one part after the other:
+    /// until the parts end (returns the checkpoint and its ETag) or a write fails, the checkpoint
+    /// was taken over, or more rows were rejected than `--max-rejected` allows (returned).
+    fn write_parts(
+        &self,
+        handle: &Handle,
+        parts: Receiver<Part>,
+        (mut checkpoint, mut etag): (Checkpoint, ETag),
+        rows_before: u64,
+    ) -> Result<(Checkpoint, ETag)> {
+        let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
+        for part in parts {
+            let index = part.index;
+            let PartEnd { rows, position } = part.end.expect("only whole parts are sent");
+            let part_name = format!("part-{index:05}.csv");
+            self.put(handle, &part_name, part.body, PutCondition::None)?;
+            if part.rejected > 0 {
+                let mut errors = part.parse_errors;
+                errors.extend_from_slice(&part.feature_errors);
+                let name = format!("errors-{index:05}.csv");
+                self.put(handle, &name, errors, PutCondition::None)?;
+            }
+            checkpoint.parts.push(part_name);
+            checkpoint.rows_done += rows;
+            checkpoint.rows_rejected += part.rejected;
+            checkpoint.input_offset = base_offset + position.byte();
+            checkpoint.input_lines = base_lines + position.line() - 1;
+            etag = self.commit(handle, &checkpoint, etag)?;
+            eprintln!(
+                "part {index}: rows {}–{} committed ({} rejected)",
+                part.first_row + 1,
+                part.first_row + rows,
+                part.rejected
+            );
+            if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
+                && limit.exceeded(checkpoint.rows_rejected, checkpoint.rows_done)
+            {
+                return Err(ExitWith {
+                    code: 4,
+                    message: format!(
+                        "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
+                         (the output so far is kept; rerun to resume)",
+                        rows_before + checkpoint.rows_done,
+                        checkpoint.rows_rejected,
+                        limit.describe()
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok((checkpoint, etag))
     }
 
     /// Runs the job on a blocking thread (`handle` runs the store calls).
@@ -1169,66 +1278,29 @@ impl JobRun {
         let labels =
             (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
         let reader = self.records(checkpoint.input_offset, checkpoint.input_lines, handle)?;
-        let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
         let next = NextPart {
             index: start.part + checkpoint.parts.len() as u64,
             first_row: start.rows_before + checkpoint.rows_done,
-            base_lines,
+            base_lines: checkpoint.input_lines,
         };
-        // The next part is read and validated on its own thread while this one is predicted,
-        // written and committed: parts are still committed one by one, in order.
-        let etag = std::thread::scope(|scope| -> Result<ETag> {
-            let mut etag = etag;
-            let (parts, read_parts) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(|| self.read_parts(reader, &parser, &copied, next, parts));
-            for read in read_parts {
-                let ReadPart {
-                    part,
-                    index,
-                    position,
-                } = read?;
-                let first_row = part.first_row;
-                let rows_read = part.rows_read;
-                let part = part.finish(&self.predictor, labels.as_ref())?;
-                let part_name = format!("part-{index:05}.csv");
-                self.put(handle, &part_name, part.body, PutCondition::None)?;
-                if let Some(errors) = part.errors {
-                    self.put(
-                        handle,
-                        &format!("errors-{index:05}.csv"),
-                        errors,
-                        PutCondition::None,
-                    )?;
-                }
-                checkpoint.parts.push(part_name);
-                checkpoint.rows_done += rows_read;
-                checkpoint.rows_rejected += part.rejected;
-                checkpoint.input_offset = base_offset + position.byte();
-                checkpoint.input_lines = base_lines + position.line() - 1;
-                etag = self.commit(handle, &checkpoint, etag)?;
-                eprintln!(
-                    "part {index}: rows {}–{} committed ({} rejected)",
-                    first_row + 1,
-                    first_row + rows_read,
-                    part.rejected
-                );
-                if let Some(limit @ MaxRejected::Rows(_)) = self.max_rejected
-                    && limit.exceeded(checkpoint.rows_rejected, checkpoint.rows_done)
-                {
-                    return Err(ExitWith {
-                        code: 4,
-                        message: format!(
-                            "error: stopped after row {}: {} rows rejected, more than --max-rejected {} \
-                             (the output so far is kept; rerun to resume)",
-                            start.rows_before + checkpoint.rows_done,
-                            checkpoint.rows_rejected,
-                            limit.describe()
-                        ),
-                    }
-                    .into());
-                }
-            }
-            Ok(etag)
+        // Three stages on their own threads: reading and validating (up to a part ahead),
+        // predicting chunk by chunk on all cores, and writing. Parts are still written and
+        // committed one by one, in order.
+        let read_ahead = self.part_rows.div_ceil(self.chunk_rows).clamp(1, 64) as usize;
+        let (mut checkpoint, etag) = std::thread::scope(|scope| -> Result<_> {
+            let (chunks_in, chunks) = std::sync::mpsc::sync_channel(read_ahead);
+            let (parts_in, parts) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(|| self.read_chunks(reader, &parser, &copied, next, chunks_in));
+            let writer = scope
+                .spawn(|| self.write_parts(handle, parts, (checkpoint, etag), start.rows_before));
+            let predicted = self.predict_chunks(chunks, &copied, labels.as_ref(), parts_in);
+            // A failed write stops the prediction (its parts have nowhere to go): its error
+            // comes first.
+            let written = writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            predicted?;
+            Ok(written)
         })?;
         if let Some(shard) = self.shard
             && (checkpoint.input_offset, checkpoint.input_lines)
@@ -1263,26 +1335,93 @@ struct NextPart {
     base_lines: u64,
 }
 
-/// A part read and validated, with its index and the reader's position after it.
-struct ReadPart<'p> {
-    part: PartBuilder<'p>,
-    index: u64,
+/// Rows the reader hands on at a time: a part is predicted as it is read, not once it is whole.
+const CHUNK_ROWS: u64 = 16_384;
+/// Rows a prediction thread takes at a time (threads take the next piece as they finish one).
+const PIECE_ROWS: usize = 512;
+
+/// Some of a part's rows read and validated; its last chunk says where the part ends.
+struct ReadChunk<'p> {
+    part: u64,
+    rows: Chunk<'p>,
+    end: Option<PartEnd>,
+}
+
+/// A part's row count and the reader's position after it.
+struct PartEnd {
+    rows: u64,
     position: csv::Position,
 }
 
-/// One part's output.
-struct Part {
-    body: Vec<u8>,
-    errors: Option<Vec<u8>>,
-    rejected: u64,
+/// The reader stops: whoever takes its chunks is gone.
+#[derive(Debug)]
+struct ReceiverGone;
+
+impl std::fmt::Display for ReceiverGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the batch-prediction reader stopped: nothing takes its rows")
+    }
 }
 
-/// One part being read: rows validated as they arrive, then predicted in one pass. Rows the
-/// schema or the pipeline refuse go to the errors file.
-struct PartBuilder<'p> {
+impl std::error::Error for ReceiverGone {}
+
+/// One part's output, filled chunk by chunk.
+struct Part {
+    index: u64,
+    first_row: u64,
+    /// The output header, then a line per predicted row.
+    body: Vec<u8>,
+    /// The errors file's header, then the rows the schema refused, in order.
+    parse_errors: Vec<u8>,
+    /// The rows the pipeline refused, in order (after the others in the errors file).
+    feature_errors: Vec<u8>,
+    rejected: u64,
+    /// Set by the part's last chunk.
+    end: Option<PartEnd>,
+}
+
+impl Part {
+    fn new(index: u64, first_row: u64, header: &str) -> Self {
+        Part {
+            index,
+            first_row,
+            body: header.as_bytes().to_vec(),
+            parse_errors: b"row,line,field,message\n".to_vec(),
+            feature_errors: Vec::new(),
+            rejected: 0,
+            end: None,
+        }
+    }
+
+    /// Predicts a chunk's valid rows on `threads` cores and adds them and its bad rows.
+    fn add(
+        &mut self,
+        chunk: Chunk<'_>,
+        predictor: &Predictor,
+        labels: Option<&(String, String)>,
+        threads: usize,
+    ) -> Result<()> {
+        let rendered = render_parallel(predictor, &chunk.rows, &chunk.keep, labels, threads)?;
+        self.body.extend_from_slice(&rendered.body);
+        self.feature_errors.extend_from_slice(&rendered.errors);
+        self.parse_errors.extend_from_slice(
+            &chunk
+                .errors
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        self.rejected += chunk.rejected + rendered.rejected;
+        Ok(())
+    }
+}
+
+/// Some of a part's rows being read: validated as they arrive (rows the schema refuses go to
+/// its errors), then predicted in one pass.
+struct Chunk<'p> {
     parser: &'p RowParser<'p>,
     /// Input column indices copied into the output, with their names.
     copied: &'p [(usize, String)],
+    /// The row before the chunk's first.
     first_row: u64,
     /// The input line just before the part's reader started.
     base_lines: u64,
@@ -1290,20 +1429,19 @@ struct PartBuilder<'p> {
     rows: Vec<Vec<Value>>,
     /// Row number, id and copied values of each valid row.
     keep: Vec<(u64, Option<String>, Vec<String>)>,
+    /// Records of the errors file (no header).
     errors: csv::Writer<Vec<u8>>,
     rejected: u64,
 }
 
-impl<'p> PartBuilder<'p> {
+impl<'p> Chunk<'p> {
     fn new(
         parser: &'p RowParser<'p>,
         first_row: u64,
         base_lines: u64,
         copied: &'p [(usize, String)],
-    ) -> Result<Self> {
-        let mut errors = csv::Writer::from_writer(Vec::new());
-        errors.write_record(["row", "line", "field", "message"])?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             parser,
             copied,
             first_row,
@@ -1311,9 +1449,9 @@ impl<'p> PartBuilder<'p> {
             rows_read: 0,
             rows: Vec::new(),
             keep: Vec::new(),
-            errors,
+            errors: csv::Writer::from_writer(Vec::new()),
             rejected: 0,
-        })
+        }
     }
 
     fn line_of(&self, p: Option<&csv::Position>) -> String {
@@ -1367,49 +1505,111 @@ impl<'p> PartBuilder<'p> {
         }
         Ok(())
     }
+}
 
-    /// Predicts the valid rows and renders the part (and its errors file, if any row was bad).
-    fn finish(mut self, predictor: &Predictor, labels: Option<&(String, String)>) -> Result<Part> {
-        let predictions = predict_parallel(predictor, &self.rows)?;
-        let mut body = Vec::with_capacity(self.keep.len() * 32);
-        body.extend_from_slice(output_header(self.copied, labels).as_bytes());
-        for ((number, id, copied), p) in self.keep.iter().zip(&predictions) {
-            use std::io::Write;
-            let p = match p {
-                Ok(p) => *p,
-                Err(message) => {
-                    self.rejected += 1;
-                    self.errors
-                        .write_record([&number.to_string(), "", "(features)", message])?;
-                    continue;
-                }
-            };
-            write!(body, "{number},{}", csv_field(id.as_deref().unwrap_or("")))?;
-            for value in copied {
-                write!(body, ",{}", csv_field(value))?;
+/// Rows predicted and rendered: their output lines, and the errors file's records of the rows
+/// the pipeline refused.
+#[derive(Default)]
+struct Rendered {
+    body: Vec<u8>,
+    errors: Vec<u8>,
+    rejected: u64,
+}
+
+/// Predicts `rows` (with `keep`, their row numbers, ids and copied values) and renders them.
+fn render(
+    predictor: &Predictor,
+    rows: &[Vec<Value>],
+    keep: &[(u64, Option<String>, Vec<String>)],
+    labels: Option<&(String, String)>,
+) -> Result<Rendered> {
+    use std::io::Write;
+    let predictions = predict_each(predictor, rows)?;
+    let mut body = Vec::with_capacity(rows.len() * 32);
+    let mut errors = csv::Writer::from_writer(Vec::new());
+    let mut rejected = 0;
+    for ((number, id, copied), p) in keep.iter().zip(&predictions) {
+        let p = match p {
+            Ok(p) => *p,
+            Err(message) => {
+                rejected += 1;
+                errors.write_record([&number.to_string(), "", "(features)", message])?;
+                continue;
             }
-            match labels {
-                Some(classes) => {
-                    let outcome = mlops_serving::api::ClassOutcome::of(p, classes);
-                    write!(body, ",{p},{}", csv_field(&outcome.label))?;
-                    for probability in outcome.probabilities.values() {
-                        write!(body, ",{probability}")?;
-                    }
-                    writeln!(body)?;
-                }
-                None => writeln!(body, ",{p}")?,
-            }
+        };
+        write!(body, "{number},{}", csv_field(id.as_deref().unwrap_or("")))?;
+        for value in copied {
+            write!(body, ",{}", csv_field(value))?;
         }
-        let errors = self
-            .errors
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Part {
-            body,
-            errors: (self.rejected > 0).then_some(errors),
-            rejected: self.rejected,
-        })
+        match labels {
+            Some(classes) => {
+                let outcome = mlops_serving::api::ClassOutcome::of(p, classes);
+                write!(body, ",{p},{}", csv_field(&outcome.label))?;
+                for probability in outcome.probabilities.values() {
+                    write!(body, ",{probability}")?;
+                }
+                writeln!(body)?;
+            }
+            None => writeln!(body, ",{p}")?,
+        }
     }
+    let errors = errors.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Rendered {
+        body,
+        errors,
+        rejected,
+    })
+}
+
+/// [`render`] on `threads` cores, [`PIECE_ROWS`] rows at a time; the result is the same as one
+/// call.
+fn render_parallel(
+    predictor: &Predictor,
+    rows: &[Vec<Value>],
+    keep: &[(u64, Option<String>, Vec<String>)],
+    labels: Option<&(String, String)>,
+    threads: usize,
+) -> Result<Rendered> {
+    let pieces = rows.len().div_ceil(PIECE_ROWS);
+    if threads == 1 || pieces < 2 {
+        return render(predictor, rows, keep, labels);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let piece = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if piece >= pieces {
+                return done;
+            }
+            let at = piece * PIECE_ROWS..((piece + 1) * PIECE_ROWS).min(rows.len());
+            let rendered = render(predictor, &rows[at.clone()], &keep[at], labels);
+            done.push((piece, rendered));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads.min(pieces))
+            .map(|_| scope.spawn(work))
+            .collect();
+        let mut done = work();
+        for helper in helpers {
+            done.extend(
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        done
+    });
+    done.sort_unstable_by_key(|(piece, _)| *piece);
+    let mut out = Rendered::default();
+    for (_, rendered) in done {
+        let rendered = rendered?;
+        out.body.extend_from_slice(&rendered.body);
+        out.errors.extend_from_slice(&rendered.errors);
+        out.rejected += rendered.rejected;
+    }
+    Ok(out)
 }
 
 /// The output header: `row,id`, the copied columns, `prediction`, and for classifiers `label`
@@ -1488,36 +1688,6 @@ pub(crate) fn predict_each(
     Ok(out)
 }
 
-/// [`predict_each`] on the available cores (a contiguous share of the rows each); the result is
-/// the same as one call.
-fn predict_parallel(
-    predictor: &Predictor,
-    rows: &[Vec<Value>],
-) -> Result<Vec<Result<f64, String>>, EngineError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
-    if threads == 1 || rows.len() < 2_000 {
-        return predict_each(predictor, rows);
-    }
-    let chunk = rows.len().div_ceil(threads);
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = rows
-            .chunks(chunk)
-            .map(|c| scope.spawn(move || predict_each(predictor, c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("prediction threads do not panic"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(rows.len());
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1564,6 +1734,8 @@ mod tests {
             },
             part_rows,
             part_bytes: 1 << 30,
+            // Parts of several chunks, whatever `part_rows`.
+            chunk_rows: 3,
             read_chunk: 1 << 20,
             fingerprint: "fingerprint".into(),
             copy_columns: Vec::new(),
@@ -2098,6 +2270,63 @@ mod tests {
         let mut other = job(&w, Arc::clone(&w.store), "out/", 3);
         other.fingerprint = "another job".into();
         run_job(other).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_of_any_size_give_the_output_of_whole_parts() {
+        let w = world(203);
+        let whole = JobRun {
+            chunk_rows: u64::MAX,
+            ..job(&w, Arc::clone(&w.store), "whole/", 50)
+        };
+        run_job(whole).await.unwrap();
+        let want = files(&w.store, "whole/").await;
+        assert!(want.contains_key("errors-00000.csv"), "{:?}", want.keys());
+        for chunk_rows in [1, 2, 7, 49, 50, 51] {
+            let prefix = format!("chunks-{chunk_rows}/");
+            let chunked = JobRun {
+                chunk_rows,
+                ..job(&w, Arc::clone(&w.store), &prefix, 50)
+            };
+            run_job(chunked).await.unwrap();
+            assert_eq!(
+                files(&w.store, &prefix).await,
+                want,
+                "chunks of {chunk_rows} rows"
+            );
+        }
+    }
+
+    #[test]
+    fn rendering_on_several_threads_equals_one_pass() {
+        let bundle = sample_bundle();
+        let predictor = Predictor::from_bundle(&bundle).unwrap();
+        let n = 3 * PIECE_ROWS + 17;
+        // Refused rows here and there, and at both ends of a piece.
+        let bad = |i: usize| i % 97 == 5 || i == PIECE_ROWS - 1 || i == PIECE_ROWS;
+        let rows: Vec<Vec<Value>> = (0..n)
+            .map(|i| {
+                vec![if bad(i) {
+                    Value::Category("x".into())
+                } else {
+                    Value::Number(i as f64 / 3.0)
+                }]
+            })
+            .collect();
+        let keep: Vec<_> = (0..n)
+            .map(|i| (i as u64 + 1, Some(format!("id,{i}")), vec![format!("c{i}")]))
+            .collect();
+        let labels = ("no".to_string(), "yes".to_string());
+        for labels in [None, Some(&labels)] {
+            let one = render(&predictor, &rows, &keep, labels).unwrap();
+            assert_eq!(one.rejected, (0..n).filter(|&i| bad(i)).count() as u64);
+            for threads in [1, 2, 3, 5] {
+                let parallel = render_parallel(&predictor, &rows, &keep, labels, threads).unwrap();
+                assert_eq!(parallel.body, one.body, "{threads} threads");
+                assert_eq!(parallel.errors, one.errors, "{threads} threads");
+                assert_eq!(parallel.rejected, one.rejected, "{threads} threads");
+            }
+        }
     }
 
     #[test]
