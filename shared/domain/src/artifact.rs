@@ -239,6 +239,11 @@ pub enum ArtifactError {
 }
 
 impl Manifest {
+    /// The bundle's identity, [`Bundle::digest`]: SHA-256 of the manifest as a bundle writes it.
+    pub fn digest(&self) -> String {
+        sha256_hex(&serde_json::to_vec_pretty(self).expect("manifest serializes"))
+    }
+
     /// Parses a stored manifest: a supported format, plain file names within the size limit,
     /// and a pipeline consistent with the feature names. `origin` names the bundle in errors.
     pub fn parse(origin: &str, bytes: &[u8]) -> Result<Self, ArtifactError> {
@@ -387,7 +392,7 @@ impl Bundle {
 
     /// The bundle's identity: SHA-256 of its manifest (which pins every other file).
     pub fn digest(&self) -> String {
-        sha256_hex(&self.manifest_bytes())
+        self.manifest.digest()
     }
 
     /// The native model file.

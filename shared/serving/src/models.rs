@@ -471,38 +471,15 @@ impl ModelSet {
             Some(b) => b.clone(),
             None => self.registry.version(name, version).await?.bundle_ref(),
         };
-        let parts = self
-            .registry
-            .serving_parts(&record, image::file_name())
-            .await?;
-        let manifest = &parts.manifest;
-        let from_image = parts.image.and_then(|image| {
-            Predictor::from_fetched_image(manifest, &image)
-                .inspect_err(|e| {
-                    if e.is_stale() {
-                        tracing::info!(model = %name, version, reason = %e, "compiling the model file instead of the engine image");
-                    } else {
-                        tracing::warn!(model = %name, version, error = %e, "engine image refused; compiling the model file");
-                    }
-                })
-                .ok()
-        });
-        let manifest = parts.manifest;
-        let (predictor, source) = match from_image {
-            Some(predictor) => (predictor, "engine image"),
-            None => {
-                let file = &manifest.model_file;
-                let bytes = self.registry.bundle_file(&record, &manifest, file).await?;
-                (Predictor::from_model_file(&manifest, &bytes)?, "model file")
-            }
-        };
+        let (manifest, predictor, source) =
+            load_predictor(&self.registry, &record, name, version).await?;
         let digest = record.bundle_digest;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
             model = %name,
             version,
             kind = %manifest.model_kind,
-            from = source,
+            from = %source,
             load_ms,
             "loaded model"
         );
@@ -514,7 +491,60 @@ impl ModelSet {
             predictor,
             loaded_at: Utc::now(),
             load_ms,
-            from_image: source == "engine image",
+            from_image: source == LoadedFrom::Image,
         })
     }
+}
+
+/// Where a [`load_predictor`] predictor came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedFrom {
+    /// The bundle's engine image.
+    Image,
+    /// Its native model file, compiled.
+    ModelFile,
+}
+
+impl std::fmt::Display for LoadedFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadedFrom::Image => "engine image",
+            LoadedFrom::ModelFile => "model file",
+        })
+    }
+}
+
+/// A version's predictor with its verified manifest, loaded as serving loads it: the manifest
+/// and the engine image fetched together, and the model file fetched and compiled only when the
+/// bundle has no usable image (`model` and `version` name it in the log).
+pub async fn load_predictor(
+    registry: &Registry,
+    record: &BundleRef,
+    model: &str,
+    version: u64,
+) -> anyhow::Result<(Manifest, Predictor, LoadedFrom)> {
+    let parts = registry.serving_parts(record, image::file_name()).await?;
+    let manifest = &parts.manifest;
+    let from_image = parts.image.and_then(|image| {
+        Predictor::from_fetched_image(manifest, &image)
+            .inspect_err(|e| {
+                if e.is_stale() {
+                    tracing::info!(model = %model, version, reason = %e, "compiling the model file instead of the engine image");
+                } else {
+                    tracing::warn!(model = %model, version, error = %e, "engine image refused; compiling the model file");
+                }
+            })
+            .ok()
+    });
+    let manifest = parts.manifest;
+    Ok(match from_image {
+        Some(predictor) => (manifest, predictor, LoadedFrom::Image),
+        None => {
+            let bytes = registry
+                .bundle_file(record, &manifest, &manifest.model_file)
+                .await?;
+            let predictor = Predictor::from_model_file(&manifest, &bytes)?;
+            (manifest, predictor, LoadedFrom::ModelFile)
+        }
+    })
 }

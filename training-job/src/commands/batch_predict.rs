@@ -689,13 +689,15 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         output.clear().await?;
     }
     let started = Instant::now();
-    let record = registry.version(&model, version).await?;
-    let bundle = registry.load_bundle(&record).await?;
+    let record = registry.version(&model, version).await?.bundle_ref();
+    // Loaded as serving loads it: the manifest and the engine image, not the model file.
+    let (manifest, predictor, _) =
+        mlops_serving::models::load_predictor(&registry, &record, &model, version).await?;
     let source = Input::open(&input, pinned, settings).await?;
     let fingerprint = sha256_hex(
         format!(
             "{model}\n{version}\n{}\n{}\n{}\n{}\n{}",
-            bundle.digest(),
+            manifest.digest(),
             source.identity(),
             args.part_rows,
             args.part_mib,
@@ -708,8 +710,8 @@ pub async fn run(args: BatchPredictArgs, settings: &Settings) -> Result<()> {
         return submit_shards(&args, settings, what, (&output, &fingerprint), shards).await;
     }
     let job = JobRun {
-        predictor: Predictor::from_bundle(&bundle)?,
-        schema: bundle.manifest.schema.clone(),
+        predictor,
+        schema: manifest.schema,
         input: source,
         input_name: input.clone(),
         output,
