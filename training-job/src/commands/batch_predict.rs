@@ -315,6 +315,8 @@ impl Input {
 
     /// A reader from byte `offset` (which starts line `line`) to the end, guarded against
     /// quoted fields that span more than `max_quoted_lines` lines (call from a blocking thread).
+    /// An object's reader starts on `first_range` (its bytes from the start, already fetched)
+    /// when `offset` is within it.
     fn reader(
         &self,
         offset: u64,
@@ -322,15 +324,40 @@ impl Input {
         max_quoted_lines: u64,
         chunk: u64,
         handle: &Handle,
+        first_range: Option<Vec<u8>>,
     ) -> Result<Box<dyn Read + Send>> {
         Ok(Box::new(QuoteGuard::new(
-            self.raw_reader(offset, chunk, handle)?,
+            self.raw_reader(offset, chunk, handle, first_range)?,
             line,
             max_quoted_lines,
         )))
     }
 
-    fn raw_reader(&self, offset: u64, chunk: u64, handle: &Handle) -> Result<Box<dyn Read + Send>> {
+    /// The object's first `len` bytes (all of it when shorter), in one ranged GET.
+    fn first_range(&self, len: u64, handle: &Handle) -> Result<Option<Vec<u8>>> {
+        let Self::Object {
+            store,
+            key,
+            version,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let end = len.min(version.size);
+        let bytes = handle
+            .block_on(store.get_range_version(key, 0, end, version))
+            .map_err(|e| changed_input(key, e))?;
+        Ok(Some(bytes))
+    }
+
+    fn raw_reader(
+        &self,
+        offset: u64,
+        chunk: u64,
+        handle: &Handle,
+        first_range: Option<Vec<u8>>,
+    ) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
             Self::File { path, .. } => {
                 let mut f = std::fs::File::open(path)
@@ -343,19 +370,37 @@ impl Input {
                 key,
                 version,
                 ..
-            } => Box::new(RangeReader {
-                store: Arc::clone(store),
-                key: key.clone(),
-                version: version.clone(),
-                next: offset,
-                end: version.size,
-                chunk_size: chunk,
-                chunk: Vec::new(),
-                at: 0,
-                ahead: None,
-                handle: handle.clone(),
-            }),
+            } => {
+                let mut reader = RangeReader {
+                    store: Arc::clone(store),
+                    key: key.clone(),
+                    version: version.clone(),
+                    next: offset,
+                    end: version.size,
+                    chunk_size: chunk,
+                    chunk: Vec::new(),
+                    at: 0,
+                    ahead: None,
+                    handle: handle.clone(),
+                };
+                if let Some(bytes) = first_range.filter(|b| offset < b.len() as u64) {
+                    (reader.next, reader.at, reader.chunk) =
+                        (bytes.len() as u64, offset as usize, bytes);
+                    reader.fetch_ahead();
+                }
+                Box::new(reader)
+            }
         })
+    }
+}
+
+/// A ranged GET's error as the reader reports it: a changed object is named as such.
+fn changed_input(key: &str, e: StoreError) -> std::io::Error {
+    match e {
+        StoreError::PreconditionFailed { .. } => {
+            std::io::Error::other(format!("the input {key} changed while the job read it"))
+        }
+        e => std::io::Error::other(e),
     }
 }
 
@@ -406,13 +451,7 @@ impl Read for RangeReader {
                 return Ok(0);
             };
             let fetched = self.handle.block_on(fetch).map_err(std::io::Error::other)?;
-            self.chunk = fetched.map_err(|e| match e {
-                StoreError::PreconditionFailed { .. } => std::io::Error::other(format!(
-                    "the input {} changed while the job read it",
-                    self.key
-                )),
-                e => std::io::Error::other(e),
-            })?;
+            self.chunk = fetched.map_err(|e| changed_input(&self.key, e))?;
             self.at = 0;
             self.fetch_ahead();
             if self.chunk.is_empty() {
@@ -977,16 +1016,36 @@ impl JobRun {
     }
 
     /// The input's header, and where its first part starts.
-    fn header(&self, handle: &Handle) -> Result<(csv::StringRecord, PartStart)> {
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_reader(self.input.reader(
-                0,
-                1,
-                self.max_quoted_lines,
-                self.read_chunk.min(64 << 10),
-                handle,
-            )?);
+    /// The header and where the rows start. With `rows_too`, an object's first ranged GET is
+    /// a whole read chunk, returned too: it holds the first rows, which [`Self::records`] then
+    /// need not fetch again.
+    fn header(
+        &self,
+        handle: &Handle,
+        rows_too: bool,
+    ) -> Result<(csv::StringRecord, PartStart, Option<Vec<u8>>)> {
+        if rows_too && let Some(bytes) = self.input.first_range(self.read_chunk, handle)? {
+            let (header, first) =
+                self.read_header(QuoteGuard::new(&bytes[..], 1, self.max_quoted_lines))?;
+            // Unless the range is the whole input, the header must end inside it.
+            if first.offset < bytes.len() as u64 || bytes.len() as u64 == self.input.size() {
+                return Ok((header, first, Some(bytes)));
+            }
+        }
+        let reader = self.input.reader(
+            0,
+            1,
+            self.max_quoted_lines,
+            self.read_chunk.min(64 << 10),
+            handle,
+            None,
+        )?;
+        let (header, first) = self.read_header(reader)?;
+        Ok((header, first, None))
+    }
+
+    fn read_header(&self, input: impl Read) -> Result<(csv::StringRecord, PartStart)> {
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
         let header = reader
             .headers()
             .with_context(|| format!("{}: cannot read the header", self.input_name))?
@@ -1006,6 +1065,7 @@ impl JobRun {
         offset: u64,
         lines: u64,
         handle: &Handle,
+        first_range: Option<Vec<u8>>,
     ) -> Result<csv::Reader<Box<dyn Read + Send>>> {
         Ok(csv::ReaderBuilder::new()
             .flexible(true)
@@ -1016,6 +1076,7 @@ impl JobRun {
                 self.max_quoted_lines,
                 self.read_chunk,
                 handle,
+                first_range,
             )?))
     }
 
@@ -1028,8 +1089,8 @@ impl JobRun {
         shards: u32,
         on_part: &mut dyn FnMut(),
     ) -> Result<ShardPlan> {
-        let (_, first) = self.header(handle)?;
-        let mut reader = self.records(first.offset, first.lines, handle)?;
+        let (_, first, first_range) = self.header(handle, true)?;
+        let mut reader = self.records(first.offset, first.lines, handle, first_range)?;
         let mut record = csv::StringRecord::new();
         let mut parts = Vec::new();
         let mut at = first;
@@ -1300,7 +1361,10 @@ impl JobRun {
         };
         let resumed_at = checkpoint.rows_done;
         let name = &self.input_name;
-        let (header, first) = self.header(handle)?;
+        // A fresh run reads its header and first rows in one GET.
+        let fresh = checkpoint.input_offset == 0
+            && self.shard.is_none_or(|s| s.start.offset < self.read_chunk);
+        let (header, first, first_range) = self.header(handle, fresh)?;
         let start = self.shard.map_or(first, |s| s.start);
         if resumed_at > 0 {
             eprintln!(
@@ -1318,7 +1382,12 @@ impl JobRun {
         let copied = copied_columns(&header, &self.copy_columns, name)?;
         let labels =
             (self.schema.task == Task::BinaryClassification).then(|| self.schema.class_names());
-        let reader = self.records(checkpoint.input_offset, checkpoint.input_lines, handle)?;
+        let reader = self.records(
+            checkpoint.input_offset,
+            checkpoint.input_lines,
+            handle,
+            first_range,
+        )?;
         let next = NextPart {
             index: start.part + checkpoint.parts.len() as u64,
             first_row: start.rows_before + checkpoint.rows_done,
@@ -2155,7 +2224,8 @@ mod tests {
             .await
             .unwrap();
         let version = w.store.head_version("in/input.csv").await.unwrap().unwrap();
-        for chunk in [1, 5, 64] {
+        // Ranges shorter than the header, holding it and some rows, and holding the whole input.
+        for chunk in [1, 5, 64, 1 << 20] {
             let prefix = format!("ranges-{chunk}/");
             let mut ranged = job(&w, Arc::clone(&w.store), &prefix, 6);
             ranged.read_chunk = chunk;
