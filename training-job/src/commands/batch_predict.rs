@@ -1015,10 +1015,9 @@ impl JobRun {
             .map_or_else(|| CHECKPOINT.to_owned(), |s| shard_checkpoint_name(s.index))
     }
 
-    /// The input's header, and where its first part starts.
-    /// The header and where the rows start. With `rows_too`, an object's first ranged GET is
-    /// a whole read chunk, returned too: it holds the first rows, which [`Self::records`] then
-    /// need not fetch again.
+    /// The input's header, and where its first part starts. With `rows_too`, an object's first
+    /// ranged GET is a whole read chunk, returned too: it holds the first rows, which
+    /// [`Self::records`] then need not fetch again.
     fn header(
         &self,
         handle: &Handle,
