@@ -1931,6 +1931,49 @@ mod tests {
         }
     }
 
+    /// The pipelined write sequence: an object input read in small ranges (the first one also
+    /// holding the header), parts of two chunks, and an errors file in the first part.
+    struct ChunkedObjectCommits;
+
+    #[async_trait]
+    impl CrashScenario for ChunkedObjectCommits {
+        type World = World;
+        async fn world(&self) -> World {
+            let w = world(9);
+            let bytes = std::fs::read(w.dir.path().join("input.csv")).unwrap();
+            w.store
+                .put("in/input.csv", bytes, PutCondition::None)
+                .await
+                .unwrap();
+            w
+        }
+        async fn run(&self, w: &World, plan: &FaultPlan) -> Result<(), String> {
+            let store = plan.store(Arc::clone(&w.store));
+            let version = w.store.head_version("in/input.csv").await.unwrap().unwrap();
+            let mut job = job(w, Arc::clone(&store), "out/", 4);
+            assert!(job.chunk_rows < job.part_rows, "parts of several chunks");
+            job.read_chunk = 16;
+            job.input = Input::Object {
+                store,
+                key: "in/input.csv".into(),
+                uri: "in/input.csv".into(),
+                version,
+            };
+            run_job(job).await.map(drop).map_err(|e| e.to_string())
+        }
+        async fn check(&self, w: &World) -> Result<(), String> {
+            same_as_one_run(w, 9, 4).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_parts_from_an_object_converge_at_every_crash_point() {
+        match explore(&ChunkedObjectCommits).await {
+            Ok(report) => println!("batch-predict chunked parts: {report}"),
+            Err(e) => panic!("batch-predict chunked parts: {e}"),
+        }
+    }
+
     /// Runs shard `index` of `shards` of `job`.
     async fn run_shard(job: JobRun, shards: u32, index: u32) -> Result<Option<Checkpoint>> {
         run_shard_leased(job, (shards, index), std::time::Duration::ZERO).await
