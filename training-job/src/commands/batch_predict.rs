@@ -1265,14 +1265,15 @@ impl JobRun {
         }
     }
 
-    /// Predicts and renders the chunks as they arrive and sends each whole part to `parts`, in
-    /// order: until the chunks end, one is an error (returned), or the receiver is gone.
+    /// Predicts and renders the chunks as they arrive and sends each whole part, with where it
+    /// ends, to `parts` in order: until the chunks end, one is an error (returned), or the
+    /// receiver is gone.
     fn predict_chunks(
         &self,
         chunks: Receiver<Result<ReadChunk<'_>>>,
         copied: &[(usize, String)],
         labels: Option<&(String, String)>,
-        parts: SyncSender<Part>,
+        parts: SyncSender<(Part, PartEnd)>,
     ) -> Result<()> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -1289,9 +1290,8 @@ impl JobRun {
             debug_assert_eq!(out.index, index, "a part's chunks arrive together");
             out.add(rows, &self.predictor, labels, threads)?;
             if let Some(end) = end {
-                let mut done = part.take().expect("the part was just filled");
-                done.end = Some(end);
-                if parts.send(done).is_err() {
+                let done = part.take().expect("the part was just filled");
+                if parts.send((done, end)).is_err() {
                     return Ok(());
                 }
             }
@@ -1305,14 +1305,13 @@ impl JobRun {
     fn write_parts(
         &self,
         handle: &Handle,
-        parts: Receiver<Part>,
+        parts: Receiver<(Part, PartEnd)>,
         (mut checkpoint, mut etag): (Checkpoint, ETag),
         rows_before: u64,
     ) -> Result<(Checkpoint, ETag)> {
         let (base_offset, base_lines) = (checkpoint.input_offset, checkpoint.input_lines);
-        for part in parts {
+        for (part, PartEnd { rows, position }) in parts {
             let index = part.index;
-            let PartEnd { rows, position } = part.end.expect("only whole parts are sent");
             let part_name = format!("part-{index:05}.csv");
             self.put(handle, &part_name, part.body, PutCondition::None)?;
             if part.rejected > 0 {
@@ -1485,8 +1484,6 @@ struct Part {
     /// The rows the pipeline refused, in order (after the others in the errors file).
     feature_errors: Vec<u8>,
     rejected: u64,
-    /// Set by the part's last chunk.
-    end: Option<PartEnd>,
 }
 
 impl Part {
@@ -1498,7 +1495,6 @@ impl Part {
             parse_errors: b"row,line,field,message\n".to_vec(),
             feature_errors: Vec::new(),
             rejected: 0,
-            end: None,
         }
     }
 
