@@ -69,41 +69,103 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<f32>, Vec<usize>), Engi
 
 /// Lanes of a dot product's partial sums.
 const LANES: usize = 8;
-/// Rows a batch evaluates together: each weight row is read once for all of them.
+/// Rows a batch evaluates together: each weight is read once for all of them.
 const BLOCK_ROWS: usize = 8;
 
-/// A block of `R` rows as a layer reads them: chunk `i` of every row side by side (one slice,
-/// walked without bounds checks), then what is left of each row past its whole chunks.
-struct BlockInputs<const R: usize> {
-    chunks: Vec<[[f64; LANES]; R]>,
-    rest: [Vec<f64>; R],
-}
-
-impl<const R: usize> BlockInputs<R> {
-    /// `rows` all have the layer's width.
-    #[inline(always)]
-    fn new(rows: &[Vec<f64>; R]) -> Self {
-        let whole = rows[0].len() / LANES;
-        let chunks = (0..whole)
-            .map(|i| std::array::from_fn(|r| rows[r].as_chunks::<LANES>().0[i]))
-            .collect();
-        Self {
-            chunks,
-            rest: std::array::from_fn(|r| rows[r][whole * LANES..].to_vec()),
-        }
-    }
-}
-
-/// How a block's dot products and activations are computed: each kernel gives every row the
-/// same bits.
+/// How dot products and activations are computed: each kernel gives every row the same bits,
+/// alone or in a block.
 trait Kernel {
-    /// Σ w·x of one weight row with each of the block's rows.
-    fn dots<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R];
+    /// Σ w·x of one weight row with one row's inputs (of the same width).
+    fn dot(w: &[f64], x: &[f64]) -> f64;
 
     /// Applies `activation` to a layer's outputs.
     #[inline(always)]
     fn activate(activation: Activation, values: &mut [f64]) {
         activate(activation, values);
+    }
+
+    /// A layer's outputs for a block of [`BLOCK_ROWS`] rows: `x[i]` holds input `i` of every
+    /// row, and `y[o]` gets output `o` of every row, before the activation.
+    fn block_layer(layer: &Dense, x: &[Rows], y: &mut [Rows]);
+}
+
+/// One value of each of a block's [`BLOCK_ROWS`] rows.
+type Rows = [f64; BLOCK_ROWS];
+
+/// What [`block_layer`] computes with: one value of each of a block's eight rows, held in
+/// vector registers. The methods are `unsafe` because a vector type may need CPU features that
+/// only its kernel's caller checks.
+trait RowVector: Copy {
+    unsafe fn splat(v: f64) -> Self;
+    unsafe fn load(rows: &Rows) -> Self;
+    unsafe fn store(self, rows: &mut Rows);
+    unsafe fn add(self, other: Self) -> Self;
+    unsafe fn mul(self, other: Self) -> Self;
+}
+
+/// A layer for a block of rows, `T` outputs at a time, then one at a time. Each output of each
+/// row is computed with the operations of [`Kernel::dot`] and [`finish`], in their order: eight
+/// partial sums over the input chunks (lane `l` of chunk `c` is input `8c + l`), summed in lane
+/// order, then the rest of the inputs, then the bias. Here the vectors run across rows instead
+/// of across a row's inputs, so no horizontal sum is needed, and each weight is read once for
+/// the block.
+///
+/// # Safety
+/// `V`'s CPU features must be present.
+#[inline(always)]
+unsafe fn block_layer<V: RowVector, const T: usize>(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+    let outputs = layer.bias.len();
+    let mut o = 0;
+    while o + T <= outputs {
+        unsafe { block_outputs::<V, T>(layer, o, x, y) };
+        o += T;
+    }
+    while o < outputs {
+        unsafe { block_outputs::<V, 1>(layer, o, x, y) };
+        o += 1;
+    }
+}
+
+/// Outputs `first..first + T` of [`block_layer`].
+///
+/// # Safety
+/// As [`block_layer`].
+#[inline(always)]
+unsafe fn block_outputs<V: RowVector, const T: usize>(
+    layer: &Dense,
+    first: usize,
+    x: &[Rows],
+    y: &mut [Rows],
+) {
+    let inputs = layer.inputs;
+    let weights: [&[f64]; T] =
+        std::array::from_fn(|t| &layer.weight[(first + t) * inputs..(first + t + 1) * inputs]);
+    let (x_chunks, x_rest) = x[..inputs].as_chunks::<LANES>();
+    let w_chunks: [&[[f64; LANES]]; T] = weights.map(|w| w.as_chunks::<LANES>().0);
+    let mut partial = [[unsafe { V::splat(0.0) }; LANES]; T];
+    for (c, x) in x_chunks.iter().enumerate() {
+        for lane in 0..LANES {
+            let x = unsafe { V::load(&x[lane]) };
+            for t in 0..T {
+                let w = unsafe { V::splat(w_chunks[t][c][lane]) };
+                partial[t][lane] = unsafe { partial[t][lane].add(w.mul(x)) };
+            }
+        }
+    }
+    // The neutral element `Iterator::sum` starts from, as `finish` sums.
+    let zero: f64 = std::iter::empty::<f64>().sum();
+    for t in 0..T {
+        let mut sum = unsafe { V::splat(zero) };
+        for lane in partial[t] {
+            sum = unsafe { sum.add(lane) };
+        }
+        let mut rest = unsafe { V::splat(zero) };
+        let w_rest = &weights[t][x_chunks.len() * LANES..];
+        for (&w, x) in w_rest.iter().zip(x_rest) {
+            rest = unsafe { rest.add(V::splat(w).mul(V::load(x))) };
+        }
+        let out = unsafe { V::splat(layer.bias[first + t]).add(sum.add(rest)) };
+        unsafe { out.store(&mut y[first + t]) };
     }
 }
 
@@ -123,20 +185,14 @@ fn activate(activation: Activation, values: &mut [f64]) {
     }
 }
 
-/// Finishes a weight row's dot products. Every kernel computes each row's in eight independent
-/// partial sums over the same chunks, in the same order; here the partial sums are added in lane
-/// order, then the rest of the row. Rust never fuses a multiply and an add, so a row's result
-/// has the same bits whatever the block size and the vector width.
+/// Finishes a dot product. Every kernel computes it in eight independent partial sums over the
+/// same chunks, in the same order; here the partial sums are added in lane order, then the rest
+/// of the row. Rust never fuses a multiply and an add, so the result has the same bits whatever
+/// the vector width, and [`block_outputs`] computes the same for a block of rows.
 #[inline(always)]
-fn finish<const R: usize>(
-    partial: [[f64; LANES]; R],
-    w_rest: &[f64],
-    x: &BlockInputs<R>,
-) -> [f64; R] {
-    std::array::from_fn(|r| {
-        let rest: f64 = w_rest.iter().zip(&x.rest[r]).map(|(w, x)| w * x).sum();
-        partial[r].iter().sum::<f64>() + rest
-    })
+fn finish(partial: [f64; LANES], w_rest: &[f64], x_rest: &[f64]) -> f64 {
+    let rest: f64 = w_rest.iter().zip(x_rest).map(|(w, x)| w * x).sum();
+    partial.iter().sum::<f64>() + rest
 }
 
 /// The compiler's vectors for the target (SSE2 on baseline x86-64).
@@ -144,17 +200,46 @@ struct Portable;
 
 impl Kernel for Portable {
     #[inline(always)]
-    fn dots<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R] {
+    fn dot(w: &[f64], x: &[f64]) -> f64 {
         let (w_chunks, w_rest) = w.as_chunks::<LANES>();
-        let mut partial = [[0.0f64; LANES]; R];
-        for (w, rows) in w_chunks.iter().zip(&x.chunks) {
-            for (partial, x) in partial.iter_mut().zip(rows) {
-                for lane in 0..LANES {
-                    partial[lane] += w[lane] * x[lane];
-                }
+        let (x_chunks, x_rest) = x.as_chunks::<LANES>();
+        let mut partial = [0.0f64; LANES];
+        for (w, x) in w_chunks.iter().zip(x_chunks) {
+            for lane in 0..LANES {
+                partial[lane] += w[lane] * x[lane];
             }
         }
-        finish(partial, w_rest, x)
+        finish(partial, w_rest, x_rest)
+    }
+
+    #[inline(always)]
+    fn block_layer(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+        // SAFETY: plain arrays need no CPU feature.
+        unsafe { block_layer::<Rows, 1>(layer, x, y) }
+    }
+}
+
+/// The compiler's vectors: plain arrays.
+impl RowVector for Rows {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        [v; BLOCK_ROWS]
+    }
+    #[inline(always)]
+    unsafe fn load(rows: &Rows) -> Self {
+        *rows
+    }
+    #[inline(always)]
+    unsafe fn store(self, rows: &mut Rows) {
+        *rows = self;
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        std::array::from_fn(|r| self[r] + other[r])
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        std::array::from_fn(|r| self[r] * other[r])
     }
 }
 
@@ -165,15 +250,56 @@ struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Kernel for Avx512 {
     #[inline(always)]
-    fn dots<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R] {
+    fn dot(w: &[f64], x: &[f64]) -> f64 {
         // SAFETY: `Avx512` is chosen only on CPUs with AVX-512F (`Mlp::margins_of`).
-        unsafe { dots_avx512(w, x) }
+        unsafe { dot_avx512(w, x) }
     }
 
     #[inline(always)]
     fn activate(activation: Activation, values: &mut [f64]) {
         // SAFETY: as above.
         unsafe { activate_avx512(activation, values) }
+    }
+
+    #[inline(always)]
+    fn block_layer(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+        // SAFETY: as above.
+        unsafe { block_layer_avx512(layer, x, y) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn block_layer_avx512(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+    // Three outputs: 24 partial sums in the 32 vector registers.
+    // SAFETY: this function's caller has checked AVX-512F.
+    unsafe { block_layer::<std::arch::x86_64::__m512d, 3>(layer, x, y) }
+}
+
+/// A block's eight rows in one 512-bit vector.
+#[cfg(target_arch = "x86_64")]
+impl RowVector for std::arch::x86_64::__m512d {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        unsafe { std::arch::x86_64::_mm512_set1_pd(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(rows: &Rows) -> Self {
+        // SAFETY: reads the eight values of `rows`.
+        unsafe { std::arch::x86_64::_mm512_loadu_pd(rows.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, rows: &mut Rows) {
+        // SAFETY: writes the eight values of `rows`.
+        unsafe { std::arch::x86_64::_mm512_storeu_pd(rows.as_mut_ptr(), self) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        unsafe { std::arch::x86_64::_mm512_add_pd(self, other) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        unsafe { std::arch::x86_64::_mm512_mul_pd(self, other) }
     }
 }
 
@@ -185,25 +311,20 @@ fn activate_avx512(activation: Activation, values: &mut [f64]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn dots_avx512<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R] {
+fn dot_avx512(w: &[f64], x: &[f64]) -> f64 {
     use std::arch::x86_64::*;
     let (w_chunks, w_rest) = w.as_chunks::<LANES>();
-    let mut acc = [_mm512_setzero_pd(); R];
-    for (w, rows) in w_chunks.iter().zip(&x.chunks) {
+    let (x_chunks, x_rest) = x.as_chunks::<LANES>();
+    let mut acc = _mm512_setzero_pd();
+    for (w, x) in w_chunks.iter().zip(x_chunks) {
         // SAFETY: each load reads one whole `[f64; 8]`, 64 bytes in bounds.
-        let w = unsafe { _mm512_loadu_pd(w.as_ptr()) };
-        for (acc, x) in acc.iter_mut().zip(rows) {
-            let x = unsafe { _mm512_loadu_pd(x.as_ptr()) };
-            *acc = _mm512_add_pd(*acc, _mm512_mul_pd(w, x));
-        }
+        let (w, x) = unsafe { (_mm512_loadu_pd(w.as_ptr()), _mm512_loadu_pd(x.as_ptr())) };
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(w, x));
     }
-    let partial = acc.map(|v| {
-        let mut lanes = [0.0f64; LANES];
-        // SAFETY: writes one whole `[f64; 8]`.
-        unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), v) };
-        lanes
-    });
-    finish(partial, w_rest, x)
+    let mut partial = [0.0f64; LANES];
+    // SAFETY: writes one whole `[f64; 8]`.
+    unsafe { _mm512_storeu_pd(partial.as_mut_ptr(), acc) };
+    finish(partial, w_rest, x_rest)
 }
 
 /// Two 256-bit vectors per chunk (x86-64 CPUs with AVX; chosen only on them).
@@ -213,15 +334,78 @@ struct Avx;
 #[cfg(target_arch = "x86_64")]
 impl Kernel for Avx {
     #[inline(always)]
-    fn dots<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R] {
+    fn dot(w: &[f64], x: &[f64]) -> f64 {
         // SAFETY: `Avx` is chosen only on CPUs with AVX (`Mlp::margins_of`).
-        unsafe { dots_avx(w, x) }
+        unsafe { dot_avx(w, x) }
     }
 
     #[inline(always)]
     fn activate(activation: Activation, values: &mut [f64]) {
         // SAFETY: as above.
         unsafe { activate_avx(activation, values) }
+    }
+
+    #[inline(always)]
+    fn block_layer(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+        // SAFETY: as above.
+        unsafe { block_layer_avx(layer, x, y) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn block_layer_avx(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
+    // One output: 16 partial sums in the 16 vector registers.
+    // SAFETY: this function's caller has checked AVX.
+    unsafe { block_layer::<[std::arch::x86_64::__m256d; 2], 1>(layer, x, y) }
+}
+
+/// A block's eight rows in two 256-bit vectors.
+#[cfg(target_arch = "x86_64")]
+impl RowVector for [std::arch::x86_64::__m256d; 2] {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        unsafe { [std::arch::x86_64::_mm256_set1_pd(v); 2] }
+    }
+    #[inline(always)]
+    unsafe fn load(rows: &Rows) -> Self {
+        use std::arch::x86_64::_mm256_loadu_pd;
+        // SAFETY: each load reads four of the eight values of `rows`.
+        unsafe {
+            [
+                _mm256_loadu_pd(rows.as_ptr()),
+                _mm256_loadu_pd(rows[4..].as_ptr()),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self, rows: &mut Rows) {
+        use std::arch::x86_64::_mm256_storeu_pd;
+        // SAFETY: each store writes four of the eight values of `rows`.
+        unsafe {
+            _mm256_storeu_pd(rows.as_mut_ptr(), self[0]);
+            _mm256_storeu_pd(rows[4..].as_mut_ptr(), self[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        use std::arch::x86_64::_mm256_add_pd;
+        unsafe {
+            [
+                _mm256_add_pd(self[0], other[0]),
+                _mm256_add_pd(self[1], other[1]),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, other: Self) -> Self {
+        use std::arch::x86_64::_mm256_mul_pd;
+        unsafe {
+            [
+                _mm256_mul_pd(self[0], other[0]),
+                _mm256_mul_pd(self[1], other[1]),
+            ]
+        }
     }
 }
 
@@ -233,40 +417,30 @@ fn activate_avx(activation: Activation, values: &mut [f64]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn dots_avx<const R: usize>(w: &[f64], x: &BlockInputs<R>) -> [f64; R] {
+fn dot_avx(w: &[f64], x: &[f64]) -> f64 {
     use std::arch::x86_64::*;
     let (w_chunks, w_rest) = w.as_chunks::<LANES>();
-    let mut acc = [[_mm256_setzero_pd(); 2]; R];
-    for (w, rows) in w_chunks.iter().zip(&x.chunks) {
-        // SAFETY: each load reads four of a whole `[f64; 8]`'s values, in bounds.
-        let w = unsafe {
-            [
-                _mm256_loadu_pd(w.as_ptr()),
-                _mm256_loadu_pd(w[4..].as_ptr()),
-            ]
-        };
-        for (acc, x) in acc.iter_mut().zip(rows) {
-            let x = unsafe {
-                [
-                    _mm256_loadu_pd(x.as_ptr()),
-                    _mm256_loadu_pd(x[4..].as_ptr()),
-                ]
+    let (x_chunks, x_rest) = x.as_chunks::<LANES>();
+    let mut acc = [_mm256_setzero_pd(); 2];
+    for (w, x) in w_chunks.iter().zip(x_chunks) {
+        for half in 0..2 {
+            // SAFETY: each load reads four of a whole `[f64; 8]`'s values, in bounds.
+            let (w, x) = unsafe {
+                (
+                    _mm256_loadu_pd(w[4 * half..].as_ptr()),
+                    _mm256_loadu_pd(x[4 * half..].as_ptr()),
+                )
             };
-            for half in 0..2 {
-                acc[half] = _mm256_add_pd(acc[half], _mm256_mul_pd(w[half], x[half]));
-            }
+            acc[half] = _mm256_add_pd(acc[half], _mm256_mul_pd(w, x));
         }
     }
-    let partial = acc.map(|[low, high]| {
-        let mut lanes = [0.0f64; LANES];
-        // SAFETY: each store writes four of `lanes`' eight values.
-        unsafe {
-            _mm256_storeu_pd(lanes.as_mut_ptr(), low);
-            _mm256_storeu_pd(lanes[4..].as_mut_ptr(), high);
-        }
-        lanes
-    });
-    finish(partial, w_rest, x)
+    let mut partial = [0.0f64; LANES];
+    // SAFETY: each store writes four of `partial`'s eight values.
+    unsafe {
+        _mm256_storeu_pd(partial.as_mut_ptr(), acc[0]);
+        _mm256_storeu_pd(partial[4..].as_mut_ptr(), acc[1]);
+    }
+    finish(partial, w_rest, x_rest)
 }
 
 impl Mlp {
@@ -373,47 +547,72 @@ impl Mlp {
     fn margins_with<K: Kernel>(&self, rows: &[&[f64]]) -> Vec<f64> {
         let mut out = Vec::with_capacity(rows.len());
         let mut blocks = rows.chunks_exact(BLOCK_ROWS);
-        for block in &mut blocks {
-            let block: [&[f64]; BLOCK_ROWS] = std::array::from_fn(|r| block[r]);
-            out.extend(self.forward::<K, BLOCK_ROWS>(block));
+        if blocks.len() > 0 {
+            // Scratch for the widest layer, allocated only for a batch: a single row skips it.
+            let widest = self.layers.iter().map(|l| l.inputs.max(l.bias.len()));
+            let widest = widest.max().unwrap_or(0);
+            let (mut x, mut y) = (
+                vec![[0.0; BLOCK_ROWS]; widest],
+                vec![[0.0; BLOCK_ROWS]; widest],
+            );
+            for block in &mut blocks {
+                out.extend(self.forward_block::<K>(block, &mut x, &mut y));
+            }
         }
         for &row in blocks.remainder() {
-            out.extend(self.forward::<K, 1>([row]));
+            out.push(self.forward::<K>(row));
         }
         out
     }
 
-    /// The margins of `R` rows: every layer's weights are read once for the block.
+    /// The margins of [`BLOCK_ROWS`] rows, each layer's values laid out value by value (eight
+    /// rows side by side) in `x` and `y`, which hold the widest layer.
     #[inline(always)]
-    fn forward<K: Kernel, const R: usize>(&self, rows: [&[f64]; R]) -> [f64; R] {
+    fn forward_block<K: Kernel>(
+        &self,
+        rows: &[&[f64]],
+        x: &mut Vec<Rows>,
+        y: &mut Vec<Rows>,
+    ) -> Rows {
         // Callers check a row's width; a short one reads as zeros past its end, never a panic.
-        let width = self.inputs();
-        let mut x: [Vec<f64>; R] = rows.map(|row| {
-            let mut x: Vec<f64> = row
-                .iter()
-                .take(width)
-                .map(|&v| f64::from(v as f32))
-                .collect();
-            x.resize(width, 0.0);
-            x
-        });
+        for (i, x) in x[..self.inputs()].iter_mut().enumerate() {
+            *x = std::array::from_fn(|r| rows[r].get(i).map_or(0.0, |&v| f64::from(v as f32)));
+        }
         let last = self.layers.len() - 1;
         for (k, layer) in self.layers.iter().enumerate() {
-            let mut y: [Vec<f64>; R] = std::array::from_fn(|_| layer.bias.clone());
-            let inputs = BlockInputs::new(&x);
-            for (o, w) in layer.weight.chunks_exact(layer.inputs).enumerate() {
-                for (y, d) in y.iter_mut().zip(K::dots(w, &inputs)) {
-                    y[o] += d;
-                }
+            let outputs = &mut y[..layer.bias.len()];
+            K::block_layer(layer, &x[..layer.inputs], outputs);
+            if k != last {
+                K::activate(self.activation, outputs.as_flattened_mut());
+            }
+            std::mem::swap(x, y);
+        }
+        x[0]
+    }
+
+    /// The margin of one row.
+    #[inline(always)]
+    fn forward<K: Kernel>(&self, row: &[f64]) -> f64 {
+        // Callers check a row's width; a short one reads as zeros past its end, never a panic.
+        let width = self.inputs();
+        let mut x: Vec<f64> = row
+            .iter()
+            .take(width)
+            .map(|&v| f64::from(v as f32))
+            .collect();
+        x.resize(width, 0.0);
+        let last = self.layers.len() - 1;
+        for (k, layer) in self.layers.iter().enumerate() {
+            let mut y = layer.bias.clone();
+            for (y, w) in y.iter_mut().zip(layer.weight.chunks_exact(layer.inputs)) {
+                *y += K::dot(w, &x);
             }
             if k != last {
-                for y in &mut y {
-                    K::activate(self.activation, y);
-                }
+                K::activate(self.activation, &mut y);
             }
             x = y;
         }
-        x.map(|x| x[0])
+        x[0]
     }
 
     /// The prediction for a margin.
