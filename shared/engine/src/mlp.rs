@@ -92,18 +92,23 @@ trait Kernel {
 /// One value of each of a block's [`BLOCK_ROWS`] rows.
 type Rows = [f64; BLOCK_ROWS];
 
-/// What [`block_layer`] computes with: one value of each of a block's eight rows, held in
-/// vector registers. The methods are `unsafe` because a vector type may need CPU features that
-/// only its kernel's caller checks.
+/// What [`block_layer`] computes with: one value of each of [`RowVector::ROWS`] rows of a block,
+/// held in vector registers. The methods are `unsafe` because a vector type may need CPU
+/// features that only its kernel's caller checks.
 trait RowVector: Copy {
+    /// Rows a vector holds, a divisor of [`BLOCK_ROWS`]: a block is computed that many rows at
+    /// a time, so that its partial sums fit in the registers.
+    const ROWS: usize;
     unsafe fn splat(v: f64) -> Self;
-    unsafe fn load(rows: &Rows) -> Self;
-    unsafe fn store(self, rows: &mut Rows);
+    /// Rows `first..first + ROWS` of `rows`.
+    unsafe fn load(rows: &Rows, first: usize) -> Self;
+    unsafe fn store(self, rows: &mut Rows, first: usize);
     unsafe fn add(self, other: Self) -> Self;
     unsafe fn mul(self, other: Self) -> Self;
 }
 
-/// A layer for a block of rows, `T` outputs at a time, then one at a time. Each output of each
+/// A layer for a block of rows, `T` outputs and [`RowVector::ROWS`] rows at a time, then one
+/// output at a time. Each output of each
 /// row is computed with the operations of [`Kernel::dot`] and [`finish`], in their order: eight
 /// partial sums over the input chunks (lane `l` of chunk `c` is input `8c + l`), summed in lane
 /// order, then the rest of the inputs, then the bias. Here the vectors run across rows instead
@@ -142,30 +147,32 @@ unsafe fn block_outputs<V: RowVector, const T: usize>(
         std::array::from_fn(|t| &layer.weight[(first + t) * inputs..(first + t + 1) * inputs]);
     let (x_chunks, x_rest) = x[..inputs].as_chunks::<LANES>();
     let w_chunks: [&[[f64; LANES]]; T] = weights.map(|w| w.as_chunks::<LANES>().0);
-    let mut partial = [[unsafe { V::splat(0.0) }; LANES]; T];
-    for (c, x) in x_chunks.iter().enumerate() {
-        for lane in 0..LANES {
-            let x = unsafe { V::load(&x[lane]) };
-            for t in 0..T {
-                let w = unsafe { V::splat(w_chunks[t][c][lane]) };
-                partial[t][lane] = unsafe { partial[t][lane].add(w.mul(x)) };
-            }
-        }
-    }
     // The neutral element `Iterator::sum` starts from, as `finish` sums.
     let zero: f64 = std::iter::empty::<f64>().sum();
-    for t in 0..T {
-        let mut sum = unsafe { V::splat(zero) };
-        for lane in partial[t] {
-            sum = unsafe { sum.add(lane) };
+    for rows in (0..BLOCK_ROWS).step_by(V::ROWS) {
+        let mut partial = [[unsafe { V::splat(0.0) }; LANES]; T];
+        for (c, x) in x_chunks.iter().enumerate() {
+            for lane in 0..LANES {
+                let x = unsafe { V::load(&x[lane], rows) };
+                for t in 0..T {
+                    let w = unsafe { V::splat(w_chunks[t][c][lane]) };
+                    partial[t][lane] = unsafe { partial[t][lane].add(w.mul(x)) };
+                }
+            }
         }
-        let mut rest = unsafe { V::splat(zero) };
-        let w_rest = &weights[t][x_chunks.len() * LANES..];
-        for (&w, x) in w_rest.iter().zip(x_rest) {
-            rest = unsafe { rest.add(V::splat(w).mul(V::load(x))) };
+        for t in 0..T {
+            let mut sum = unsafe { V::splat(zero) };
+            for lane in partial[t] {
+                sum = unsafe { sum.add(lane) };
+            }
+            let mut rest = unsafe { V::splat(zero) };
+            let w_rest = &weights[t][x_chunks.len() * LANES..];
+            for (&w, x) in w_rest.iter().zip(x_rest) {
+                rest = unsafe { rest.add(V::splat(w).mul(V::load(x, rows))) };
+            }
+            let out = unsafe { V::splat(layer.bias[first + t]).add(sum.add(rest)) };
+            unsafe { out.store(&mut y[first + t], rows) };
         }
-        let out = unsafe { V::splat(layer.bias[first + t]).add(sum.add(rest)) };
-        unsafe { out.store(&mut y[first + t]) };
     }
 }
 
@@ -215,23 +222,25 @@ impl Kernel for Portable {
     #[inline(always)]
     fn block_layer(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
         // SAFETY: plain arrays need no CPU feature.
-        unsafe { block_layer::<Rows, 1>(layer, x, y) }
+        unsafe { block_layer::<[f64; 4], 1>(layer, x, y) }
     }
 }
 
-/// The compiler's vectors: plain arrays.
-impl RowVector for Rows {
+/// The compiler's vectors: plain arrays of four rows (eight lane sums of them take 16 of
+/// aarch64's 32 vector registers).
+impl RowVector for [f64; 4] {
+    const ROWS: usize = 4;
     #[inline(always)]
     unsafe fn splat(v: f64) -> Self {
-        [v; BLOCK_ROWS]
+        [v; 4]
     }
     #[inline(always)]
-    unsafe fn load(rows: &Rows) -> Self {
-        *rows
+    unsafe fn load(rows: &Rows, first: usize) -> Self {
+        std::array::from_fn(|r| rows[first + r])
     }
     #[inline(always)]
-    unsafe fn store(self, rows: &mut Rows) {
-        *rows = self;
+    unsafe fn store(self, rows: &mut Rows, first: usize) {
+        rows[first..first + 4].copy_from_slice(&self);
     }
     #[inline(always)]
     unsafe fn add(self, other: Self) -> Self {
@@ -279,18 +288,19 @@ fn block_layer_avx512(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
 /// A block's eight rows in one 512-bit vector.
 #[cfg(target_arch = "x86_64")]
 impl RowVector for std::arch::x86_64::__m512d {
+    const ROWS: usize = BLOCK_ROWS;
     #[inline(always)]
     unsafe fn splat(v: f64) -> Self {
         unsafe { std::arch::x86_64::_mm512_set1_pd(v) }
     }
     #[inline(always)]
-    unsafe fn load(rows: &Rows) -> Self {
-        // SAFETY: reads the eight values of `rows`.
+    unsafe fn load(rows: &Rows, _first: usize) -> Self {
+        // SAFETY: reads the eight values of `rows` (`first` is 0).
         unsafe { std::arch::x86_64::_mm512_loadu_pd(rows.as_ptr()) }
     }
     #[inline(always)]
-    unsafe fn store(self, rows: &mut Rows) {
-        // SAFETY: writes the eight values of `rows`.
+    unsafe fn store(self, rows: &mut Rows, _first: usize) {
+        // SAFETY: writes the eight values of `rows` (`first` is 0).
         unsafe { std::arch::x86_64::_mm512_storeu_pd(rows.as_mut_ptr(), self) }
     }
     #[inline(always)]
@@ -355,57 +365,38 @@ impl Kernel for Avx {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 fn block_layer_avx(layer: &Dense, x: &[Rows], y: &mut [Rows]) {
-    // One output: 16 partial sums in the 16 vector registers.
+    // One output, four rows: 8 partial sums in the 16 vector registers.
     // SAFETY: this function's caller has checked AVX.
-    unsafe { block_layer::<[std::arch::x86_64::__m256d; 2], 1>(layer, x, y) }
+    unsafe { block_layer::<std::arch::x86_64::__m256d, 1>(layer, x, y) }
 }
 
-/// A block's eight rows in two 256-bit vectors.
+/// Four of a block's rows in one 256-bit vector.
 #[cfg(target_arch = "x86_64")]
-impl RowVector for [std::arch::x86_64::__m256d; 2] {
+impl RowVector for std::arch::x86_64::__m256d {
+    const ROWS: usize = 4;
     #[inline(always)]
     unsafe fn splat(v: f64) -> Self {
-        unsafe { [std::arch::x86_64::_mm256_set1_pd(v); 2] }
+        unsafe { std::arch::x86_64::_mm256_set1_pd(v) }
     }
     #[inline(always)]
-    unsafe fn load(rows: &Rows) -> Self {
-        use std::arch::x86_64::_mm256_loadu_pd;
-        // SAFETY: each load reads four of the eight values of `rows`.
-        unsafe {
-            [
-                _mm256_loadu_pd(rows.as_ptr()),
-                _mm256_loadu_pd(rows[4..].as_ptr()),
-            ]
-        }
+    unsafe fn load(rows: &Rows, first: usize) -> Self {
+        let rows = &rows[first..first + 4];
+        // SAFETY: reads the four values of `rows`.
+        unsafe { std::arch::x86_64::_mm256_loadu_pd(rows.as_ptr()) }
     }
     #[inline(always)]
-    unsafe fn store(self, rows: &mut Rows) {
-        use std::arch::x86_64::_mm256_storeu_pd;
-        // SAFETY: each store writes four of the eight values of `rows`.
-        unsafe {
-            _mm256_storeu_pd(rows.as_mut_ptr(), self[0]);
-            _mm256_storeu_pd(rows[4..].as_mut_ptr(), self[1]);
-        }
+    unsafe fn store(self, rows: &mut Rows, first: usize) {
+        let rows = &mut rows[first..first + 4];
+        // SAFETY: writes the four values of `rows`.
+        unsafe { std::arch::x86_64::_mm256_storeu_pd(rows.as_mut_ptr(), self) }
     }
     #[inline(always)]
     unsafe fn add(self, other: Self) -> Self {
-        use std::arch::x86_64::_mm256_add_pd;
-        unsafe {
-            [
-                _mm256_add_pd(self[0], other[0]),
-                _mm256_add_pd(self[1], other[1]),
-            ]
-        }
+        unsafe { std::arch::x86_64::_mm256_add_pd(self, other) }
     }
     #[inline(always)]
     unsafe fn mul(self, other: Self) -> Self {
-        use std::arch::x86_64::_mm256_mul_pd;
-        unsafe {
-            [
-                _mm256_mul_pd(self[0], other[0]),
-                _mm256_mul_pd(self[1], other[1]),
-            ]
-        }
+        unsafe { std::arch::x86_64::_mm256_mul_pd(self, other) }
     }
 }
 
