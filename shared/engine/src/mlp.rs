@@ -69,7 +69,7 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<f32>, Vec<usize>), Engi
 
 /// Lanes of a dot product's partial sums.
 const LANES: usize = 8;
-/// Rows a batch evaluates together: each weight is read once for all of them.
+/// Rows a batch evaluates together, laid out value by value for [`Kernel::block_layer`].
 const BLOCK_ROWS: usize = 8;
 
 /// How dot products and activations are computed: each kernel gives every row the same bits,
@@ -108,12 +108,11 @@ trait RowVector: Copy {
 }
 
 /// A layer for a block of rows, `T` outputs and [`RowVector::ROWS`] rows at a time, then one
-/// output at a time. Each output of each
-/// row is computed with the operations of [`Kernel::dot`] and [`finish`], in their order: eight
-/// partial sums over the input chunks (lane `l` of chunk `c` is input `8c + l`), summed in lane
-/// order, then the rest of the inputs, then the bias. Here the vectors run across rows instead
-/// of across a row's inputs, so no horizontal sum is needed, and each weight is read once for
-/// the block.
+/// output at a time. Each output of each row is computed with the operations of [`Kernel::dot`]
+/// and [`finish`], in their order: eight partial sums over the input chunks (lane `l` of chunk
+/// `c` is input `8c + l`), summed in lane order, then the rest of the inputs, then the bias.
+/// Here the vectors run across rows instead of across a row's inputs, so no horizontal sum is
+/// needed, and each weight is read once for a vector's rows.
 ///
 /// # Safety
 /// `V`'s CPU features must be present.
