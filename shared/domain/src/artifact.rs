@@ -239,9 +239,14 @@ pub enum ArtifactError {
 }
 
 impl Manifest {
-    /// The bundle's identity, [`Bundle::digest`]: SHA-256 of the manifest as a bundle writes it.
+    /// The manifest as a bundle writes it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serializes")
+    }
+
+    /// The bundle's identity, [`Bundle::digest`]: SHA-256 of [`Manifest::to_bytes`].
     pub fn digest(&self) -> String {
-        sha256_hex(&serde_json::to_vec_pretty(self).expect("manifest serializes"))
+        sha256_hex(&self.to_bytes())
     }
 
     /// Parses a stored manifest: a supported format, plain file names within the size limit,
@@ -387,7 +392,7 @@ impl Bundle {
 
     /// The manifest as stored (pretty JSON).
     pub fn manifest_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.manifest).expect("manifest serializes")
+        self.manifest.to_bytes()
     }
 
     /// The bundle's identity: SHA-256 of its manifest (which pins every other file).
