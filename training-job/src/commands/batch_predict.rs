@@ -1279,21 +1279,25 @@ impl JobRun {
             .map_or(1, |n| n.get())
             .min(16);
         let header = output_header(copied, labels);
-        let mut part: Option<Part> = None;
+        let mut filling: Option<Part> = None;
         for chunk in chunks {
             let ReadChunk {
                 part: index,
                 rows,
                 end,
             } = chunk?;
-            let out = part.get_or_insert_with(|| Part::new(index, rows.first_row, &header));
-            debug_assert_eq!(out.index, index, "a part's chunks arrive together");
-            out.add(rows, &self.predictor, labels, threads)?;
-            if let Some(end) = end {
-                let done = part.take().expect("the part was just filled");
-                if parts.send((done, end)).is_err() {
-                    return Ok(());
+            let mut part = filling
+                .take()
+                .unwrap_or_else(|| Part::new(index, rows.first_row, &header));
+            debug_assert_eq!(part.index, index, "a part's chunks arrive together");
+            part.add(rows, &self.predictor, labels, threads)?;
+            match end {
+                Some(end) => {
+                    if parts.send((part, end)).is_err() {
+                        return Ok(());
+                    }
                 }
+                None => filling = Some(part),
             }
         }
         Ok(())
